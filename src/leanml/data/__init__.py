@@ -1,0 +1,11 @@
+"""Dataset registry: named datasets, stable example ids, data root lookup."""
+
+from leanml.data.errors import DatasetError, UnknownDatasetError
+from leanml.data.registry import get_spec, list_specs, load, register
+from leanml.data.root import cache_dir, data_root
+from leanml.data.types import DatasetSpec, Split
+
+__all__ = [
+    "DatasetError", "DatasetSpec", "Split", "UnknownDatasetError",
+    "cache_dir", "data_root", "get_spec", "list_specs", "load", "register",
+]

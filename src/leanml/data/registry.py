@@ -1,0 +1,44 @@
+"""The dataset registry: every named dataset, looked up by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leanml.data.errors import UnknownDatasetError
+from leanml.data.root import data_root
+from leanml.data.types import DatasetSpec, Split
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"dataset '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownDatasetError(name, list(_REGISTRY)) from None
+
+
+def list_specs() -> list[DatasetSpec]:
+    _ensure_loaded()
+    return list(_REGISTRY.values())
+
+
+def load(name: str, split: str = "train", *, root: Path | None = None) -> Split:
+    """Load one split of a named dataset from ``root`` (default: the data root)."""
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"dataset '{name}' has no split '{split}'; its splits are {sorted(spec.splits)}")
+    return spec.loader(Path(root) if root is not None else data_root(), split)
+
+
+def _ensure_loaded() -> None:
+    # Loader modules register themselves on import.
+    from leanml.data import loaders  # noqa: F401

@@ -1,0 +1,97 @@
+"""A metered, seeded training loop with optional per-example weights (for weighted subsets)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from leanml.meter import Cost, Meter
+
+# Called once per batch with (model, X_batch, y_batch, idx_batch); returns (X, y, weights) to train on.
+BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    cost: Cost
+    losses: list[float] = field(default_factory=list)
+    checkpoints: list[dict] = field(default_factory=list)  # state dicts saved at epoch ends if asked
+
+
+def fit(
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    batch_hook: BatchHook | None = None,
+    keep_checkpoints: bool = False,
+    count_flops: bool = False,
+) -> FitResult:
+    """Train ``model`` with Adam on (X, y), metered.
+
+    ``weights`` scale each example's loss (CRAIG/GRAD-MATCH subsets). ``batch_hook`` lets an
+    online selector (DLIS, RHO-LOSS) replace each batch with the examples it picks.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"fit: X has {len(X)} rows but y has {len(y)}")
+    if len(X) == 0:
+        raise ValueError("fit: no training examples")
+    if weights is not None and len(weights) != len(X):
+        raise ValueError(f"fit: weights has {len(weights)} entries, X has {len(X)} rows")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"fit: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    wt = torch.as_tensor(weights, dtype=torch.float32) if weights is not None else torch.ones(len(X))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    out = FitResult(model=model, cost=Cost())
+    with Meter(count_flops=count_flops) as m:
+        model.train()
+        for _ in range(epochs):
+            perm = torch.randperm(len(X), generator=gen)
+            for start in range(0, len(X), batch_size):
+                idx = perm[start : start + batch_size]
+                xb, yb, wb = Xt[idx], yt[idx], wt[idx]
+                if batch_hook is not None:
+                    xb, yb, wb = batch_hook(model, xb, yb, idx.numpy())
+                    model.train()
+                loss = (loss_fn(model(xb), yb) * wb).sum() / wb.sum().clamp_min(1e-12)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                out.losses.append(loss.item())
+            if keep_checkpoints:
+                out.checkpoints.append({
+                    "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "lr": lr,
+                })
+    out.cost = m.cost
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    Xt = torch.as_tensor(np.asarray(X))
+    return torch.cat([model(Xt[i : i + batch_size]) for i in range(0, len(Xt), batch_size)])
+
+
+def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy."""
+    pred = predict_logits(model, X).argmax(1).numpy()
+    return float((pred == np.asarray(y)).mean())
