@@ -12,7 +12,8 @@ from torch import nn
 from leanml.meter import Cost, Meter
 
 # Called once per batch with (model, X_batch, y_batch, idx_batch); returns (X, y, weights) to train on.
-BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], Batch]
 
 
 @dataclass
