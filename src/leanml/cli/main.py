@@ -8,7 +8,7 @@ from leanml.cli.app import app
 
 # (module, attribute, name, help). A sub-app whose extra is not installed is skipped with its reason.
 _SUBAPPS = [
-    ("leanml.cli.data_cmd", "app", "data", "Datasets: list what is available under the data root."),
+    ("leanml.cli.data_cmd", "app", "data", "Datasets: list and check what is available under the data root."),
     ("leanml.cli.grads_cmd", "app", "grads", "Per-example gradient features."),
     ("leanml.cli.store_cmd", "app", "store", "The gradient store: info, verify, search, explain."),
     ("leanml.cli.hw_cmd", "app", "hw", "Hardware model: calibrate, predict, catalog."),

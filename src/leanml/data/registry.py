@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from leanml.data.errors import UnknownDatasetError
-from leanml.data.root import data_root
+from leanml.data.errors import DatasetError, UnknownDatasetError
+from leanml.data.root import ENV_VAR, data_root
 from leanml.data.types import DatasetSpec, Split
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -36,7 +37,15 @@ def load(name: str, split: str = "train", *, root: Path | None = None) -> Split:
     spec = get_spec(name)
     if split not in spec.splits:
         raise ValueError(f"dataset '{name}' has no split '{split}'; its splits are {sorted(spec.splits)}")
-    return spec.loader(Path(root) if root is not None else data_root(), split)
+    base = Path(root) if root is not None else data_root()
+    if not spec.bundled and not base.is_dir():
+        origin = ("the root argument" if root is not None else f"${ENV_VAR}" if os.environ.get(ENV_VAR)
+                  else f"the default; set ${ENV_VAR} to the folder holding the data")
+        raise DatasetError(
+            name, base, f"the data root does not exist (from {origin})",
+            f"a folder holding {', '.join(spec.files)}", spec.source,
+        )
+    return spec.loader(base, split)
 
 
 def _ensure_loaded() -> None:

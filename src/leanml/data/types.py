@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 # Stable ids: split base + row index in the file's canonical order (documented per loader).
-SPLIT_BASE = {"train": 0, "dev": 1_000_000_000, "val": 1_000_000_000, "test": 2_000_000_000}
+SPLIT_BASE = {"train": 0, "trace": 0, "dev": 1_000_000_000, "val": 1_000_000_000, "test": 2_000_000_000}
 
 
 @dataclass
 class Split:
     """One split of a dataset.
 
-    ``X``/``y`` for array data (images as float32 NCHW in [0, 1], tabular as float64),
+    ``X``/``y`` for array data (images as float32 NCHW in [0, 1], tabular as float32),
     ``records`` for text data (one dict per example). ``meta`` holds per-row columns
     (e.g. ``source``, ``task``) as equal-length lists or arrays.
     """

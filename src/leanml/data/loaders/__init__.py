@@ -1,3 +1,11 @@
 """Dataset loaders; each module registers its datasets on import."""
 
-from leanml.data.loaders import sklearn_bundled  # noqa: F401
+from leanml.data.loaders import (  # noqa: F401
+    adult,
+    azure_trace,
+    cifar10,
+    eval_sets,
+    instruct,
+    sklearn_bundled,
+    sst2,
+)
