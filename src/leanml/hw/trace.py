@@ -1,0 +1,302 @@
+"""Trace a PyTorch workload into per-operation FLOPs and bytes (a `Profile`) for the cost model.
+
+A `TorchDispatchMode` records every ATen kernel as it actually runs (after autograd, functorch
+batching and composite decomposition), so a traced training step holds the backward kernels and a
+traced ``vmap(grad(...))`` the batched per-example ones. FLOPs of GEMM/conv/attention come from
+``torch.utils.flop_counter``'s formulas; bytes are the tensors each kernel reads plus writes.
+Tracing works on the ``meta`` device too, which costs shapes only (no weights, no compute).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+from torch.utils.module_tracker import ModuleTracker
+
+from leanml.hw.costmodel import OpSpec
+from leanml.hw.errors import HwError
+
+_DTYPES = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+           torch.int8: "int8", torch.uint8: "int8"}
+_MATMUL = {"mm", "addmm", "bmm", "baddbmm", "_int_mm", "_scaled_mm", "addmv", "mv", "dot", "addbmm"}
+_CONV = {"convolution", "_convolution", "convolution_backward", "mkldnn_convolution", "_slow_conv2d_forward",
+         "_slow_conv2d_backward", "cudnn_convolution", "convolution_overrideable"}
+_COPY = {"copy_", "_to_copy", "clone", "contiguous", "_copy_from"}
+_FREE = {"empty", "empty_like", "empty_strided", "detach", "alias", "lift_fresh", "_local_scalar_dense",
+         "set_", "resize_", "scalar_tensor"}
+
+
+# Elementwise kernels differ in work per element: exp/erf/tanh-based ones and window ops (pooling) are far
+# slower per element than an add. Each elementwise/reduction kernel is counted at one FLOP per element and
+# tagged with a vector class; the device's calibrated ``vector_<class>`` efficiency turns that into time.
+_TRANSCENDENTAL = frozenset({
+    "exp", "exp_", "expm1", "log", "log_", "log1p", "log2", "erf", "erfinv", "tanh", "tanh_", "tanh_backward",
+    "sigmoid", "sigmoid_", "sigmoid_backward", "gelu", "gelu_", "gelu_backward", "silu", "silu_", "silu_backward",
+    "_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data", "softplus", "elu",
+    "elu_backward", "sin", "cos", "mish", "logsumexp",
+})
+_SORT = frozenset({"topk", "sort", "argsort", "kthvalue", "median", "msort", "unique_dim", "_unique2"})
+
+
+_POOL = ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool", "upsample", "im2col", "col2im")
+
+
+def vector_class(name: str) -> str:
+    """"transcendental", "pool", "sort" or "" (plain arithmetic) for an elementwise/reduction ATen kernel."""
+    if name in _TRANSCENDENTAL:
+        return "transcendental"
+    if name in _SORT:
+        return "sort"
+    if name.startswith(_POOL):
+        return "pool"
+    return ""
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One kernel as executed: ATen name, op class, FLOPs, bytes, dtype, module and phase."""
+
+    aten: str
+    kind: str
+    flops: float
+    bytes: float
+    dtype: str
+    module: str
+    phase: str  # "forward", "backward" or "other" (loss, optimizer)
+    vclass: str = ""  # vector class of elementwise/reduction kernels: "", "transcendental", "pool"
+    alloc_bytes: float = 0.0  # largest newly allocated output
+
+    def spec(self) -> OpSpec:
+        return OpSpec(self.kind, self.flops, self.bytes, self.dtype, self.aten, vclass=self.vclass,
+                      alloc_bytes=self.alloc_bytes)
+
+
+@dataclass
+class Profile:
+    """The kernels of one traced workload (e.g. a training step at batch 32)."""
+
+    name: str
+    batch: int
+    mode: str  # "infer", "train", "per_example_grads", ...
+    ops: list[OpRecord] = field(default_factory=list)
+    param_bytes: int = 0
+
+    @property
+    def flops(self) -> float:
+        return sum(o.flops for o in self.ops)
+
+    @property
+    def bytes(self) -> float:
+        return sum(o.bytes for o in self.ops)
+
+    def specs(self) -> list[OpSpec]:
+        return [o.spec() for o in self.ops]
+
+    def by_module(self) -> dict[str, dict[str, float]]:
+        """FLOPs, bytes and kernel count per module (layer), forward and backward together."""
+        out: dict[str, dict[str, float]] = defaultdict(lambda: {"flops": 0.0, "bytes": 0.0, "ops": 0})
+        for o in self.ops:
+            row = out[o.module]
+            row["flops"] += o.flops
+            row["bytes"] += o.bytes
+            row["ops"] += 1
+        return dict(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "batch": self.batch, "mode": self.mode, "param_bytes": self.param_bytes,
+                "ops": [o.__dict__ for o in self.ops]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Profile:
+        return cls(d["name"], int(d["batch"]), d["mode"], [OpRecord(**o) for o in d["ops"]],
+                   int(d.get("param_bytes", 0)))
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _dtype(ts: list[torch.Tensor]) -> str:
+    for t in ts:
+        if t.dtype in _DTYPES:
+            return _DTYPES[t.dtype]
+    return "fp32"
+
+
+def classify(func: Any, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> str:
+    """Op class of an ATen kernel: view/matmul/conv/attention/copy/reduction/elementwise."""
+    name = func._overloadpacket.__name__
+    if func.is_view or name in _FREE or not outs:
+        return "view"
+    if name in _MATMUL:
+        return "matmul"
+    if name in _CONV:
+        return "conv"
+    if "attention" in name:
+        return "attention"
+    if name in _COPY:
+        return "copy"
+    in_max = max((t.numel() for t in ins), default=0)
+    if outs and max(t.numel() for t in outs) < in_max:
+        return "reduction"
+    return "elementwise"
+
+
+def _attention_flops(name: str, args: tuple) -> float:
+    """FLOPs of a CPU flash-attention kernel (not in torch's registry): 2 matmuls forward, 5 backward."""
+    q, k = (args[1], args[2]) if "backward" in name else (args[0], args[1])
+    b, h, sq, d = q.shape[0], q.shape[1], q.shape[-2], q.shape[-1]
+    sk = k.shape[-2]
+    per_mm = 2.0 * b * h * sq * sk * d
+    return per_mm * (5 if "backward" in name else 2)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, tracker: ModuleTracker, phase_fn: Callable[[], str]) -> None:
+        super().__init__()
+        self.tracker, self.phase_fn = tracker, phase_fn
+        self.ops: list[OpRecord] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        ins = list({id(t): t for t in _tensors((args, kwargs))}.values())
+        outs = list({id(t): t for t in _tensors(out)}.values())
+        kind = classify(func, ins, outs)
+        if kind == "view":
+            by, flops = 0.0, 0.0
+        else:
+            by = float(sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs))
+            packet = func._overloadpacket
+            name = packet.__name__
+            if packet in flop_registry:
+                flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
+            elif kind == "attention":
+                flops = _attention_flops(name, args)
+            elif kind == "matmul":  # e.g. _int_mm: 2 * output elements * inner dimension
+                flops = 2.0 * sum(t.numel() for t in outs) * ins[0].shape[-1]
+            elif kind == "conv":
+                raise HwError(f"trace: no FLOP formula for {func}; add one to leanml.hw.trace")
+            elif kind == "copy":
+                flops = 0.0
+            else:
+                flops = float(max((t.numel() for t in ins + outs), default=0))
+        parents = [p for p in self.tracker.parents if p != "Global"]
+        module = max(parents, key=len) if parents else "(top)"
+        dtype = _dtype(ins if kind in ("matmul", "conv", "attention") else outs + ins)
+        vc = vector_class(func._overloadpacket.__name__) if kind in ("elementwise", "reduction") else ""
+        in_ids = {id(t) for t in ins}
+        alloc = float(max((_nbytes(t) for t in outs if id(t) not in in_ids), default=0)) if kind != "view" else 0.0
+        self.ops.append(OpRecord(str(func), kind, flops, by, dtype, module, self.phase_fn(), vc, alloc))
+        return out
+
+
+def _record(fn: Callable[[], Any], name: str, batch: int, mode: str, module: torch.nn.Module | None) -> Profile:
+    tracker = ModuleTracker()
+    with tracker:
+        def phase() -> str:
+            if tracker.is_bw:
+                return "backward"
+            return "forward" if len(tracker.parents) > 1 else "other"
+
+        rec = _Recorder(tracker, phase)
+        with rec:
+            fn()
+    pb = sum(_nbytes(p) for p in module.parameters()) if module is not None else 0
+    return Profile(name, batch, mode, rec.ops, pb)
+
+
+def trace_callable(fn: Callable[[], Any], name: str = "ops", batch: int = 1, mode: str = "ops") -> Profile:
+    """Kernels of an arbitrary callable (a single op, a search, a projection)."""
+    return _record(fn, name, batch, mode, None)
+
+
+def trace_inference(module: torch.nn.Module, inputs: Any, name: str = "model") -> Profile:
+    """Kernels of one forward pass (eval mode, no autograd) on ``inputs`` (a tensor, tuple or dict)."""
+    batch = _batch_of(inputs)
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            prof = _record(lambda: _call(module, inputs), name, batch, "infer", module)
+    finally:
+        module.train(was)
+    return prof
+
+
+def trace_train_step(module: torch.nn.Module, inputs: Any, targets: torch.Tensor,
+                     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+                     optimizer: torch.optim.Optimizer | None = None, name: str = "model") -> Profile:
+    """Kernels of forward + loss + backward (+ ``optimizer.step()`` when given) at this batch."""
+    loss_fn = loss_fn or _default_loss
+    batch = _batch_of(inputs)
+    module.train()
+
+    def step() -> None:
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(_call(module, inputs), targets)
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    return _record(step, name, batch, "train", module)
+
+
+def trace_per_example_grads(module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                            loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+                            name: str = "model") -> Profile:
+    """Kernels of per-example gradients by ``torch.func.vmap(grad(loss))`` (batched, no batch-1 loop)."""
+    from torch.func import functional_call, grad, vmap
+
+    loss_fn = loss_fn or _default_loss
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    buffers = {k: v.detach() for k, v in module.named_buffers()}
+
+    def one(p, xi, yi):
+        out = functional_call(module, (p, buffers), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    module.eval()  # batch norm must not mix examples
+    prof = _record(lambda: vmap(grad(one), in_dims=(None, 0, 0))(params, inputs, targets), name,
+                   int(inputs.shape[0]), "per_example_grads", module)
+    return prof
+
+
+def _default_loss(out: Any, targets: torch.Tensor) -> torch.Tensor:
+    logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple) else out)
+    if hasattr(out, "last_hidden_state"):
+        logits = out.last_hidden_state
+    if logits.dim() == 3 and targets.dim() == 2:  # token-level: (B, T, V) vs (B, T)
+        if logits.shape[-1] == 1 or targets.dtype.is_floating_point:
+            return torch.nn.functional.mse_loss(logits, targets)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    if targets.dtype.is_floating_point:
+        return torch.nn.functional.mse_loss(logits, targets)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _call(module: torch.nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return module(**inputs)
+    if isinstance(inputs, tuple | list):
+        return module(*inputs)
+    return module(inputs)
+
+
+def _batch_of(inputs: Any) -> int:
+    ts = _tensors(inputs)
+    if not ts or ts[0].dim() == 0:
+        raise HwError("trace: inputs must contain a tensor whose first dimension is the batch")
+    return int(ts[0].shape[0])
