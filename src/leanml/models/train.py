@@ -38,11 +38,15 @@ def fit(
     batch_hook: BatchHook | None = None,
     keep_checkpoints: bool = False,
     count_flops: bool = False,
+    loss_norm: str = "weights",
 ) -> FitResult:
     """Train ``model`` with Adam on (X, y), metered.
 
     ``weights`` scale each example's loss (CRAIG/GRAD-MATCH subsets). ``batch_hook`` lets an
     online selector (DLIS, RHO-LOSS) replace each batch with the examples it picks.
+    ``loss_norm`` divides each batch's weighted loss by the sum of its weights ("weights": a
+    weighted mean, for weighted subsets) or by the batch size ("mean": the unbiased
+    importance-sampling estimate, for DLIS's 1/(N p) weights).
     """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
@@ -51,6 +55,8 @@ def fit(
         raise ValueError("fit: no training examples")
     if weights is not None and len(weights) != len(X):
         raise ValueError(f"fit: weights has {len(weights)} entries, X has {len(X)} rows")
+    if loss_norm not in ("weights", "mean"):
+        raise ValueError(f"fit: loss_norm must be 'weights' or 'mean', got {loss_norm!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     gen = torch.Generator().manual_seed(seed)
@@ -70,7 +76,8 @@ def fit(
                 if batch_hook is not None:
                     xb, yb, wb = batch_hook(model, xb, yb, idx.numpy())
                     model.train()
-                loss = (loss_fn(model(xb), yb) * wb).sum() / wb.sum().clamp_min(1e-12)
+                denom = wb.sum().clamp_min(1e-12) if loss_norm == "weights" else len(wb)
+                loss = (loss_fn(model(xb), yb) * wb).sum() / denom
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,67 @@
+"""Data selection cost study as a benchmark: run a suite's grid, print its table and headline JSON.
+
+    python benchmarks/selection_study.py --quick            # quick suite, 10 epochs (< 1 min on 2 cores)
+    python benchmarks/selection_study.py --suite quick      # the full quick suite (what `make demo` runs)
+    python benchmarks/selection_study.py --suite cifar10 --size pool_size=10000 --size epochs=5
+
+Headline (last stdout line, also benchmarks/results/selection_study.json): per budget, the best
+method's accuracy and total cost against random's, and the full-data reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from leanml.bench import plan_study, run_study, summarize, write_report
+from leanml.cli.study_cmd import summary_table
+from leanml.io import atomic_write_text
+
+
+def headline(rows: list[dict]) -> dict:
+    summ = summarize(rows)
+    full = next((r for r in summ if r["method"] == "full"), None)
+    out: dict = {"suite": rows[0]["suite"], "full_accuracy": full and full["accuracy"],
+                 "full_total_wall_s": full and full["total_wall_s"], "budgets": {}}
+    for b in sorted({r["budget"] for r in summ if r["method"] != "full"}):
+        at = [r for r in summ if r["budget"] == b and r["method"] != "full"]
+        best = max(at, key=lambda r: r["accuracy"])
+        rnd = next((r for r in at if r["method"] == "random"), None)
+        out["budgets"][str(b)] = {
+            "best_method": best["method"], "best_accuracy": best["accuracy"],
+            "best_select_wall_s": best["select_wall_s"], "best_total_wall_s": best["total_wall_s"],
+            "random_accuracy": rnd and rnd["accuracy"], "random_total_wall_s": rnd and rnd["total_wall_s"],
+            "methods_beating_random": sorted(r["method"] for r in at if rnd and r["accuracy"] > rnd["accuracy"]),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="quick suite with 10 epochs (same code path)")
+    ap.add_argument("--suite", default="quick")
+    ap.add_argument("--size", action="append", default=[], help="KEY=VALUE suite size parameter")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    sizes = dict(s.split("=", 1) for s in a.size)
+    if a.quick:
+        sizes.setdefault("epochs", "10")
+    out = a.out or Path(tempfile.mkdtemp(prefix="leanml-selection-study-"))
+    plan = plan_study(a.suite, sizes=sizes, out=out)
+    console = Console()
+    rows = run_study(plan, log=lambda s: console.print(s, markup=False, highlight=False))
+    console.print(summary_table(rows, f"selection study: {a.suite}"))
+    write_report(rows, out, title=a.suite, command="python benchmarks/selection_study.py " +
+                 (" --quick" if a.quick else "") + f" --suite {a.suite}")
+    h = headline(rows)
+    h["results"] = str(plan.results_path)
+    atomic_write_text(Path(__file__).parent / "results" / "selection_study.json", json.dumps(h, indent=1))
+    print(json.dumps(h))
+
+
+if __name__ == "__main__":
+    main()

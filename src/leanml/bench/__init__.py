@@ -1,0 +1,9 @@
+"""The end-to-end data selection cost study: grids, Parquet results with resume, reports."""
+
+from leanml.bench.report import pareto_front, write_report
+from leanml.bench.results import ResultTable
+from leanml.bench.study import StudyPlan, plan_study, run_study, summarize
+from leanml.bench.suites import SUITES, Suite, SuiteData, get_suite
+
+__all__ = ["SUITES", "ResultTable", "StudyPlan", "Suite", "SuiteData", "get_suite", "pareto_front", "plan_study",
+           "run_study", "summarize", "write_report"]

@@ -1,0 +1,134 @@
+"""Study report: a Markdown table and three PNG plots (accuracy vs budget, accuracy vs total cost
+with the Pareto front, stacked select/train cost per method)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leanml.bench.study import summarize
+from leanml.io import atomic_write_bytes, atomic_write_text
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated by another (lower-or-equal cost and higher-or-equal accuracy,
+    one strictly), in order of cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "unavailable" if v is None else f"{v:.{nd}f}"
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    lines = ["| method | budget | accuracy (mean ± sd) | seeds | select s | train s | total s | Pareto |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
+    pts = [(r["total_wall_s"] or 0.0, r["accuracy"]) for r in summary]
+    front = set(pareto_front(pts))
+    for i, r in enumerate(summary):
+        lines.append(f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.4f} ± {r['accuracy_sd']:.4f} | "
+                     f"{r['seeds']} | {_fmt(r['select_wall_s'])} | {_fmt(r['train_wall_s'])} | "
+                     f"{_fmt(r['total_wall_s'])} | {'*' if i in front else ''} |")
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plots(summary: list[dict[str, Any]], out: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in summary})
+    cmap = plt.get_cmap("tab20")
+    color = {m: cmap(i % 20) for i, m in enumerate(methods)}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in methods:
+        rs = sorted((r for r in summary if r["method"] == m), key=lambda r: r["budget"])
+        if m == "full":
+            ax.axhline(rs[0]["accuracy"], color="k", ls="--", lw=1, label="full")
+            continue
+        ax.errorbar([r["budget"] for r in rs], [r["accuracy"] for r in rs], yerr=[r["accuracy_sd"] for r in rs],
+                    marker="o", ms=3, lw=1, capsize=2, color=color[m], label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (fraction of the pool)")
+    ax.set_ylabel(summary[0]["metric"])
+    ax.set_title(f"{title}: accuracy vs budget")
+    ax.legend(fontsize=7, ncol=2)
+    paths.append(out / "accuracy_vs_budget.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [(r["total_wall_s"] or 0.0, r["accuracy"]) for r in summary]
+    for m in methods:
+        rs = [r for r in summary if r["method"] == m]
+        ax.scatter([r["total_wall_s"] or 0.0 for r in rs], [r["accuracy"] for r in rs], s=18, color=color[m], label=m)
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k-", lw=1, label="Pareto front")
+    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=60, facecolors="none", edgecolors="k")
+    ax.set_xscale("log")
+    ax.set_xlabel("total wall seconds (selection + training)")
+    ax.set_ylabel(summary[0]["metric"])
+    ax.set_title(f"{title}: accuracy vs total cost")
+    ax.legend(fontsize=7, ncol=2)
+    paths.append(out / "accuracy_vs_total_cost.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    budgets = sorted({r["budget"] for r in summary if r["method"] != "full"})
+    ref = 0.1 if 0.1 in budgets else (budgets[len(budgets) // 2] if budgets else 1.0)
+    rows = [r for r in summary if r["budget"] == ref or r["method"] == "full"]
+    rows.sort(key=lambda r: (r["total_wall_s"] or 0.0))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = [r["method"] for r in rows]
+    sel = [r["select_wall_s"] or 0.0 for r in rows]
+    tr = [r["train_wall_s"] or 0.0 for r in rows]
+    ax.barh(names, sel, color="tab:orange", label="selection")
+    ax.barh(names, tr, left=sel, color="tab:blue", label="training")
+    ax.set_xlabel("wall seconds (mean over seeds)")
+    ax.set_title(f"{title}: cost by stage at budget {ref:g} (full = all data)")
+    ax.legend()
+    paths.append(out / "cost_by_stage.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+    return paths
+
+
+def write_report(rows: list[dict[str, Any]], out: str | Path, *, title: str, command: str = "",
+                 notes: list[str] | None = None) -> Path:
+    """Write ``report.md`` and the PNGs into ``out``; returns the report path."""
+    out = Path(out)
+    summary = summarize(rows)
+    if not summary:
+        raise ValueError(f"no result rows to report in {out}")
+    pngs = plots(summary, out, title)
+    md = [f"# Study: {title}", ""]
+    if command:
+        md += ["Command:", "", f"    {command}", ""]
+    md += ["Times are wall seconds on the machine that ran the study; `select` is the selection's own",
+           "compute (warm-ups, gradients, scoring, and the per-batch work of online methods), `train`",
+           "the training on the selection, `total` their sum. `*` marks the Pareto front over",
+           "(total cost, accuracy).", ""]
+    md += [markdown_table(summary), ""]
+    for n in notes or []:
+        md.append(f"- {n}")
+    md += [""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md))
+    return path
