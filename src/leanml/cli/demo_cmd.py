@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,30 +12,42 @@ from rich.rule import Rule
 from leanml.cli.app import app
 
 
-def section_selection_study(console: Console) -> None:
+def section_selection_study(console: Console, out: Path) -> None:
     """Data selection: every method on digits, selection cost beside training cost."""
     from leanml.cli.study_cmd import run_and_report
 
-    out = Path(tempfile.mkdtemp(prefix="leanml-demo-study-"))
-    run_and_report("quick", out=out, console=console)
+    run_and_report("quick", out=out / "study", console=console)
 
 
-# (title, function). Other parts of leanml add their sections here.
-SECTIONS: list[tuple[str, Callable[[Console], None]]] = [
+def section_roofline(console: Console, out: Path) -> None:
+    """This machine's calibrated roofline and where the demo's workloads sit on it."""
+    from leanml.hw.demo import roofline_section
+
+    roofline_section(out, console)
+
+
+# (title, function). Each section writes its files under its own part of --out.
+SECTIONS: list[tuple[str, Callable[[Console, Path], None]]] = [
     ("Data selection: what does choosing the data cost? (study --suite quick)", section_selection_study),
+    ("Hardware: this machine's calibrated roofline (hw calibrate)", section_roofline),
 ]
 
 
 @app.command("demo")
-def demo(only: str = typer.Option("", "--only", help="Run only sections whose title contains this text.")) -> None:
+def demo(
+    only: str = typer.Option("", "--only", help="Run only sections whose title contains this text."),
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's tables, reports and plots."),
+) -> None:
     """Run the demo sections end to end and print their tables."""
     console = Console()
+    out.mkdir(parents=True, exist_ok=True)
     ran = 0
     for title, fn in SECTIONS:
         if only and only.lower() not in title.lower():
             continue
         console.print(Rule(title))
-        fn(console)
+        fn(console, out)
         ran += 1
     if not ran:
         raise typer.BadParameter(f"--only {only!r} matches no section; sections: {[t for t, _ in SECTIONS]}")
+    console.print(f"\nReports and plots: {out.resolve()}")
