@@ -1,0 +1,299 @@
+"""How fast does leanml extract per-example gradient features, against a LESS-style loop and the fwd+bwd floor?
+
+Side by side, on the same examples, per model and LoRA configuration:
+  (a) LESS-style: batch 1, full LoRA gradient (``p.grad`` concatenated), dense projection with
+      ``traker``'s ``BasicProjector`` (the projector TRAK and LESS fall back to without ``fast_jl``;
+      installed with ``pip install traker --no-deps``; if absent, an equivalent block-wise projector
+      written here is used and the table says so);
+  (b) leanml dense (batched per-example gradients, block-generated JL projection);
+  (c) leanml factorized (LoGra-style, per-layer then one dense stage to k);
+  (d) floor: plain forward+backward of the same batches to the same parameters, no features.
+Models: MiniLM-L6 + LoRA on SST-2, SmolLM2-135M + LoRA on 128-token T0 sequences, at LESS's
+defaults (rank 128 on q/k/v/o, k = 8192) and at rank 8.
+
+Where a dense projection is too large to generate within the run on this device (the matrix has
+``D*k`` entries; regenerated per call by both (a) and (b)), its projection time is measured at a
+smaller k' and scaled by k/k' (projection time is linear in k); such rows are marked
+``extrapolated``. The per-example gradient part is always measured in full.
+
+    python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init]
+
+On a GPU, ``--random-init`` (the default there) builds a randomly initialised Llama of SmolLM2's shape,
+since the packaged weights may not be installable there. Headline keys: ``device``,
+``speedup_vs_less`` (leanml's best over (a) at LESS's defaults), ``overhead_vs_floor`` (leanml's best
+time over (d), minus 1, at the same configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leanml.grads import CausalLMLoss, ClassificationLoss, GradientComputer
+from leanml.io import atomic_write_text
+
+RESULTS = Path(__file__).parent / "results" / "grads_throughput.json"
+GEN_BUDGET = {"cpu": 3e9, "cuda": 1e12}  # random numbers a dense projection may generate per call in this run
+
+
+def _sync(dev: str) -> None:
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_reset(dev: str) -> None:
+    from leanml.meter.memory import reset_peak_rss
+
+    reset_peak_rss()
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(dev: str) -> float:
+    from leanml.meter.memory import peak_rss_bytes
+
+    if dev.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (peak_rss_bytes() or 0) / 2**20
+
+
+def make_trak_projector(D: int, k: int, dev: str) -> tuple[Any, str]:
+    try:
+        from trak.projectors import BasicProjector, ProjectionType
+
+        return BasicProjector(D, k, seed=0, proj_type=ProjectionType.rademacher, device=torch.device(dev),
+                              block_size=100), "traker BasicProjector"
+    except ImportError:
+        from leanml.grads import DenseProjector
+
+        p = DenseProjector(D, k, kind="rademacher", seed=0)
+
+        class _P:
+            def project(self, g: torch.Tensor, model_id: int) -> torch.Tensor:
+                return p.project(g)
+        return _P(), "equivalent block-wise projector (traker not installed)"
+
+
+def less_loop(model: torch.nn.Module, loss: Any, batches: list[dict], names: list[str], k: int, dev: str,
+              max_examples: int) -> dict[str, Any]:
+    """LESS's collect_grads: one example at a time, loss.backward(), full gradient vector, project."""
+    params = dict(model.named_parameters())
+    sel = [params[n] for n in names]
+    D = sum(p.numel() for p in sel)
+    budget = GEN_BUDGET[dev.split(":")[0]]
+    k_run = k if D * k <= budget else max(100, int(budget // D) // 100 * 100)
+    proj, what = make_trak_projector(D, k_run, dev)
+    singles = [{kk: v[i : i + 1].to(dev) for kk, v in b.items()}
+               for b in batches for i in range(len(next(iter(b.values()))))]
+    singles = singles[:max_examples]
+    t_grad = t_proj = 0.0
+    _peak_reset(dev)
+    for ex in singles:
+        _sync(dev)
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        loss.loss(model, ex).sum().backward()
+        g = torch.cat([p.grad.reshape(-1) for p in sel])[None]
+        _sync(dev)
+        t1 = time.perf_counter()
+        proj.project(g, model_id=0)
+        _sync(dev)
+        t_proj += time.perf_counter() - t1
+        t_grad += t1 - t0
+    model.zero_grad(set_to_none=True)
+    n = len(singles)
+    per_ex = (t_grad + t_proj * k / k_run) / n
+    return {"method": "LESS-style loop (bs 1)", "examples": n, "ex_per_s": 1 / per_ex, "peak_mib": _peak(dev),
+            "extrapolated": k_run != k, "k_measured": k_run, "projector": what}
+
+
+def leanml_run(gc: GradientComputer, batches: list[dict], dev: str, method: str, floor: bool = False) -> dict:
+    _peak_reset(dev)
+    n = 0
+    gc.features(batches[0]) if not floor else gc.floor(batches[0])  # warm-up (matrices, kernels)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for b in batches[1:] if len(batches) > 1 else batches:
+        gc.floor(b) if floor else gc.features(b)
+        n += len(next(iter(b.values())))
+    _sync(dev)
+    dt = time.perf_counter() - t0
+    return {"method": method, "examples": n, "ex_per_s": n / dt, "peak_mib": _peak(dev), "extrapolated": False}
+
+
+def dense_run(model: torch.nn.Module, loss: Any, batches: list[dict], k: int, dev: str) -> dict:
+    """leanml dense; projection measured at k' <= k and scaled when D*k is over the generation budget."""
+    probe = GradientComputer(model, loss, params="lora", projector="factorized", dim=16, device=dev)
+    D = probe.grad_dim
+    budget = GEN_BUDGET[dev.split(":")[0]]
+    k_run = k if D * k <= budget else max(64, int(budget // D))
+    cache = D * k_run * 4 if dev.startswith("cuda") and D * k_run * 4 < 40 * 2**30 else 0
+    gc = GradientComputer(model, loss, params="lora", projector="dense", dim=k_run, device=dev, dense_cache_bytes=cache)
+    _peak_reset(dev)
+    b0 = batches[0]
+    gc.features(b0)
+    _sync(dev)
+    t_grad = t_proj = 0.0
+    n = 0
+    for b in batches[1:] if len(batches) > 1 else batches:
+        _sync(dev)
+        t0 = time.perf_counter()
+        grads = gc.per_example_grads(b)
+        _sync(dev)
+        t1 = time.perf_counter()
+        gc.projector.project_segments(grads)
+        _sync(dev)
+        t_proj += time.perf_counter() - t1
+        t_grad += t1 - t0
+        n += len(next(iter(b.values())))
+    per_ex = (t_grad + t_proj * k / k_run) / n
+    return {"method": "leanml dense", "examples": n, "ex_per_s": 1 / per_ex, "peak_mib": _peak(dev),
+            "extrapolated": k_run != k, "k_measured": k_run}
+
+
+def data(model_name: str, tok: Any, n: int, bs: int) -> list[dict]:
+    from leanml.data import load
+    from leanml.models.text import encode_completions, encode_texts
+
+    if model_name == "minilm":
+        s = load("sst2", "train")
+        recs = s.records[:n]
+        return [encode_texts(tok, [r["text"] for r in recs[a : a + bs]], [r["label"] for r in recs[a : a + bs]], 64)
+                for a in range(0, n, bs)]
+    if tok is None:  # random-init model without the packaged tokenizer: random 128-token sequences
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for a in range(0, n, bs):
+            ids = torch.randint(3, 49152, (min(bs, n - a), 128), generator=g)
+            lab = ids.clone()
+            lab[:, :64] = -100
+            out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab})
+        return out
+    s = load("t0", "train")
+    recs = s.records[:n]
+    return [encode_completions(tok, [r["prompt"] for r in recs[a : a + bs]],
+                               [r["completion"] for r in recs[a : a + bs]], 128) for a in range(0, n, bs)]
+
+
+def pad_to(batches: list[dict], T: int) -> list[dict]:
+    """Make every causal-LM batch exactly T tokens (LESS's 128-token setting), padding with masked tokens."""
+    out = []
+    for b in batches:
+        if "labels" not in b or b["input_ids"].shape[1] == T:
+            out.append(b)
+            continue
+        extra = T - b["input_ids"].shape[1]
+        out.append({"input_ids": torch.nn.functional.pad(b["input_ids"], (0, extra), value=0),
+                    "attention_mask": torch.nn.functional.pad(b["attention_mask"], (0, extra), value=0),
+                    "labels": torch.nn.functional.pad(b["labels"], (0, extra), value=-100)})
+    return out
+
+
+def run_config(model_name: str, rank: int, k: int, n: int, bs: int, less_n: int, dev: str,
+               random_init: bool) -> list[dict]:
+    from leanml.models.text import load_minilm_lora, load_smollm2_lora
+
+    torch.manual_seed(0)
+    if model_name == "minilm":
+        model, tok = load_minilm_lora(rank=rank)
+        loss: Any = ClassificationLoss()
+    else:
+        model, tok = load_smollm2_lora(rank=rank, random_init=random_init)
+        loss = CausalLMLoss()
+    # LoRA B starts at zero (so A's gradient is zero); give B small values as after some training.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    model.to(dev)
+    batches = pad_to(data(model_name, tok, n, bs), 128) if model_name == "smollm2" else data(model_name, tok, n, bs)
+    names = [nm for nm, p in model.named_parameters() if "lora_" in nm]
+    D = sum(p.numel() for nm, p in model.named_parameters() if "lora_" in nm)
+    rows = []
+    base = {"model": model_name, "rank": rank, "k": k, "lora_params": D, "batch_size": bs}
+    rows.append({**base, **less_loop(model, loss, batches, names, k, dev, less_n)})
+    rows.append({**base, **dense_run(model, loss, batches, k, dev)})
+    gf = GradientComputer(model, loss, params="lora", projector="factorized", dim=k, device=dev)
+    rows.append({**base, **leanml_run(gf, batches, dev, "leanml factorized")})
+    rows.append({**base, **leanml_run(gf, batches, dev, "floor: fwd+bwd, no features", floor=True)})
+    del model
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="MiniLM only, small k and few examples (< 1 min of compute).")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--random-init", action="store_true", help="SmolLM2-shaped Llama with random weights.")
+    ap.add_argument("--models", default="minilm,smollm2")
+    ap.add_argument("--n", type=int, default=None, help="examples per configuration")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--less-n", type=int, default=None, help="examples for the batch-1 LESS-style loop")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON result")
+    ap.add_argument("--gen-budget", type=float, default=None,
+                    help="random numbers a dense projection may generate per call before k is scaled down")
+    a = ap.parse_args()
+    dev = a.device
+    random_init = a.random_init or dev.startswith("cuda")
+    if a.quick:
+        configs = [("minilm", 8, 512)]
+        n, bs, less_n = a.n or 32, a.batch_size or 16, 4
+    else:
+        configs = [(m, r, 8192) for m in a.models.split(",") for r in (128, 8)]
+        n = a.n or (512 if dev.startswith("cuda") else 64)
+        bs = a.batch_size or (256 if dev.startswith("cuda") else 32)
+        less_n = 64 if dev.startswith("cuda") else 3
+    if a.less_n:
+        less_n = a.less_n
+    if a.gen_budget:
+        GEN_BUDGET[dev.split(":")[0]] = a.gen_budget
+    rows = []
+    for model_name, rank, k in configs:
+        t0 = time.time()
+        new = run_config(model_name, rank, k, n, bs, less_n, dev, random_init)
+        rows += new
+        print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s; "
+              + "; ".join(f"{r['method']}: {r['ex_per_s']:.4g} ex/s" for r in new), file=sys.stderr)
+    hdr = ["model", "rank", "k", "method", "ex_per_s", "peak_mib", "extrapolated"]
+    print(" | ".join(f"{h:>28}" if h == "method" else f"{h:>10}" for h in hdr))
+    for r in rows:
+        print(" | ".join(f"{r[h]:>28}" if h == "method"
+                         else (f"{r[h]:>10.3f}" if isinstance(r[h], float) else f"{r[h]!s:>10}") for h in hdr))
+
+    def best(model_name: str, rank: int) -> tuple[float, float, float]:
+        rs = [r for r in rows if r["model"] == model_name and r["rank"] == rank]
+        less = next(r for r in rs if r["method"].startswith("LESS"))["ex_per_s"]
+        ours = max(r["ex_per_s"] for r in rs if r["method"].startswith("leanml"))
+        fl = next(r for r in rs if r["method"].startswith("floor"))["ex_per_s"]
+        return ours / less, fl / ours - 1, ours
+    head_cfg = next(((m, r) for m, r, k in configs if r == 128 and k == 8192), configs[0][:2])
+    sp, ov, _ = best(*head_cfg)
+    result = {
+        "benchmark": "grads_throughput", "quick": a.quick,
+        "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
+        "headline_config": {"model": head_cfg[0], "rank": head_cfg[1],
+                            "k": next(k for m, r, k in configs if (m, r) == head_cfg)},
+        "speedup_vs_less": sp, "overhead_vs_floor": ov,
+        "per_config": {f"{m}-r{r}": dict(zip(("speedup_vs_less", "overhead_vs_floor", "leanml_ex_per_s"), best(m, r),
+                                             strict=True)) for m, r, _ in configs},
+        "rows": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                   "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "random_init": random_init, "n": n, "less_n": less_n, "gen_budget": GEN_BUDGET[dev.split(":")[0]],
+        "command": " ".join(sys.argv),
+    }
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_less", "overhead_vs_floor",
+                                             "headline_config", "per_config")}, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""What does the gradient store cost on disk, how fast does it fill, how fast are queries, and what do codecs lose?
+
+1. Bytes per example per codec at k = 8192 against LESS's float32 ``torch.save`` chunks (measured by
+   saving a chunk with torch.save, as LESS's collect_grads does).
+2. Ingest MB/s (float32 input bytes per second) per codec: encode, write, fsync, rename, commit.
+3. Exact top-k latency for 10^4 .. 10^6 rows (synthetic rows, int8, d = 1024 so 10^6 rows fit the
+   disk), 16 queries, k = 10; and FAISS IVF latency and recall@10 against exact search.
+4. Selection overlap per codec on real features: digits MLP after a 2-epoch warm-up, Adam-type
+   training features (k = 2048, two checkpoints) and SGD features of 100 test examples as the target;
+   LESS top-5% from each codec against fp32.
+
+    python benchmarks/store_bench.py [--quick]
+
+Headline keys: ``int8_size_ratio`` (LESS float32 .pt bytes/example over the int8 store's, ids
+included), ``int8_top5_overlap``, ``onebit_top5_overlap``. Targets (issue 3): ratio >= 4, int8
+overlap >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leanml.io import atomic_write_text
+from leanml.store import CODECS, FaissIndex, GradientStore, recall_at_k, topk
+
+RESULTS = Path(__file__).parent / "results" / "store_bench.json"
+SPEC = {"projection": {"type": "synthetic", "dim": 0, "seed": 0}}
+
+
+def less_pt_bytes_per_example(d: int, n: int = 256) -> float:
+    buf = io.BytesIO()
+    torch.save(torch.randn(n, d), buf)
+    return len(buf.getvalue()) / n
+
+
+def sizes_and_ingest(tmp: Path, d: int, n: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    rows = []
+    for name in CODECS:
+        st = GradientStore.create(tmp / f"ingest-{name}", dim=d, codec=name, spec=SPEC, model="synthetic")
+        t0 = time.perf_counter()
+        for a in range(0, n, 256):
+            st.append(np.arange(a, min(n, a + 256)), x[a : a + 256])
+        dt = time.perf_counter() - t0
+        rows.append({"codec": name, "bytes_per_example": st.bytes_per_example(),
+                     "disk_bytes_per_example": st.disk_bytes() / n, "ingest_mb_s": x.nbytes / dt / 1e6})
+        shutil.rmtree(tmp / f"ingest-{name}")
+    return rows
+
+
+def topk_latency(tmp: Path, sizes: list[int], d: int, ann_max: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((64, d)).astype(np.float32)
+    Q = (centers[rng.integers(0, 64, 16)] + rng.standard_normal((16, d)).astype(np.float32))
+    out = []
+    st = GradientStore.create(tmp / "lat", dim=d, codec="int8", spec=SPEC, model="synthetic")
+    have = 0
+    for n in sizes:
+        while have < n:  # grow the same store: clustered rows (gradients are not isotropic)
+            m = min(50_000, n - have)
+            x = centers[rng.integers(0, 64, m)] + rng.standard_normal((m, d)).astype(np.float32)
+            st.append(np.arange(have, have + m), x)
+            have += m
+        t0 = time.perf_counter()
+        exact, _ = topk(st, Q, 10, block_rows=65536)
+        row = {"rows": n, "exact_topk_s": time.perf_counter() - t0, "disk_mb": st.disk_bytes() / 1e6}
+        if n <= ann_max:
+            t0 = time.perf_counter()
+            idx = FaissIndex(st, "ivf", nprobe=16)
+            row["ivf_build_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            approx, _ = idx.search(Q, 10)
+            row["ivf_query_s"] = time.perf_counter() - t0
+            row["ivf_recall_at_10"] = recall_at_k(approx, exact)
+            del idx
+        out.append(row)
+    return out
+
+
+def selection_overlap(tmp: Path) -> dict[str, float]:
+    from leanml.grads.recipes import ExtractSpec, warmup
+    from leanml.store.extract import extract
+
+    spec = ExtractSpec(dataset="digits", model="mlp", projector="dense", dim=2048, batch_size=256, hidden=(64,),
+                       grad_type="adam")
+    spec = warmup(spec, tmp / "ck", epochs=2)
+    tspec = ExtractSpec(**{**spec.__dict__, "split": "test", "grad_type": "sgd", "limit": 100})
+    model, _ = tspec.build_model()
+    target = np.stack([torch.cat([gc.features(b) for _, b in tspec.batches()]).numpy()
+                       for _, _, gc in tspec.computers(model)])
+    ref = extract(spec, tmp / "sel-fp32")
+    sel = {}
+    for name in CODECS:
+        st = ref
+        if name != "fp32":
+            m = ref.manifest
+            st = GradientStore.create(tmp / f"sel-{name}", dim=m.dim, codec=name, spec=m.spec, model=m.model,
+                                      grad_type=m.grad_type, checkpoints=[(c.name, c.weight) for c in m.checkpoints])
+            for c in st.checkpoint_names():
+                st.append(*ref.features(c), checkpoint=c)
+        st.add_task("digits-test", target)
+        sel[name] = set(st.select("digits-test", 0.05)[0].tolist())
+    return {name: len(s & sel["fp32"]) / len(sel["fp32"]) for name, s in sel.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
+    ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary one)")
+    a = ap.parse_args()
+    tmp = Path(a.tmp or tempfile.mkdtemp(prefix="leanml-store-bench-"))
+    d = 8192
+    n_ingest = 1024 if a.quick else 8192
+    sizes = [10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000]
+    try:
+        less_b = less_pt_bytes_per_example(d)
+        ing = sizes_and_ingest(tmp, d, n_ingest)
+        lat = topk_latency(tmp, sizes, 1024, ann_max=100_000)  # IVF training at 10^6 takes too long on 2 cores
+        ov = selection_overlap(tmp)
+    finally:
+        if a.tmp is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for r in ing:
+        r["vs_less_pt"] = less_b / r["bytes_per_example"]
+        r["top5_overlap_vs_fp32"] = ov[r["codec"]]
+    print(f"LESS float32 .pt: {less_b:.0f} bytes/example at k={d}")
+    print(f"{'codec':>6} | {'B/example':>10} | {'x smaller':>9} | {'ingest MB/s':>11} | {'top5% overlap':>13}")
+    for r in ing:
+        print(f"{r['codec']:>6} | {r['bytes_per_example']:>10} | {r['vs_less_pt']:>9.2f} | {r['ingest_mb_s']:>11.1f} | "
+              f"{r['top5_overlap_vs_fp32']:>13.3f}")
+    print(f"{'rows':>9} | {'exact top-10 s':>14} | {'ivf build s':>11} | {'ivf query s':>11} | {'ivf recall@10':>13}")
+    for r in lat:
+        print(f"{r['rows']:>9} | {r['exact_topk_s']:>14.3f} | {r.get('ivf_build_s', float('nan')):>11.2f} | "
+              f"{r.get('ivf_query_s', float('nan')):>11.4f} | {r.get('ivf_recall_at_10', float('nan')):>13.3f}")
+    by = {r["codec"]: r for r in ing}
+    result = {
+        "benchmark": "store_bench", "quick": a.quick, "k": d,
+        "int8_size_ratio": by["int8"]["vs_less_pt"], "int8_top5_overlap": ov["int8"],
+        "onebit_top5_overlap": ov["sign1"],
+        "less_pt_bytes_per_example": less_b, "codecs": ing, "topk_latency": lat,
+        "overlap_data": "digits MLP, 2-epoch warm-up, adam train features k=2048, 2 checkpoints, 100 test targets",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS, json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps({k: result[k] for k in ("benchmark", "quick", "int8_size_ratio", "int8_top5_overlap",
+                                             "onebit_top5_overlap")}, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""Per-example gradient features: batched per-example gradients, dense/factorized projections, LESS grad types."""
+
+from leanml.grads.computer import BACKENDS, GradientComputer
+from leanml.grads.factorized import FactorizedProjector, split_dim
+from leanml.grads.gradtypes import GRAD_TYPES, AdamState
+from leanml.grads.losses import Batch, CausalLMLoss, ClassificationLoss, LossAdapter, batch_size
+from leanml.grads.params import architecture_fingerprint, select_params, weights_fingerprint
+from leanml.grads.projectors import PROJECTION_KINDS, DenseProjector, Projector, random_block
+
+__all__ = [
+    "BACKENDS", "GRAD_TYPES", "PROJECTION_KINDS", "AdamState", "Batch", "CausalLMLoss", "ClassificationLoss",
+    "DenseProjector", "FactorizedProjector", "GradientComputer", "LossAdapter", "Projector",
+    "architecture_fingerprint", "batch_size", "random_block", "select_params", "split_dim", "weights_fingerprint",
+]

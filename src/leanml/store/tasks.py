@@ -1,0 +1,125 @@
+"""Target tasks kept next to the training features, and the queries users ask of them.
+
+``add_task`` stores a task's own gradient features (float32 ``[C, n, d]``) once; every later
+selection, explanation or n-shot choice for it reads the stored training features and costs no
+new training-side gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from leanml.io import atomic_write_bytes
+from leanml.store.manifest import StoreError, StoreMismatchError
+from leanml.store.metadata import lookup
+from leanml.store.search import as_per_checkpoint, less_scores, topk
+
+if TYPE_CHECKING:
+    from leanml.store.store import GradientStore
+
+
+def add_task(store: GradientStore, name: str, features: np.ndarray | Sequence[np.ndarray], *,
+             ids: Sequence[int] | None = None, subtasks: Sequence[Any] | None = None,
+             spec: dict[str, Any] | None = None, model: str | None = None,
+             fingerprints: Sequence[str] | None = None) -> dict[str, Any]:
+    """Store a target task's features (one ``[n, d]`` per checkpoint), refusing other models/projections.
+
+    ``spec``/``model``/``fingerprints`` (from the `GradientComputer` that made the features, one
+    weights fingerprint per checkpoint) are checked against the manifest when given.
+    """
+    from leanml.store.store import _check_name
+
+    _check_name("task", name)
+    qs = as_per_checkpoint(store, features)
+    n = qs[0].shape[0]
+    if n == 0:
+        raise ValueError(f"add_task {name!r}: no target examples")
+    if spec is not None or model is not None:
+        store.check_compatible(spec=spec, model=model)
+    if fingerprints is not None:
+        for c, fp in zip(store.manifest.checkpoints, fingerprints, strict=True):
+            if c.fingerprint is not None and fp != c.fingerprint:
+                raise StoreMismatchError(f"add_task {name!r}: checkpoint {c.name}'s features come from weights "
+                                         f"{fp}, the store's from {c.fingerprint}")
+    arr = np.stack(qs).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"add_task {name!r}: features contain NaN or inf")
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    rel = f"tasks/{name}.npy"
+    atomic_write_bytes(store.root / rel, data)
+    labels = None if subtasks is None else [str(s) for s in subtasks]
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"add_task {name!r}: {len(labels)} subtask labels for {n} examples")
+    entry = {"file": rel, "sha256": hashlib.sha256(data).hexdigest(), "rows": n,
+             "ids": None if ids is None else [int(i) for i in ids], "subtasks": labels}
+
+    def change(m):  # noqa: ANN001, ANN202
+        m.tasks[name] = entry
+    store._commit_manifest_change(change)
+    return entry
+
+
+def task_features(store: GradientStore, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    if name not in store.manifest.tasks:
+        raise StoreError(f"{store.root}: no task {name!r}; tasks: {sorted(store.manifest.tasks)}")
+    t = store.manifest.tasks[name]
+    return np.load(store.root / t["file"]), t
+
+
+def select(store: GradientStore, task: str, budget: int | float, *, device: str | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """LESS selection for a stored task: the ``budget`` (int, or fraction < 1) best ids and their scores."""
+    feats, t = task_features(store, task)
+    ids, scores = less_scores(store, list(feats), t.get("subtasks"), device=device)
+    n = int(round(budget * len(ids))) if isinstance(budget, float) and budget < 1 else int(budget)
+    if not 0 < n <= len(ids):
+        raise ValueError(f"select: budget {budget} gives {n} of {len(ids)} stored rows")
+    order = np.argsort(-scores, kind="stable")[:n]
+    return ids[order], scores[order]
+
+
+def _query(store: GradientStore, query: Any) -> tuple[np.ndarray, int | None]:
+    """A query given as features ([d] or [C, d]) or as (task name, row) -> ([C, 1, d], its id if known)."""
+    if isinstance(query, tuple) and len(query) == 2 and isinstance(query[0], str):
+        feats, t = task_features(store, query[0])
+        row = int(query[1])
+        if not 0 <= row < feats.shape[1]:
+            raise ValueError(f"query row {row} is out of range for task {query[0]!r} ({feats.shape[1]} rows)")
+        qid = t["ids"][row] if t.get("ids") else None
+        return feats[:, row : row + 1], qid
+    q = np.asarray(query, dtype=np.float32)
+    C = len(store.checkpoint_names())
+    if q.ndim == 1:
+        q = np.broadcast_to(q, (C, q.shape[0])) if C == 1 else q[None]
+    return q.reshape(C, 1, -1), None
+
+
+def explain(store: GradientStore, example: Any, k: int = 10, *, metric: str = "cosine",
+            device: str | None = None) -> list[dict[str, Any]]:
+    """The k training examples most influential on ``example`` (features or ``(task, row)``): scores, metadata."""
+    q, _ = _query(store, example)
+    ids, scores = topk(store, list(q), k, metric=metric, device=device)
+    rows = lookup(store, ids[0])
+    return [{**r, "rank": i + 1, "score": float(s)} for i, (r, s) in enumerate(zip(rows, scores[0], strict=True))]
+
+
+def nshot(store: GradientStore, query: Any, k: int = 4, *, exclude_ids: Sequence[int] | None = None,
+          device: str | None = None) -> list[dict[str, Any]]:
+    """Examples to put in a prompt for ``query``: the k most gradient-similar, ordered least to most similar.
+
+    The most similar example comes last, right before the query (the order Liu et al., 2022, found best
+    for similarity-chosen in-context examples). The query's own id is excluded when it is known.
+    """
+    q, qid = _query(store, query)
+    excl = list(exclude_ids or []) + ([qid] if qid is not None else [])
+    ids, scores = topk(store, list(q), k, metric="cosine", device=device, exclude_ids=excl or None)
+    rows = lookup(store, ids[0])
+    out = [{**r, "score": float(s)} for r, s in zip(rows, scores[0], strict=True) if np.isfinite(s)]
+    return out[::-1]
