@@ -65,6 +65,8 @@ class Request:
     arrival_s: float  # monotonic clock
     request_class: str = "default"
     label: Any = None  # ground truth, when the client sends it (online profiling)
+    n_examples: int = 1  # examples in ``inputs`` (what batch limits and latency predictions count)
+    knobs: dict[str, Any] = field(default_factory=dict)  # generation knobs (max_new_tokens, kv_cache_cap)
 
 
 @dataclass
@@ -76,6 +78,18 @@ class ServeState:
     max_batch: dict[str, int]  # variant name -> configured max batch size
     now_s: float = 0.0
     plan: Any = None  # set by the planner: per request class, variant -> fraction
+    # Added by the runtime (defaults keep older callers valid): examples in model calls now, the
+    # batching wait bound, and model calls in flight per variant (used to predict queueing delay).
+    in_flight: dict[str, int] = field(default_factory=dict)
+    max_wait_ms: dict[str, float] = field(default_factory=dict)
+    concurrency: dict[str, int] = field(default_factory=dict)
+
+
+# Why a policy refused a request (optional ``refusal_kind()`` on a policy; "impossible" if absent):
+# "impossible" = no variant meets the SLO even when idle (HTTP 503); "overloaded" = one would, but
+# not with the current queues (HTTP 429, retry later).
+REFUSE_IMPOSSIBLE = "impossible"
+REFUSE_OVERLOADED = "overloaded"
 
 
 class RoutingPolicy(Protocol):

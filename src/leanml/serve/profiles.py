@@ -1,0 +1,152 @@
+"""Measure variants on this machine and keep the results in a profile file (JSON, written atomically).
+
+``leanml serve profile --config deploy.toml`` calls `profile_family` for every deployment and
+`save_profiles`; ``leanml serve start`` reloads the file with `load_profiles`. A profile entry is
+tied to its prototype and parameters by a fingerprint, so a stale entry is never used silently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanml.io import atomic_write_text
+from leanml.serve.types import LatencyProfile, VariantProfile
+from leanml.serve.variants.base import Variant
+from leanml.serve.variants.prototypes import Family
+
+FORMAT = "leanml.serve.profiles/1"
+
+
+def fingerprint(prototype: str, params: dict[str, Any], variant: str) -> str:
+    """What a profile was measured for: prototype, its parameters, the variant name."""
+    blob = json.dumps([prototype, params, variant], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def measure_latency(variant: Variant, inputs: list[Any], batch_sizes: list[int], reps: int, warmup: int = 2,
+                    knobs: dict[str, Any] | None = None) -> tuple[LatencyProfile, dict[int, float], float | None, int]:
+    """Latency per batch size (p50/p99 ms over ``reps`` runs), throughput, energy (J/request or None)."""
+    from leanml.meter import Meter
+
+    model = variant.model
+    parsed = [model.parse(x) for x in inputs]
+    p50: dict[int, float] = {}
+    p99: dict[int, float] = {}
+    thr: dict[int, float] = {}
+    n_req = 0
+    with Meter(gpu=False, sample_interval_s=1.0) as m:
+        for b in batch_sizes:
+            items = [parsed[i % len(parsed)] for i in range(b)]
+            k = [dict(knobs or {})] * b
+            for _ in range(warmup):
+                model.run(items, k)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                model.run(items, k)
+                times.append((time.perf_counter() - t0) * 1000.0)
+            n_req += b * reps
+            arr = np.asarray(times)
+            p50[b] = float(np.percentile(arr, 50))
+            p99[b] = float(np.percentile(arr, 99))
+            thr[b] = float(b / (arr.mean() / 1000.0))
+    e = m.cost.energy_cpu_j
+    # warm-up runs are metered too: count them so that J/request stays an average over all calls
+    n_all = n_req + warmup * sum(batch_sizes)
+    return LatencyProfile(p50, p99), thr, (e / n_all if e is not None else None), n_all
+
+
+def profile_variant(variant: Variant, family: Family, *, batch_sizes: list[int], reps: int,
+                    val_n: int | None, fp: str) -> VariantProfile:
+    """Accuracy on the family's validation data, latency/throughput by batch size, memory, energy."""
+    t0 = time.perf_counter()
+    acc = family.evaluate(variant, val_n)
+    eval_s = time.perf_counter() - t0
+    inputs = family.sample_inputs(max(batch_sizes), 0)
+    lat, thr, energy, n = measure_latency(variant, inputs, batch_sizes, reps)
+    return VariantProfile(
+        name=variant.name, accuracy=float(acc), latency=lat, memory_bytes=variant.model.size_bytes(),
+        energy_j_per_request=energy, throughput_rps=thr,
+        extra={"technique": variant.technique, "params": variant.params, "fingerprint": fp,
+               "val": family.info.get("val"), "val_n": val_n or family.info.get("val_n"),
+               "eval_s": round(eval_s, 3), "requests_measured": n,
+               "energy_note": None if energy is not None else "CPU energy counters (RAPL) unavailable here"},
+    )
+
+
+def profile_to_dict(p: VariantProfile) -> dict[str, Any]:
+    return {
+        "name": p.name, "accuracy": p.accuracy,
+        "latency": {"p50_ms": {str(k): v for k, v in p.latency.p50_ms.items()},
+                    "p99_ms": {str(k): v for k, v in p.latency.p99_ms.items()}},
+        "memory_bytes": p.memory_bytes, "energy_j_per_request": p.energy_j_per_request,
+        "throughput_rps": {str(k): v for k, v in p.throughput_rps.items()}, "extra": p.extra,
+    }
+
+
+def profile_from_dict(d: dict[str, Any]) -> VariantProfile:
+    try:
+        lat = LatencyProfile({int(k): float(v) for k, v in d["latency"]["p50_ms"].items()},
+                             {int(k): float(v) for k, v in d["latency"]["p99_ms"].items()})
+        if not lat.p50_ms or set(lat.p50_ms) != set(lat.p99_ms):
+            raise ValueError("latency tables empty or with different batch sizes")
+        return VariantProfile(
+            name=str(d["name"]), accuracy=float(d["accuracy"]), latency=lat,
+            memory_bytes=d.get("memory_bytes"), energy_j_per_request=d.get("energy_j_per_request"),
+            throughput_rps={int(k): float(v) for k, v in (d.get("throughput_rps") or {}).items()},
+            extra=dict(d.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"profile entry {d.get('name', '?')!r} is malformed: {e}") from None
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def save_profiles(path: str | Path, profiles: dict[str, dict[str, VariantProfile]],
+                  meta: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write ``{deployment: {variant: profile}}`` as JSON, atomically (old file or new, never half)."""
+    doc = {
+        "format": FORMAT, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "deployments": {dep: {"meta": (meta or {}).get(dep, {}),
+                              "variants": {n: profile_to_dict(p) for n, p in vs.items()}}
+                        for dep, vs in profiles.items()},
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def load_profiles(path: str | Path) -> dict[str, dict[str, VariantProfile]]:
+    """Read a profile file; a clear error names the file and what is wrong."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"profile file {path} does not exist; "
+                                "run `leanml serve profile --config ...`") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"profile file {path} is not valid JSON ({e}); re-run `leanml serve profile`") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"profile file {path}: format is {doc.get('format') if isinstance(doc, dict) else '?'!r}, "
+                         f"expected {FORMAT!r}; re-run `leanml serve profile`")
+    out: dict[str, dict[str, VariantProfile]] = {}
+    for dep, entry in (doc.get("deployments") or {}).items():
+        try:
+            out[dep] = {n: profile_from_dict(v) for n, v in entry["variants"].items()}
+        except ValueError as e:
+            raise ValueError(f"profile file {path}, deployment {dep!r}: {e}") from None
+    return out

