@@ -124,9 +124,11 @@ def start_cmd(
         run_ray(cfg, loaded, host=h, port=p)
         return
     from leanml.serve.http import build_app, serve
+    from leanml.serve.replay import attach_controllers
     from leanml.serve.runtime import Runtime
 
     rt = Runtime.from_config(cfg, loaded)
+    attach_controllers(rt)  # planned policies (adaptive, proteus) re-plan on their own clock and on drift
     if pfile is not None and rt.builder.measured:
         merged = dict(loaded)
         for name, dep in rt.deployments.items():
@@ -137,5 +139,7 @@ def start_cmd(
     serve(app_, host=h, port=p, log_level=cfg.server.log_level)
 
 
-# ---- `leanml serve replay` (trace replay against the simulator / a live server) is added by the ---------
-# ---- workload/planner part (issue 6) below this line. ----------------------------------------------------
+# ---- `leanml serve replay`: trace replay against the simulator or a live server (leanml.serve.replay) ----
+from leanml.cli.replay_cmd import replay_command  # noqa: E402
+
+app.command("replay")(replay_command)

@@ -304,8 +304,10 @@ def _build_cifar(p: dict[str, Any], wanted: list[str]) -> Family:
                                lambda m: tv.distill(base, m, X, y=y, alpha=0.5, epochs=p["epochs"],
                                                     batch_size=64, seed=p["seed"]))
         add("cnn_narrow", narrow, "distill", width=w, teacher="cnn")
+    # The test split is stored class by class: a prefix would be a few classes, so take a seeded sample.
     n_val = p["val_n"] or len(te.X)
-    Xv, yv = te.X[:n_val].astype(np.float32), te.y[:n_val]
+    rows = np.sort(np.random.default_rng(p["seed"]).permutation(len(te.X))[:n_val])
+    Xv, yv = te.X[rows].astype(np.float32), te.y[rows]
     return Family("cifar10", {k: variants[k] for k in wanted}, classifier_evaluator(Xv, yv), example_sampler(Xv),
                   {"n_classes": 10, "val": "cifar10/test", "val_n": len(Xv), "train_n": len(X)})
 

@@ -1,0 +1,265 @@
+"""The replay study: Azure code trace (bursty) through six serving policies, simulated and live.
+
+    python benchmarks/serve_replay.py --quick            # adult only, short windows (< 1-2 min)
+    python benchmarks/serve_replay.py                    # adult + cifar10, longer windows
+
+Per prototype: build the variants (leanml.serve.variants) and measure their profiles on this
+machine (one model thread per call: OMP_NUM_THREADS=1), rescale the Azure LLM code trace so its
+mean load is ``--load`` x the most accurate variant's capacity on ``--cores`` cores (bursts then
+overload it), run every policy through the simulator on that trace, then replay a shorter window
+live against the real HTTP server on loopback, and simulate that same window to measure the
+simulator's error. Headline keys (final JSON line): goodput_vs_static_accurate, goodput_vs_infaas,
+accuracy_gap_points (static most-accurate minus adaptive, points), sim_p99_error; from the
+simulated study of the first prototype (the live windows are bounded by this 2-core machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per model call: workers = cores is meaningful
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def measured_variants(proto: str, quick: bool, cache: bool) -> tuple[dict, dict]:
+    """Build the prototype's variants and measure profiles here (cached between --quick runs)."""
+    import torch
+
+    from leanml.data.root import cache_dir
+    from leanml.serve.builder import VariantBuilder
+    from leanml.serve.config import ProfileSettings, load_config
+    from leanml.serve.profiles import load_profiles, save_profiles
+
+    torch.set_num_threads(1)
+    dc = load_config(ROOT / "examples" / f"{proto}.toml").deployments[proto]
+    dc = replace(dc, profile=ProfileSettings(batch_sizes=(1, 4, 16, 32), reps=8 if quick else 20,
+                                             val_n=dc.profile.val_n))
+    path = cache_dir("serve_replay") / f"{proto}.profile.json"
+    known = load_profiles(path) if cache and path.exists() else None
+    b = VariantBuilder(known)
+    variants = b.build(dc, measure_missing=True)
+    if b.measured:
+        save_profiles(path, {proto: {n: v.profile for n, v in variants.items()}})
+    # Accuracy on a seeded random sample of the test split: the family's own evaluation takes the
+    # first val_n rows, and the CIFAR-10 test split is sorted by class (its first 2,000 rows are two
+    # classes), so that number is not an accuracy over the 10 classes.
+    X, y = _test_split(proto)
+    idx = np.random.default_rng(1).permutation(len(X))[: (1000 if proto == "cifar10" else 4000)]
+    for v in variants.values():
+        acc = _accuracy(v, X[idx], y[idx])
+        v.profile = replace(v.profile, accuracy=acc, extra={**v.profile.extra, "family_accuracy": v.profile.accuracy,
+                                                            "accuracy_sample": f"random {len(idx)} of test"})
+    study_path = cache_dir("serve_replay") / f"{proto}.study.profile.json"
+    save_profiles(study_path, {proto: {n: v.profile for n, v in variants.items()}})
+    return variants, {"profile_file": str(study_path), "reused_profiles": not b.measured}
+
+
+def _test_split(proto: str) -> tuple[np.ndarray, np.ndarray]:
+    from leanml.data import load
+
+    split = load("adult" if proto == "adult" else "cifar10", "test")
+    return split.X.astype(np.float32), split.y
+
+
+def _accuracy(variant, X: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
+    model = variant.model
+    pred = []
+    for i in range(0, len(X), batch):
+        outs = model.run([model.parse(X[i:i + batch])], [{}])
+        pred += outs[0]["labels"]
+    return float(np.mean(np.asarray(pred) == y))
+
+
+def payloads(proto: str):
+    """Real test examples with their labels (the label stays client-side: it measures delivered accuracy)."""
+    from leanml.serve.replay import Payload
+
+    X, y = _test_split(proto)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(X))
+
+    def make(i: int) -> Payload:
+        j = int(order[i % len(order)])
+        return Payload("/v1/predict/study", {"inputs": [X[j].tolist()]}, label=int(y[j]))
+
+    return make
+
+
+def capacity_rps(p, cores: int, sizes=(1, 4, 16, 32)) -> float:
+    return cores * max(b / (p.latency.at(b, "p50") / 1e3) for b in sizes)
+
+
+def study(proto: str, a: argparse.Namespace) -> dict:
+    from leanml.serve.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
+    from leanml.serve.workload import load_trace, scale_to_rate
+    from leanml.serve.workload_describe import describe
+
+    t0 = time.perf_counter()
+    variants, pinfo = measured_variants(proto, a.quick, cache=a.quick or a.reuse_profiles)
+    profiles = {n: v.profile for n, v in variants.items()}
+    t_prof = time.perf_counter() - t0
+    best = most_accurate(profiles)
+    target = profiles[best].accuracy - a.accuracy_slack
+    cap = capacity_rps(profiles[best], a.cores)
+    trace = load_trace("azure_llm_code")
+    # mean load = a.load x the best variant's capacity; the planners' period scales with the trace's
+    # compression so they re-plan as often, in trace time, as Proteus does (every 5 s of a real-time trace
+    # compressed to 5 minutes)
+    sim_tr = scale_to_rate(trace, a.load * cap).window(0.0, a.sim_seconds)
+    period = float(np.clip(5.0 * sim_tr.duration_s / 300.0, 0.01, 5.0))
+    runs = {"sim": {}, "live": {}, "sim-of-live": {}}
+    recs = {"sim": {}, "live": {}, "sim-of-live": {}}
+    summ = {"sim": {}, "live": {}, "sim-of-live": {}}
+    for pol in POLICIES:
+        rows, rec, _ = simulate(pol, profiles, sim_tr.arrival_s, cores=a.cores, latency_ms=a.slo_ms,
+                                accuracy_target=target, seed=0, period_s=period, tick_s=period / 5)
+        runs["sim"][pol], recs["sim"][pol] = rows, rec
+        summ["sim"][pol] = {**summarize(rows, sim_tr.duration_s, profiles), "reconfigurations": len(rec)}
+    overhead_ms = None
+    if a.live:
+        live_tr = scale_to_rate(trace, a.live_rate).busiest(a.live_seconds)  # the busiest stretch: a burst
+        make = payloads(proto)
+        cfg = str(ROOT / "examples" / f"{proto}.toml")
+        for pol in (POLICIES if not a.quick else ("static-accurate", "adaptive")):
+            rows, rec = run_live_subprocess(pol, cfg, proto, pinfo["profile_file"], live_tr.arrival_s, make,
+                                            cores=a.cores, latency_ms=a.slo_ms, accuracy_target=target,
+                                            max_requests=a.live_max_requests, max_duration_s=a.live_seconds)
+            if overhead_ms is None:  # calibrate the simulator's request path from the first live run:
+                # its per-request cost, not the backlog in front of it (the 10th percentile of what the
+                # client saw beyond the runtime's queue and model time; the median includes the backlog)
+                extra = [r["latency_ms"] - r["queue_ms"] - r["model_ms"] for r in rows
+                         if r["status"] == 200 and r.get("queue_ms") is not None]
+                overhead_ms = float(np.percentile(extra, 10)) if extra else 0.0
+            runs["live"][pol], recs["live"][pol] = rows, rec
+            summ["live"][pol] = {**summarize(rows, live_tr.duration_s, profiles), "reconfigurations": len(rec)}
+            srows, srec, _ = simulate(pol, profiles, live_tr.arrival_s[: len(rows)], cores=a.cores,
+                                      latency_ms=a.slo_ms, accuracy_target=target, seed=1,
+                                      overhead_ms=overhead_ms)
+            runs["sim-of-live"][pol], recs["sim-of-live"][pol] = srows, srec
+            summ["sim-of-live"][pol] = {**summarize(srows, live_tr.duration_s, profiles),
+                                        "reconfigurations": len(srec)}
+    s = summ["sim"]
+    head = {
+        "goodput_vs_static_accurate": s["adaptive"]["goodput_rps"] / max(s["static-accurate"]["goodput_rps"], 1e-9),
+        "goodput_vs_infaas": s["adaptive"]["goodput_rps"] / max(s["infaas"]["goodput_rps"], 1e-9),
+        "accuracy_gap_points": 100 * (s["static-accurate"]["mean_accuracy_profiled"]
+                                      - s["adaptive"]["mean_accuracy_profiled"]),
+    }
+    if a.live:
+        errs = {k: [] for k in ("p50_ms", "p99_ms", "goodput_rps")}
+        for pol, live in summ["live"].items():
+            sim = summ["sim-of-live"][pol]
+            for k in errs:
+                if np.isfinite(live[k]) and live[k] > 0 and np.isfinite(sim[k]):
+                    errs[k].append(abs(sim[k] - live[k]) / live[k])
+        head.update({"sim_p50_error": float(np.mean(errs["p50_ms"])) if errs["p50_ms"] else None,
+                     "sim_p99_error": float(np.mean(errs["p99_ms"])) if errs["p99_ms"] else None,
+                     "sim_goodput_error": float(np.mean(errs["goodput_rps"])) if errs["goodput_rps"] else None})
+        live = summ["live"]
+        if "adaptive" in live and "static-accurate" in live:
+            head["live_goodput_vs_static_accurate"] = (live["adaptive"]["goodput_rps"]
+                                                       / max(live["static-accurate"]["goodput_rps"], 1e-9))
+            head["live_accuracy_gap_points"] = 100 * (live["static-accurate"]["mean_accuracy_measured"]
+                                                      - live["adaptive"]["mean_accuracy_measured"])
+        if "adaptive" in live and "infaas" in live:
+            head["live_goodput_vs_infaas"] = live["adaptive"]["goodput_rps"] / max(live["infaas"]["goodput_rps"], 1e-9)
+    from leanml.serve.replay_report import write_report
+
+    meta = {
+        "trace": "azure_llm_code", "prototype": proto, "machine": f"{platform.machine()}, {os.cpu_count()} cores "
+        "(shared)", "cores_used": a.cores, "latency_slo_ms": a.slo_ms, "accuracy_target": round(target, 4),
+        "most_accurate": best, "capacity_most_accurate_rps": round(cap, 1),
+        "sim_mean_rate_rps": round(sim_tr.mean_rate, 1), "sim_trace_seconds": round(sim_tr.duration_s, 2),
+        "sim_requests": len(sim_tr), "planner_period_s": round(period, 3),
+        "live_request_path_overhead_ms": overhead_ms,
+        "sim_trace_cv": round(describe(sim_tr)["cv_interarrival"], 2),
+        "live_mean_rate_rps": a.live_rate if a.live else None, "live_window_s": a.live_seconds if a.live else None,
+        "profiles": {n: {"accuracy": round(p.accuracy, 4), "family_accuracy": round(p.extra["family_accuracy"], 4),
+                         "p50_ms_b1": round(p.latency.at(1, "p50"), 3),
+                         "p50_ms_b32": round(p.latency.at(32, "p50"), 3)} for n, p in profiles.items()},
+        "profile_seconds": round(t_prof, 1), **pinfo,
+    }
+    paths = write_report(Path(a.out) / "serve_replay", runs, summ, recs, meta, stem=f"{proto}")
+    return {"headline": head, "summaries": summ, "meta": meta, "files": {k: str(v) for k, v in paths.items()}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="adult only, short windows, cached profiles")
+    ap.add_argument("--prototypes", default=None, help="comma-separated (default: adult; full: adult,cifar10)")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--slo-ms", type=float, default=100.0)
+    ap.add_argument("--accuracy-slack", type=float, default=0.01, help="target = best accuracy - this")
+    ap.add_argument("--load", type=float, default=0.6, help="mean load as a fraction of the best variant's capacity")
+    ap.add_argument("--sim-seconds", type=float, default=None)
+    ap.add_argument("--live", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--live-rate", type=float, default=3.0,
+                    help="mean requests/s of the live replay (the trace's own rate is 2.6/s, peaks 67/s)")
+    ap.add_argument("--live-seconds", type=float, default=None)
+    ap.add_argument("--live-max-requests", type=int, default=4000)
+    ap.add_argument("--reuse-profiles", action="store_true",
+                    help="reuse profiles measured here by an earlier run (cached); --quick always does")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    a.sim_seconds = a.sim_seconds or (60.0 if a.quick else 600.0)
+    a.live_seconds = a.live_seconds or (15.0 if a.quick else 30.0)
+    protos = (a.prototypes or ("adult" if a.quick else "cifar10,adult")).split(",")
+    t0 = time.perf_counter()
+    results, errors = {}, {}
+    for p in protos:
+        try:
+            results[p] = study(p, a)
+        except Exception as e:  # one prototype failing must not lose the others' results
+            errors[p] = f"{type(e).__name__}: {e}"
+            print(f"prototype {p} failed: {errors[p]}", file=sys.stderr)
+    if not results:
+        raise SystemExit(f"every prototype failed: {errors}")
+    first = results[next(iter(results))]["headline"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        for p, r in results.items():
+            for mode, by_pol in r["summaries"].items():
+                if not by_pol:
+                    continue
+                t = Table(title=f"{p} / {mode}")
+                for c in ("policy", "goodput/s", "SLO viol.", "acc (measured)", "acc (profiled)", "p50 ms",
+                          "p99 ms", "reconf."):
+                    t.add_column(c)
+                for pol, s in by_pol.items():
+                    t.add_row(pol, f"{s['goodput_rps']:.1f}", f"{s['slo_violation_rate']:.3f}",
+                              f"{s['mean_accuracy_measured']:.4f}", f"{s['mean_accuracy_profiled']:.4f}",
+                              f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", str(s["reconfigurations"]))
+                con.print(t)
+    except ImportError:
+        pass
+    out = {**first, "source": f"simulated study of {next(iter(results))} with profiles measured on this machine",
+           "errors": errors,
+           "per_prototype": {p: r["headline"] for p, r in results.items()},
+           "targets": {"goodput_vs_static_accurate": ">= 2", "goodput_vs_infaas": ">= 1.3",
+                       "accuracy_gap_points": "<= 1"},
+           "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+           "quick": a.quick, "wall_s": round(time.perf_counter() - t0, 1)}
+    from leanml.io import atomic_write_text
+
+    atomic_write_text(Path(a.out) / "serve_replay.json", json.dumps(out, indent=1, default=str))
+    print(json.dumps(out, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()
