@@ -22,22 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leanml.serve.config import Batching
-from leanml.serve.types import Request
+from leanml.serve.types import Outcome, Request  # noqa: F401  (Outcome re-exported)
 from leanml.serve.variants.base import Variant
-
-
-@dataclass
-class Outcome:
-    """The one answer to one request."""
-
-    status: int  # HTTP status: 200, 429, 503, 500
-    output: Any = None
-    variant: str | None = None
-    outcome: str = "ok"  # ok | refused_slo | refused_overload | expired | error
-    reason: str | None = None
-    queue_ms: float = 0.0
-    model_ms: float = 0.0
-    batch_size: int = 0
 
 
 @dataclass

@@ -61,18 +61,9 @@ def latency_quantile_ms(
     """Predicted latency quantile ``q`` (ms) of a request at ``rate_rps``; ``inf`` when unstable."""
     if rate_rps <= 0:
         return max(0.0, max_wait_ms if batch > 1 else 0.0) + service_p99_ms
-    mean_s = service_p50_ms / 1e3 * (1 + service_cv(service_p50_ms, service_p99_ms) ** 2) ** 0.5
-    lam_b = rate_rps / batch
-    offered = lam_b * mean_s
-    if offered >= workers:
-        return math.inf
-    pw = erlang_c(workers, offered)
-    cs = service_cv(service_p50_ms, service_p99_ms)
-    ca_b = ca / math.sqrt(batch)
-    mean_wait = pw / (workers / mean_s - lam_b) * (ca_b**2 + cs**2) / 2
-    wq = (mean_wait / pw) * math.log(pw / (1 - q)) if pw > 1 - q else 0.0
-    fill = min(max_wait_ms / 1e3, (batch - 1) / rate_rps) if batch > 1 else 0.0
-    return (fill + wq) * 1e3 + service_p99_ms
+    return float(_latency_vec(np.array([float(rate_rps)]), batch=batch, workers=workers,
+                              service_p50_ms=service_p50_ms, service_p99_ms=service_p99_ms,
+                              ca=ca, max_wait_ms=max_wait_ms, q=q)[0])
 
 
 def _latency_vec(rates: np.ndarray, *, batch: int, workers: int, service_p50_ms: float, service_p99_ms: float,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from leanml.serve.queueing import Z99
-from leanml.serve.types import SLO, Request, ServeState, VariantProfile
+from leanml.serve.types import SLO, Outcome, Request, ServeState, VariantProfile
 
 REFUSE_OVERLOADED = "overloaded"
 
@@ -46,20 +46,6 @@ class SimBatching:
     max_queue: int = 1024
     concurrency: int = 1
     drop_expired: bool = True
-
-
-@dataclass
-class SimOutcome:
-    """The answer to one request (attribute names follow the runtime's `Outcome`)."""
-
-    status: int
-    output: Any = None
-    variant: str | None = None
-    outcome: str = "ok"
-    reason: str | None = None
-    queue_ms: float = 0.0
-    model_ms: float = 0.0
-    batch_size: int = 0
 
 
 @dataclass
@@ -152,7 +138,7 @@ class Simulator:
     def variants(self) -> list[str]:
         return list(self.v)
 
-    def submit_shadow(self, profiler: Any, request: Request, outcome: SimOutcome) -> None:
+    def submit_shadow(self, profiler: Any, request: Request, outcome: Outcome) -> None:
         """Shadow-run a served request on the variants the profiler picks (outputs drawn like served ones)."""
         shadows = profiler.choose_shadows(outcome.variant)
         if not shadows:
@@ -229,11 +215,11 @@ class Simulator:
         if v is None or v not in self.v:
             kind = getattr(self.policy, "refusal_kind", lambda: "impossible")()
             st, oc = (429, "refused_overload") if kind == REFUSE_OVERLOADED else (503, "refused_slo")
-            self._finish(req, SimOutcome(st, outcome=oc, reason=self.policy.reason()), u)
+            self._finish(req, Outcome(st, outcome=oc, reason=self.policy.reason()), u)
             return
         s = self.v[v]
         if len(s.queue) >= s.batching.max_queue:
-            self._finish(req, SimOutcome(429, variant=v, outcome="refused_overload", reason="queue full"), u)
+            self._finish(req, Outcome(429, variant=v, outcome="refused_overload", reason="queue full"), u)
             return
         dl = self.now + slo.latency_ms / 1e3 if slo.latency_ms is not None else None
         s.queue.append(_Q(req, dl, u, self.now))
@@ -261,7 +247,7 @@ class Simulator:
                 s.queue.popleft()
                 s.queued -= k
                 if b.drop_expired and q.deadline is not None and self.now > q.deadline:
-                    self._finish(q.req, SimOutcome(503, variant=v, outcome="expired", reason="deadline passed",
+                    self._finish(q.req, Outcome(503, variant=v, outcome="expired", reason="deadline passed",
                                                    queue_ms=(self.now - q.req.arrival_s) * 1e3), q.u)
                     continue
                 batch.append(q)
@@ -291,7 +277,7 @@ class Simulator:
         s.in_flight_batches -= 1
         s.in_flight_examples -= n
         for q in batch:
-            out = SimOutcome(200, self._output(v, q.u, q.req.inputs["truth"]), v, "ok", None,
+            out = Outcome(200, self._output(v, q.u, q.req.inputs["truth"]), v, "ok", None,
                              (start - q.req.arrival_s) * 1e3, dur * 1e3, n)
             self._finish(q.req, out, q.u)
         if self._core_wait:
@@ -301,7 +287,7 @@ class Simulator:
             self._free_cores += 1
         self._dispatch(v)
 
-    def _finish(self, req: Request, out: SimOutcome, u: float) -> None:
+    def _finish(self, req: Request, out: Outcome, u: float) -> None:
         lat = (self.now - req.arrival_s) * 1e3
         ok = out.status == 200
         v = out.variant if ok else None

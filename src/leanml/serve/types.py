@@ -100,3 +100,17 @@ class RoutingPolicy(Protocol):
     def route(self, request: Request, state: ServeState) -> str | None: ...
 
     def reason(self) -> str: ...
+
+
+@dataclass
+class Outcome:
+    """The one answer to one request."""
+
+    status: int  # HTTP status: 200, 429, 503, 500
+    output: Any = None
+    variant: str | None = None
+    outcome: str = "ok"  # ok | refused_slo | refused_overload | expired | error
+    reason: str | None = None
+    queue_ms: float = 0.0
+    model_ms: float = 0.0
+    batch_size: int = 0
