@@ -6,8 +6,9 @@ Side by side, on the same examples, per model and LoRA configuration:
       installed with ``pip install traker --no-deps``; if absent, an equivalent block-wise projector
       written here is used and the table says so);
   (b) leanml dense (batched per-example gradients, block-generated JL projection);
-  (c) leanml factorized (LoGra-style, per-layer then one dense stage to k);
+  (c) leanml factorized (LoGra-style, per layer, then a sparse JL stage to k);
   (d) floor: plain forward+backward of the same batches to the same parameters, no features.
+(c) and (d) run interleaved, batch by batch, so that other load on the machine hits both alike.
 Models: MiniLM-L6 + LoRA on SST-2, SmolLM2-135M + LoRA on 128-token T0 sequences, at LESS's
 defaults (rank 128 on q/k/v/o, k = 8192) and at rank 8.
 
@@ -115,18 +116,31 @@ def less_loop(model: torch.nn.Module, loss: Any, batches: list[dict], names: lis
             "extrapolated": k_run != k, "k_measured": k_run, "projector": what}
 
 
-def leanml_run(gc: GradientComputer, batches: list[dict], dev: str, method: str, floor: bool = False) -> dict:
-    _peak_reset(dev)
+def leanml_and_floor(gc: GradientComputer, batches: list[dict], dev: str, rounds: int = 2) -> list[dict]:
+    """leanml factorized and the fwd+bwd floor, interleaved batch by batch (each batch runs both, in
+    alternating order) so that load from other processes hits both alike; ``rounds`` passes."""
+    gc.features(batches[0])  # warm-up (matrices, kernels)
+    gc.floor(batches[0])
+    timed = batches[1:] if len(batches) > 1 else batches
+    t = {"features": 0.0, "floor": 0.0}
+    peak = {"features": 0.0, "floor": 0.0}
     n = 0
-    gc.features(batches[0]) if not floor else gc.floor(batches[0])  # warm-up (matrices, kernels)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for b in batches[1:] if len(batches) > 1 else batches:
-        gc.floor(b) if floor else gc.features(b)
-        n += len(next(iter(b.values())))
-    _sync(dev)
-    dt = time.perf_counter() - t0
-    return {"method": method, "examples": n, "ex_per_s": n / dt, "peak_mib": _peak(dev), "extrapolated": False}
+    for r in range(rounds):
+        for i, b in enumerate(timed):
+            order = ("features", "floor") if (i + r) % 2 == 0 else ("floor", "features")
+            for what in order:
+                _peak_reset(dev)
+                _sync(dev)
+                t0 = time.perf_counter()
+                gc.features(b) if what == "features" else gc.floor(b)
+                _sync(dev)
+                t[what] += time.perf_counter() - t0
+                peak[what] = max(peak[what], _peak(dev))
+            n += len(next(iter(b.values())))
+    return [{"method": "leanml factorized", "examples": n, "ex_per_s": n / t["features"],
+             "peak_mib": peak["features"], "extrapolated": False},
+            {"method": "floor: fwd+bwd, no features", "examples": n, "ex_per_s": n / t["floor"],
+             "peak_mib": peak["floor"], "extrapolated": False}]
 
 
 def dense_run(model: torch.nn.Module, loss: Any, batches: list[dict], k: int, dev: str) -> dict:
@@ -222,8 +236,7 @@ def run_config(model_name: str, rank: int, k: int, n: int, bs: int, less_n: int,
     rows.append({**base, **less_loop(model, loss, batches, names, k, dev, less_n)})
     rows.append({**base, **dense_run(model, loss, batches, k, dev)})
     gf = GradientComputer(model, loss, params="lora", projector="factorized", dim=k, device=dev)
-    rows.append({**base, **leanml_run(gf, batches, dev, "leanml factorized")})
-    rows.append({**base, **leanml_run(gf, batches, dev, "floor: fwd+bwd, no features", floor=True)})
+    rows += [{**base, **r} for r in leanml_and_floor(gf, batches, dev)]
     del model
     return rows
 

@@ -29,7 +29,7 @@ def test_digits_neighbours_preserved():
     fit(model, s.X, s.y, epochs=2)
     tr = {"x": torch.as_tensor(s.X[:600], dtype=torch.float32), "y": torch.as_tensor(s.y[:600])}
     q = {"x": torch.as_tensor(t.X[:50], dtype=torch.float32), "y": torch.as_tensor(t.y[:50])}
-    floors = {"dense": 0.85, "factorized": 0.65}
+    floors = {"dense": 0.85, "factorized": 0.75}
     exact = None
     for proj, floor in floors.items():
         gc = GradientComputer(model, ClassificationLoss(), projector=proj, dim=256, seed=0)
@@ -60,4 +60,4 @@ def test_sst2_minilm_lora_neighbours_preserved():
     dense = _top(torch.cat([gd.features(b) for b in pool]), gd.features(queries))
     fact = _top(torch.cat([gf.features(b) for b in pool]), gf.features(queries))
     assert _overlap(exact, dense) >= 0.65
-    assert _overlap(exact, fact) >= 0.5
+    assert _overlap(exact, fact) >= 0.6

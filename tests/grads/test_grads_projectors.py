@@ -1,4 +1,4 @@
-"""Dense projections: seeded, block-generated, reproducible, and within Johnson-Lindenstrauss bounds."""
+"""Dense and sparse projections: seeded, reproducible, and within Johnson-Lindenstrauss bounds."""
 
 import math
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from leanml.grads import DenseProjector, FactorizedProjector
+from leanml.grads import DenseProjector, FactorizedProjector, SparseProjector
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "sparse"])
 def test_inner_products_within_jl_bound(kind):
     # n points, k dims: with probability >= 1 - delta every pairwise inner product error is at most
     # eps * |x| |y| for eps = sqrt(8 ln(n^2 / delta) / k) (JL for inner products via the polarization identity).
@@ -17,7 +17,7 @@ def test_inner_products_within_jl_bound(kind):
     rng = np.random.default_rng(0)
     base = rng.standard_normal((5, D))
     X = torch.as_tensor(rng.standard_normal((n, 5)) @ base + 0.5 * rng.standard_normal((n, D)), dtype=torch.float32)
-    P = DenseProjector(D, k, kind=kind, seed=11, block_rows=700)
+    P = SparseProjector(D, k, seed=11) if kind == "sparse" else DenseProjector(D, k, kind=kind, seed=11, block_rows=700)
     Y = P.project(X)
     G, H = X.double() @ X.double().T, Y.double() @ Y.double().T
     norms = X.double().norm(dim=1)
@@ -53,17 +53,47 @@ def test_cpu_and_gpu_give_identical_matrices():
         assert torch.equal(p.block(b, "cpu"), p.block(b, "cuda").cpu())
     f = FactorizedProjector({"l": (300, 200, False)}, dim=400, seed=2)
     assert torch.equal(f.matrix("l", "in", "cpu"), f.matrix("l", "in", "cuda").cpu())
+    s, x = SparseProjector(3000, 128, seed=7), torch.randn(4, 3000)
+    torch.testing.assert_close(s.project(x.cuda()).cpu(), s.project(x), rtol=1e-6, atol=1e-6)
 
 
 def test_factorized_dims_and_errors():
-    f = FactorizedProjector({"a": (384, 8, False), "b": (8, 384, True)}, dim=1024, seed=0)
-    assert f.dims["a"] == (32, 8)  # the rank side (8) is never widened: identity there
-    assert f.dims["b"] == (8, 32)
-    assert f.dim == f.inner_dim == 32 * 8 + 8 * 32 + 32 and f.second is None
+    f = FactorizedProjector({"a": (384, 8, False), "b": (8, 384, True)}, dim=4096, seed=0)
+    assert f.dims["a"] == (128, 8)  # the rank side (8) is never widened: identity there
+    assert f.dims["b"] == (8, 128)
+    assert f.dim == f.inner_dim == 128 * 8 + 8 * 128 + 128 and f.second is None
     assert f.matrix("a", "out") is None and f.matrix("b", "in") is None
     g = FactorizedProjector({"a": (384, 8, False), "b": (8, 384, True)}, dim=100, seed=0)
-    assert g.dim == 100 and g.second is not None and g.second.grad_dim == g.inner_dim
+    assert g.dim == 100 and isinstance(g.second, SparseProjector) and g.second.grad_dim == g.inner_dim
+    assert g.spec()["second"]["type"] == "sparse"
+    h = FactorizedProjector({"a": (384, 8, False), "b": (8, 384, True)}, dim=100, seed=0, second="dense")
+    assert isinstance(h.second, DenseProjector) and h.spec() != g.spec()  # a store tells the two apart
     with pytest.raises(ValueError, match="kind"):
         FactorizedProjector({"a": (4, 4, False)}, dim=4, kind="sparse")
+    with pytest.raises(ValueError, match="second"):
+        FactorizedProjector({"a": (4, 4, False)}, dim=4, second="countsketch")
     with pytest.raises(ValueError, match="expected"):
         DenseProjector(10, 4).project(torch.zeros(2, 11))
+
+
+def test_sparse_projector_is_seeded_unbiased_and_sparse():
+    D, k = 2000, 256
+    a, b = SparseProjector(D, k, seed=3, nnz=4), SparseProjector(D, k, seed=3, nnz=4)
+    x = torch.randn(3, D)
+    assert torch.equal(a.project(x), b.project(x))
+    assert not torch.equal(a.project(x), SparseProjector(D, k, seed=4).project(x))
+    e = torch.zeros(1, D)
+    e[0, 17] = 1.0  # one coordinate lands in exactly nnz buckets, one per block, with weight 1/sqrt(nnz)
+    col = a.project(e)[0]
+    assert (col != 0).sum().item() == 4 and torch.allclose(col.abs()[col != 0], torch.full((4,), 0.5))
+    torch.testing.assert_close(a.project_segments([x[:, :700], x[:, 700:]]), a.project(x))
+    # E<Sx, Sy> = <x, y>: the mean over 300 seeds is within 4 standard errors of the truth
+    y = torch.randn(1, D)
+    est = torch.tensor([(SparseProjector(D, k, seed=s).project(x[:1]) @ SparseProjector(D, k, seed=s).project(y).T)
+                        .item() for s in range(300)])
+    truth = (x[:1] @ y.T).item()
+    assert abs(est.mean().item() - truth) <= 4 * est.std().item() / math.sqrt(300)
+    with pytest.raises(ValueError, match="nnz"):
+        SparseProjector(10, 4, nnz=5)
+    with pytest.raises(ValueError, match="expected"):
+        a.project(torch.zeros(2, D + 1))
