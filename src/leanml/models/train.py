@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,9 @@ from leanml.meter import Cost, Meter
 # Called once per batch with (model, X_batch, y_batch, idx_batch); returns (X, y, weights) to train on.
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, np.ndarray], Batch]
+
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -39,6 +43,7 @@ def fit(
     keep_checkpoints: bool = False,
     count_flops: bool = False,
     loss_norm: str = "weights",
+    schedule: str = "constant",
 ) -> FitResult:
     """Train ``model`` with Adam on (X, y), metered.
 
@@ -46,7 +51,10 @@ def fit(
     online selector (DLIS, RHO-LOSS) replace each batch with the examples it picks.
     ``loss_norm`` divides each batch's weighted loss by the sum of its weights ("weights": a
     weighted mean, for weighted subsets) or by the batch size ("mean": the unbiased
-    importance-sampling estimate, for DLIS's 1/(N p) weights).
+    importance-sampling estimate, for DLIS's 1/(N p) weights). ``schedule`` is the learning rate
+    over training: "constant", or "cosine" decay from ``lr`` to 0 over all steps (stabler final
+    weights for short from-scratch runs). A checkpoint's ``lr`` is the mean rate of its epoch, the
+    weight LESS gives it.
     """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
@@ -59,6 +67,8 @@ def fit(
         raise ValueError(f"fit: loss_norm must be 'weights' or 'mean', got {loss_norm!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"fit: schedule must be one of {SCHEDULES}, got {schedule!r}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
@@ -66,11 +76,19 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     out = FitResult(model=model, cost=Cost())
+    steps_per_epoch = -(-len(X) // batch_size)
+    total, step = epochs * steps_per_epoch, 0
     with Meter(count_flops=count_flops) as m:
         model.train()
         for _ in range(epochs):
             perm = torch.randperm(len(X), generator=gen)
+            epoch_lrs = []
             for start in range(0, len(X), batch_size):
+                rate = lr if schedule == "constant" else 0.5 * lr * (1 + math.cos(math.pi * step / total))
+                for group in opt.param_groups:
+                    group["lr"] = rate
+                epoch_lrs.append(rate)
+                step += 1
                 idx = perm[start : start + batch_size]
                 xb, yb, wb = Xt[idx], yt[idx], wt[idx]
                 if batch_hook is not None:
@@ -86,7 +104,7 @@ def fit(
                 out.checkpoints.append({
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "optimizer": opt.state_dict(),
-                    "lr": lr,
+                    "lr": float(np.mean(epoch_lrs)),
                 })
     out.cost = m.cost
     return out
