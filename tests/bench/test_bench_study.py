@@ -50,6 +50,14 @@ def test_grid_rows_costs_resume_and_report(tmp_path):
     assert "| craig | 0.1 |" in text and "Pareto" in text
     for png in ("accuracy_vs_budget.png", "accuracy_vs_total_cost.png", "cost_by_stage.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    for r in rows2:
+        assert r["total_cpu_s"] == pytest.approx(r["select_cpu_s"] + r["train_cpu_s"])
+    cpu = write_report(rows2, tmp_path / "cpu", title="quick-test", cost="cpu").read_text()
+    assert "select CPU s" in cpu and "total wall s" in cpu and "CPU seconds of the study process" in cpu
+    full = next(r for r in rows2 if r["method"] == "full")
+    assert f"| full | 1 | {full['accuracy']:.4f} ± 0.0000 | 1 | 0.00 | {full['train_cpu_s']:.2f} |" in cpu
+    with pytest.raises(ValueError, match="cost must be one of"):
+        write_report(rows2, tmp_path, title="x", cost="joules")
 
 
 def test_plan_rejects_bad_input(tmp_path):

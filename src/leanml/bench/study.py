@@ -2,8 +2,10 @@
 
 Per cell: the selector's own cost (``Selection.cost``, plus the per-batch hook of online methods),
 the training cost (`Learner.fit`'s meter, minus the online hook's share), the suite's metric on
-test data, and total = select + train. Rows are appended to Parquet after every cell; cells
-already in the file are skipped, so an interrupted study resumes where it stopped.
+test data, and total = select + train. The selection's wall time is also split by stage
+(``select_stage_{train,infer,grads,other}_s``, see `leanml.bench.projection`). Rows are appended to
+Parquet after every cell; cells already in the file are skipped, so an interrupted study resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.bench.projection import STAGE_COLUMNS, stage_seconds
 from leanml.bench.results import ResultTable, key_of
 from leanml.bench.suites import Suite, SuiteData, get_suite
 from leanml.meter import Cost, Meter
@@ -101,6 +104,8 @@ def run_cell(data: SuiteData, selector: Any, method: str, budget: float, seed: i
         for f in _FIELDS:
             v = getattr(c, f)
             row[prefix + f] = None if v is None else float(v)
+    for s, secs in stage_seconds(select_cost).items():
+        row[STAGE_COLUMNS[s]] = secs
     row["select_notes"] = "; ".join(f"{k}: {v}" for k, v in sorted(select_cost.notes.items()))
     return row
 
@@ -177,5 +182,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "seeds": len(rs), "accuracy": float(acc.mean()), "accuracy_sd": float(acc.std()),
                     "select_wall_s": mean("select_wall_s"), "train_wall_s": mean("train_wall_s"),
                     "total_wall_s": mean("total_wall_s"), "select_cpu_s": mean("select_cpu_s"),
-                    "train_cpu_s": mean("train_cpu_s"), "total_energy_cpu_j": mean("total_energy_cpu_j")})
+                    "train_cpu_s": mean("train_cpu_s"), "total_cpu_s": mean("total_cpu_s"),
+                    "total_energy_cpu_j": mean("total_energy_cpu_j")})
     return out

@@ -32,6 +32,24 @@ class SuiteData:
     info: dict[str, Any] = field(default_factory=dict)  # fixed costs outside the grid (e.g. frozen features)
 
 
+@dataclass(frozen=True)
+class SuiteWorkload:
+    """The suite's model and batch sizes, for tracing its kernels on the meta device (hardware projection).
+
+    ``build()`` is called under ``torch.device("meta")``; inputs are ``randn(batch, *input_shape)`` and
+    targets class ids below ``n_classes``. Batches: training (`TrainConfig.batch_size`), forward scoring
+    (the learner's ``eval_batch``) and per-example gradients (the `Featurizer` chunk).
+    """
+
+    name: str
+    build: Callable[[], Any]
+    input_shape: tuple[int, ...]
+    n_classes: int
+    train_batch: int
+    infer_batch: int
+    grads_batch: int = 256
+
+
 @dataclass
 class Suite:
     name: str
@@ -43,6 +61,7 @@ class Suite:
     sizes: dict[str, Any]
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None  # torch intra-op threads; tiny models run fastest on one
+    workload: Callable[[dict[str, Any]], SuiteWorkload] | None = None  # its model for hardware projection
 
     def build_epochs(self, sizes: dict[str, Any]) -> int:
         """Training epochs of every cell (the same for every budget: training cost scales with it)."""
@@ -114,6 +133,22 @@ def _build_quick(sizes: dict[str, Any], seed: int) -> SuiteData:
     return _array_suite_data(tr.X, tr.y, te.X, te.y, learner, sizes, seed)
 
 
+def _mlp_workload(d_in: int, n_classes: int, hidden: tuple[int, ...], train_batch: int,
+                  infer_batch: int) -> SuiteWorkload:
+    from leanml.models import build_mlp
+
+    name = f"MLP {'-'.join(str(v) for v in (d_in, *hidden, n_classes))}"
+    return SuiteWorkload(name, lambda: build_mlp(d_in, n_classes, hidden), (d_in,), n_classes, train_batch,
+                         infer_batch)
+
+
+def _cnn_workload(sizes: dict[str, Any]) -> SuiteWorkload:
+    from leanml.models import build_cnn
+
+    w = int(sizes["width"])
+    return SuiteWorkload(f"CNN width {w}", lambda: build_cnn(10, 3, width=w), (3, 32, 32), 10, 128, 512)
+
+
 register_suite(Suite(
     name="quick",
     description="scikit-learn digits, MLP 64-128-10 (Adam); pool = 80% of train, holdout 20%, test = digits test",
@@ -131,6 +166,7 @@ register_suite(Suite(
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
     },
     threads=1,
+    workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),
 ))
 
 
@@ -143,14 +179,14 @@ def _build_cifar10(sizes: dict[str, Any], seed: int) -> SuiteData:
     tr, te = load("cifar10", "train"), load("cifar10", "test")
     w = int(sizes["width"])
     learner = TorchClassifier(lambda s: build_cnn(10, 3, width=w, seed=s), 10,
-                              TrainConfig(epochs=sizes["epochs"], batch_size=128, lr=sizes["lr"]),
+                              TrainConfig(epochs=sizes["epochs"], batch_size=128, lr=sizes["lr"], schedule="cosine"),
                               proxy_factory=lambda s: build_cnn(10, 3, width=max(4, w // 4), seed=s), eval_batch=512)
     return _array_suite_data(np.asarray(tr.X), tr.y, np.asarray(te.X), te.y, learner, sizes, seed)
 
 
 register_suite(Suite(
     name="cifar10",
-    description="CIFAR-10 (data root), 3-block CNN trained from scratch with Adam; holdout from train",
+    description="CIFAR-10 (data root), 3-block CNN trained from scratch with Adam (cosine lr); holdout from train",
     build=_build_cifar10,
     methods=ALL_ARRAY_METHODS,
     budgets=(0.01, 0.05, 0.1, 0.3, 0.5, 1.0),
@@ -164,6 +200,7 @@ register_suite(Suite(
         "least-confidence": {"warmup_epochs": 2}, "margin": {"warmup_epochs": 2}, "entropy": {"warmup_epochs": 2},
         "craig": {"warmup_epochs": 2}, "grad-match": {"warmup_epochs": 2},
     },
+    workload=_cnn_workload,
 ))
 
 
@@ -225,6 +262,7 @@ register_suite(Suite(
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
     },
     threads=None,
+    workload=lambda sizes: _mlp_workload(384, 2, (), 64, 1024),
 ))
 
 

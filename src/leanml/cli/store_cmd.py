@@ -33,8 +33,65 @@ def _query(store, task: str | None, row: int, query_file: Path | None):  # noqa:
             err.print(f"[red]error:[/red] no task {task!r}; tasks: {sorted(store.manifest.tasks)}")
             raise typer.Exit(2)
         return (task, row)
-    q = np.load(query_file)
-    return q
+    return np.load(query_file)
+
+
+def _features(store, query):  # noqa: ANN001, ANN202
+    """Query features per checkpoint: a task row, or a file's [d], [n, d] or [C, n, d] array."""
+    from leanml.store.search import as_per_checkpoint
+    from leanml.store.tasks import _query as task_row
+
+    if isinstance(query, tuple):
+        return list(task_row(store, query)[0])
+    try:
+        return as_per_checkpoint(store, query)
+    except ValueError as e:
+        err.print(f"[red]error:[/red] --query-file: {e}")
+        raise typer.Exit(2) from None
+
+
+def plan_table(plan) -> Table:  # noqa: ANN001
+    """The plan's candidates, cheapest first, the chosen one marked; times are predictions."""
+    from leanml.hw.units import fmt_si
+
+    t = Table(title=f"query plan: {plan.n_queries} queries, top-{plan.k}, {plan.n_rows} rows "
+              "(predicted by leanml.hw's cost model)", title_justify="left",
+              caption="; ".join(plan.notes), caption_justify="left")
+    for c in ("plan", "device", "predicted", "breakdown", "memory", "recall", "params", "status"):
+        t.add_column(c, overflow="fold")
+    for c in plan.candidates:
+        rec = "not measured" if c.recall is None else f"{c.recall:.3f} ({c.recall_source})"
+        status = "[bold green]chosen[/bold green]" if c is plan.choice else ("eligible" if c.eligible else c.why_not)
+        t.add_row(c.name, c.device, fmt_si(c.time_s, "s"), ", ".join(f"{k} {fmt_si(v, 's')}"
+                  for k, v in c.breakdown.items()), fmt_si(c.memory_bytes, "B"), rec,
+                  ", ".join(f"{k}={v}" for k, v in c.params.items()), status)
+    return t
+
+
+def _plan(store, n_queries: int, k: int, metric: str, host: str, device: str | None, recall: float | None,
+          ivf_recall: float | None, memory_budget: str | None):  # noqa: ANN001, ANN202
+    from leanml.hw import HwError
+    from leanml.hw.units import parse_quantity
+    from leanml.store.plan import PlanError, plan_search
+
+    try:
+        budget = None if memory_budget is None else parse_quantity(memory_budget, "bytes", "--memory-budget")
+        return plan_search(store, n_queries, k, host=host, device=device, recall=recall, ivf_recall=ivf_recall,
+                           memory_budget=budget, metric=metric)
+    except (PlanError, HwError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+_HOST = typer.Option("local", "--host", help="Cost-model id of this machine's CPU ('local' after `leanml hw "
+                     "calibrate`, or a catalog id such as dev_vm).")
+_GPU = typer.Option(None, "--plan-device", help="GPU catalog id to cost an exact GPU scan on (default: the GPU "
+                    "present, if any; one not present is listed as a what-if, never chosen).")
+_RECALL = typer.Option(None, "--recall", help="Recall@k target below 1 to allow IVF (default: exact).")
+_IVF_RECALL = typer.Option(None, "--ivf-recall", help="Measured IVF recall@k (e.g. from store_bench); IVF is "
+                           "chosen only if it is >= --recall. Recall is never predicted.")
+_BUDGET = typer.Option(None, "--memory-budget", help="Memory budget, e.g. '2 GiB': exact scans shrink their "
+                       "blocks to fit, IVF must fit.")
 
 
 @app.command("info")
@@ -67,26 +124,55 @@ def search_cmd(
     path: Path = typer.Argument(..., help="Store directory."),
     task: str = typer.Option(None, help="Query with a stored task's example (see --row)."),
     row: int = typer.Option(0, help="Row of the task to query with."),
-    query_file: Path = typer.Option(None, help="Query features .npy: [d], [n, d] or [C, n, d]."),
+    query_file: Path = typer.Option(None, help="Query features .npy: \\[d], \\[n, d] or \\[C, n, d]."),
     k: int = typer.Option(10, help="Neighbours per query."),
     metric: str = typer.Option("cosine", help="cosine | ip."),
     faiss: str = typer.Option(None, help="Approximate search with a FAISS index: ivf | hnsw | flat."),
+    plan: bool = typer.Option(False, "--plan", help="Choose exact CPU / exact GPU / IVF with the cost model "
+                              "(leanml.store.plan), print the plan to stderr, run the chosen one."),
+    host: str = _HOST, plan_device: str = _GPU, recall: float = _RECALL, ivf_recall: float = _IVF_RECALL,
+    memory_budget: str = _BUDGET,
 ) -> None:
     """Top-k stored examples per query (exact by default, in memory-bounded blocks)."""
     from leanml.store import FaissIndex, StoreError, topk
-    from leanml.store.tasks import _query as as_features
+    from leanml.store.plan import PlanError, execute
 
     store = _open(path)
-    q, _ = as_features(store, _query(store, task, row, query_file))
+    q = _features(store, _query(store, task, row, query_file))
+    if plan and faiss:
+        err.print("[red]error:[/red] give --plan or --faiss, not both (the plan chooses the index)")
+        raise typer.Exit(2)
     try:
-        if faiss:
-            ids, scores = FaissIndex(store, faiss).search(list(q), k)
+        if plan:
+            p = _plan(store, q[0].shape[0], k, metric, host, plan_device, recall, ivf_recall, memory_budget)
+            err.print(plan_table(p))
+            ids, scores = execute(store, p, q, k)
+        elif faiss:
+            ids, scores = FaissIndex(store, faiss).search(q, k)
         else:
-            ids, scores = topk(store, list(q), k, metric=metric)
-    except (ValueError, StoreError) as e:
+            ids, scores = topk(store, q, k, metric=metric)
+    except (ValueError, StoreError, PlanError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     Console().print_json(json.dumps({"ids": ids.tolist(), "scores": np.round(scores, 6).tolist()}))
+
+
+@app.command("plan")
+def plan_cmd(
+    path: Path = typer.Argument(..., help="Store directory."),
+    queries: int = typer.Option(16, "--queries", help="Queries per call."),
+    k: int = typer.Option(10, help="Neighbours per query."),
+    metric: str = typer.Option("cosine", help="cosine | ip."),
+    host: str = _HOST, plan_device: str = _GPU, recall: float = _RECALL, ivf_recall: float = _IVF_RECALL,
+    memory_budget: str = _BUDGET,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Predicted time of every way to answer a top-k query on this store, and the one the planner picks."""
+    p = _plan(_open(path), queries, k, metric, host, plan_device, recall, ivf_recall, memory_budget)
+    if as_json:
+        print(json.dumps(p.to_dict(), default=str))
+        return
+    Console().print(plan_table(p))
 
 
 @app.command("explain")

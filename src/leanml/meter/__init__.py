@@ -2,6 +2,6 @@
 
 from leanml.meter.cost import UNAVAILABLE, Cost
 from leanml.meter.energy import NvmlReader, RaplReader
-from leanml.meter.meter import Meter, measure
+from leanml.meter.meter import Meter, measure, stage
 
-__all__ = ["UNAVAILABLE", "Cost", "Meter", "NvmlReader", "RaplReader", "measure"]
+__all__ = ["UNAVAILABLE", "Cost", "Meter", "NvmlReader", "RaplReader", "measure", "stage"]

@@ -36,7 +36,9 @@ class Cost:
     """Resources used by one piece of work.
 
     A field that could not be measured is ``None`` and prints as "unavailable";
-    ``notes`` says why. ``stages`` holds named sub-costs whose sum this cost is.
+    ``notes`` says why. ``stages`` holds named sub-costs: from `Cost.of_stages` they sum to this
+    cost; from a `Meter` they are parts of its block and sum to at most it (the rest ran outside
+    any stage).
     """
 
     wall_s: float | None = None
@@ -81,6 +83,12 @@ class Cost:
         total = sum((c.without_stages() for c in stages.values()), Cost.zero())
         total.stages = dict(stages)
         return total
+
+    def stages_only(self) -> Cost:
+        """A zero cost that carries this cost's stages: adds the stage split to a total measured elsewhere."""
+        out = Cost.zero()
+        out.stages = dict(self.stages)
+        return out
 
     def without_stages(self) -> Cost:
         return Cost(**{f: getattr(self, f) for f in _ADDITIVE + _PEAKS}, notes=dict(self.notes))

@@ -216,7 +216,12 @@ class Selector(ABC):
         return None
 
     def select(self, pool: Pool, budget: float | int, *, target: Target | None = None) -> Selection:
-        """Choose ``budget`` examples (fraction or count) from ``pool``; the work is metered."""
+        """Choose ``budget`` examples (fraction or count) from ``pool``; the work is metered.
+
+        ``Selection.cost.stages`` splits it: "train" (warm-ups, proxies), "infer" (forward scoring
+        passes), "grads" (per-example gradient features); the rest is host work (numpy scoring,
+        greedy coreset loops), for the study's projection onto other hardware.
+        """
         why = self.applicable(pool, target)
         if why:
             raise SelectionError(why)
@@ -237,7 +242,8 @@ class ScoreSelector(Selector):
     """Selectors that rank the pool by a budget-independent score and keep the top k.
 
     Scores are cached per pool/target, so a study asking for several budgets computes them once;
-    each budget's Selection still carries the full scoring cost (what it costs standalone).
+    each budget's Selection still carries the full scoring cost (what it costs standalone), with
+    its stages (warm-up "train", forward "infer", per-example "grads").
     """
 
     largest: ClassVar[bool] = True
@@ -261,7 +267,9 @@ class ScoreSelector(Selector):
             if s.shape != (len(pool),):
                 raise AssertionError(f"{self.method}: scores shape {s.shape}, pool has {len(pool)} rows")
             self._cache[key] = (s, m.cost)
-            extra = Cost.zero()  # measured by select()'s own meter this time
+            # Measured by select()'s own meter this time; keep the stage split ("train", "infer", "grads")
+            # that leanml.meter.stage recorded in this inner meter.
+            extra = m.cost.stages_only()
         idx = self.choose(s, k, pool)
         return Selection(idx, None, s, extra)
 

@@ -13,7 +13,7 @@ import heapq
 import numpy as np
 from scipy.optimize import nnls
 
-from leanml.meter import Cost
+from leanml.meter import Cost, stage
 from leanml.select.base import Pool, Selection, SelectionError, Selector, Target, check_finite, register
 from leanml.select.learner import last_layer_grad_features
 from leanml.select.random import per_class_quotas
@@ -25,7 +25,8 @@ def gradient_features(pool: Pool, *, seed: int, warmup_epochs: int, rows: Pool |
     if pool.features is not None:
         return pool.features.rows(pool.features.n_checkpoints - 1)
     model, _, _ = warm_up(pool, epochs=warmup_epochs, seed=seed)
-    err, h = pool.learner.last_layer(model, pool.X, pool.y)
+    with stage("infer"):  # a forward pass; the outer product below is host-side numpy
+        err, h = pool.learner.last_layer(model, pool.X, pool.y)
     return check_finite("last-layer gradients", last_layer_grad_features(err, h))
 
 
@@ -145,7 +146,8 @@ class GradMatchSelector(Selector):
         Fv = None
         if self.match == "val":
             model, _, _ = warm_up(pool, epochs=self.warmup_epochs, seed=self.seed)
-            err, h = pool.learner.last_layer(model, pool.holdout.X, pool.holdout.y)
+            with stage("infer"):
+                err, h = pool.learner.last_layer(model, pool.holdout.X, pool.holdout.y)
             Fv = last_layer_grad_features(err, h)
         idx, w, resid = [], [], {}
         for c, q in per_class_quotas(pool.y, k).items():

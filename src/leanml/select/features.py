@@ -144,6 +144,13 @@ class Featurizer:
     def features(self, model: torch.nn.Module, checkpoints: list[Checkpoint], X: Any, y: Any, *,
                  kind: str = "sgd", output: str = "loss") -> MatrixFeatures:
         """Features of (X, y) at every checkpoint; ``kind`` is LESS's gradient type."""
+        from leanml.meter import stage
+
+        with stage("grads"):  # the study projects this stage with a per-example-gradient profile
+            return self._features(model, checkpoints, X, y, kind=kind, output=output)
+
+    def _features(self, model: torch.nn.Module, checkpoints: list[Checkpoint], X: Any, y: Any, *,
+                  kind: str, output: str) -> MatrixFeatures:
         from leanml.grads import AdamState, GradientComputer
 
         mats, fp = [], ""

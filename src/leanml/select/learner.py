@@ -73,6 +73,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    schedule: str = "constant"  # or "cosine" (see leanml.models.fit)
 
 
 class TorchClassifier(Learner):
@@ -102,7 +103,8 @@ class TorchClassifier(Learner):
         c = self.config
         return fit(model, X, y, weights=weights, epochs=epochs or c.epochs,
                    batch_size=batch_size or c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
-                   seed=seed, batch_hook=batch_hook, keep_checkpoints=keep_checkpoints, loss_norm=loss_norm)
+                   seed=seed, batch_hook=batch_hook, keep_checkpoints=keep_checkpoints, loss_norm=loss_norm,
+                   schedule=c.schedule)
 
     def logits(self, model: nn.Module, X: Any) -> torch.Tensor:
         return predict_logits(model, np.asarray(X) if not torch.is_tensor(X) else X.numpy(),

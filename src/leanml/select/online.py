@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from leanml.meter import Cost, Meter
+from leanml.meter import Cost, Meter, stage
 from leanml.select.base import (
     OnlinePlan,
     Pool,
@@ -28,14 +28,15 @@ from leanml.select.warmup import warm_up
 
 
 class _HookMeter:
-    """Sums the metered cost of every hook call."""
+    """Sums the metered cost of every hook call; the total is one stage, "infer": a hook is a forward
+    pass over the presampled batch plus a little host-side picking (not metered apart per batch)."""
 
     def __init__(self) -> None:
         self.total = Cost.zero()
         self.calls = 0
 
     def __call__(self) -> Cost:
-        return self.total
+        return Cost.of_stages({"infer": self.total})
 
     def add(self, c: Cost) -> None:
         self.total = self.total + c.without_stages()
@@ -165,7 +166,9 @@ class RhoLossSelector(Selector):
         learner = pool.learner
         il_model, _, _ = warm_up(pool.holdout, epochs=int(self.il_epochs or learner.config.epochs),
                                  seed=self.seed + 1, learner=learner)
-        return check_finite("rho-loss irreducible loss", learner.per_example_loss(il_model, pool.X, pool.y))
+        with stage("infer"):
+            il = learner.per_example_loss(il_model, pool.X, pool.y)
+        return check_finite("rho-loss irreducible loss", il)
 
     def _select(self, pool: Pool, k: int, target: Target | None) -> Selection:
         learner = pool.learner

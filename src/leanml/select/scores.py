@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from leanml.meter import stage
 from leanml.select.base import Pool, ScoreSelector, SelectionError, Target, check_finite, register
 from leanml.select.warmup import warm_up
 
@@ -46,7 +47,8 @@ class LossSelector(_WarmupScore):
     method = "loss"
 
     def score_model(self, pool, model):
-        return pool.learner.per_example_loss(model, pool.X, pool.y)
+        with stage("infer"):
+            return pool.learner.per_example_loss(model, pool.X, pool.y)
 
 
 @register
@@ -59,7 +61,8 @@ class EL2NSelector(_WarmupScore):
         super().__init__(seed=seed, warmup_epochs=warmup_epochs, n_models=n_models)
 
     def score_model(self, pool, model):
-        p = pool.learner.probs(model, pool.X)
+        with stage("infer"):
+            p = pool.learner.probs(model, pool.X)
         onehot = np.eye(p.shape[1])[pool.y]
         return np.linalg.norm(p - onehot, axis=1)
 
@@ -79,7 +82,9 @@ class _Uncertainty(ScoreSelector):
         if self.proxy and getattr(learner, "proxy", None) is not None:
             learner = learner.proxy()
         model, _, _ = warm_up(pool, epochs=self.warmup_epochs, seed=self.seed, learner=learner)
-        return check_finite(self.method, uncertainty(learner.probs(model, pool.X), self.rule))
+        with stage("infer"):
+            p = learner.probs(model, pool.X)
+        return check_finite(self.method, uncertainty(p, self.rule))
 
 
 def uncertainty(p: np.ndarray, rule: str) -> np.ndarray:

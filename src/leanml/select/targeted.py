@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.meter import stage
 from leanml.select.base import Pool, ScoreSelector, SelectionError, Target, check_finite, register
 from leanml.select.features import (
     Featurizer,
@@ -85,7 +86,9 @@ class _GradientTargeted(ScoreSelector):
         w = self._warm(pool)
         model = w["model"]
         load_checkpoint(model, w["checkpoints"][checkpoint])
-        return np.exp(-pool.learner.per_example_loss(model, pool.X, pool.y))
+        with stage("infer"):
+            loss = pool.learner.per_example_loss(model, pool.X, pool.y)
+        return np.exp(-loss)
 
 
 def less_scores(pool_f: GradientFeatures, target_f: GradientFeatures, tasks: np.ndarray) -> np.ndarray:

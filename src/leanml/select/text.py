@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leanml.meter import stage
 from leanml.select.base import Pool, ScoreSelector, SelectionError, Target, check_finite, register
 
 
@@ -71,10 +72,11 @@ class EmbeddingSelector(ScoreSelector):
     def scores(self, pool: Pool, target: Target | None) -> np.ndarray:
         enc = MiniLMEncoder(self.max_length, self.batch_size)
         key = ("minilm", self.max_length)
-        if key not in pool.cache:  # a second target reuses the pool's embeddings
-            pool.cache[key] = enc.encode(pool.texts)
-        P = pool.cache[key]
-        T = enc.encode(target.texts)
+        with stage("infer"):  # MiniLM forward passes
+            if key not in pool.cache:  # a second target reuses the pool's embeddings
+                pool.cache[key] = enc.encode(pool.texts)
+            P = pool.cache[key]
+            T = enc.encode(target.texts)
         return check_finite("embedding scores", reduce_by_task(P @ T.T, target.tasks))
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.meter import stage
 from leanml.select.base import Pool, SelectionError
 
 
@@ -13,7 +14,8 @@ def warm_up(pool: Pool, *, epochs: int, fraction: float = 1.0, seed: int = 0,
             keep_checkpoints: bool = False, learner: Any = None) -> tuple[Any, Any, np.ndarray]:
     """Train a fresh model of the pool's learner on a seeded random ``fraction`` of the pool.
 
-    Returns (model, FitResult, rows trained on). The caller's Meter counts this time.
+    Returns (model, FitResult, rows trained on). The caller's Meter counts this time, as its
+    stage "train" (`leanml.meter.stage`).
     """
     learner = learner or pool.learner
     if learner is None:
@@ -27,6 +29,7 @@ def warm_up(pool: Pool, *, epochs: int, fraction: float = 1.0, seed: int = 0,
     rows = np.arange(n) if fraction >= 1 else np.sort(rng.choice(n, size=max(2, int(round(fraction * n))),
                                                                    replace=False))
     X, y = pool.take(rows)
-    model = learner.new_model(seed)
-    res = learner.fit(model, X, y, epochs=epochs, seed=seed, keep_checkpoints=keep_checkpoints)
+    with stage("train"):
+        model = learner.new_model(seed)
+        res = learner.fit(model, X, y, epochs=epochs, seed=seed, keep_checkpoints=keep_checkpoints)
     return model, res, rows

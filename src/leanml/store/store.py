@@ -360,10 +360,12 @@ class GradientStore:
                 change(self.manifest)
 
     # ---- queries (thin façade over leanml.store.search / tasks / metadata) ---------------------
-    def search(self, queries: Any, k: int = 10, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k ids and scores per query (see ``leanml.store.search.topk``)."""
+    def search(self, queries: Any, k: int = 10, *, plan: Any = None, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids and scores per query: exact (``search.topk``, ``kw`` its options) or, with ``plan="auto"``
+        (``kw``: ``plan.plan_search`` options) or a ``SearchPlan``, the planned way (exact CPU/GPU or IVF)."""
+        from leanml.store.plan import planned_search
         from leanml.store.search import topk
-        return topk(self, queries, k, **kw)
+        return topk(self, queries, k, **kw) if plan is None else planned_search(self, queries, k, plan, **kw)
 
     def explain(self, example: Any, k: int = 10, **kw: Any) -> list[dict[str, Any]]:
         from leanml.store.tasks import explain
