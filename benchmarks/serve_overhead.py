@@ -201,7 +201,9 @@ def bench_batching(n: int, outstanding: int) -> dict:
     from leanml.serve.variants.base import Variant
     from leanml.serve.variants.torch_variants import TorchClassifier
 
-    module = build_cnn(10, width=32, seed=0).eval()
+    module, which = _trained_cnn()
+    if module is None:
+        module = build_cnn(10, width=32, seed=0).eval()
     X = np.random.default_rng(0).random((256, 3, 32, 32), dtype=np.float32)
     res = {}
     for name, b in {"no_batching_c1": Batching(max_batch=1, max_queue=100_000, concurrency=1),
@@ -222,8 +224,29 @@ def bench_batching(n: int, outstanding: int) -> dict:
             best = min(_timed(module, x, reps) for _ in range(3))
             ceiling[b] = b / best
     return {"rps": res, "batching_speedup": res["batching"] / base, "torch_threads": torch.get_num_threads(),
+            "model": which,
             "requests": n, "outstanding": outstanding, "model_only_images_per_s": ceiling,
             "model_only_batch64_over_batch1": ceiling[64] / ceiling[1]}
+
+
+def _trained_cnn():
+    """The CIFAR-10 prototype's trained base CNN if it is in the serve cache (examples/cifar10.toml's
+    parameters), else (None, why): the same architecture untrained runs at the same speed."""
+    import torch
+
+    from leanml.data import cache_dir
+    from leanml.models import build_cnn
+    from leanml.serve.config import load_config
+    from leanml.serve.variants.prototypes import _key, get_prototype, resolve_params
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cifar10.toml")
+    p = resolve_params(get_prototype("cifar10"), cfg.deployments["cifar10"].params)
+    path = cache_dir("serve") / f"cifar_cnn-{_key('cifar_cnn', p)}.pt"
+    if not path.exists():
+        return None, f"untrained build_cnn(width={p['width']}) (no trained prototype in {path.parent})"
+    m = build_cnn(10, width=p["width"], seed=p["seed"])
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return m.eval(), f"trained CIFAR-10 prototype base ({path.name})"
 
 
 def _timed(module, x, reps: int) -> float:

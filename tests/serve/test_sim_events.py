@@ -110,3 +110,25 @@ def test_online_profiling_catches_an_accuracy_drift_the_static_planner_misses():
     assert any(e.kind == "accuracy" and e.variant == "small" and e.time_s >= 20.0 for e in events)
     assert out["proteus"][0] < 0.85 - 0.03  # blind to the drift: keeps mixing in the degraded variant
     assert out["adaptive"][0] >= 0.85 - 0.01  # re-planned with the live accuracy
+
+
+def test_request_path_is_a_fifo_server_and_its_service_time_is_recovered_from_the_mean():
+    from leanml.serve.sim import fit_request_path_ms, request_path_delays_ms
+
+    # the simulator's request path and the Lindley recursion agree (instant model: latency = path time)
+    p = VariantProfile("z", 0.9, LatencyProfile({1: 1e-6}, {1: 1e-6}))
+    t = gamma_bursty(60.0, 6.0, n=3000, seed=2).arrival_s
+    sim = Simulator({"z": p}, Fixed("z"), cores=1, batching=SimBatching(1, 0.0, 10**6, 1), overhead_ms=4.0, seed=0)
+    lat = np.array([r["latency_ms"] for r in sim.run(t, slo=SLO())])
+    assert np.allclose(lat, request_path_delays_ms(t, 4.0), atol=1e-3)
+    # bursts queue on the path: its 10th percentile is the bare cost, the mean includes the backlog
+    rng = np.random.default_rng(0)
+    seen = request_path_delays_ms(t, 4.0) + rng.exponential(1.0, len(t))  # plus a little pure delay
+    fit = fit_request_path_ms(t, seen)
+    assert 4.0 <= fit <= 5.2  # the service time (plus at most the added delay), not the mean path time
+    assert seen.mean() > 1.5 * fit
+    # requests with no observed path time (refused) still occupy the path
+    seen[::3] = np.nan
+    assert fit_request_path_ms(t, seen) == pytest.approx(fit, abs=0.3)
+    with pytest.raises(ValueError, match="finite"):
+        fit_request_path_ms(t[:3], np.full(3, np.nan))

@@ -26,10 +26,18 @@ def section_roofline(console: Console, out: Path) -> None:
     roofline_section(out, console)
 
 
+def section_serving_replay(console: Console, out: Path) -> None:
+    """Serving: the Azure code trace through five policies in the simulator, with the shipped CIFAR profiles."""
+    from leanml.serve.demo import replay_section
+
+    replay_section(out, console)
+
+
 # (title, function). Each section writes its files under its own part of --out.
 SECTIONS: list[tuple[str, Callable[[Console, Path], None]]] = [
     ("Data selection: what does choosing the data cost? (study --suite quick)", section_selection_study),
     ("Hardware: this machine's calibrated roofline (hw calibrate)", section_roofline),
+    ("Serving: a bursty trace through five routing policies (serve replay, simulated)", section_serving_replay),
 ]
 
 

@@ -22,9 +22,14 @@ def _load(config: Path):
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     if cfg.server.torch_threads > 0:
+        import os
+
         import torch
 
         torch.set_num_threads(cfg.server.torch_threads)
+        # scikit-learn's OpenMP runtime (gradient boosting) loads later and reads this when it does;
+        # without it each call spins up one thread per core, and on a shared machine the tails explode
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.server.torch_threads))
     return cfg
 
 

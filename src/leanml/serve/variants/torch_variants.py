@@ -14,6 +14,7 @@ Each builder returns a new module and leaves the base untouched. What is real on
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any
 
@@ -142,6 +143,31 @@ def prune_magnitude(module: nn.Module, sparsity: float) -> nn.Module:
     return out
 
 
+def prune_magnitude_finetuned(module: nn.Module, sparsity: float, X: np.ndarray, y: np.ndarray, *,
+                              epochs: int = 1, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> nn.Module:
+    """Magnitude pruning, then a short fine-tune with the pruning masks held fixed (cosine lr decay).
+
+    The zeros stay zeros (the mask re-parametrization is kept while training, then made permanent);
+    the surviving weights and the BatchNorm statistics adapt to the pruned network.
+    """
+    from torch.nn.utils import prune
+
+    from leanml.models import fit
+
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"prune_magnitude_finetuned: sparsity must be in [0, 1), got {sparsity}")
+    if epochs < 1:
+        raise ValueError(f"prune_magnitude_finetuned: epochs must be >= 1, got {epochs}")
+    out = copy.deepcopy(module)
+    layers = _prunable(out)
+    for m in layers:
+        prune.l1_unstructured(m, "weight", amount=float(sparsity))
+    fit(out, X, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, schedule="cosine")
+    for m in layers:
+        prune.remove(m, "weight")
+    return out.eval()
+
+
 def mask_2_4(weight: torch.Tensor) -> torch.Tensor:
     """2:4 mask: in every group of 4 consecutive input weights, keep the 2 of largest magnitude."""
     w = weight.detach().reshape(weight.shape[0], -1)
@@ -187,13 +213,16 @@ def sparsity(module: nn.Module) -> float:
 
 def distill(teacher: nn.Module, student: nn.Module, X: np.ndarray, *, temperature: float = 2.0,
             epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, y: np.ndarray | None = None,
-            alpha: float = 0.0, seed: int = 0) -> nn.Module:
+            alpha: float = 0.0, seed: int = 0, schedule: str = "constant") -> nn.Module:
     """Train ``student`` on the teacher's soft targets (Hinton et al. 2015: KL at temperature T, x T^2).
 
-    ``alpha`` > 0 mixes in the hard-label cross-entropy on ``y``.
+    ``alpha`` > 0 mixes in the hard-label cross-entropy on ``y``. ``schedule``: "constant" learning
+    rate or "cosine" decay from ``lr`` to 0 over all steps.
     """
     if temperature <= 0:
         raise ValueError(f"distill: temperature must be > 0, got {temperature}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"distill: schedule must be 'constant' or 'cosine', got {schedule!r}")
     if alpha > 0 and y is None:
         raise ValueError("distill: alpha > 0 needs the labels y")
     torch.manual_seed(seed)
@@ -206,9 +235,14 @@ def distill(teacher: nn.Module, student: nn.Module, X: np.ndarray, *, temperatur
     soft = soft.clone()
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     student.train()
+    total, step = epochs * -(-len(Xt) // batch_size), 0
     for _ in range(epochs):
         perm = torch.randperm(len(Xt), generator=gen)
         for s in range(0, len(Xt), batch_size):
+            if schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            step += 1
             idx = perm[s : s + batch_size]
             logits = student(Xt[idx])
             loss = nn.functional.kl_div(
