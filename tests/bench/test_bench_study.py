@@ -19,11 +19,11 @@ def _quiet(_msg):
 
 
 def test_grid_rows_costs_resume_and_report(tmp_path):
-    plan = plan_study("quick", methods=["random", "craig", "rho-loss", "full"], budgets=[0.1], seeds=[0],
+    plan = plan_study("quick", methods=["random", "craig", "rho-loss", "dlis", "full"], budgets=[0.1], seeds=[0],
                       sizes={"epochs": 3}, out=tmp_path)
     rows = run_study(plan, log=_quiet)
     assert {(r["method"], r["budget"]) for r in rows} == {("random", 0.1), ("craig", 0.1), ("rho-loss", 0.1),
-                                                          ("full", 1.0)}
+                                                          ("dlis", 0.1), ("full", 1.0)}
     cols = pq.read_table(plan.results_path).column_names
     assert all(c in cols for c in COLUMNS)
     for r in rows:
@@ -35,7 +35,10 @@ def test_grid_rows_costs_resume_and_report(tmp_path):
     assert by["rho-loss"]["online"] and by["rho-loss"]["select_wall_s"] > 0  # IL model + per-batch hook
     assert by["full"]["n_selected"] == by["full"]["n_pool"]
     # equal backward passes: rho-loss at budget b trains on about b of the full run's examples
-    assert by["rho-loss"]["examples_trained"] == pytest.approx(0.1 * by["full"]["examples_trained"], rel=0.35)
+    # (3 epochs x 10% is 0.3 of an epoch: whole-epoch rounding would have given DLIS 3x its budget);
+    # the slack is the short last presample of an epoch, of which the hook picks fewer than batch_size
+    for online in ("rho-loss", "dlis"):
+        assert by[online]["examples_trained"] == pytest.approx(0.1 * by["full"]["examples_trained"], rel=0.15)
 
     n = len(rows)
     again = run_study(plan, log=_quiet)  # everything finished: nothing re-runs

@@ -49,3 +49,14 @@ def test_cosine_training_still_learns():
     with torch.no_grad():
         acc = (model(torch.as_tensor(X)).argmax(1).numpy() == y).mean()
     assert acc > 0.9
+
+
+def test_max_steps_stops_early_and_the_schedule_spans_the_steps():
+    X, y = _data(96)
+    res = fit(build_mlp(8, 2, (8,), seed=0), X, y, epochs=5, batch_size=32, lr=0.1, schedule="cosine",
+              max_steps=4, keep_checkpoints=True)
+    assert res.steps == 4 and res.examples == 4 * 32
+    assert len(res.checkpoints) == 2  # epoch 1 (3 steps) and the partial epoch 2 (1 step)
+    assert res.checkpoints[1]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)))
+    with pytest.raises(ValueError, match="max_steps"):
+        fit(build_mlp(8, 2, (8,)), X, y, epochs=1, max_steps=0)

@@ -76,12 +76,16 @@ def run_cell(data: SuiteData, selector: Any, method: str, budget: float, seed: i
     model = learner.new_model(seed)
     if sel.online is not None:
         plan = sel.online
-        epochs = max(1, int(round(base_epochs * budget * plan.epochs_factor)))
+        # As many backward passes as training on a budget-sized subset: each step back-propagates
+        # plan.batch_size examples picked from plan.presample (fewer from the short last presample of an
+        # epoch), so stop after that many steps; the row records the examples actually back-propagated.
+        steps = max(1, int(round(base_epochs * budget * len(pool) / plan.batch_size)))
+        epochs = -(-steps // -(-len(pool) // plan.presample))
         res = learner.fit(model, pool.X, pool.y, epochs=epochs, batch_size=plan.presample, seed=seed,
-                          batch_hook=plan.hook, loss_norm=plan.loss_norm)
+                          batch_hook=plan.hook, loss_norm=plan.loss_norm, max_steps=steps)
         hook = plan.hook_cost()
         select_cost, train_cost = sel.cost + hook, _sub(res.cost, hook)
-        n_train = int(round(len(pool) * epochs / plan.epochs_factor))  # examples back-propagated
+        n_train = int(res.examples)  # examples back-propagated
         epochs_run = epochs
     else:
         X, y = pool.take(sel.indices)

@@ -26,6 +26,8 @@ class FitResult:
     cost: Cost
     losses: list[float] = field(default_factory=list)
     checkpoints: list[dict] = field(default_factory=list)  # state dicts saved at epoch ends if asked
+    steps: int = 0  # optimizer steps taken
+    examples: int = 0  # examples back-propagated (after any batch hook's pick)
 
 
 def fit(
@@ -44,6 +46,7 @@ def fit(
     count_flops: bool = False,
     loss_norm: str = "weights",
     schedule: str = "constant",
+    max_steps: int | None = None,
 ) -> FitResult:
     """Train ``model`` with Adam on (X, y), metered.
 
@@ -67,6 +70,8 @@ def fit(
         raise ValueError(f"fit: loss_norm must be 'weights' or 'mean', got {loss_norm!r}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"fit: epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"fit: max_steps must be >= 1 when given, got {max_steps}")
     if schedule not in SCHEDULES:
         raise ValueError(f"fit: schedule must be one of {SCHEDULES}, got {schedule!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -77,13 +82,17 @@ def fit(
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     out = FitResult(model=model, cost=Cost())
     steps_per_epoch = -(-len(X) // batch_size)
-    total, step = epochs * steps_per_epoch, 0
+    total, step, n_seen = epochs * steps_per_epoch, 0, 0
+    if max_steps is not None:
+        total = min(total, int(max_steps))
     with Meter(count_flops=count_flops) as m:
         model.train()
         for _ in range(epochs):
             perm = torch.randperm(len(X), generator=gen)
             epoch_lrs = []
             for start in range(0, len(X), batch_size):
+                if step >= total:
+                    break
                 rate = lr if schedule == "constant" else 0.5 * lr * (1 + math.cos(math.pi * step / total))
                 for group in opt.param_groups:
                     group["lr"] = rate
@@ -96,17 +105,21 @@ def fit(
                     model.train()
                 denom = wb.sum().clamp_min(1e-12) if loss_norm == "weights" else len(wb)
                 loss = (loss_fn(model(xb), yb) * wb).sum() / denom
+                n_seen += len(yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 out.losses.append(loss.item())
-            if keep_checkpoints:
+            if keep_checkpoints and epoch_lrs:
                 out.checkpoints.append({
                     "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "optimizer": opt.state_dict(),
                     "lr": float(np.mean(epoch_lrs)),
                 })
-    out.cost = m.cost
+            if step >= total:
+                break
+    out.cost, out.steps, out.examples = m.cost, step, n_seen
+    return out
     return out
 
 

@@ -115,14 +115,15 @@ class OnlinePlan:
     """How an online method trains: presample batches of ``presample`` examples, let ``hook`` pick.
 
     ``hook`` has the signature of `leanml.models.fit`'s ``batch_hook``; ``hook_cost`` returns the
-    metered cost of all hook calls so far (the selection's per-batch share of training time).
+    metered cost of all hook calls so far (the selection's per-batch share of training time). Each
+    step back-propagates about ``batch_size`` of the ``presample`` examples, so a budget b stops
+    training after ``round(b * pool * epochs / batch_size)`` steps.
     """
 
     presample: int
     batch_size: int
     hook: Callable
     hook_cost: Callable[[], Cost]
-    epochs_factor: float  # training epochs = base epochs * budget * epochs_factor keeps backward passes equal
     loss_norm: str = "weights"  # "mean" for importance-sampling weights (unbiased), see leanml.models.fit
 
 

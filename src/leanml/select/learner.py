@@ -35,7 +35,7 @@ class Learner(ABC):
     def fit(self, model: nn.Module, X: Any, y: Any, *, weights: np.ndarray | None = None,
             epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
             batch_hook: Callable | None = None, keep_checkpoints: bool = False,
-            loss_norm: str = "weights") -> FitResult:
+            loss_norm: str = "weights", max_steps: int | None = None) -> FitResult:
         """Train ``model`` (metered); checkpoints carry model and optimizer state and the lr.
 
         ``loss_norm`` is `leanml.models.fit`'s: "weights" (weighted mean) or "mean" (unbiased IS).
@@ -99,12 +99,12 @@ class TorchClassifier(Learner):
         return TorchClassifier(self.proxy_factory, self.n_classes, self.config, eval_batch=self.eval_batch)
 
     def fit(self, model, X, y, *, weights=None, epochs=None, batch_size=None, seed=0,
-            batch_hook=None, keep_checkpoints=False, loss_norm="weights") -> FitResult:
+            batch_hook=None, keep_checkpoints=False, loss_norm="weights", max_steps=None) -> FitResult:
         c = self.config
         return fit(model, X, y, weights=weights, epochs=epochs or c.epochs,
                    batch_size=batch_size or c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                    seed=seed, batch_hook=batch_hook, keep_checkpoints=keep_checkpoints, loss_norm=loss_norm,
-                   schedule=c.schedule)
+                   schedule=c.schedule, max_steps=max_steps)
 
     def logits(self, model: nn.Module, X: Any) -> torch.Tensor:
         return predict_logits(model, np.asarray(X) if not torch.is_tensor(X) else X.numpy(),

@@ -5,7 +5,8 @@ let the plan's ``hook`` (a `leanml.models.fit` ``batch_hook``) pick what is trai
 call is metered; the study charges it to selection, not training.
 
 Budget: a budget b trains on b x (pool size) x (base epochs) examples in total, the same number of
-backward passes as training on a b-fraction subset; ``OnlinePlan.epochs_factor`` converts this.
+backward passes as training on a b-fraction subset: the trainer stops after
+``round(b * pool * epochs / plan.batch_size)`` steps (``max_steps`` of `leanml.models.fit`).
 """
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ class DLISSelector(Selector):
             return xb[t], yb[t], torch.as_tensor(w, dtype=torch.float32)
 
         # loss_norm="mean": (1/b) sum_j w_j l_j with w_j = 1/(B p_j) is the unbiased estimate.
-        plan = OnlinePlan(presample=B, batch_size=b, hook=hook, hook_cost=meter,
-                          epochs_factor=float(self.presample_factor), loss_norm="mean")
+        plan = OnlinePlan(presample=B, batch_size=b, hook=hook, hook_cost=meter, loss_norm="mean")
         return Selection(np.arange(len(pool)), None, None, Cost.zero(), online=plan,
                          info={"tau_th": tau_th, "state": state})
 
@@ -189,5 +189,5 @@ class RhoLossSelector(Selector):
             t = torch.as_tensor(pick)
             return xb[t], yb[t], torch.ones(len(pick))
 
-        plan = OnlinePlan(presample=nB, batch_size=b, hook=hook, hook_cost=meter, epochs_factor=1.0 / self.ratio)
+        plan = OnlinePlan(presample=nB, batch_size=b, hook=hook, hook_cost=meter)
         return Selection(np.arange(len(pool)), None, il, Cost.zero(), online=plan, info={"state": state})
