@@ -81,7 +81,10 @@ def test_every_policy_runs_and_planned_ones_reconfigure(ladder):
         res[name] = summarize(rows, tr.duration_s, ladder)
         if name in ("proteus", "adaptive"):
             assert any(r["what"] == "plan" for r in reconf) and pol.history
-            assert all(h["mean_accuracy"] >= 0.87 - 1e-6 for h in pol.history if h["goodput_rps"] > 0)
+            # every plan meets the target it was given (adaptive's accuracy credit may relax a period's
+            # target below 0.87 after a surplus; the run's mean is checked below)
+            assert all(h["mean_accuracy"] >= h["accuracy_target"] - 1e-6 for h in pol.history if h["goodput_rps"] > 0)
+            assert name == "adaptive" or all(h["accuracy_target"] == 0.87 for h in pol.history)
     assert res["static-accurate"]["mean_accuracy_profiled"] == pytest.approx(0.88)
     assert res["static-fast"]["mean_accuracy_profiled"] == pytest.approx(0.80)
     # the planned policies keep the mean delivered accuracy near the target while adapting

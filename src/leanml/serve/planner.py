@@ -18,18 +18,21 @@ Maximize ``sum z`` (goodput) subject to
 - capacity:    sum w_o cores_v y[o,t] <= slots_d per device.
 
 This is a capacitated facility-location shape (no big-M), so its LP relaxation is tight and HiGHS
-solves realistic sizes in well under a second. Small tie-breakers prefer accurate variants, then
-fewer cores; idle cores are then handed out as burst headroom. On a solver timeout with no
-incumbent, `greedy_plan` (the INFaaS rule at plan level) is returned.
+solves realistic sizes in well under a second. It is solved lexicographically: first the most
+goodput; then, at that goodput, the most *headroom*: every class served in proportion to its rate,
+scaled by the largest factor theta the configuration carries within its SLO capacities, so the
+routing fractions absorb the largest uniform burst before the next re-plan (accuracy, then fewer
+cores break ties); idle cores are then handed out as further headroom. On a solver timeout with
+no incumbent, `greedy_plan` (the INFaaS rule at plan level) is returned.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 
 import numpy as np
 
+from leanml.serve.planner_options import build_options, energy_at  # noqa: F401  (build_options re-exported)
 from leanml.serve.planner_types import (  # noqa: F401  (re-exported: the planner API)
     Device,
     Option,
@@ -39,90 +42,8 @@ from leanml.serve.planner_types import (  # noqa: F401  (re-exported: the planne
     devices_from_system,
     local_device,
 )
-from leanml.serve.queueing import latency_quantile_ms, max_rate_for_slo
+from leanml.serve.queueing import latency_quantile_ms
 from leanml.serve.types import VariantProfile
-
-
-# ---------------------------------------------------------------- options
-def _energy(p: VariantProfile, batch: int) -> float | None:
-    by_batch = p.extra.get("energy_j_by_batch") if p.extra else None
-    if by_batch:
-        sizes = sorted(int(k) for k in by_batch)
-        near = min(sizes, key=lambda s: abs(s - batch))
-        return float(by_batch[near] if near in by_batch else by_batch[str(near)])
-    return p.energy_j_per_request
-
-
-def build_options(
-    profiles: dict[str, VariantProfile], classes: list[RequestClass], devices: list[Device], cfg: PlannerConfig,
-) -> list[Option]:
-    """Enumerate (variant, device, batch, workers) options and precompute their SLO capacities."""
-    if not profiles:
-        raise ValueError("no variant profiles to plan over")
-    if not classes:
-        raise ValueError("no request classes to plan for")
-    tightest = min(c.latency_ms for c in classes)
-    # a queue run to class k's SLO may also carry every class with a looser SLO: plan it for the
-    # burstiest of them (the tier's CV)
-    ca = {c.name: max(max(o.cv for o in classes if o.latency_ms >= c.latency_ms), 1e-3) for c in classes}
-    out = []
-    for v, p in profiles.items():
-        cores = float(p.extra.get("cores_per_worker", 1)) if p.extra else 1.0
-        for d in devices:
-            for b in cfg.batch_sizes:
-                p50 = p.latency.at(b, "p50") / d.speed
-                p99 = max(p.latency.at(b, "p99") / d.speed, p50)
-                if p99 > tightest and all(p99 > c.latency_ms for c in classes):
-                    continue
-                # wait for a batch to fill at most a quarter of the slack the tightest SLO leaves
-                wait = 0.0 if b == 1 else float(np.clip(0.25 * (tightest - p99), 0.0, cfg.max_wait_cap_ms))
-                for w in range(1, cfg.max_workers + 1):
-                    if w * cores > d.slots:
-                        break
-                    cap = {c.name: _cap(c.latency_ms, b, w, p50, p99, ca[c.name], wait, cfg.quantile)
-                           for c in classes}
-                    if max(cap.values()) <= 0:
-                        continue
-                    out.append(Option(v, d.name, b, w, w * cores, wait, p50, p99, _energy(p, b), cap))
-    return _prune_dominated(out)
-
-
-def _r(x: float) -> float:
-    """Round to 3 significant digits (cache key: re-plans see slowly moving profiles and CVs)."""
-    return float(f"{x:.3g}")
-
-
-@functools.lru_cache(maxsize=65536)
-def _cap_cached(slo: float, b: int, w: int, p50: float, p99: float, ca: float, wait: float, q: float) -> float:
-    return max_rate_for_slo(slo, batch=b, workers=w, service_p50_ms=p50, service_p99_ms=p99, ca=ca,
-                            max_wait_ms=wait, q=q)
-
-
-def _cap(slo: float, b: int, w: int, p50: float, p99: float, ca: float, wait: float, q: float) -> float:
-    """SLO capacity of one option (memoized on inputs rounded to 3 significant digits: the rounding
-    moves a latency by < 0.5%, well inside the profiles' own measurement noise)."""
-    return _cap_cached(_r(slo), b, w, _r(p50), _r(p99), _r(ca), _r(wait), q)
-
-
-def _prune_dominated(opts: list[Option]) -> list[Option]:
-    """Drop options another option of the same variant and device beats: no more cores or energy,
-    at least the capacity for every class (the MILP's optimum never needs a dominated option)."""
-    keep = []
-    for i, o in enumerate(opts):
-        dominated = False
-        for j, p in enumerate(opts):
-            if j == i or p.variant != o.variant or p.device != o.device:
-                continue
-            le_cost = p.cores <= o.cores and (p.energy_j or 0.0) <= (o.energy_j or 0.0)
-            ge_cap = all(p.cap[k] >= o.cap[k] for k in o.cap)
-            strict = p.cores < o.cores or (p.energy_j or 0) < (o.energy_j or 0) or any(
-                p.cap[k] > o.cap[k] for k in o.cap)
-            if le_cost and ge_cap and (strict or j < i):
-                dominated = True
-                break
-        if not dominated:
-            keep.append(o)
-    return keep
 
 
 # ---------------------------------------------------------------- MILP
@@ -155,6 +76,7 @@ def plan(
     zi = {key: len(ys) + i for i, key in enumerate(zs)}
     n = len(ys) + len(zs)
     rows: list[tuple[dict[int, float], float, float]] = []  # (coefs, lb, ub)
+    demand: list[tuple[int, int]] = []  # (row, class) of the demand rows
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (o, _) in enumerate(ys):
         groups.setdefault((opts[o].variant, opts[o].device), []).append(i)
@@ -172,6 +94,7 @@ def plan(
         rows.append(({**{j: 1.0 for j in by_y.get(i, [])}, i: -cap}, -np.inf, 0.0))
     for k, c in enumerate(classes):
         mine = {j: 1.0 for (k2, _, _), j in zi.items() if k2 == k}
+        demand.append((len(rows), k))
         rows.append((mine, -np.inf, c.rate_rps))  # demand
         if c.min_accuracy is not None:
             rows.append(({j: acc[opts[o].variant] - c.min_accuracy for (k2, o, _), j in zi.items() if k2 == k},
@@ -183,39 +106,68 @@ def plan(
         rows.append(({j: acc[opts[o].variant] - cfg.accuracy_target for (_, o, _), j in zi.items()}, 0.0, np.inf))
     if cfg.energy_budget_j is not None:
         rows.append(({j: opts[o].energy_j - cfg.energy_budget_j for (_, o, _), j in zi.items()}, -np.inf, 0.0))
-    A = lil_matrix((len(rows), n))
-    lb, ub = np.empty(len(rows)), np.empty(len(rows))
-    for r, (coef, lo, hi) in enumerate(rows):
-        for j, val in coef.items():
-            A[r, j] = val
-        lb[r], ub[r] = lo, hi
-    # objective (milp minimizes): goodput; tie-breakers prefer accuracy, then fewer cores
     total = sum(c.rate_rps for c in classes)
-    c_obj = np.zeros(n)
-    upper = np.ones(n)
+    slots = sum(d.slots for d in devices)
+    integrality = np.concatenate([np.ones(len(ys)), np.zeros(len(zs) + 1)])
+    upper = np.ones(n + 1)
     for (k, o, t), j in zi.items():
-        c_obj[j] = -(1.0 + 1e-3 * acc[opts[o].variant])
         upper[j] = min(classes[k].rate_rps, opts[o].cap[classes[t].name])
+    c_obj = np.zeros(n + 1)  # milp minimizes: goodput; tie-breakers prefer accuracy, then fewer cores
+    for (_k, o, _t), j in zi.items():
+        c_obj[j] = -(1.0 + 1e-3 * acc[opts[o].variant])
     for (o, _), i in yi.items():
-        c_obj[i] = 1e-6 * total * opts[o].cores
-    integrality = np.concatenate([np.ones(len(ys)), np.zeros(len(zs))])
-    res = milp(
-        c_obj, constraints=LinearConstraint(A.tocsr(), lb, ub), integrality=integrality,
-        bounds=Bounds(np.zeros(n), upper),
-        options={"time_limit": cfg.time_limit_s, "mip_rel_gap": cfg.mip_rel_gap, "disp": False},
-    )
-    solve_s = time.perf_counter() - t0
+        c_obj[i] = 1e-6 * total * opts[o].cores / slots
+
+    def solve(rows_, upper_, limit_s):
+        A = lil_matrix((len(rows_), n + 1))
+        lb, ub = np.empty(len(rows_)), np.empty(len(rows_))
+        for r, (coef, lo, hi) in enumerate(rows_):
+            for j, val in coef.items():
+                A[r, j] = val
+            lb[r], ub[r] = lo, hi
+        return milp(c_obj, constraints=LinearConstraint(A.tocsr(), lb, ub), integrality=integrality,
+                    bounds=Bounds(np.zeros(n + 1), upper_),
+                    options={"time_limit": limit_s, "mip_rel_gap": cfg.mip_rel_gap, "disp": False})
+
+    upper[n] = 0.0  # column n is the burst factor theta of stage 2 (unused in stage 1)
+    t1 = time.perf_counter()
+    res = solve(rows, upper, cfg.time_limit_s)  # stage 1: the most goodput at the given rates
+    # both stages share the time limit (stage 2 gets at least a quarter of it: its incumbent is used)
+    limit2 = max(0.25 * cfg.time_limit_s, cfg.time_limit_s - (time.perf_counter() - t1))
     if res.x is None:
         g = greedy_plan(profiles, classes, cfg, devices, options=opts)
         g.status = f"milp: {res.message.strip()}; greedy fallback"
         g.solve_s = time.perf_counter() - t0
         return g
+    # Stage 2, headroom: keep that goodput and serve every class in proportion to its rate, scaled by
+    # the largest theta the configuration can carry: sum_o z[k,o,.] = theta rate_k, theta as large as
+    # possible. The plan's fractions are then those of the largest uniform burst it absorbs within the
+    # SLO capacities (1/theta is the least peak utilization over the chosen options), and the served
+    # rates are z / theta. Accuracy above the target earns nothing in the objective; headroom keeps
+    # goodput when the rate the plan was given is exceeded before the next re-plan (bursts). (Breaking
+    # the ties of stage 1 by accuracy instead planned a slow accurate variant whenever the period's mean
+    # rate fit it, and the bursts found it full.) The same facility-location shape: a tight relaxation.
+    good1 = float(sum(res.x[j] for j in zi.values()))
+    scale = 1.0
+    if total > 0 and good1 > 0:
+        rows2 = list(rows)
+        for r, k in demand:
+            rows2[r] = ({**rows[r][0], n: -classes[k].rate_rps}, 0.0, 0.0)
+        upper2 = upper.copy()
+        for (_k, o, t), j in zi.items():
+            upper2[j] = opts[o].cap[classes[t].name]
+        upper2[n] = np.inf
+        rows2.append(({n: 1.0}, good1 / total * (1 - 1e-4), np.inf))  # at least stage 1's goodput
+        res2 = solve(rows2, upper2, limit2)
+        if res2.x is not None:
+            res, scale = res2, 1.0 / max(1.0, float(res2.x[n]))
+    solve_s = time.perf_counter() - t0
     x = res.x
     on = {o for (o, t), i in yi.items() if x[i] > 0.5}
     z: dict[tuple[int, int], float] = {}
     for (k, o, _t), j in zi.items():
         if o in on and x[j] > 1e-9:
-            z[(k, o)] = z.get((k, o), 0.0) + float(x[j])
+            z[(k, o)] = z.get((k, o), 0.0) + float(x[j]) * scale
     used = sorted(o for o in on if any((k, o) in z for k in range(K)))
     used, z = _spread_spare_cores(opts, used, z, devices)
     return _assemble(profiles, classes, opts, used, z, "milp",
@@ -258,7 +210,7 @@ def _spread_spare_cores(opts: list[Option], used: list[int], z: dict, devices: l
 def _check_energy(profiles: dict[str, VariantProfile], classes: list[RequestClass], cfg: PlannerConfig) -> None:
     if cfg.energy_budget_j is None and all(c.max_energy_j is None for c in classes):
         return
-    missing = [v for v, p in profiles.items() if _energy(p, 1) is None]
+    missing = [v for v, p in profiles.items() if energy_at(p, 1) is None]
     if missing:
         raise ValueError(
             f"an energy budget was set but variants {missing} have no measured energy per request "
@@ -286,8 +238,11 @@ def _assemble(profiles, classes, opts, used, z, solver, status, solve_s) -> Plan
     energies = [(opts[o].energy_j, r) for (_, o), r in z.items()]
     energy = (sum(e * r for e, r in energies) / good) if good and all(e is not None for e, _ in energies) else None
     per_opt = [{classes[k].name: r for (k, o2), r in z.items() if o2 == o} for o in used]
+    slo = {c.name: c.latency_ms for c in classes}
+    util = max((sum(by.values()) / opts[o].cap[min(by, key=slo.__getitem__)]
+                for o, by in zip(used, per_opt, strict=True) if by), default=0.0)
     return Plan(fractions, served, batch, workers, wait, good, mean_acc, energy, solver, status, solve_s,
-                options=opts, chosen=[opts[o] for o in used], chosen_rps=per_opt)
+                utilization=util, options=opts, chosen=[opts[o] for o in used], chosen_rps=per_opt)
 
 
 def _empty_plan(profiles, classes, status, solve_s) -> Plan:
@@ -320,7 +275,7 @@ def greedy_plan(
     for k, c in sorted(enumerate(classes), key=lambda kc: -kc[1].rate_rps):
         need = max(x for x in (c.min_accuracy, cfg.accuracy_target, 0.0) if x is not None)
         ok = [v for v, p in profiles.items() if p.accuracy >= need - 1e-12 and
-              (c.max_energy_j is None or (_energy(p, 1) or np.inf) <= c.max_energy_j)]
+              (c.max_energy_j is None or (energy_at(p, 1) or np.inf) <= c.max_energy_j)]
         ok.sort(key=lambda v: profiles[v].latency.at(1, "p50"))
         left = c.rate_rps
         for v in ok:

@@ -106,6 +106,9 @@ class Plan:
     solver: str  # "milp" | "greedy"
     status: str
     solve_s: float
+    # peak load / SLO capacity over the chosen options: the plan's routing absorbs a burst of 1/utilization
+    # times the planned demand before a queue passes its capacity
+    utilization: float = float("nan")
     options: list[Option] = field(default_factory=list, repr=False)
     chosen: list[Option] = field(default_factory=list, repr=False)
     chosen_rps: list[dict[str, float]] = field(default_factory=list, repr=False)  # per chosen option, by class
@@ -120,4 +123,5 @@ class Plan:
             "max_wait_ms": self.max_wait_ms, "goodput_rps": self.goodput_rps,
             "mean_accuracy": self.mean_accuracy, "energy_per_request_j": self.energy_per_request_j,
             "solver": self.solver, "status": self.status, "solve_s": self.solve_s,
+            "utilization": self.utilization,
         }

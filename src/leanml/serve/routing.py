@@ -61,7 +61,10 @@ def predicted_latency_ms(variant: str, state: ServeState, n: int = 1, quantile: 
     """End-to-end latency a new request of ``n`` examples would see on ``variant`` right now.
 
     Examples ahead of it (queued + in model calls) drain in full batches, ``concurrency`` at a time;
-    then its own batch runs. Plus the batching wait bound. From the profile, so it is a prediction.
+    then its own batch runs. A batch that is not full may wait up to ``max_wait_ms`` (counted from its
+    oldest request's arrival, as the batcher does) for more requests: that window runs while the
+    queue ahead drains, so the two overlap (the larger counts), and a full batch does not wait. From
+    the profile, so it is a prediction.
     """
     prof = state.profiles[variant]
     B = max(1, state.max_batch.get(variant, 1))
@@ -72,7 +75,8 @@ def predicted_latency_ms(variant: str, state: ServeState, n: int = 1, quantile: 
     rounds = math.ceil(full_batches / conc) if full_batches else 0
     extra_batches = math.ceil(max(0, n - B) / B)  # a request larger than one batch takes several calls
     lat_b = prof.latency.at(B, quantile)
-    return (rounds + extra_batches) * lat_b + prof.latency.at(own, quantile) + state.max_wait_ms.get(variant, 0.0)
+    fill = state.max_wait_ms.get(variant, 0.0) if own < B else 0.0
+    return max(rounds * lat_b, fill) + extra_batches * lat_b + prof.latency.at(own, quantile)
 
 
 def idle_latency_ms(variant: str, state: ServeState, n: int = 1, quantile: str = "p99") -> float:
