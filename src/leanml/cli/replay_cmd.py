@@ -16,8 +16,17 @@ from rich.table import Table
 console = Console()
 
 
-def _payloads(dc, info: dict, trace, kind: str):
-    """Real validation examples (with labels kept client-side), or prompts sized from the trace for LLMs."""
+def gen_tokens(trace, cap: int):
+    """Tokens each request of ``trace`` generates: its GeneratedTokens clipped to 1..``cap`` (16 if absent)."""
+    import numpy as np
+
+    g = trace.generated_tokens if trace.generated_tokens is not None else np.full(len(trace), 16)
+    return np.clip(np.asarray(g, dtype=np.int64), 1, cap)
+
+
+def _payloads(dc, info: dict, trace, kind: str, cap: int = 32):
+    """Real validation examples (with labels kept client-side), or prompts sized from the trace for LLMs:
+    an MMLU dev question generating exactly the trace's tokens (min = max new tokens, clipped to ``cap``)."""
     import numpy as np
 
     from leanml.data import load
@@ -25,11 +34,12 @@ def _payloads(dc, info: dict, trace, kind: str):
 
     if kind == "generate":
         qs = [r["question"] for r in load("mmlu", "dev").records]
-        gen = trace.generated_tokens if trace.generated_tokens is not None else np.full(len(trace), 16)
+        gen = gen_tokens(trace, cap)
 
         def make_gen(i: int) -> Payload:
-            return Payload("/v1/generate/study", {"prompt": qs[i % len(qs)],
-                                                  "max_new_tokens": int(min(max(gen[i], 1), 32))})
+            n = int(gen[i])
+            return Payload("/v1/generate/study", {"prompt": qs[i % len(qs)], "max_new_tokens": n,
+                                                  "min_new_tokens": n})
 
         return make_gen
     val = str(info.get("val") or "")
@@ -72,6 +82,7 @@ def replay_command(
     from leanml.serve.profiles import fingerprint, load_profiles
     from leanml.serve.replay_report import write_report
     from leanml.serve.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
+    from leanml.serve.types import expected_longest
     from leanml.serve.workload import TraceError, load_trace, scale_to_rate
 
     if mode not in ("sim", "live", "both"):
@@ -104,32 +115,70 @@ def replay_command(
     cores = cores or (os.cpu_count() or 1)
     best = most_accurate(profs)
     target = profs[best].accuracy - accuracy_slack
+    from leanml.serve.variants.prototypes import get_prototype
+
+    kind = get_prototype(dc.prototype).kind
+    # no batch larger than every variant's largest measured one (the LLM profiles stop at 8)
+    max_b = min(32, min(max(p.latency.p50_ms) for p in profs.values()))
+    true_profs, tok_cap, mean_tok, gen_by_b = profs, None, None, None
+    if kind == "generate":
+        gens = {n: p.generation for n, p in profs.items()}
+        if any(g is None for g in gens.values()):
+            console.print(f"[red]error:[/red] {pfile} has no generation timing (extra.generation) for "
+                          f"{[n for n, g in gens.items() if g is None]}; "
+                          f"re-run `leanml serve profile --config {config}`")
+            raise typer.Exit(2)
+        tok_cap = int(min(g["tokens"] for g in gens.values()))
+        mean_tok = float(gen_tokens(tr, tok_cap).mean())
+        # policies plan and route with profiles at the expected longest request of a batch of b (a batch
+        # decodes until its longest row is done; at the mean length a planner overestimates batch capacity
+        # ~1.5x here); service times use each batch's actual longest request (sim) or the real model (live)
+        sizes_b = sorted({b for p in profs.values() for b in p.latency.p50_ms} | {2})
+        gen_by_b = expected_longest(gen_tokens(tr, tok_cap), sizes_b)
+        profs = {n: p.at_tokens(gen_by_b) for n, p in profs.items()}
     runs: dict = {"sim": {}, "live": {}}
     summ: dict = {"sim": {}, "live": {}}
     recs: dict = {"sim": {}, "live": {}}
     if mode in ("sim", "both"):
-        cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in (1, 4, 16, 32))
+        sizes = sorted({b for b in (1, 4, 16, 32) if b <= max_b} | {max_b})
+        cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in sizes)
         st = scale_to_rate(tr, load * cap)
         period = float(np.clip(5.0 * st.duration_s / 300.0, 0.1, 5.0))  # Proteus' 5 s per 5 min of trace
+        toks = gen_tokens(st, tok_cap) if tok_cap else None
+        knobs_for = (lambda i: {"max_new_tokens": int(toks[i])}) if toks is not None else None
         for p in pols:
             rows, rec, _ = simulate(p, profs, st.arrival_s, cores=cores, latency_ms=slo_ms, accuracy_target=target,
-                                    period_s=period, tick_s=period / 5)
+                                    period_s=period, tick_s=period / 5, true_profiles=true_profs,
+                                    max_batch=max_b, knobs_for=knobs_for)
             runs["sim"][p], recs["sim"][p] = rows, rec
             summ["sim"][p] = {**summarize(rows, st.duration_s, profs), "reconfigurations": len(rec)}
     if mode in ("live", "both"):
         lt = (scale_to_rate(tr, rate) if rate else tr).busiest(seconds)  # the busiest stretch of the trace
-        from leanml.serve.variants.prototypes import get_prototype
-
         info = {"val": next(iter(profs.values())).extra.get("val")}
-        make = _payloads(dc, info, lt, get_prototype(dc.prototype).kind)
+        make = _payloads(dc, info, lt, kind, tok_cap or 32)
         for p in pols:
             rows, rec = run_live_subprocess(p, str(config), dep, str(pfile), lt.arrival_s, make, cores=cores,
                                             latency_ms=slo_ms, accuracy_target=target, max_requests=max_requests,
-                                            max_duration_s=seconds)
+                                            max_duration_s=seconds, max_batch=max_b,
+                                            gen_tokens=gen_by_b if tok_cap else None)
+            if tok_cap:
+                sent = gen_tokens(lt, tok_cap)
+                for r in rows:
+                    r["max_new_tokens"] = int(sent[r["id"]])
             runs["live"][p], recs["live"][p] = rows, rec
             summ["live"][p] = {**summarize(rows, max(lt.duration_s, 1e-9), profs), "reconfigurations": len(rec)}
     meta = {"trace": trace, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
-            "accuracy_target": round(target, 4), "most_accurate": best, "cores": cores, "mode": mode}
+            "accuracy_target": round(target, 4), "most_accurate": best, "cores": cores, "mode": mode,
+            "max_batch": max_b}
+    if tok_cap:
+        meta["generated_tokens"] = (f"trace GeneratedTokens clipped to 1..{tok_cap}, generated exactly "
+                                    f"(min_new_tokens = max_new_tokens); mean {mean_tok:.2f}; policies see "
+                                    f"profiles at the expected longest of a batch: "
+                                    + ", ".join(f"b={b} {t:.1f}" for b, t in (gen_by_b or {}).items()))
+    if mode in ("sim", "both"):
+        meta["sim_mean_rate_rps"] = round(load * cap, 4)
+    if mode in ("live", "both"):
+        meta["live_window"] = f"busiest {seconds:g} s at mean rate {rate or tr.mean_rate:.4g} req/s: {len(lt)} requests"
     paths = write_report(out, runs, summ, recs, meta, stem=dep)
     for m, by_pol in summ.items():
         if not by_pol:

@@ -63,7 +63,7 @@ class VariantBuilder:
             self.build(dc, [name], measure_missing=False)
         s = dc.profile
         prof = profile_variant(self._variants[fp], self._families[fp], batch_sizes=list(s.batch_sizes),
-                               reps=s.reps, val_n=s.val_n or None, fp=fp)
+                               reps=s.reps, val_n=s.val_n or None, fp=fp, warmup=s.warmup)
         self.by_fp[fp] = self.measured[fp] = prof
         return prof
 

@@ -52,6 +52,7 @@ class ProfileSettings:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     reps: int = 20
     val_n: int = 0  # validation examples for accuracy; 0 = the whole split
+    warmup: int = 2  # untimed runs per batch size before the timed ones
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,14 @@ def parse_batching(d: dict | None, where: str, base: Batching = Batching()) -> B
 
 def parse_profile_settings(d: dict | None, where: str) -> ProfileSettings:
     d = d or {}
-    _check_keys(d, {"batch_sizes", "reps", "val_n"}, where)
+    _check_keys(d, {"batch_sizes", "reps", "val_n", "warmup"}, where)
     bs = d.get("batch_sizes", [1, 8, 32])
     if not isinstance(bs, list) or not bs or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
                                                     for b in bs):
         raise ConfigError(f"{where}.batch_sizes: must be a non-empty list of integers >= 1, got {bs!r}")
     return ProfileSettings(tuple(sorted(set(bs))), _num(d, "reps", 20, where, lo=1, integer=True),
-                           _num(d, "val_n", 0, where, lo=0, integer=True))
+                           _num(d, "val_n", 0, where, lo=0, integer=True),
+                           _num(d, "warmup", 2, where, lo=0, integer=True))
 
 
 def _str_list(v: Any, where: str) -> tuple[str, ...]:

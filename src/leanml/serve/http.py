@@ -63,6 +63,8 @@ class GenerateRequest(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, le=2048)
     kv_cache_cap: int | None = Field(None, ge=2, le=32768, description="most tokens held in the KV cache "
                                      "(prompt is cut from the left to fit)")
+    min_new_tokens: int | None = Field(None, ge=1, le=2048, description="end-of-sequence is not allowed before "
+                                       "this many new tokens (at most max_new_tokens)")
     slo: SLOModel | None = None
     request_class: str = Field("default", max_length=64)
 
@@ -220,7 +222,12 @@ def build_app(runtime: Runtime, *, admin_token: str | None = None, max_body_byte
         if req.kv_cache_cap is not None and req.max_new_tokens is not None and req.kv_cache_cap <= req.max_new_tokens:
             return JSONResponse({"detail": f"kv_cache_cap ({req.kv_cache_cap}) must exceed max_new_tokens "
                                            f"({req.max_new_tokens}) to leave room for the prompt"}, status_code=422)
+        if req.min_new_tokens is not None and req.min_new_tokens > (req.max_new_tokens or req.min_new_tokens):
+            return JSONResponse({"detail": f"min_new_tokens ({req.min_new_tokens}) exceeds max_new_tokens "
+                                           f"({req.max_new_tokens})"}, status_code=422)
         knobs = {"max_new_tokens": req.max_new_tokens, "kv_cache_cap": req.kv_cache_cap}
+        if req.min_new_tokens is not None:
+            knobs["min_new_tokens"] = req.min_new_tokens
         return await _answer(deployment, req.prompt, req.slo, "generate", knobs=knobs,
                              request_class=req.request_class)
 

@@ -83,22 +83,57 @@ def measure_latency(variant: Variant, inputs: list[Any], batch_sizes: list[int],
     return LatencyProfile(p50, p99), thr, (e / n_all if e is not None else None), n_all, samples
 
 
+def measure_generation(variant: Variant, inputs: list[Any], batch_sizes: list[int], reps: int, warmup: int,
+                       tokens: int) -> tuple[LatencyProfile, dict[int, float], float | None, int, dict[int, int],
+                                             dict[str, Any]]:
+    """`measure_latency` for a text generator at exactly ``tokens`` new tokens per request (end-of-sequence
+    suppressed until then), plus a time-to-first-token pass (1 token, ``reps`` runs) from which the
+    per-step decoding time is fitted: latency(b, n) = first(b) + (n - 1) step(b). What lets the simulator,
+    the planner and the router cost requests of any generation length."""
+    first, *_ = measure_latency(variant, inputs, batch_sizes, reps, warmup=min(warmup, 1),
+                                knobs={"max_new_tokens": 1}, p99_samples=reps)
+    lat, thr, energy, n, samples = measure_latency(variant, inputs, batch_sizes, reps, warmup=warmup,
+                                                   knobs={"max_new_tokens": tokens, "min_new_tokens": tokens})
+    step = {b: max(lat.p50_ms[b] - first.p50_ms[b], 0.0) / (tokens - 1) if tokens > 1 else 0.0
+            for b in batch_sizes}
+    gen = {"tokens": int(tokens), "exact_length": True,
+           "first_token_ms": {str(b): first.p50_ms[b] for b in batch_sizes},
+           "first_token_p99_ms": {str(b): first.p99_ms[b] for b in batch_sizes},
+           "step_ms": {str(b): step[b] for b in batch_sizes},
+           "ms_per_token": {str(b): lat.p50_ms[b] / (b * tokens) for b in batch_sizes}}
+    return lat, thr, energy, n, samples, gen
+
+
 def profile_variant(variant: Variant, family: Family, *, batch_sizes: list[int], reps: int,
-                    val_n: int | None, fp: str) -> VariantProfile:
-    """Accuracy on the family's validation data, latency/throughput by batch size, memory, energy."""
+                    val_n: int | None, fp: str, warmup: int = 2) -> VariantProfile:
+    """Accuracy on the family's validation data, latency/throughput by batch size, memory, energy.
+
+    Text generators are timed at exactly ``family.info["default_max_new_tokens"]`` tokens per request and
+    carry ``extra.generation`` (time to first token and per-step time by batch size)."""
     t0 = time.perf_counter()
     acc = family.evaluate(variant, val_n)
     eval_s = time.perf_counter() - t0
     inputs = family.sample_inputs(max(batch_sizes), 0)
-    lat, thr, energy, n, samples = measure_latency(variant, inputs, batch_sizes, reps)
+    t1 = time.perf_counter()
+    gen = None
+    if variant.kind == "generate":
+        lat, thr, energy, n, samples, gen = measure_generation(
+            variant, inputs, batch_sizes, reps, warmup, int(family.info.get("default_max_new_tokens") or 32))
+    else:
+        lat, thr, energy, n, samples = measure_latency(variant, inputs, batch_sizes, reps, warmup=warmup)
+    extra_gen = {"generation": gen} if gen is not None else {}
+    ev = (family.info.get("eval_details") or {}).get(variant.name)
+    if ev is not None:
+        extra_gen["eval"] = dict(ev)
     return VariantProfile(
         name=variant.name, accuracy=float(acc), latency=lat, memory_bytes=variant.model.size_bytes(),
         energy_j_per_request=energy, throughput_rps=thr,
         extra={"technique": variant.technique, "params": variant.params, "fingerprint": fp,
                "val": family.info.get("val"), "val_n": val_n or family.info.get("val_n"),
-               "eval_s": round(eval_s, 3), "requests_measured": n,
+               "eval_s": round(eval_s, 3), "latency_s": round(time.perf_counter() - t1, 3), "requests_measured": n,
                "latency_samples": {str(b): c for b, c in samples.items()},
-               "energy_note": None if energy is not None else "CPU energy counters (RAPL) unavailable here"},
+               "energy_note": None if energy is not None else "CPU energy counters (RAPL) unavailable here",
+               **extra_gen},
     )
 
 

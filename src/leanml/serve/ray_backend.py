@@ -46,7 +46,8 @@ class LeanmlReplica:
             if self.kind == "generate":
                 req = GenerateRequest.model_validate(body)
                 inputs, knobs, label = req.prompt, {"max_new_tokens": req.max_new_tokens,
-                                                    "kv_cache_cap": req.kv_cache_cap}, None
+                                                    "kv_cache_cap": req.kv_cache_cap,
+                                                    "min_new_tokens": req.min_new_tokens}, None
             else:
                 req = PredictRequest.model_validate(body)
                 inputs, knobs, label = req.inputs, None, req.label

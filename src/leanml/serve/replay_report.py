@@ -33,6 +33,8 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
             else:
                 v = None if v is None else str(v)
             cols[c].append(v)
+    if any("max_new_tokens" in r for r in rows):  # text generators: the tokens each request generated
+        cols["max_new_tokens"] = [int(r["max_new_tokens"]) if r.get("max_new_tokens") else -1 for r in rows]
     table = pa.table(cols)
     buf = io.BytesIO()
     pq.write_table(table, buf)

@@ -49,7 +49,8 @@ def setup_policy(
         return GreedyPolicy(names), all_cores
     if name == "clipper":
         return ClipperAIMDPolicy(names, most_accurate(profiles)), {v: (1, 0.0, cores) for v in names}
-    kw = dict(accuracy_target=accuracy_target, period_s=period_s, cores=cores, batch_sizes=batch_sizes)
+    kw = dict(accuracy_target=accuracy_target, period_s=period_s, cores=cores,
+              batch_sizes=tuple(b for b in batch_sizes if b <= max_batch) or (max_batch,))
     start = {v: (max_batch, 0.0, 1) for v in names}
     if name == "proteus":
         return ProteusPolicy(names, **kw), start
@@ -69,16 +70,19 @@ def simulate(
     name: str, profiles: dict[str, VariantProfile], arrival_s: np.ndarray, *, cores: int, latency_ms: float,
     accuracy_target: float | None, seed: int = 0, true_profiles: dict[str, VariantProfile] | None = None,
     accuracy_at: Callable[[str, float], float] | None = None, period_s: float = 5.0,
-    policy_kw: dict[str, Any] | None = None, tick_s: float = 1.0, overhead_ms: float = 0.0,
+    policy_kw: dict[str, Any] | None = None, tick_s: float = 1.0, overhead_ms: float = 0.0, max_batch: int = 32,
+    knobs_for: Callable[[int], dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
-    """One policy through the simulator: rows, reconfigurations, the policy object."""
+    """One policy through the simulator: rows, reconfigurations, the policy object.
+
+    ``knobs_for(i)``: request i's generation knobs (LLMs: ``max_new_tokens``, which sets its service time)."""
     pol, batching = setup_policy(name, profiles, cores=cores, accuracy_target=accuracy_target, period_s=period_s,
-                                 policy_kw=policy_kw)
+                                 policy_kw=policy_kw, max_batch=max_batch)
     sim = Simulator(profiles, pol, cores=cores, batching={v: SimBatching(b, w, 4096, c)
                                                           for v, (b, w, c) in batching.items()},
                     true_profiles=true_profiles, accuracy_at=accuracy_at, seed=seed, tick_s=tick_s,
                     overhead_ms=overhead_ms)
-    rows = sim.run(arrival_s, slo=request_slo(name, latency_ms, accuracy_target))
+    rows = sim.run(arrival_s, slo=request_slo(name, latency_ms, accuracy_target), knobs_for=knobs_for)
     for r in rows:
         r["policy"] = name
     return rows, sim.reconfigs, pol
@@ -108,7 +112,8 @@ def summarize(rows: list[dict[str, Any]], duration_s: float, profiles: dict[str,
 
 
 def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, latency_ms: float,
-                        accuracy_target: float | None, period_s: float = 5.0, deployment: str = "study"):
+                        accuracy_target: float | None, period_s: float = 5.0, deployment: str = "study",
+                        max_batch: int = 32):
     """A fresh `Runtime` serving ``variants`` under study policy ``name``, with its `Controller` (or None)."""
     from leanml.serve.config import Batching
     from leanml.serve.replay import Controller
@@ -118,7 +123,8 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
     missing = [n for n, p in profiles.items() if p is None]
     if missing:
         raise ValueError(f"variants {missing} have no profile; run `leanml serve profile` first")
-    pol, batching = setup_policy(name, profiles, cores=cores, accuracy_target=accuracy_target, period_s=period_s)
+    pol, batching = setup_policy(name, profiles, cores=cores, accuracy_target=accuracy_target, period_s=period_s,
+                                 max_batch=max_batch)
     rt = Runtime(threads=cores)
     rt.add_deployment(deployment, variants, pol, batching=Batching(max_batch=64, max_wait_ms=0.0, max_queue=4096),
                       slo=request_slo(name, latency_ms, accuracy_target))
@@ -172,9 +178,12 @@ def run_live_subprocess(
     name: str, config: str, deployment: str, profile_file: str, arrival_s: np.ndarray,
     payload: Callable[[int], Any], *, cores: int, latency_ms: float, accuracy_target: float | None,
     max_requests: int = 5000, max_duration_s: float = 60.0, period_s: float = 5.0, timeout_s: float = 30.0,
-    start_timeout_s: float = 180.0,
+    start_timeout_s: float = 180.0, max_batch: int = 32, gen_tokens: float | dict[int, float] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One policy live with the server in its own process (`serve_main`), the load generator here."""
+    """One policy live with the server in its own process (`serve_main`), the load generator here.
+
+    ``gen_tokens``: text generators' profiles are moved to this many generated tokens per request (or per
+    batch size, ``{b: tokens}``; `VariantProfile.at_tokens`) before the policy sees them, as in the simulation."""
     import json
     import os
     import socket
@@ -195,7 +204,9 @@ def run_live_subprocess(
     os.close(fd)
     cmd = [sys.executable, "-m", "leanml.serve.replay_study", "--config", config, "--deployment", deployment,
            "--profiles", profile_file, "--policy", name, "--cores", str(cores), "--slo-ms", str(latency_ms),
-           "--port", str(port), "--events", events, "--period-s", str(period_s)]
+           "--port", str(port), "--events", events, "--period-s", str(period_s), "--max-batch", str(max_batch)]
+    if gen_tokens is not None:
+        cmd += ["--gen-tokens", json.dumps(gen_tokens)]
     if accuracy_target is not None:
         cmd += ["--accuracy-target", str(accuracy_target)]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -254,6 +265,8 @@ def serve_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slo-ms", type=float, required=True)
     ap.add_argument("--accuracy-target", type=float, default=None)
     ap.add_argument("--period-s", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--gen-tokens", type=json.loads, default=None, help="tokens or {batch: tokens} (JSON)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--events", required=True)
     a = ap.parse_args(argv)
@@ -265,8 +278,12 @@ def serve_main(argv: list[str] | None = None) -> None:
         pass
     dc = load_config(a.config).deployments[a.deployment]
     variants = VariantBuilder(load_profiles(a.profiles)).build(dc, measure_missing=False)
+    if a.gen_tokens is not None:
+        for v in variants.values():
+            g = {int(k): float(t) for k, t in a.gen_tokens.items()} if isinstance(a.gen_tokens, dict) else a.gen_tokens
+            v.profile = v.profile.at_tokens(g) if v.profile is not None else None
     rt, ctl, _ = build_study_runtime(a.policy, variants, cores=a.cores, latency_ms=a.slo_ms,
-                                     accuracy_target=a.accuracy_target, period_s=a.period_s)
+                                     accuracy_target=a.accuracy_target, period_s=a.period_s, max_batch=a.max_batch)
     try:
         serve(build_app(rt), host="127.0.0.1", port=a.port, log_level="error")
     finally:

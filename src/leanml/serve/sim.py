@@ -10,7 +10,12 @@ state)`` with the same `ServeState` the runtime builds; a policy may also have `
 outcome)`` (online profiling; shadow runs go through ``surface.submit_shadow``).
 
 Service times are drawn from a lognormal with the profile's p50 and p99 at the batch size formed
-(``true_profiles``, which may differ from what the policy sees, e.g. to inject drift). The request
+(``true_profiles``, which may differ from what the policy sees, e.g. to inject drift). For text
+generators (profiles with ``extra.generation``) requests carry ``max_new_tokens`` (``knobs_for``) and a
+batch's time is scaled from the profile's N tokens to the longest request in it, as batched greedy
+decoding runs until its last row is done: first-token time + (tokens - 1) steps, fitted per batch size.
+This is exact for requests that generate exactly ``max_new_tokens`` (``min_new_tokens`` = max, as the
+replay sends them) and an upper bound for requests that may stop early at end-of-sequence. The request
 path before routing (HTTP, JSON, the event loop) is one FIFO server of ``overhead_ms`` per request,
 calibrated from a live run. Each request
 draws one uniform ``u``; variant v answers correctly iff ``u < accuracy_v(t)`` (common random numbers:
@@ -159,8 +164,11 @@ class Simulator:
         request_class: Callable[[int], str] | None = None,
         slo_for: Callable[[int], SLO] | None = None,
         send_labels: bool = False,
+        knobs_for: Callable[[int], dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Simulate every arrival; one row per request (status, variant, latency, correctness, energy)."""
+        """Simulate every arrival; one row per request (status, variant, latency, correctness, energy).
+
+        ``knobs_for(i)``: request i's generation knobs (``max_new_tokens``), for text generators."""
         arrival_s = np.asarray(arrival_s, dtype=np.float64)
         for i, t in enumerate(arrival_s):
             self._push(float(t), "arrive", i)
@@ -168,6 +176,7 @@ class Simulator:
             self._push(0.0, "tick", None)
         self._end = float(arrival_s[-1]) if len(arrival_s) else 0.0
         self._slo, self._cls, self._slo_for, self._labels = slo, request_class, slo_for, send_labels
+        self._knobs = knobs_for
         while self._events:
             t, _, kind, data = heapq.heappop(self._events)
             self.now = t
@@ -200,7 +209,8 @@ class Simulator:
         truth = int(self.rng.integers(self.n_classes))
         u = float(self.rng.random())
         req = Request(i, "sim", {"u": u, "truth": truth}, slo, self.now,
-                      self._cls(i) if self._cls else "default", truth if self._labels else None)
+                      self._cls(i) if self._cls else "default", truth if self._labels else None,
+                      knobs=dict(self._knobs(i)) if self._knobs else {})
         if self.overhead_s > 0:  # the request path before routing (HTTP, parsing): one FIFO server
             self._front_free = max(self.now, self._front_free) + self.overhead_s
             self._push(self._front_free, "route", (req, u))
@@ -262,14 +272,16 @@ class Simulator:
             else:
                 self._core_wait.append((v, batch, n))
 
-    def _service_s(self, v: str, n: int) -> float:
+    def _service_s(self, v: str, n: int, tokens: float | None = None) -> float:
         lat = self.true[v].latency
         p50, p99 = lat.at(n, "p50"), max(lat.at(n, "p99"), lat.at(n, "p50"))
         sigma = math.log(p99 / p50) / Z99 if p50 > 0 and p99 > p50 else 0.0
-        return p50 * math.exp(sigma * self.rng.standard_normal()) / 1e3
+        scale = self.true[v].generation_scale(n, tokens)
+        return scale * p50 * math.exp(sigma * self.rng.standard_normal()) / 1e3
 
     def _start(self, v: str, batch: list[_Q], n: int) -> None:
-        d = self._service_s(v, n)
+        toks = [q.req.knobs["max_new_tokens"] for q in batch if q.req.knobs.get("max_new_tokens") is not None]
+        d = self._service_s(v, n, max(toks) if toks else None)
         self._push(self.now + d, "done", (v, batch, n, self.now, d))
 
     def _done(self, v: str, batch: list[_Q], n: int, start: float, dur: float) -> None:
@@ -302,6 +314,7 @@ class Simulator:
             "accuracy": self.accuracy_at(v, req.arrival_s) if ok else float("nan"),
             "energy_j": (self.true[v].energy_j_per_request if ok and self.true[v].energy_j_per_request is not None
                          else float("nan")),
+            **({"max_new_tokens": int(req.knobs["max_new_tokens"])} if req.knobs.get("max_new_tokens") else {}),
         })
         if hasattr(self.policy, "observe"):
             self.policy.observe(req, out, self)

@@ -6,7 +6,7 @@ exactly the types the live runtime uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 
@@ -52,6 +52,76 @@ class VariantProfile:
     energy_j_per_request: float | None = None  # None where energy is not measurable
     throughput_rps: dict[int, float] = field(default_factory=dict)  # by batch size
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generation(self) -> dict[str, Any] | None:
+        """For text generators: ``{"tokens": N, "first_token_ms": {b: ms}, "step_ms": {b: ms}}``, the latency
+        tables being for exactly N generated tokens per request; None for classifiers."""
+        g = self.extra.get("generation")
+        return g if isinstance(g, dict) and g.get("first_token_ms") and g.get("step_ms") else None
+
+    def generation_scale(self, batch: int, tokens: float | None) -> float:
+        """How much longer (or shorter) a batch of ``batch`` takes when it generates ``tokens`` tokens instead
+        of the profile's N: (first + (tokens - 1) step) / (first + (N - 1) step), p50 fits per batch size.
+        1.0 for classifiers or when ``tokens`` is None."""
+        g = self.generation
+        if g is None or tokens is None:
+            return 1.0
+        by_b = g.get("tokens_by_batch")  # tables rescaled per batch size (`at_tokens` with a mapping)
+        if by_b:
+            t = {int(k): float(v) for k, v in by_b.items()}
+            ref = generation_ms(g, batch, LatencyProfile(t, t).at(batch, "p50"))
+        else:
+            ref = generation_ms(g, batch, float(g["tokens"]))
+        return generation_ms(g, batch, float(tokens)) / ref if ref > 0 else 1.0
+
+    def at_tokens(self, tokens: float | dict[int, float]) -> VariantProfile:
+        """This profile with its latency and throughput tables moved to ``tokens`` generated tokens per request
+        (classifiers: unchanged): what a planner or router sees when requests generate that many. ``tokens``
+        may be given per batch size (``{b: tokens}``, e.g. the expected longest of b requests, since a batch
+        decodes until its longest row is done); the per-step fits are unchanged and the lengths the tables now
+        hold are kept (``tokens``, and ``tokens_by_batch`` for a mapping) for `generation_scale`."""
+        g = self.generation
+        if g is None:
+            return self
+        per_b = dict(tokens) if isinstance(tokens, dict) else {}
+
+        def tok(b: int) -> float:
+            if not per_b:
+                return float(tokens)  # type: ignore[arg-type]
+            t = {int(k): float(v) for k, v in per_b.items()}
+            return LatencyProfile(t, t).at(b, "p50") if b not in t else t[b]
+
+        sc = {b: self.generation_scale(b, tok(b)) for b in self.latency.p50_ms}
+        lat = LatencyProfile({b: v * sc[b] for b, v in self.latency.p50_ms.items()},
+                             {b: v * sc[b] for b, v in self.latency.p99_ms.items()})
+        thr = {b: v / self.generation_scale(b, tok(b)) for b, v in self.throughput_rps.items()}
+        ref = tok(1) if per_b else float(tokens)  # type: ignore[arg-type]
+        return replace(self, latency=lat, throughput_rps=thr,
+                       extra={**self.extra, "generation": {**g, "tokens": ref,
+                                                           **({"tokens_by_batch": {str(b): tok(b) for b in sc}}
+                                                              if per_b else {})}})
+
+
+def expected_longest(tokens: list[int] | Any, batch_sizes: list[int]) -> dict[int, float]:
+    """Expected largest of b requests' token counts drawn at random from ``tokens``, per batch size b:
+    sum_k k (F(k)^b - F(k-1)^b) over the empirical distribution F (a batch's decoding time follows it)."""
+    import numpy as np
+
+    t = np.sort(np.asarray(tokens, dtype=np.float64))
+    vals, counts = np.unique(t, return_counts=True)
+    cdf = np.cumsum(counts) / len(t)
+    prev = np.concatenate([[0.0], cdf[:-1]])
+    return {int(b): float(np.sum(vals * (cdf ** b - prev ** b))) for b in batch_sizes}
+
+
+def generation_ms(gen: dict[str, Any], batch: int, tokens: float) -> float:
+    """p50 model time (ms) of a batch of ``batch`` requests each generating ``tokens`` tokens: the time to
+    the first token plus ``tokens - 1`` decoding steps, both interpolated over the measured batch sizes."""
+    first = {int(k): float(v) for k, v in gen["first_token_ms"].items()}
+    step = {int(k): float(v) for k, v in gen["step_ms"].items()}
+    return (LatencyProfile(first, first).at(batch, "p50")
+            + max(float(tokens) - 1.0, 0.0) * LatencyProfile(step, step).at(batch, "p50"))
 
 
 @dataclass

@@ -102,8 +102,10 @@ class GeneratorModel(Model):
     kind = "generate"
 
     @abstractmethod
-    def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None]) -> list[str]:
-        """Generate one continuation per prompt, each within its own token limits."""
+    def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None],
+                 min_new_tokens: list[int | None] | None = None) -> list[str]:
+        """Generate one continuation per prompt, each within its own token limits (at least ``min_new_tokens``
+        tokens where given: end-of-sequence is not allowed before)."""
 
     def parse(self, inputs: Any) -> list[str]:
         prompts = [inputs] if isinstance(inputs, str) else inputs
@@ -115,13 +117,14 @@ class GeneratorModel(Model):
         return len(parsed)
 
     def run(self, items: list[list[str]], knobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prompts, mnt, cap, sizes = [], [], [], []
+        prompts, mnt, cap, mins, sizes = [], [], [], [], []
         for p, k in zip(items, knobs, strict=True):
             prompts += p
             mnt += [int(k.get("max_new_tokens") or getattr(self, "default_max_new_tokens", 32))] * len(p)
             cap += [k.get("kv_cache_cap")] * len(p)
+            mins += [k.get("min_new_tokens")] * len(p)
             sizes.append(len(p))
-        texts = self.generate(prompts, mnt, cap)
+        texts = self.generate(prompts, mnt, cap, mins) if any(m for m in mins) else self.generate(prompts, mnt, cap)
         out, start = [], 0
         for n in sizes:
             out.append({"texts": texts[start : start + n]})

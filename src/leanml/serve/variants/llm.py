@@ -6,8 +6,17 @@ to float32 on load (about 20 s, 540 MB). Knobs per request:
 * ``max_new_tokens``: generation stops there (or at end-of-sequence).
 * ``kv_cache_cap``: the KV cache never holds more than this many tokens: the prompt is cut from the
   left to ``kv_cache_cap - max_new_tokens`` tokens (the most recent context is kept).
+* ``min_new_tokens``: end-of-sequence is suppressed until this many tokens were generated (per request:
+  other requests in the batch still stop when they choose). A trace replay sets it to
+  ``max_new_tokens`` so that each request generates exactly the trace's number of tokens.
 
-Accuracy is measured zero-shot on MMLU dev (next-token choice among " A"/" B"/" C"/" D").
+Accuracy (`mmlu_evaluator`), by the prototype parameter ``eval_metric``:
+
+* ``"fp32_token_agreement"``: fidelity to the float32 model: on seeded MMLU questions, the fraction of
+  fp32's greedy continuation that the variant's own greedy continuation reproduces before it diverges.
+* ``"mmlu"``: zero-shot multiple-choice accuracy (next-token letter " A".." D"). For this 135M model it
+  is chance or below, and fp32 answers "A" for almost every question: agreement on the letter would be
+  near 1 for any variant with the same bias, which is why fidelity is measured on generated tokens.
 """
 
 from __future__ import annotations
@@ -64,29 +73,47 @@ class CausalLM(GeneratorModel):
             return list(self.tok(text, add_special_tokens=False)["input_ids"])
         return list(self.tok(prompt)["input_ids"])
 
-    def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None]) -> list[str]:
+    def _eos_ids(self) -> list[int]:
+        e = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(e if isinstance(e, list) else [e] if e is not None else [])
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return sorted(ids)
+
+    def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None],
+                 min_new_tokens: list[int | None] | None = None) -> list[str]:
+        eos = set(self._eos_ids())
+        rows = self.generate_ids([self._ids(p) for p in prompts], max_new_tokens, kv_cache_cap, min_new_tokens)
+        return [self.tok.decode(r[:-1] if r and r[-1] in eos else r, skip_special_tokens=True) for r in rows]
+
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: list[int], kv_cache_cap: list[int | None],
+                     min_new_tokens: list[int | None] | None = None) -> list[list[int]]:
+        """Greedy continuations of tokenized prompts, each cut after its first end-of-sequence (kept)."""
         import torch
 
-        ids = []
-        for p, m, cap in zip(prompts, max_new_tokens, kv_cache_cap, strict=True):
-            t = self._ids(p)
-            if cap is not None:
-                t = t[-max(1, int(cap) - int(m)):]
-            ids.append(t)
+        ids = [t[-max(1, int(cap) - int(m)):] if cap is not None else t
+               for t, m, cap in zip(ids, max_new_tokens, kv_cache_cap, strict=True)]
         width = max(len(t) for t in ids)
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in ids])
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in ids])
+        mins = [min(int(m or 0), int(mx)) for m, mx in zip(min_new_tokens or [None] * len(ids), max_new_tokens,
+                                                             strict=True)]
+        eos = self._eos_ids()
+        extra = {}
+        if any(mins):
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([min_new_tokens_processor(width, mins, eos)])
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(max_new_tokens),
-                                      do_sample=False, pad_token_id=pad)
-        texts = []
+                                      do_sample=False, pad_token_id=pad, **extra)
+        rows = []
         for row, m in zip(out[:, width:], max_new_tokens, strict=True):
             toks = row[:m].tolist()
-            if self.tok.eos_token_id in toks:
-                toks = toks[: toks.index(self.tok.eos_token_id)]
-            texts.append(self.tok.decode(toks, skip_special_tokens=True))
-        return texts
+            cut = next((i for i, t in enumerate(toks) if t in eos), None)
+            rows.append(toks if cut is None else toks[: cut + 1])
+        return rows
 
     def size_bytes(self) -> int | None:
         return serialized_size(self.model)
@@ -100,6 +127,29 @@ class CausalLM(GeneratorModel):
         with torch.inference_mode():
             logits = self.model(input_ids=ids).logits[0, -1].float()
         return logits[cand].numpy()
+
+
+def min_new_tokens_processor(start: int, min_new: list[int], eos_ids: list[int]):
+    """A logits processor that bans ``eos_ids`` in row i while it has fewer than ``min_new[i]`` new tokens.
+
+    transformers' own ``min_new_tokens`` is one number for the whole batch; this one is per row, so a
+    request that asks for an exact length does not change what the other requests of its batch generate.
+    ``start`` is the (padded) prompt width: new tokens are the columns after it.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    mins = torch.tensor([int(m) for m in min_new])
+    eos = torch.tensor(sorted(set(int(e) for e in eos_ids)), dtype=torch.long)
+
+    class _PerRowMinNewTokens(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            rows = torch.nonzero(mins > input_ids.shape[1] - start).flatten()
+            if len(rows) and len(eos):
+                scores[rows.unsqueeze(1), eos.unsqueeze(0)] = -float("inf")
+            return scores
+
+    return _PerRowMinNewTokens()
 
 
 def prune_linear_layers(model, sparsity: float):
@@ -118,28 +168,92 @@ def prune_linear_layers(model, sparsity: float):
     return out
 
 
-def _mmlu_evaluator(n_default: int):
-    def evaluate(variant: Variant, limit: int | None = None) -> float:
-        from leanml.data import load
+def _mmlu_prompt(r: dict[str, Any]) -> str:
+    opts = "\n".join(f"{L}. {c}" for L, c in zip("ABCD", r["choices"], strict=True))
+    return f"{r['question']}\n{opts}\nAnswer:"
 
-        recs = load("mmlu", "dev").records
-        n = min(limit or n_default, len(recs))
+
+def prefix_agreement(ours: list[int], ref: list[int]) -> float:
+    """Fraction of the reference continuation reproduced before the first differing token (greedy match)."""
+    k = 0
+    for a, b in zip(ours, ref, strict=False):
+        if a != b:
+            break
+        k += 1
+    return k / len(ref) if ref else 1.0
+
+
+def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, dict[str, Any]]):
+    """Accuracy of a variant by ``eval_metric``, on questions drawn (seed ``seed``) from MMLU ``eval_split``.
+
+    * ``"fp32_token_agreement"``: fidelity to the float32 model. fp32 greedily continues ``eval_n``
+      questions (question text in the chat template, as the replay sends them) for ``default_max_new_tokens``
+      tokens (cached); the variant generates the same way (batches of 8) and scores, per question, the
+      fraction of fp32's continuation it reproduces before its first different token; the mean over
+      questions. fp32 is the reference (1.0 by definition). Teacher forcing would be cheaper but measures
+      other numerics than serving for dynamic int8, whose activation scales depend on the whole input.
+    * ``"mmlu"``: zero-shot multiple-choice accuracy (next-token letter " A".." D").
+
+    Details go into ``details[variant]`` (the profile's ``extra.eval``): the agreement with its standard
+    error over prompts, and the MMLU letter accuracy on ``eval_mmlu_n`` questions with the letters chosen
+    (a 135M model answers one letter almost always, so letter agreement would measure nothing).
+    """
+    from leanml.data import load
+    from leanml.serve.variants.prototypes import cached
+
+    metric, split, seed = str(p["eval_metric"]), str(p["eval_split"]), int(p["seed"])
+    if metric not in ("mmlu", "fp32_token_agreement"):
+        raise ValueError(f"smollm2: eval_metric must be 'mmlu' or 'fp32_token_agreement', got {metric!r}")
+    recs = load("mmlu", split).records
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(recs))]
+    n_tok, batch = int(p["default_max_new_tokens"]), 8
+
+    def generate_all(model: CausalLM, prompts: list[list[int]]) -> list[list[int]]:
+        outs: list[list[int]] = []
+        for j in range(0, len(prompts), batch):  # batches of 8, as a loaded server forms them
+            chunk = prompts[j : j + batch]
+            outs += model.generate_ids(chunk, [n_tok] * len(chunk), [None] * len(chunk))
+        return outs
+
+    def continuations(n: int) -> list[tuple[list[int], list[int]]]:
+        def make():
+            prompts = [reference._ids(recs[i]["question"]) for i in order[:n]]
+            return list(zip(prompts, generate_all(reference, prompts), strict=True))
+
+        return cached("smollm2-fp32-continuations", {"split": split, "seed": seed, "n": n, "tokens": n_tok}, make)
+
+    def letters(model: CausalLM, n: int) -> tuple[float, dict[str, int]]:
+        picks = [int(np.argmax(model.choice_logits(_mmlu_prompt(recs[i]), [" A", " B", " C", " D"])))
+                 for i in order[:n]]
+        acc = float(np.mean([c == recs[i]["answer"] for c, i in zip(picks, order, strict=False)]))
+        return acc, {L: picks.count(k) for k, L in enumerate("ABCD")}
+
+    def evaluate(variant: Variant, limit: int | None = None) -> float:
         model: CausalLM = variant.model  # type: ignore[assignment]
-        correct = 0
-        for r in recs[:n]:
-            opts = "\n".join(f"{L}. {c}" for L, c in zip("ABCD", r["choices"], strict=True))
-            prompt = f"{r['question']}\n{opts}\nAnswer:"
-            correct += int(np.argmax(model.choice_logits(prompt, [" A", " B", " C", " D"])) == r["answer"])
-        return correct / n
+        n = min(limit or int(p["eval_n"]), len(recs))
+        d: dict[str, Any] = {"metric": metric, "split": f"mmlu/{split}", "seed": seed}
+        if metric == "mmlu":
+            acc, hist = letters(model, n)
+            d.update(mmlu_accuracy=acc, mmlu_n=n, mmlu_letters=hist,
+                     mmlu_accuracy_se=round(float(np.sqrt(acc * (1 - acc) / n)), 4))
+            details[variant.name] = d
+            return acc
+        data = continuations(n)
+        ours = [t for _, t in data] if model is reference else generate_all(model, [pr for pr, _ in data])
+        per_prompt = [prefix_agreement(o, t) for o, t in zip(ours, [t for _, t in data], strict=True)]
+        agree = float(np.mean(per_prompt))
+        d.update(fp32_token_agreement=agree, prompts=n, max_new_tokens=n_tok,
+                 fp32_token_agreement_se=round(float(np.std(per_prompt, ddof=1) / np.sqrt(n)), 4) if n > 1 else None,
+                 fp32_exact_match=float(np.mean([o == t for o, (_, t) in zip(ours, data, strict=True)])))
+        m_n = int(p["eval_mmlu_n"])
+        if m_n > 0:
+            acc, hist = letters(model, min(m_n, len(recs)))
+            d.update(mmlu_accuracy=acc, mmlu_n=min(m_n, len(recs)), mmlu_letters=hist,
+                     mmlu_accuracy_se=round(float(np.sqrt(acc * (1 - acc) / min(m_n, len(recs)))), 4))
+        details[variant.name] = d
+        return agree
 
     return evaluate
-
-
-_PROMPTS = [
-    "Give one tip for saving energy at home.", "What is the capital of France?",
-    "Write a haiku about autumn.", "Explain what a CPU cache is in one sentence.",
-    "List three prime numbers.", "What does HTTP stand for?",
-]
 
 
 def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
@@ -150,9 +264,10 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
 
     base, tok = load_smollm2()
     mnt = int(p["default_max_new_tokens"])
+    reference = CausalLM(base, tok, mnt)
     variants: dict[str, Variant] = {}
     if "fp32" in wanted:
-        variants["fp32"] = Variant("fp32", CausalLM(base, tok, mnt), "base")
+        variants["fp32"] = Variant("fp32", reference, "base")
     if "bf16" in wanted:
         variants["bf16"] = Variant("bf16", CausalLM(copy.deepcopy(base).to(torch.bfloat16), tok, mnt), "bf16")
     if "int8" in wanted:
@@ -163,10 +278,16 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
                                      {"sparsity": s})
     if p["eval_task"] != "mmlu":
         raise ValueError(f"smollm2: eval_task must be 'mmlu', got {p['eval_task']!r}")
+    details: dict[str, dict[str, Any]] = {}
+    evaluate = mmlu_evaluator(p, reference, details)
 
     def sample(n: int, seed: int = 0) -> list[Any]:
-        rng = np.random.default_rng(seed)
-        return [_PROMPTS[i] for i in rng.integers(0, len(_PROMPTS), size=n)]
+        """Prompts as a trace replay sends them: MMLU dev questions (seeded draw)."""
+        from leanml.data import load
 
-    return Family("smollm2", {k: variants[k] for k in wanted}, _mmlu_evaluator(int(p["eval_n"])), sample,
-                  {"val": "mmlu/dev", "val_n": int(p["eval_n"]), "default_max_new_tokens": mnt})
+        qs = [r["question"] for r in load("mmlu", "dev").records]
+        return [qs[i] for i in np.random.default_rng(seed).integers(0, len(qs), size=n)]
+
+    return Family("smollm2", {k: variants[k] for k in wanted}, evaluate, sample,
+                  {"val": f"mmlu/{p['eval_split']}", "val_n": int(p["eval_n"]), "default_max_new_tokens": mnt,
+                   "eval_metric": str(p["eval_metric"]), "eval_details": details})

