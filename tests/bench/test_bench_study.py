@@ -34,11 +34,11 @@ def test_grid_rows_costs_resume_and_report(tmp_path):
     assert by["craig"]["weighted"] and not by["random"]["weighted"]
     assert by["rho-loss"]["online"] and by["rho-loss"]["select_wall_s"] > 0  # IL model + per-batch hook
     assert by["full"]["n_selected"] == by["full"]["n_pool"]
-    # equal backward passes: rho-loss at budget b trains on about b of the full run's examples
-    # (3 epochs x 10% is 0.3 of an epoch: whole-epoch rounding would have given DLIS 3x its budget);
-    # the slack is the short last presample of an epoch, of which the hook picks fewer than batch_size
+    # equal backward passes: an online method at budget b trains on b of the full run's examples, up to
+    # rounding to whole steps of 32 (3 epochs x 10% is 0.3 of an epoch: whole-epoch rounding would have
+    # given DLIS 3x its budget; a short last presample per epoch would have given RHO-LOSS ~10% less)
     for online in ("rho-loss", "dlis"):
-        assert by[online]["examples_trained"] == pytest.approx(0.1 * by["full"]["examples_trained"], rel=0.15)
+        assert by[online]["examples_trained"] == pytest.approx(0.1 * by["full"]["examples_trained"], abs=16)
 
     n = len(rows)
     again = run_study(plan, log=_quiet)  # everything finished: nothing re-runs

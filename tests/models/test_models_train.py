@@ -60,3 +60,21 @@ def test_max_steps_stops_early_and_the_schedule_spans_the_steps():
     assert res.checkpoints[1]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)))
     with pytest.raises(ValueError, match="max_steps"):
         fit(build_mlp(8, 2, (8,)), X, y, epochs=1, max_steps=0)
+
+
+def test_drop_last_skips_the_short_batch_so_every_step_is_full():
+    X, y = _data(100)  # 3 full batches of 32 and a short one of 4
+    seen: list[int] = []
+
+    def hook(model, xb, yb, idx):
+        seen.append(len(idx))
+        return xb, yb, torch.ones(len(yb))
+
+    res = fit(build_mlp(8, 2, (8,), seed=0), X, y, epochs=2, batch_size=32, batch_hook=hook, drop_last=True)
+    assert seen == [32] * 6 and res.steps == 6 and res.examples == 6 * 32
+    seen.clear()
+    fit(build_mlp(8, 2, (8,), seed=0), X, y, epochs=1, batch_size=32, batch_hook=hook)
+    assert seen == [32, 32, 32, 4]
+    seen.clear()  # fewer rows than one batch: nothing to drop, one short step per epoch
+    fit(build_mlp(8, 2, (8,), seed=0), X[:10], y[:10], epochs=2, batch_size=32, batch_hook=hook, drop_last=True)
+    assert seen == [10, 10]

@@ -40,3 +40,25 @@ def test_less_from_store_matches_in_memory_and_second_task_reuses_pool_rows(tmp_
     with pytest.raises(SelectionError, match="different models"):
         get_selector("less").select(sp, 0.1, target=Target(tX, ty, features=MatrixFeatures(
             [tf.rows(c) for c in range(tf.n_checkpoints)], fp="another-model")))
+
+
+def test_featurizer_uses_the_learners_smaller_grad_chunk_and_gives_the_same_features():
+    pool = digits_pool(epochs=3)
+    less = get_selector("less", seed=0, warmup_fraction=0.1, warmup_epochs=1, dim=32)
+    w = less._warm(pool)
+    X, y = pool.X[:50], pool.y[:50]
+    whole = Featurizer(pool.learner, dim=32, seed=0).features(w["model"], w["checkpoints"][:1], X, y)
+
+    class Small(type(pool.learner)):
+        grad_chunk = 7
+
+        def grad_batch(self, Xc, yc=None):
+            sizes.append(len(Xc))
+            return super().grad_batch(Xc, yc)
+
+    sizes: list[int] = []
+    small = Small.__new__(Small)
+    small.__dict__.update(pool.learner.__dict__)
+    got = Featurizer(small, dim=32, seed=0).features(w["model"], w["checkpoints"][:1], X, y)
+    assert sizes == [7] * 7 + [1]
+    np.testing.assert_allclose(got.rows(0), whole.rows(0), rtol=1e-4, atol=1e-6)

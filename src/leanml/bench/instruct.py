@@ -44,6 +44,9 @@ class CausalLMLearner(Learner):
 
     metric = "instruct_mean"
     n_classes = None
+    # per-example gradients go 16 sequences at a time (the Featurizer's default of 256 x 128 tokens
+    # through SmolLM2 needed over 23 GB and was killed for memory on a 24 GB machine)
+    grad_chunk = 16
 
     def __init__(self, *, rank: int = 8, epochs: int = 1, batch_size: int = 4, lr: float = 2e-4, max_len: int = 128,
                  gen_tokens: int = 16) -> None:
@@ -68,8 +71,8 @@ class CausalLMLearner(Learner):
         return CausalLMLoss()
 
     def fit(self, model, X, y=None, *, weights=None, epochs=None, batch_size=None, seed=0, batch_hook=None,
-            keep_checkpoints=False, loss_norm="weights") -> FitResult:
-        if batch_hook is not None or loss_norm != "weights":
+            keep_checkpoints=False, loss_norm="weights", max_steps=None, drop_last=False) -> FitResult:
+        if batch_hook is not None or loss_norm != "weights" or max_steps is not None or drop_last:
             raise ValueError("online selection hooks are not supported by the causal-LM learner")
         from leanml.grads import CausalLMLoss
 

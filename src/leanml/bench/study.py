@@ -77,12 +77,14 @@ def run_cell(data: SuiteData, selector: Any, method: str, budget: float, seed: i
     if sel.online is not None:
         plan = sel.online
         # As many backward passes as training on a budget-sized subset: each step back-propagates
-        # plan.batch_size examples picked from plan.presample (fewer from the short last presample of an
-        # epoch), so stop after that many steps; the row records the examples actually back-propagated.
+        # plan.batch_size examples picked from a full presample (each epoch's short last presample is
+        # skipped, or a step there would pick fewer), so stop after that many steps; the row records the
+        # examples actually back-propagated.
         steps = max(1, int(round(base_epochs * budget * len(pool) / plan.batch_size)))
-        epochs = -(-steps // -(-len(pool) // plan.presample))
+        per_epoch = max(1, len(pool) // plan.presample)
+        epochs = -(-steps // per_epoch)
         res = learner.fit(model, pool.X, pool.y, epochs=epochs, batch_size=plan.presample, seed=seed,
-                          batch_hook=plan.hook, loss_norm=plan.loss_norm, max_steps=steps)
+                          batch_hook=plan.hook, loss_norm=plan.loss_norm, max_steps=steps, drop_last=True)
         hook = plan.hook_cost()
         select_cost, train_cost = sel.cost + hook, _sub(res.cost, hook)
         n_train = int(res.examples)  # examples back-propagated

@@ -47,6 +47,7 @@ def fit(
     loss_norm: str = "weights",
     schedule: str = "constant",
     max_steps: int | None = None,
+    drop_last: bool = False,
 ) -> FitResult:
     """Train ``model`` with Adam on (X, y), metered.
 
@@ -57,7 +58,9 @@ def fit(
     importance-sampling estimate, for DLIS's 1/(N p) weights). ``schedule`` is the learning rate
     over training: "constant", or "cosine" decay from ``lr`` to 0 over all steps (stabler final
     weights for short from-scratch runs). A checkpoint's ``lr`` is the mean rate of its epoch, the
-    weight LESS gives it.
+    weight LESS gives it. ``max_steps`` stops training after that many optimizer steps;
+    ``drop_last`` skips each epoch's short last batch (when X holds at least one full batch), so that
+    every step sees ``batch_size`` examples: what an online selector's budget counts on.
     """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
@@ -81,7 +84,8 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     out = FitResult(model=model, cost=Cost())
-    steps_per_epoch = -(-len(X) // batch_size)
+    drop_last = drop_last and len(X) >= batch_size
+    steps_per_epoch = len(X) // batch_size if drop_last else -(-len(X) // batch_size)
     total, step, n_seen = epochs * steps_per_epoch, 0, 0
     if max_steps is not None:
         total = min(total, int(max_steps))
@@ -90,7 +94,7 @@ def fit(
         for _ in range(epochs):
             perm = torch.randperm(len(X), generator=gen)
             epoch_lrs = []
-            for start in range(0, len(X), batch_size):
+            for start in range(0, steps_per_epoch * batch_size if drop_last else len(X), batch_size):
                 if step >= total:
                     break
                 rate = lr if schedule == "constant" else 0.5 * lr * (1 + math.cos(math.pi * step / total))

@@ -132,6 +132,8 @@ class Featurizer:
     ``params="all"`` differentiates every trainable parameter, ``"last"`` only the last linear
     layer (CRAIG/GRAD-MATCH's approximation), ``"lora"`` the adapters, or a list of module names.
     The learner supplies the batches (``grad_batch``) and the per-example loss (``loss_adapter``).
+    Examples go through in chunks of ``chunk``, or of the learner's ``grad_chunk`` when smaller (a
+    causal LM's 128-token sequences need far smaller chunks than a small classifier's rows).
     """
 
     learner: Any
@@ -154,6 +156,7 @@ class Featurizer:
         from leanml.grads import AdamState, GradientComputer
 
         mats, fp = [], ""
+        chunk = max(1, min(self.chunk, int(getattr(self.learner, "grad_chunk", self.chunk))))
         for ck in checkpoints:
             load_checkpoint(model, ck)
             adam = None
@@ -163,12 +166,12 @@ class Featurizer:
                 adam = AdamState.from_optimizer(model, ck.optimizer_state, optimizer_param_names(model, ck))
             gc = GradientComputer(model, self.learner.loss_adapter(output), params=self._param_spec(model),
                                   projector="dense", dim=self.dim, kind=self.projection, seed=self.seed,
-                                  grad_type=kind, adam_state=adam, chunk_size=self.chunk,
+                                  grad_type=kind, adam_state=adam, chunk_size=chunk,
                                   dense_cache_bytes=256 << 20)
             fp = hashlib.sha1(f"{gc.model_fingerprint()}|{gc.projector.spec()}".encode()).hexdigest()[:16]
             parts = []
-            for s in range(0, len(X), self.chunk):  # chunk by chunk: (N, P) gradients are never held
-                rows = np.arange(s, min(s + self.chunk, len(X)))
+            for s in range(0, len(X), chunk):  # chunk by chunk: (N, P) gradients are never held
+                rows = np.arange(s, min(s + chunk, len(X)))
                 Xc = X[rows] if isinstance(X, np.ndarray) else [X[int(i)] for i in rows]
                 yc = None if y is None else np.asarray(y)[rows]
                 parts.append(gc.features(self.learner.grad_batch(Xc, yc)).detach().cpu().numpy())

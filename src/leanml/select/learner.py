@@ -35,10 +35,11 @@ class Learner(ABC):
     def fit(self, model: nn.Module, X: Any, y: Any, *, weights: np.ndarray | None = None,
             epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
             batch_hook: Callable | None = None, keep_checkpoints: bool = False,
-            loss_norm: str = "weights", max_steps: int | None = None) -> FitResult:
+            loss_norm: str = "weights", max_steps: int | None = None, drop_last: bool = False) -> FitResult:
         """Train ``model`` (metered); checkpoints carry model and optimizer state and the lr.
 
-        ``loss_norm`` is `leanml.models.fit`'s: "weights" (weighted mean) or "mean" (unbiased IS).
+        ``loss_norm``, ``max_steps`` and ``drop_last`` are `leanml.models.fit`'s: "weights" (weighted
+        mean) or "mean" (unbiased IS); stop after that many steps; skip each epoch's short last batch.
         """
 
     @abstractmethod
@@ -99,12 +100,13 @@ class TorchClassifier(Learner):
         return TorchClassifier(self.proxy_factory, self.n_classes, self.config, eval_batch=self.eval_batch)
 
     def fit(self, model, X, y, *, weights=None, epochs=None, batch_size=None, seed=0,
-            batch_hook=None, keep_checkpoints=False, loss_norm="weights", max_steps=None) -> FitResult:
+            batch_hook=None, keep_checkpoints=False, loss_norm="weights", max_steps=None,
+            drop_last=False) -> FitResult:
         c = self.config
         return fit(model, X, y, weights=weights, epochs=epochs or c.epochs,
                    batch_size=batch_size or c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
                    seed=seed, batch_hook=batch_hook, keep_checkpoints=keep_checkpoints, loss_norm=loss_norm,
-                   schedule=c.schedule, max_steps=max_steps)
+                   schedule=c.schedule, max_steps=max_steps, drop_last=drop_last)
 
     def logits(self, model: nn.Module, X: Any) -> torch.Tensor:
         return predict_logits(model, np.asarray(X) if not torch.is_tensor(X) else X.numpy(),

@@ -6,7 +6,8 @@ call is metered; the study charges it to selection, not training.
 
 Budget: a budget b trains on b x (pool size) x (base epochs) examples in total, the same number of
 backward passes as training on a b-fraction subset: the trainer stops after
-``round(b * pool * epochs / plan.batch_size)`` steps (``max_steps`` of `leanml.models.fit`).
+``round(b * pool * epochs / plan.batch_size)`` steps (``max_steps`` of `leanml.models.fit`), each on a
+full presample (``drop_last``: a short last presample would let a step pick fewer than its batch).
 """
 
 from __future__ import annotations
