@@ -10,11 +10,10 @@ import argparse
 
 import pyarrow.parquet as pq
 
-from leanml.cli.replay_cmd import gen_tokens
 from leanml.serve.profiles import load_profiles
 from leanml.serve.replay_study import simulate, summarize
 from leanml.serve.types import expected_longest
-from leanml.serve.workload import load_trace, scale_to_rate
+from leanml.serve.workload import load_trace, max_new_tokens, scale_to_rate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("rows")
@@ -27,9 +26,9 @@ ap.add_argument("--profiles", default="examples/profiles/smollm2.profile.json")
 a = ap.parse_args()
 raw = load_profiles(a.profiles)["smollm2"]
 tr = load_trace("azure_llm_code")
-profs = {n: p.at_tokens(expected_longest(gen_tokens(tr, 32), [1, 2, 4, 8])) for n, p in raw.items()}
+profs = {n: p.at_tokens(expected_longest(max_new_tokens(tr, 32), [1, 2, 4, 8])) for n, p in raw.items()}
 lt = scale_to_rate(tr, a.rate).busiest(a.seconds)
-tok = gen_tokens(lt, 32)
+tok = max_new_tokens(lt, 32)
 live = pq.read_table(a.rows).to_pandas()
 live = live[live["mode"] == "live"]
 for pol in ("static-accurate", "static-fast", "infaas", "proteus", "adaptive"):

@@ -184,3 +184,22 @@ def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
     assert max(r["batch_size"] for r in rows) <= 8  # never beyond the largest measured batch
     report = (out / "llm_report.md").read_text()
     assert "generated exactly" in report and "max_batch" in report
+
+
+def test_at_tokens_twice_rescales_from_what_the_tables_hold():
+    p = llm_profile()
+    once = p.at_tokens({1: 10.0, 8: 30.0}).at_tokens(5)  # a per-batch rescale, then a single length
+    direct = p.at_tokens(5)
+    for b in (1, 8):
+        assert once.latency.p50_ms[b] == pytest.approx(direct.latency.p50_ms[b])
+        assert once.throughput_rps[b] == pytest.approx(direct.throughput_rps[b])
+    assert once.generation_scale(8, 5) == pytest.approx(1.0)
+
+
+def test_fidelity_is_the_reproduced_prefix_of_the_reference():
+    from leanml.serve.variants.llm import prefix_agreement
+
+    assert prefix_agreement([5, 6, 7, 8], [5, 6, 7, 8]) == 1.0
+    assert prefix_agreement([5, 6, 9, 8], [5, 6, 7, 8]) == 0.5  # a later match after a divergence counts nothing
+    assert prefix_agreement([5, 6], [5, 6, 7, 8]) == 0.5  # stopping early reproduces only what it produced
+    assert prefix_agreement([9], [5, 6]) == 0.0 and prefix_agreement([], []) == 1.0

@@ -143,3 +143,11 @@ def test_cli_describe_json(tmp_path):
     assert out["requests"] == 50 and out["cv_interarrival"] == pytest.approx(0.0, abs=1e-6)
     res = CliRunner().invoke(app, ["describe", str(tmp_path / "missing.csv")])
     assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+
+
+def test_max_new_tokens_maps_generated_tokens_into_one_to_cap():
+    from leanml.serve.workload import Trace, max_new_tokens
+
+    t = Trace(np.array([0.0, 1.0, 2.0]), generated_tokens=np.array([0, 5, 100]))
+    assert max_new_tokens(t, 32).tolist() == [1, 5, 32]
+    assert max_new_tokens(Trace(np.array([0.0, 1.0])), 8).tolist() == [8, 8]  # no column: the default, capped

@@ -16,14 +16,6 @@ from rich.table import Table
 console = Console()
 
 
-def gen_tokens(trace, cap: int):
-    """Tokens each request of ``trace`` generates: its GeneratedTokens clipped to 1..``cap`` (16 if absent)."""
-    import numpy as np
-
-    g = trace.generated_tokens if trace.generated_tokens is not None else np.full(len(trace), 16)
-    return np.clip(np.asarray(g, dtype=np.int64), 1, cap)
-
-
 def _payloads(dc, info: dict, trace, kind: str, cap: int = 32):
     """Real validation examples (with labels kept client-side), or prompts sized from the trace for LLMs:
     an MMLU dev question generating exactly the trace's tokens (min = max new tokens, clipped to ``cap``)."""
@@ -31,10 +23,11 @@ def _payloads(dc, info: dict, trace, kind: str, cap: int = 32):
 
     from leanml.data import load
     from leanml.serve.replay import Payload
+    from leanml.serve.workload import max_new_tokens
 
     if kind == "generate":
         qs = [r["question"] for r in load("mmlu", "dev").records]
-        gen = gen_tokens(trace, cap)
+        gen = max_new_tokens(trace, cap)
 
         def make_gen(i: int) -> Payload:
             n = int(gen[i])
@@ -83,7 +76,7 @@ def replay_command(
     from leanml.serve.replay_report import write_report
     from leanml.serve.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
     from leanml.serve.types import expected_longest
-    from leanml.serve.workload import TraceError, load_trace, scale_to_rate
+    from leanml.serve.workload import TraceError, load_trace, max_new_tokens, scale_to_rate
 
     if mode not in ("sim", "live", "both"):
         raise typer.BadParameter(f"--mode must be sim, live or both, got {mode!r}")
@@ -129,12 +122,13 @@ def replay_command(
                           f"re-run `leanml serve profile --config {config}`")
             raise typer.Exit(2)
         tok_cap = int(min(g["tokens"] for g in gens.values()))
-        mean_tok = float(gen_tokens(tr, tok_cap).mean())
+        trace_tok = max_new_tokens(tr, tok_cap)
+        mean_tok = float(trace_tok.mean())
         # policies plan and route with profiles at the expected longest request of a batch of b (a batch
         # decodes until its longest row is done; at the mean length a planner overestimates batch capacity
         # ~1.5x here); service times use each batch's actual longest request (sim) or the real model (live)
         sizes_b = sorted({b for p in profs.values() for b in p.latency.p50_ms} | {2})
-        gen_by_b = expected_longest(gen_tokens(tr, tok_cap), sizes_b)
+        gen_by_b = expected_longest(trace_tok, sizes_b)
         profs = {n: p.at_tokens(gen_by_b) for n, p in profs.items()}
     runs: dict = {"sim": {}, "live": {}}
     summ: dict = {"sim": {}, "live": {}}
@@ -144,7 +138,7 @@ def replay_command(
         cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in sizes)
         st = scale_to_rate(tr, load * cap)
         period = float(np.clip(5.0 * st.duration_s / 300.0, 0.1, 5.0))  # Proteus' 5 s per 5 min of trace
-        toks = gen_tokens(st, tok_cap) if tok_cap else None
+        toks = max_new_tokens(st, tok_cap) if tok_cap else None
         knobs_for = (lambda i: {"max_new_tokens": int(toks[i])}) if toks is not None else None
         for p in pols:
             rows, rec, _ = simulate(p, profs, st.arrival_s, cores=cores, latency_ms=slo_ms, accuracy_target=target,
@@ -162,7 +156,7 @@ def replay_command(
                                             max_duration_s=seconds, max_batch=max_b,
                                             gen_tokens=gen_by_b if tok_cap else None)
             if tok_cap:
-                sent = gen_tokens(lt, tok_cap)
+                sent = max_new_tokens(lt, tok_cap)
                 for r in rows:
                     r["max_new_tokens"] = int(sent[r["id"]])
             runs["live"][p], recs["live"][p] = rows, rec

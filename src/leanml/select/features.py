@@ -156,7 +156,7 @@ class Featurizer:
         from leanml.grads import AdamState, GradientComputer
 
         mats, fp = [], ""
-        chunk = max(1, min(self.chunk, int(getattr(self.learner, "grad_chunk", self.chunk))))
+        chunk = max(1, min(self.chunk, getattr(self.learner, "grad_chunk", None) or self.chunk))
         for ck in checkpoints:
             load_checkpoint(model, ck)
             adam = None

@@ -26,6 +26,7 @@ class Learner(ABC):
 
     n_classes: int | None = None
     metric: str = "accuracy"
+    grad_chunk: int | None = None  # most examples per per-example-gradient batch (`Featurizer`); None: its own
 
     @abstractmethod
     def new_model(self, seed: int = 0) -> nn.Module:

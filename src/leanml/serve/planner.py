@@ -55,7 +55,7 @@ def plan(
 ) -> Plan:
     """Solve the MILP; fall back to `greedy_plan` when HiGHS finds no solution in time."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    from scipy.sparse import coo_matrix
 
     cfg = cfg or PlannerConfig()
     devices = devices or [local_device()]
@@ -119,13 +119,12 @@ def plan(
         c_obj[i] = 1e-6 * total * opts[o].cores / slots
 
     def solve(rows_, upper_, limit_s):
-        A = lil_matrix((len(rows_), n + 1))
-        lb, ub = np.empty(len(rows_)), np.empty(len(rows_))
-        for r, (coef, lo, hi) in enumerate(rows_):
-            for j, val in coef.items():
-                A[r, j] = val
-            lb[r], ub[r] = lo, hi
-        return milp(c_obj, constraints=LinearConstraint(A.tocsr(), lb, ub), integrality=integrality,
+        ri = [r for r, (coef, _, _) in enumerate(rows_) for _ in coef]
+        ci = [j for coef, _, _ in rows_ for j in coef]
+        vals = [v for coef, _, _ in rows_ for v in coef.values()]
+        A = coo_matrix((vals, (ri, ci)), shape=(len(rows_), n + 1)).tocsr()
+        lb, ub = np.array([lo for _, lo, _ in rows_]), np.array([hi for _, _, hi in rows_])
+        return milp(c_obj, constraints=LinearConstraint(A, lb, ub), integrality=integrality,
                     bounds=Bounds(np.zeros(n + 1), upper_),
                     options={"time_limit": limit_s, "mip_rel_gap": cfg.mip_rel_gap, "disp": False})
 

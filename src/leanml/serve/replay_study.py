@@ -278,10 +278,9 @@ def serve_main(argv: list[str] | None = None) -> None:
         pass
     dc = load_config(a.config).deployments[a.deployment]
     variants = VariantBuilder(load_profiles(a.profiles)).build(dc, measure_missing=False)
-    if a.gen_tokens is not None:
+    if a.gen_tokens is not None:  # JSON keys are strings; at_tokens takes {batch: tokens} or one number
         for v in variants.values():
-            g = {int(k): float(t) for k, t in a.gen_tokens.items()} if isinstance(a.gen_tokens, dict) else a.gen_tokens
-            v.profile = v.profile.at_tokens(g) if v.profile is not None else None
+            v.profile = v.profile.at_tokens(a.gen_tokens) if v.profile is not None else None
     rt, ctl, _ = build_study_runtime(a.policy, variants, cores=a.cores, latency_ms=a.slo_ms,
                                      accuracy_target=a.accuracy_target, period_s=a.period_s, max_batch=a.max_batch)
     try:

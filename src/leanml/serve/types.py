@@ -62,45 +62,39 @@ class VariantProfile:
 
     def generation_scale(self, batch: int, tokens: float | None) -> float:
         """How much longer (or shorter) a batch of ``batch`` takes when it generates ``tokens`` tokens instead
-        of the profile's N: (first + (tokens - 1) step) / (first + (N - 1) step), p50 fits per batch size.
-        1.0 for classifiers or when ``tokens`` is None."""
+        of the length the tables hold: (first + (tokens - 1) step) / (first + (N - 1) step), p50 fits per
+        batch size. 1.0 for classifiers or when ``tokens`` is None."""
         g = self.generation
         if g is None or tokens is None:
             return 1.0
-        by_b = g.get("tokens_by_batch")  # tables rescaled per batch size (`at_tokens` with a mapping)
-        if by_b:
-            t = {int(k): float(v) for k, v in by_b.items()}
-            ref = generation_ms(g, batch, LatencyProfile(t, t).at(batch, "p50"))
-        else:
-            ref = generation_ms(g, batch, float(g["tokens"]))
+        by_b = g.get("tokens_by_batch")  # set by `at_tokens`: the length the tables hold per batch size
+        held = interpolate({int(k): float(v) for k, v in by_b.items()}, batch) if by_b else float(g["tokens"])
+        ref = generation_ms(g, batch, held)
         return generation_ms(g, batch, float(tokens)) / ref if ref > 0 else 1.0
 
     def at_tokens(self, tokens: float | dict[int, float]) -> VariantProfile:
         """This profile with its latency and throughput tables moved to ``tokens`` generated tokens per request
         (classifiers: unchanged): what a planner or router sees when requests generate that many. ``tokens``
         may be given per batch size (``{b: tokens}``, e.g. the expected longest of b requests, since a batch
-        decodes until its longest row is done); the per-step fits are unchanged and the lengths the tables now
-        hold are kept (``tokens``, and ``tokens_by_batch`` for a mapping) for `generation_scale`."""
+        decodes until its longest row is done). The per-step fits are unchanged; the lengths the tables now
+        hold are kept per batch size (``tokens_by_batch``; ``tokens`` is batch 1's) for `generation_scale`."""
         g = self.generation
         if g is None:
             return self
-        per_b = dict(tokens) if isinstance(tokens, dict) else {}
-
-        def tok(b: int) -> float:
-            if not per_b:
-                return float(tokens)  # type: ignore[arg-type]
-            t = {int(k): float(v) for k, v in per_b.items()}
-            return LatencyProfile(t, t).at(b, "p50") if b not in t else t[b]
-
-        sc = {b: self.generation_scale(b, tok(b)) for b in self.latency.p50_ms}
+        per_b = {int(k): float(v) for k, v in tokens.items()} if isinstance(tokens, dict) else None
+        sizes = sorted(set(self.latency.p50_ms) | set(self.latency.p99_ms) | set(self.throughput_rps))
+        held = {b: interpolate(per_b, b) if per_b else float(tokens) for b in [1, *sizes]}  # type: ignore[arg-type]
+        sc = {b: self.generation_scale(b, held[b]) for b in sizes}
         lat = LatencyProfile({b: v * sc[b] for b, v in self.latency.p50_ms.items()},
                              {b: v * sc[b] for b, v in self.latency.p99_ms.items()})
-        thr = {b: v / self.generation_scale(b, tok(b)) for b, v in self.throughput_rps.items()}
-        ref = tok(1) if per_b else float(tokens)  # type: ignore[arg-type]
-        return replace(self, latency=lat, throughput_rps=thr,
-                       extra={**self.extra, "generation": {**g, "tokens": ref,
-                                                           **({"tokens_by_batch": {str(b): tok(b) for b in sc}}
-                                                              if per_b else {})}})
+        thr = {b: v / sc[b] for b, v in self.throughput_rps.items()}
+        gen = {**g, "tokens": held[1], "tokens_by_batch": {str(b): held[b] for b in sizes}}
+        return replace(self, latency=lat, throughput_rps=thr, extra={**self.extra, "generation": gen})
+
+
+def interpolate(table: dict[int, float], batch: int) -> float:
+    """A per-batch-size table at ``batch``, linearly interpolated (`LatencyProfile.at`'s rule)."""
+    return LatencyProfile(table, table).at(batch, "p50")
 
 
 def expected_longest(tokens: list[int] | Any, batch_sizes: list[int]) -> dict[int, float]:
@@ -120,8 +114,7 @@ def generation_ms(gen: dict[str, Any], batch: int, tokens: float) -> float:
     the first token plus ``tokens - 1`` decoding steps, both interpolated over the measured batch sizes."""
     first = {int(k): float(v) for k, v in gen["first_token_ms"].items()}
     step = {int(k): float(v) for k, v in gen["step_ms"].items()}
-    return (LatencyProfile(first, first).at(batch, "p50")
-            + max(float(tokens) - 1.0, 0.0) * LatencyProfile(step, step).at(batch, "p50"))
+    return interpolate(first, batch) + max(float(tokens) - 1.0, 0.0) * interpolate(step, batch)
 
 
 @dataclass

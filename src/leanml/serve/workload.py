@@ -329,3 +329,13 @@ def request_properties(trace: Trace, fmap: FieldMap = FieldMap()) -> list[dict[s
             row["max_new_tokens"] = min(g, fmap.max_new_tokens_cap) if fmap.max_new_tokens_cap else g
         out.append(row)
     return out
+
+
+def max_new_tokens(trace: Trace, cap: int, default: int = 16) -> np.ndarray:
+    """Tokens each request of ``trace`` generates in a replay: its ``generated_tokens`` mapped as
+    `request_properties` maps them (at least 1, at most ``cap``); ``default`` (capped) where the trace
+    has no such column."""
+    if trace.generated_tokens is None:
+        return np.full(len(trace), min(default, cap), dtype=np.int64)
+    rows = request_properties(trace, FieldMap(input_size_from=None, max_new_tokens_cap=cap))
+    return np.array([r["max_new_tokens"] for r in rows], dtype=np.int64)

@@ -124,7 +124,7 @@ class GeneratorModel(Model):
             cap += [k.get("kv_cache_cap")] * len(p)
             mins += [k.get("min_new_tokens")] * len(p)
             sizes.append(len(p))
-        texts = self.generate(prompts, mnt, cap, mins) if any(m for m in mins) else self.generate(prompts, mnt, cap)
+        texts = self.generate(prompts, mnt, cap, mins if any(mins) else None)
         out, start = [], 0
         for n in sizes:
             out.append({"texts": texts[start : start + n]})

@@ -65,6 +65,11 @@ class CausalLM(GeneratorModel):
         self.model, self.tok = model.eval(), tokenizer
         self.default_max_new_tokens = default_max_new_tokens
         self.chat = chat and getattr(tokenizer, "chat_template", None) is not None
+        e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = set(e if isinstance(e, list) else [e] if e is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos)  # every id that ends a sequence (generation config and tokenizer)
 
     def _ids(self, prompt: str) -> list[int]:
         if self.chat:
@@ -73,16 +78,9 @@ class CausalLM(GeneratorModel):
             return list(self.tok(text, add_special_tokens=False)["input_ids"])
         return list(self.tok(prompt)["input_ids"])
 
-    def _eos_ids(self) -> list[int]:
-        e = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids = set(e if isinstance(e, list) else [e] if e is not None else [])
-        if self.tok.eos_token_id is not None:
-            ids.add(self.tok.eos_token_id)
-        return sorted(ids)
-
     def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None],
                  min_new_tokens: list[int | None] | None = None) -> list[str]:
-        eos = set(self._eos_ids())
+        eos = set(self.eos_ids)
         rows = self.generate_ids([self._ids(p) for p in prompts], max_new_tokens, kv_cache_cap, min_new_tokens)
         return [self.tok.decode(r[:-1] if r and r[-1] in eos else r, skip_special_tokens=True) for r in rows]
 
@@ -99,12 +97,12 @@ class CausalLM(GeneratorModel):
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in ids])
         mins = [min(int(m or 0), int(mx)) for m, mx in zip(min_new_tokens or [None] * len(ids), max_new_tokens,
                                                              strict=True)]
-        eos = self._eos_ids()
+        eos = set(self.eos_ids)
         extra = {}
         if any(mins):
             from transformers import LogitsProcessorList
 
-            extra["logits_processor"] = LogitsProcessorList([min_new_tokens_processor(width, mins, eos)])
+            extra["logits_processor"] = LogitsProcessorList([min_new_tokens_processor(width, mins, self.eos_ids)])
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(max_new_tokens),
                                       do_sample=False, pad_token_id=pad, **extra)
