@@ -1,7 +1,7 @@
 """Query planning with leanml.hw's cost model: exact for small stores, monotone, honest about recall, clear errors."""
 
+import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
@@ -119,35 +119,34 @@ def test_bad_arguments_are_clear(tmp_path, monkeypatch):
         st.search(np.zeros((4, 8), np.float32), 3, plan="fast")
 
 
-@pytest.fixture(scope="module")
-def this_machine():
-    from leanml.hw.calibrate import calibrate
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield calibrate(quick=True)
-    finally:
-        torch.set_num_threads(before)
+def _scaled(dev, *, bandwidth=1.0, flops=1.0):
+    """The device with every bandwidth (memory levels, first touch of fresh pages) and every peak rate
+    scaled: a what-if machine."""
+    mem = tuple(dataclasses.replace(lv, bandwidth=lv.bandwidth * bandwidth) for lv in dev.memory)
+    touch = dev.first_touch_bandwidth and dev.first_touch_bandwidth * bandwidth
+    return dataclasses.replace(dev, memory=mem, first_touch_bandwidth=touch,
+                               peak_flops={k: v * flops for k, v in dev.peak_flops.items()})
 
 
-def test_exact_prediction_within_3x_of_a_measured_scan(tmp_path, this_machine):
-    st = make(tmp_path / "s", 20_000, 1024, codec="int8")
-    q = np.random.default_rng(3).standard_normal((16, 1024)).astype(np.float32)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # what the quick calibration measured
-    try:
-        topk(st, q, 10, device="cpu")  # page cache and allocator warm
-        best = float("inf")
-        for _ in range(5):  # best of 5: interference only slows a run
-            t0 = time.perf_counter()
-            topk(st, q, 10, device="cpu")
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-    pred = plan_search(st, 16, 10, host=this_machine).choice
-    assert pred.name == "exact-cpu"
-    assert best / 3 <= pred.time_s <= 3 * best, (pred.time_s, best, pred.breakdown)
+def test_prediction_follows_what_bounds_each_part():
+    """Decode streams codes (memory-bound): half the bandwidth, twice the time, FLOPs irrelevant. The score
+    matmul reads each row once for all queries: at 16 queries it is memory-bound too, at 256 queries the
+    FLOPs show. (How close a prediction is to a measured scan is a benchmark's job, not a timed assert:
+    benchmarks/store_bench.py records predicted / measured on this machine.)"""
+    from leanml.hw.catalog import get_device
+
+    host = get_device(HOST)
+    kw = {"n_rows": 200_000, "dim": 1024, "codec": "int8", "n_checkpoints": 1, "k": 10}
+
+    def ratio(nq, part, **scale):
+        def t(dev):
+            return plan_for_shape(n_queries=nq, host=dev, **kw).choice.breakdown[part]
+        return t(_scaled(host, **scale)) / t(host)
+
+    assert 1.6 < ratio(16, "decode", bandwidth=0.5) <= 2.0 + 1e-9
+    assert ratio(16, "decode", flops=2.0) == pytest.approx(1.0)
+    assert ratio(16, "score", bandwidth=0.5) > 1.6 and ratio(16, "score", flops=2.0) > 0.9
+    assert ratio(256, "score", flops=2.0) < 0.8
 
 
 def test_cli_plan_and_search_with_plan(tmp_path):
