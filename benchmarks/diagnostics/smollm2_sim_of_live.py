@@ -11,8 +11,7 @@ import argparse
 import pyarrow.parquet as pq
 
 from leanml.serve.profiles import load_profiles
-from leanml.serve.replay_study import simulate, summarize
-from leanml.serve.types import expected_longest
+from leanml.serve.replay_study import generation_plan, simulate, summarize
 from leanml.serve.workload import load_trace, max_new_tokens, scale_to_rate
 
 ap = argparse.ArgumentParser()
@@ -26,9 +25,10 @@ ap.add_argument("--profiles", default="examples/profiles/smollm2.profile.json")
 a = ap.parse_args()
 raw = load_profiles(a.profiles)["smollm2"]
 tr = load_trace("azure_llm_code")
-profs = {n: p.at_tokens(expected_longest(max_new_tokens(tr, 32), [1, 2, 4, 8])) for n, p in raw.items()}
+gp = generation_plan(raw, tr)  # what `leanml serve replay` gives the policies
+profs = gp.policy_profiles
 lt = scale_to_rate(tr, a.rate).busiest(a.seconds)
-tok = max_new_tokens(lt, 32)
+tok = max_new_tokens(lt, gp.cap)
 live = pq.read_table(a.rows).to_pandas()
 live = live[live["mode"] == "live"]
 for pol in ("static-accurate", "static-fast", "infaas", "proteus", "adaptive"):

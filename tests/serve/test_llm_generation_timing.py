@@ -203,3 +203,21 @@ def test_fidelity_is_the_reproduced_prefix_of_the_reference():
     assert prefix_agreement([5, 6, 9, 8], [5, 6, 7, 8]) == 0.5  # a later match after a divergence counts nothing
     assert prefix_agreement([5, 6], [5, 6, 7, 8]) == 0.5  # stopping early reproduces only what it produced
     assert prefix_agreement([9], [5, 6]) == 0.0 and prefix_agreement([], []) == 1.0
+
+
+def test_generation_plan_clips_to_the_timed_length_and_costs_the_longest_of_a_batch():
+    from leanml.serve.replay_study import generation_plan
+    from leanml.serve.types import expected_longest
+    from leanml.serve.workload import Trace
+
+    tr = Trace(np.arange(6, dtype=np.float64), generated_tokens=np.array([0, 3, 50, 8, 32, 1]))
+    profs = {"fp32": llm_profile("fp32"), "int8": llm_profile("int8", tokens=16, speed=2.0)}
+    gp = generation_plan(profs, tr)
+    assert gp.cap == 16 and gp.tokens.tolist() == [1, 3, 16, 8, 16, 1]  # the shortest timed length caps
+    assert gp.longest_by_batch == expected_longest(gp.tokens, [1, 2, 8])
+    for n, p in profs.items():
+        want = p.at_tokens(gp.longest_by_batch)
+        assert gp.policy_profiles[n].latency.p50_ms == pytest.approx(want.latency.p50_ms)
+    plain = VariantProfile("c", 0.9, LatencyProfile({1: 1.0}, {1: 2.0}))
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        generation_plan({"fp32": profs["fp32"], "c": plain}, tr)

@@ -74,8 +74,15 @@ def replay_command(
     from leanml.serve.config import ConfigError, load_config
     from leanml.serve.profiles import fingerprint, load_profiles
     from leanml.serve.replay_report import write_report
-    from leanml.serve.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
-    from leanml.serve.types import expected_longest
+    from leanml.serve.replay_study import (
+        POLICIES,
+        generation_plan,
+        most_accurate,
+        run_live_subprocess,
+        simulate,
+        summarize,
+    )
+    from leanml.serve.variants.prototypes import get_prototype
     from leanml.serve.workload import TraceError, load_trace, max_new_tokens, scale_to_rate
 
     if mode not in ("sim", "live", "both"):
@@ -108,28 +115,17 @@ def replay_command(
     cores = cores or (os.cpu_count() or 1)
     best = most_accurate(profs)
     target = profs[best].accuracy - accuracy_slack
-    from leanml.serve.variants.prototypes import get_prototype
-
     kind = get_prototype(dc.prototype).kind
     # no batch larger than every variant's largest measured one (the LLM profiles stop at 8)
     max_b = min(32, min(max(p.latency.p50_ms) for p in profs.values()))
-    true_profs, tok_cap, mean_tok, gen_by_b = profs, None, None, None
+    true_profs, gp = profs, None
     if kind == "generate":
-        gens = {n: p.generation for n, p in profs.items()}
-        if any(g is None for g in gens.values()):
-            console.print(f"[red]error:[/red] {pfile} has no generation timing (extra.generation) for "
-                          f"{[n for n, g in gens.items() if g is None]}; "
-                          f"re-run `leanml serve profile --config {config}`")
-            raise typer.Exit(2)
-        tok_cap = int(min(g["tokens"] for g in gens.values()))
-        trace_tok = max_new_tokens(tr, tok_cap)
-        mean_tok = float(trace_tok.mean())
-        # policies plan and route with profiles at the expected longest request of a batch of b (a batch
-        # decodes until its longest row is done; at the mean length a planner overestimates batch capacity
-        # ~1.5x here); service times use each batch's actual longest request (sim) or the real model (live)
-        sizes_b = sorted({b for p in profs.values() for b in p.latency.p50_ms} | {2})
-        gen_by_b = expected_longest(trace_tok, sizes_b)
-        profs = {n: p.at_tokens(gen_by_b) for n, p in profs.items()}
+        try:
+            gp = generation_plan(profs, tr)
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {pfile}: {e}; re-run `leanml serve profile --config {config}`")
+            raise typer.Exit(2) from None
+        profs = gp.policy_profiles
     runs: dict = {"sim": {}, "live": {}}
     summ: dict = {"sim": {}, "live": {}}
     recs: dict = {"sim": {}, "live": {}}
@@ -138,8 +134,8 @@ def replay_command(
         cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in sizes)
         st = scale_to_rate(tr, load * cap)
         period = float(np.clip(5.0 * st.duration_s / 300.0, 0.1, 5.0))  # Proteus' 5 s per 5 min of trace
-        toks = max_new_tokens(st, tok_cap) if tok_cap else None
-        knobs_for = (lambda i: {"max_new_tokens": int(toks[i])}) if toks is not None else None
+        # scale_to_rate keeps every request, in order: the trace's tokens are the rescaled trace's
+        knobs_for = (lambda i: {"max_new_tokens": int(gp.tokens[i])}) if gp is not None else None
         for p in pols:
             rows, rec, _ = simulate(p, profs, st.arrival_s, cores=cores, latency_ms=slo_ms, accuracy_target=target,
                                     period_s=period, tick_s=period / 5, true_profiles=true_profs,
@@ -149,14 +145,14 @@ def replay_command(
     if mode in ("live", "both"):
         lt = (scale_to_rate(tr, rate) if rate else tr).busiest(seconds)  # the busiest stretch of the trace
         info = {"val": next(iter(profs.values())).extra.get("val")}
-        make = _payloads(dc, info, lt, kind, tok_cap or 32)
+        make = _payloads(dc, info, lt, kind, gp.cap if gp is not None else 32)
+        sent = max_new_tokens(lt, gp.cap) if gp is not None else None  # what each live request was asked to generate
         for p in pols:
             rows, rec = run_live_subprocess(p, str(config), dep, str(pfile), lt.arrival_s, make, cores=cores,
                                             latency_ms=slo_ms, accuracy_target=target, max_requests=max_requests,
                                             max_duration_s=seconds, max_batch=max_b,
-                                            gen_tokens=gen_by_b if tok_cap else None)
-            if tok_cap:
-                sent = max_new_tokens(lt, tok_cap)
+                                            gen_tokens=gp.longest_by_batch if gp is not None else None)
+            if sent is not None:
                 for r in rows:
                     r["max_new_tokens"] = int(sent[r["id"]])
             runs["live"][p], recs["live"][p] = rows, rec
@@ -164,11 +160,11 @@ def replay_command(
     meta = {"trace": trace, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
             "accuracy_target": round(target, 4), "most_accurate": best, "cores": cores, "mode": mode,
             "max_batch": max_b}
-    if tok_cap:
-        meta["generated_tokens"] = (f"trace GeneratedTokens clipped to 1..{tok_cap}, generated exactly "
-                                    f"(min_new_tokens = max_new_tokens); mean {mean_tok:.2f}; policies see "
+    if gp is not None:
+        meta["generated_tokens"] = (f"trace GeneratedTokens clipped to 1..{gp.cap}, generated exactly "
+                                    f"(min_new_tokens = max_new_tokens); mean {gp.tokens.mean():.2f}; policies see "
                                     f"profiles at the expected longest of a batch: "
-                                    + ", ".join(f"b={b} {t:.1f}" for b, t in (gen_by_b or {}).items()))
+                                    + ", ".join(f"b={b} {t:.1f}" for b, t in gp.longest_by_batch.items()))
     if mode in ("sim", "both"):
         meta["sim_mean_rate_rps"] = round(load * cap, 4)
     if mode in ("live", "both"):

@@ -11,6 +11,7 @@ the greedy policy applies per request and the planned policies as a mean target.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,36 @@ def most_accurate(profiles: dict[str, VariantProfile]) -> str:
 def fastest(profiles: dict[str, VariantProfile], max_batch: int = 32) -> str:
     """Highest throughput: least p50 time per example at the largest batch."""
     return min(profiles, key=lambda v: profiles[v].latency.at(max_batch, "p50") / max_batch)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """How a replay costs text generation: the tokens each trace request generates, and the profiles
+    the policies plan and route with."""
+
+    tokens: np.ndarray  # per request of the trace: its GeneratedTokens, clipped to 1..cap
+    cap: int  # the length every profile was timed at (the shortest of them)
+    longest_by_batch: dict[int, float]  # expected longest request of a batch of b
+    policy_profiles: dict[str, VariantProfile]  # the profiles moved to those lengths (`at_tokens`)
+
+
+def generation_plan(profiles: dict[str, VariantProfile], trace: Any) -> GenerationPlan:
+    """Text generators in a replay: requests generate exactly their trace length (clipped to what the
+    profiles were timed at), and policies see each profile at the expected longest request of a batch
+    of each size, since a batch decodes until its longest row is done (at the mean length a planner
+    overestimates batch capacity). Service times stay with each batch's actual longest request.
+    Raises ValueError naming the variants whose profiles hold no generation timing."""
+    from leanml.serve.types import expected_longest
+    from leanml.serve.workload import max_new_tokens
+
+    missing = [n for n, p in profiles.items() if p.generation is None]
+    if missing:
+        raise ValueError(f"no generation timing (extra.generation) in the profiles of {missing}")
+    cap = int(min(p.generation["tokens"] for p in profiles.values()))  # type: ignore[index]
+    tokens = max_new_tokens(trace, cap)
+    sizes = sorted({b for p in profiles.values() for b in p.latency.p50_ms} | {2})
+    longest = expected_longest(tokens, sizes)
+    return GenerationPlan(tokens, cap, longest, {n: p.at_tokens(longest) for n, p in profiles.items()})
 
 
 def setup_policy(
