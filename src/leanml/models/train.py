@@ -94,7 +94,7 @@ def fit(
         for _ in range(epochs):
             perm = torch.randperm(len(X), generator=gen)
             epoch_lrs = []
-            for start in range(0, steps_per_epoch * batch_size if drop_last else len(X), batch_size):
+            for start in range(0, steps_per_epoch * batch_size, batch_size):  # drop_last: the short batch is skipped
                 if step >= total:
                     break
                 rate = lr if schedule == "constant" else 0.5 * lr * (1 + math.cos(math.pi * step / total))

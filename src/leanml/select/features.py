@@ -156,7 +156,7 @@ class Featurizer:
         from leanml.grads import AdamState, GradientComputer
 
         mats, fp = [], ""
-        chunk = max(1, min(self.chunk, getattr(self.learner, "grad_chunk", None) or self.chunk))
+        chunk = max(1, min(self.chunk, self.learner.grad_chunk or self.chunk))
         for ck in checkpoints:
             load_checkpoint(model, ck)
             adam = None

@@ -110,10 +110,9 @@ def plan(
     slots = sum(d.slots for d in devices)
     integrality = np.concatenate([np.ones(len(ys)), np.zeros(len(zs) + 1)])
     upper = np.ones(n + 1)
+    c_obj = np.zeros(n + 1)  # milp minimizes: goodput; tie-breakers prefer accuracy, then fewer cores
     for (k, o, t), j in zi.items():
         upper[j] = min(classes[k].rate_rps, opts[o].cap[classes[t].name])
-    c_obj = np.zeros(n + 1)  # milp minimizes: goodput; tie-breakers prefer accuracy, then fewer cores
-    for (_k, o, _t), j in zi.items():
         c_obj[j] = -(1.0 + 1e-3 * acc[opts[o].variant])
     for (o, _), i in yi.items():
         c_obj[i] = 1e-6 * total * opts[o].cores / slots

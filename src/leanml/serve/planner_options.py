@@ -19,6 +19,7 @@ from leanml.serve.types import VariantProfile
 
 
 def energy_at(p: VariantProfile, batch: int) -> float | None:
+    """Energy per request at ``batch`` (the nearest measured batch size), or None where unmeasured."""
     by_batch = p.extra.get("energy_j_by_batch") if p.extra else None
     if by_batch:
         sizes = sorted(int(k) for k in by_batch)

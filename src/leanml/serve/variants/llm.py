@@ -220,22 +220,23 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
 
         return cached("smollm2-fp32-continuations", {"split": split, "seed": seed, "n": n, "tokens": n_tok}, make)
 
-    def letters(model: CausalLM, n: int) -> tuple[float, dict[str, int]]:
+    def letters(model: CausalLM, n: int) -> dict[str, Any]:
+        """Zero-shot letter accuracy on the first ``n`` questions, its standard error, the letters chosen."""
+        n = min(n, len(recs))
         picks = [int(np.argmax(model.choice_logits(_mmlu_prompt(recs[i]), [" A", " B", " C", " D"])))
                  for i in order[:n]]
         acc = float(np.mean([c == recs[i]["answer"] for c, i in zip(picks, order, strict=False)]))
-        return acc, {L: picks.count(k) for k, L in enumerate("ABCD")}
+        return {"mmlu_accuracy": acc, "mmlu_n": n, "mmlu_letters": {L: picks.count(k) for k, L in enumerate("ABCD")},
+                "mmlu_accuracy_se": round(float(np.sqrt(acc * (1 - acc) / n)), 4)}
 
     def evaluate(variant: Variant, limit: int | None = None) -> float:
         model: CausalLM = variant.model  # type: ignore[assignment]
         n = min(limit or int(p["eval_n"]), len(recs))
         d: dict[str, Any] = {"metric": metric, "split": f"mmlu/{split}", "seed": seed}
         if metric == "mmlu":
-            acc, hist = letters(model, n)
-            d.update(mmlu_accuracy=acc, mmlu_n=n, mmlu_letters=hist,
-                     mmlu_accuracy_se=round(float(np.sqrt(acc * (1 - acc) / n)), 4))
+            d.update(letters(model, n))
             details[variant.name] = d
-            return acc
+            return d["mmlu_accuracy"]
         data = continuations(n)
         ours = [t for _, t in data] if model is reference else generate_all(model, [pr for pr, _ in data])
         per_prompt = [prefix_agreement(o, t) for o, t in zip(ours, [t for _, t in data], strict=True)]
@@ -243,11 +244,8 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
         d.update(fp32_token_agreement=agree, prompts=n, max_new_tokens=n_tok,
                  fp32_token_agreement_se=round(float(np.std(per_prompt, ddof=1) / np.sqrt(n)), 4) if n > 1 else None,
                  fp32_exact_match=float(np.mean([o == t for o, (_, t) in zip(ours, data, strict=True)])))
-        m_n = int(p["eval_mmlu_n"])
-        if m_n > 0:
-            acc, hist = letters(model, min(m_n, len(recs)))
-            d.update(mmlu_accuracy=acc, mmlu_n=min(m_n, len(recs)), mmlu_letters=hist,
-                     mmlu_accuracy_se=round(float(np.sqrt(acc * (1 - acc) / min(m_n, len(recs)))), 4))
+        if int(p["eval_mmlu_n"]) > 0:
+            d.update(letters(model, int(p["eval_mmlu_n"])))
         details[variant.name] = d
         return agree
 
