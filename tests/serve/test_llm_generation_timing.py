@@ -137,6 +137,8 @@ def test_generate_rejects_min_above_max_new_tokens():
         assert bad.status_code == 422 and "min_new_tokens" in bad.text
         ok = c.post("/v1/generate/g", json={"prompt": "hi", "max_new_tokens": 4, "min_new_tokens": 4})
         assert ok.status_code == 200 and ok.json()["texts"] == ["HI:4:4"]
+        longer = c.post("/v1/generate/g", json={"prompt": "hi", "min_new_tokens": 40})  # above the default 32
+        assert longer.status_code == 200 and longer.json()["texts"] == ["HI:40:40"]
 
 
 CONFIG = """

@@ -120,7 +120,10 @@ class GeneratorModel(Model):
         prompts, mnt, cap, mins, sizes = [], [], [], [], []
         for p, k in zip(items, knobs, strict=True):
             prompts += p
-            mnt += [int(k.get("max_new_tokens") or getattr(self, "default_max_new_tokens", 32))] * len(p)
+            # no max given: the model's default, raised to min_new_tokens (a request asking for at least
+            # N tokens gets them rather than a silent cut at the default)
+            default = max(getattr(self, "default_max_new_tokens", 32), int(k.get("min_new_tokens") or 0))
+            mnt += [int(k.get("max_new_tokens") or default)] * len(p)
             cap += [k.get("kv_cache_cap")] * len(p)
             mins += [k.get("min_new_tokens")] * len(p)
             sizes.append(len(p))
