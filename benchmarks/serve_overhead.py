@@ -76,8 +76,8 @@ def _serve_child(kind: str, port: int, torch_threads: int) -> None:
             return JSONResponse(out)
     else:
         from leanml.serve.config import Batching
-        from leanml.serve.http import build_app
-        from leanml.serve.runtime import Runtime
+        from leanml.serve.dataplane.http import build_app
+        from leanml.serve.dataplane.runtime import Runtime
         from leanml.serve.types import LatencyProfile, VariantProfile
 
         variant.profile = VariantProfile("mlp", 1.0, LatencyProfile({1: 0.1}, {1: 0.2}))
@@ -197,7 +197,7 @@ def bench_batching(n: int, outstanding: int) -> dict:
 
     from leanml.models import build_cnn
     from leanml.serve.config import Batching
-    from leanml.serve.runtime import Runtime
+    from leanml.serve.dataplane.runtime import Runtime
     from leanml.serve.variants.base import Variant
     from leanml.serve.variants.torch_variants import TorchClassifier
 

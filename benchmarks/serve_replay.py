@@ -10,7 +10,7 @@ overload it), run every policy through the simulator on that trace (and, in a fu
 load of the fixed grid --sweep-loads, reported beside the headline), then replay a shorter window
 live against the real HTTP server on loopback, and simulate that same window (the requests as they
 were sent) to measure the simulator's error. The simulator's request path is calibrated on the first
-live run only (`leanml.serve.sim.fit_request_path_ms`), so the error of the other runs is out of
+live run only (`leanml.serve.sim.simulator.fit_request_path_ms`), so the error of the other runs is out of
 sample. Headline keys (final JSON line): goodput_vs_static_accurate, goodput_vs_infaas,
 accuracy_gap_points (static most-accurate minus adaptive, points), sim_p99_error (mean relative error
 of the simulated p99 over the live runs not used for calibration); from the simulated study of the
@@ -44,7 +44,7 @@ def measured_variants(proto: str, quick: bool, cache: bool) -> tuple[dict, dict]
     from leanml.data.root import cache_dir
     from leanml.serve.builder import VariantBuilder
     from leanml.serve.config import ProfileSettings, load_config
-    from leanml.serve.profiles import load_profiles, save_profiles
+    from leanml.serve.control.profiles import load_profiles, save_profiles
 
     torch.set_num_threads(1)
     dc = load_config(ROOT / "examples" / f"{proto}.toml").deployments[proto]
@@ -70,7 +70,7 @@ def _test_split(proto: str) -> tuple[np.ndarray, np.ndarray]:
 
 def payloads(proto: str):
     """Real test examples with their labels (the label stays client-side: it measures delivered accuracy)."""
-    from leanml.serve.replay import Payload
+    from leanml.serve.sim.replay import Payload
 
     X, y = _test_split(proto)
     rng = np.random.default_rng(0)
@@ -88,9 +88,9 @@ def capacity_rps(p, cores: int, sizes=(1, 4, 16, 32)) -> float:
 
 
 def study(proto: str, a: argparse.Namespace) -> dict:
-    from leanml.serve.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
-    from leanml.serve.workload import load_trace, scale_to_rate
-    from leanml.serve.workload_describe import describe
+    from leanml.serve.sim.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
+    from leanml.serve.workload.describe import describe
+    from leanml.serve.workload.traces import load_trace, scale_to_rate
 
     t0 = time.perf_counter()
     variants, pinfo = measured_variants(proto, a.quick, cache=a.quick or a.reuse_profiles)
@@ -115,7 +115,7 @@ def study(proto: str, a: argparse.Namespace) -> dict:
         summ["sim"][pol] = {**summarize(rows, sim_tr.duration_s, profiles), "reconfigurations": len(rec)}
     overhead_ms, calibrated_on = None, None
     if a.live:
-        from leanml.serve.sim import fit_request_path_ms
+        from leanml.serve.sim.simulator import fit_request_path_ms
 
         live_tr = scale_to_rate(trace, a.live_rate).busiest(a.live_seconds)  # the busiest stretch: a burst
         make = payloads(proto)
@@ -172,7 +172,7 @@ def study(proto: str, a: argparse.Namespace) -> dict:
                                                       - live["adaptive"]["mean_accuracy_measured"])
         if "adaptive" in live and "infaas" in live:
             head["live_goodput_vs_infaas"] = live["adaptive"]["goodput_rps"] / max(live["infaas"]["goodput_rps"], 1e-9)
-    from leanml.serve.replay_report import write_report
+    from leanml.serve.sim.replay_report import write_report
 
     meta = {
         "trace": "azure_llm_code", "prototype": proto, "machine": f"{platform.machine()}, {os.cpu_count()} cores "
@@ -202,8 +202,8 @@ def study(proto: str, a: argparse.Namespace) -> dict:
 def load_sweep(proto: str, profiles: dict, trace, cap: float, target: float, a: argparse.Namespace) -> dict:
     """Every policy, simulated, at each mean load of the fixed grid ``--sweep-loads`` (x the most accurate
     variant's capacity): the headline stays at ``--load``; this shows how the comparison moves with load."""
-    from leanml.serve.replay_study import POLICIES, simulate, summarize
-    from leanml.serve.workload import scale_to_rate
+    from leanml.serve.sim.replay_study import POLICIES, simulate, summarize
+    from leanml.serve.workload.traces import scale_to_rate
 
     out = {}
     for load in a.sweep_loads:

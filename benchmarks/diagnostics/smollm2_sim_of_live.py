@@ -10,9 +10,9 @@ import argparse
 
 import pyarrow.parquet as pq
 
-from leanml.serve.profiles import load_profiles
-from leanml.serve.replay_study import generation_plan, simulate, summarize
-from leanml.serve.workload import load_trace, max_new_tokens, scale_to_rate
+from leanml.serve.control.profiles import load_profiles
+from leanml.serve.sim.replay_study import generation_plan, simulate, summarize
+from leanml.serve.workload.traces import load_trace, max_new_tokens, scale_to_rate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("rows")

@@ -59,8 +59,8 @@ def test_profiles_at_the_expected_longest_request_of_a_batch():
 
 
 def test_simulator_batch_time_follows_its_longest_request():
-    from leanml.serve.routing import StaticPolicy
-    from leanml.serve.sim import SimBatching, Simulator
+    from leanml.serve.dataplane.routing import StaticPolicy
+    from leanml.serve.sim.simulator import SimBatching, Simulator
 
     p = llm_profile()
     arrivals = np.array([0.0, 100.0, 200.0, 200.001, 200.002])
@@ -98,7 +98,7 @@ def test_min_new_tokens_is_per_row():
 
 
 def test_profile_times_generators_at_an_exact_length():
-    from leanml.serve.profiles import measure_generation
+    from leanml.serve.control.profiles import measure_generation
     from leanml.serve.variants.base import GeneratorModel, Variant
 
     class Echo(GeneratorModel):
@@ -120,9 +120,9 @@ def test_profile_times_generators_at_an_exact_length():
 def test_generate_rejects_min_above_max_new_tokens():
     import httpx
 
-    from leanml.serve.http import BackgroundServer, build_app
-    from leanml.serve.routing import StaticPolicy
-    from leanml.serve.runtime import Runtime
+    from leanml.serve.dataplane.http import BackgroundServer, build_app
+    from leanml.serve.dataplane.routing import StaticPolicy
+    from leanml.serve.dataplane.runtime import Runtime
     from leanml.serve.variants.base import GeneratorModel, Variant
 
     class Upper(GeneratorModel):
@@ -153,9 +153,9 @@ variants = ["fp32", "int8"]
 
 def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
     from leanml.cli.replay_cmd import replay_command
-    from leanml.serve import workload
     from leanml.serve.config import load_config
-    from leanml.serve.profiles import fingerprint, save_profiles
+    from leanml.serve.control.profiles import fingerprint, save_profiles
+    from leanml.serve.workload import traces
 
     cfg = tmp_path / "llm.toml"
     cfg.write_text(CONFIG)
@@ -168,8 +168,8 @@ def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
     profs = {n: llm_profile(n, acc, speed, fingerprint=fingerprint(dc.prototype, dc.params, n), val="mmlu/test")
              for n, acc, speed in (("fp32", 1.0, 1.0), ("int8", 0.9, 2.0))}
     save_profiles(tmp_path / "llm.profile.json", {"llm": profs})
-    orig = workload.load_trace
-    monkeypatch.setattr(workload, "load_trace",
+    orig = traces.load_trace
+    monkeypatch.setattr(traces, "load_trace",
                         lambda src, **kw: orig(src, timestamp_col="ts", context_col=None, generated_col="gen"))
     app = typer.Typer()
     app.command("replay")(replay_command)
@@ -208,9 +208,9 @@ def test_fidelity_is_the_reproduced_prefix_of_the_reference():
 
 
 def test_generation_plan_clips_to_the_timed_length_and_costs_the_longest_of_a_batch():
-    from leanml.serve.replay_study import generation_plan
+    from leanml.serve.sim.replay_study import generation_plan
     from leanml.serve.types import expected_longest
-    from leanml.serve.workload import Trace
+    from leanml.serve.workload.traces import Trace
 
     tr = Trace(np.arange(6, dtype=np.float64), generated_tokens=np.array([0, 3, 50, 8, 32, 1]))
     profs = {"fp32": llm_profile("fp32"), "int8": llm_profile("int8", tokens=16, speed=2.0)}

@@ -11,11 +11,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from leanml.serve import demo
-from leanml.serve.profiles import load_profiles, measure_latency
-from leanml.serve.routing import GreedyPolicy
+from leanml.serve.control.profiles import load_profiles, measure_latency
+from leanml.serve.dataplane.routing import GreedyPolicy
 from leanml.serve.types import SLO, Request, ServeState
 from leanml.serve.variants.base import ClassifierModel, Variant
-from leanml.serve.workload import gamma_bursty
+from leanml.serve.workload.traces import gamma_bursty
 
 
 def _short_trace():

@@ -22,8 +22,8 @@ def _payloads(dc, info: dict, trace, kind: str, cap: int = 32):
     import numpy as np
 
     from leanml.data import load
-    from leanml.serve.replay import Payload
-    from leanml.serve.workload import max_new_tokens
+    from leanml.serve.sim.replay import Payload
+    from leanml.serve.workload.traces import max_new_tokens
 
     if kind == "generate":
         qs = [r["question"] for r in load("mmlu", "dev").records]
@@ -72,9 +72,9 @@ def replay_command(
 
     from leanml.serve.builder import index_profiles
     from leanml.serve.config import ConfigError, load_config
-    from leanml.serve.profiles import fingerprint, load_profiles
-    from leanml.serve.replay_report import write_report
-    from leanml.serve.replay_study import (
+    from leanml.serve.control.profiles import fingerprint, load_profiles
+    from leanml.serve.sim.replay_report import write_report
+    from leanml.serve.sim.replay_study import (
         POLICIES,
         generation_plan,
         most_accurate,
@@ -83,7 +83,7 @@ def replay_command(
         summarize,
     )
     from leanml.serve.variants.prototypes import get_prototype
-    from leanml.serve.workload import TraceError, load_trace, max_new_tokens, scale_to_rate
+    from leanml.serve.workload.traces import TraceError, load_trace, max_new_tokens, scale_to_rate
 
     if mode not in ("sim", "live", "both"):
         raise typer.BadParameter(f"--mode must be sim, live or both, got {mode!r}")

@@ -65,7 +65,7 @@ def profile_cmd(
 ) -> None:
     """Measure every variant (accuracy, latency p50/p99 by batch size, throughput, memory, energy); write the file."""
     from leanml.serve.builder import VariantBuilder
-    from leanml.serve.profiles import load_profiles, save_profiles
+    from leanml.serve.control.profiles import load_profiles, save_profiles
 
     cfg = _load(config)
     path = out or cfg.server.profile_file or config.with_suffix(".profile.json")
@@ -101,7 +101,7 @@ def start_cmd(
     profiles: Path | None = typer.Option(None, "--profiles", help="Profile file (default: server.profile_file)."),
 ) -> None:
     """Start serving the config's deployments (profiles reloaded from the profile file; missing ones measured)."""
-    from leanml.serve.profiles import load_profiles, save_profiles
+    from leanml.serve.control.profiles import load_profiles, save_profiles
 
     if backend not in ("embedded", "ray"):
         console.print(f"[red]error:[/red] --backend must be 'embedded' or 'ray', got {backend!r}")
@@ -123,14 +123,14 @@ def start_cmd(
     if cfg.server.admin_token is None:
         console.print("[yellow]admin API disabled (no server.admin_token / LEANML_SERVE_ADMIN_TOKEN)[/yellow]")
     if backend == "ray":
-        from leanml.serve.ray_backend import run_ray
+        from leanml.serve.dataplane.ray_backend import run_ray
 
         console.print(f"starting Ray Serve on http://{h}:{p} ...")
         run_ray(cfg, loaded, host=h, port=p)
         return
-    from leanml.serve.http import build_app, serve
-    from leanml.serve.replay import attach_controllers
-    from leanml.serve.runtime import Runtime
+    from leanml.serve.dataplane.http import build_app, serve
+    from leanml.serve.dataplane.runtime import Runtime
+    from leanml.serve.sim.replay import attach_controllers
 
     rt = Runtime.from_config(cfg, loaded)
     attach_controllers(rt)  # planned policies (adaptive, proteus) re-plan on their own clock and on drift
@@ -144,7 +144,7 @@ def start_cmd(
     serve(app_, host=h, port=p, log_level=cfg.server.log_level)
 
 
-# ---- `leanml serve replay`: trace replay against the simulator or a live server (leanml.serve.replay) ----
+# ---- `leanml serve replay`: trace replay against the simulator or a live server (leanml.serve.sim.replay) ----
 from leanml.cli.replay_cmd import replay_command  # noqa: E402
 
 app.command("replay")(replay_command)

@@ -30,8 +30,8 @@ def describe_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Rate over time, CV of inter-arrival times and of per-bin counts, token percentiles."""
-    from leanml.serve.workload import TraceError, load_trace
-    from leanml.serve.workload_describe import describe, plot
+    from leanml.serve.workload.describe import describe, plot
+    from leanml.serve.workload.traces import TraceError, load_trace
 
     try:
         tr = load_trace(

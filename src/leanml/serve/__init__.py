@@ -1,5 +1,13 @@
-"""Adaptive serving: model variants, profiles, routing, the asyncio runtime, HTTP API, planner, simulator.
+"""Adaptive serving, split by plane.
 
-Submodules are imported on demand (``leanml.serve.runtime``, ``leanml.serve.http``, ...) so that
-the light parts (types, planner, simulator) never pull in FastAPI, torch or Ray.
+- ``dataplane``: runtime, batching, routing, HTTP API, metrics, Ray Serve backend;
+- ``variants``: model variants and the prototypes that build them;
+- ``workload``: traces and their description;
+- ``control``: profiles, online profiler, queueing model, planner, planned policies;
+- ``sim``: simulator, trace replay (and, for now, the live `Controller`), the replay study and its report.
+
+Shared by several planes, at the top: ``types`` (profiles, requests, SLOs), ``config`` (deploy
+configs), ``builder`` (variants with their profiles), ``demo`` (the `leanml demo` serving section).
+Submodules are imported on demand so that the light parts (types, planner, simulator) never pull
+in FastAPI, torch or Ray.
 """

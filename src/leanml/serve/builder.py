@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from leanml.serve.config import DeploymentConfig
-from leanml.serve.profiles import fingerprint, profile_variant
+from leanml.serve.control.profiles import fingerprint, profile_variant
 from leanml.serve.types import VariantProfile
 from leanml.serve.variants.base import Variant
 from leanml.serve.variants.prototypes import Family, build_family

@@ -160,7 +160,7 @@ def _str_list(v: Any, where: str) -> tuple[str, ...]:
 
 def parse_deployment(name: str, d: dict, where: str) -> DeploymentConfig:
     """One ``[deployments.<name>]`` table -> DeploymentConfig (prototype and variant names are checked)."""
-    from leanml.serve.routing import known_policies
+    from leanml.serve.dataplane.routing import known_policies
     from leanml.serve.variants.prototypes import get_prototype, resolve_params
 
     _check_keys(d, {"prototype", "variants", "params", "policy", "policy_params", "slo", "batching", "profile"},

@@ -3,7 +3,7 @@
 The Azure LLM code trace (from the data root; a synthetic Gamma-bursty trace with the same CV and
 mean rate, said so, when the data root is missing) is rescaled so that its mean load is ``load`` x
 the capacity of the most accurate variant on ``cores`` cores (the replay study's rule: the bursts
-then overload it), and replayed in `leanml.serve.sim` with the variant profiles shipped in
+then overload it), and replayed in `leanml.serve.sim.simulator` with the variant profiles shipped in
 ``examples/profiles/`` under static-accurate, static-fast, INFaaS-style greedy, Proteus-style
 periodic MILP and the adaptive policy. Every request asks for ``slo_ms`` and an accuracy of the best
 variant minus ``accuracy_slack`` (greedy applies it per request, the planners as a mean; the static
@@ -37,7 +37,7 @@ def shipped_profile_file(prototype: str = "cifar10") -> Path:
 def demo_trace() -> tuple[Any, str]:
     """The Azure code trace from the data root, else a synthetic stand-in; (trace, note saying which)."""
     from leanml.data.errors import DatasetError
-    from leanml.serve.workload import TraceError, gamma_bursty, load_trace
+    from leanml.serve.workload.traces import TraceError, gamma_bursty, load_trace
 
     try:
         return load_trace(AZURE_CODE["name"]), "Azure LLM inference trace, code service (from the data root)"
@@ -54,10 +54,10 @@ def run_demo_replay(out: Path, *, prototype: str = "cifar10", profile_file: Path
                     trace_note: str = "", load: float = 0.6, cores: int = 2, slo_ms: float = 100.0,
                     accuracy_slack: float = 0.01, policies: tuple[str, ...] = DEMO_POLICIES) -> dict[str, Any]:
     """Simulate every policy on the rescaled trace; write the report under ``out``; return the summaries."""
-    from leanml.serve.profiles import load_profiles
-    from leanml.serve.replay_report import write_report
-    from leanml.serve.replay_study import most_accurate, simulate, summarize
-    from leanml.serve.workload import scale_to_rate
+    from leanml.serve.control.profiles import load_profiles
+    from leanml.serve.sim.replay_report import write_report
+    from leanml.serve.sim.replay_study import most_accurate, simulate, summarize
+    from leanml.serve.workload.traces import scale_to_rate
 
     t0 = time.perf_counter()
     pfile = Path(profile_file) if profile_file is not None else shipped_profile_file(prototype)

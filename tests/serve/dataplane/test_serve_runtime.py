@@ -10,7 +10,7 @@ import pytest
 from serve_helpers import digits_config, gate_variant
 
 from leanml.serve.config import Batching
-from leanml.serve.runtime import Runtime, UnknownDeployment
+from leanml.serve.dataplane.runtime import Runtime, UnknownDeployment
 from leanml.serve.types import SLO
 from leanml.serve.variants import InputError
 
@@ -76,7 +76,7 @@ def test_removed_variants_drain_their_queue_before_stopping():
         old.model.gate.clear()
         queued = [asyncio.create_task(rt.submit("d", [[1, 1, 1, 1]])) for _ in range(5)]
         await asyncio.sleep(0.05)
-        from leanml.serve.routing import StaticPolicy
+        from leanml.serve.dataplane.routing import StaticPolicy
 
         rt.set_variants("d", {"new": new}, StaticPolicy(["new"]))
         after = await rt.submit("d", [[1, 1, 1, 1]])  # served by the new variant while old is blocked
@@ -95,7 +95,7 @@ def test_profiles_round_trip_and_cli_profile_writes_the_file(tmp_path, digits_bu
     from typer.testing import CliRunner
 
     from leanml.cli.serve_cmd import app
-    from leanml.serve.profiles import load_profiles, save_profiles
+    from leanml.serve.control.profiles import load_profiles, save_profiles
 
     profs = {"digits": {p.name: p for p in digits_builder.measured.values()}}
     path = tmp_path / "p.json"

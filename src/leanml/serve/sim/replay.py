@@ -3,7 +3,7 @@
 `replay_http` sends one request per trace arrival at ``t0 + arrival`` (open loop: a slow server
 never slows the sender), bounded by ``max_requests`` and ``max_duration_s``, and records per request
 when it was due, when it was sent, the status, latency, variant, batch size and correctness (when the
-payload carries a label). `Controller` drives a planned policy (`leanml.serve.policies_adaptive`)
+payload carries a label). `Controller` drives a planned policy (`leanml.serve.control.policies_adaptive`)
 inside a live `Runtime`: ``tick`` runs every ``tick_s`` in a worker thread (a MILP solve must not
 block the event loop), its reconfigurations are applied on the loop, and every answer is fed to
 ``policy.observe`` (online profiling; shadow runs go through a budgeted `ShadowRunner`).
@@ -148,7 +148,7 @@ class RuntimeSurface:
             self.loop.call_soon_threadsafe(fn)
 
     def set_plan(self, plan: Any) -> None:
-        from leanml.serve.sim import _plan_text
+        from leanml.serve.sim.simulator import _plan_text
 
         self.reconfigs.append({"time_s": time.perf_counter() - self.t0, "what": "plan", "detail": _plan_text(plan)})
         self._on_loop(lambda: self.runtime.set_plan(self.deployment, plan))
@@ -170,7 +170,7 @@ class RuntimeSurface:
 
     def submit_shadow(self, profiler: Any, request: Any, outcome: Any) -> None:
         """Shadow-run a served request on other variants, off the event loop and within the budget."""
-        from leanml.serve.profiler import ShadowRunner
+        from leanml.serve.control.profiler import ShadowRunner
 
         if self._shadow is None:
             dep = self.runtime.deployment(self.deployment)

@@ -38,7 +38,7 @@ def _write(d, trace_n=40):
 def synthetic(tmp_path):
     """A deploy config and a profile file (profiles are data: written here, not measured)."""
     from leanml.serve.config import load_config
-    from leanml.serve.profiles import fingerprint, save_profiles
+    from leanml.serve.control.profiles import fingerprint, save_profiles
     from leanml.serve.types import LatencyProfile, VariantProfile
 
     cfg_path, trace = _write(tmp_path)
@@ -57,7 +57,7 @@ def measured(tmp_path_factory):
     """The same deployment with real variants, profiled on this machine."""
     from leanml.serve.builder import VariantBuilder
     from leanml.serve.config import load_config
-    from leanml.serve.profiles import save_profiles
+    from leanml.serve.control.profiles import save_profiles
 
     d = tmp_path_factory.mktemp("replay_cli")
     cfg_path, trace = _write(d)
@@ -75,15 +75,15 @@ def _app():
 
 
 def _run(args):
-    from leanml.serve import workload
+    from leanml.serve.workload import traces
 
     # the CLI's --trace reads TIMESTAMP by default; this tiny trace's column is "ts"
-    orig = workload.load_trace
-    workload.load_trace = lambda src, **kw: orig(src, timestamp_col="ts", context_col=None, generated_col=None)
+    orig = traces.load_trace
+    traces.load_trace = lambda src, **kw: orig(src, timestamp_col="ts", context_col=None, generated_col=None)
     try:
         return CliRunner().invoke(_app(), ["replay", *args])
     finally:
-        workload.load_trace = orig
+        traces.load_trace = orig
 
 
 def test_replay_cli_simulates_every_policy(synthetic):

@@ -10,7 +10,7 @@ discrete sets, each option run in a *tier* t (meeting class t's latency SLO, hen
 Maximize ``sum z`` (goodput) subject to
 - demand:      sum z[k,.,.] <= rate_k;
 - SLO:         sum_k z[k,o,t] <= cap(o, t) y[o,t], where cap(o, t) is the largest rate at which the
-  queueing model (`leanml.serve.queueing`) predicts p99 latency <= SLO_t for option o, under the
+  queueing model (`leanml.serve.control.queueing`) predicts p99 latency <= SLO_t for option o, under the
   largest CV of the classes it may carry (precomputed: this is what makes the p99 constraint linear);
 - accuracy:    sum (acc_v - A) z >= 0 (mean delivered accuracy over served requests >= A), globally
   and per class when the class states a minimum accuracy;
@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from leanml.serve.planner_options import build_options, energy_at  # noqa: F401  (build_options re-exported)
-from leanml.serve.planner_types import (  # noqa: F401  (re-exported: the planner API)
+from leanml.serve.control.planner_options import build_options, energy_at  # noqa: F401  (build_options re-exported)
+from leanml.serve.control.planner_types import (  # noqa: F401  (re-exported: the planner API)
     Device,
     Option,
     Plan,
@@ -42,7 +42,7 @@ from leanml.serve.planner_types import (  # noqa: F401  (re-exported: the planne
     devices_from_system,
     local_device,
 )
-from leanml.serve.queueing import latency_quantile_ms
+from leanml.serve.control.queueing import latency_quantile_ms
 from leanml.serve.types import VariantProfile
 
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from leanml.serve.batching import Outcome, Pending, VariantWorker
 from leanml.serve.config import Batching, ConfigError, DeployConfig, DeploymentConfig, apply_patch
-from leanml.serve.metrics import ServeMetrics
-from leanml.serve.routing import make_policy
+from leanml.serve.dataplane.batching import Outcome, Pending, VariantWorker
+from leanml.serve.dataplane.metrics import ServeMetrics
+from leanml.serve.dataplane.routing import make_policy
 from leanml.serve.types import REFUSE_OVERLOADED, SLO, Request, RoutingPolicy, ServeState
 from leanml.serve.variants.base import InputError, Variant
 
@@ -348,7 +348,7 @@ class Runtime:
     # ---- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Deployments, their variants and profiles (for GET /v1/deployments)."""
-        from leanml.serve.profiles import profile_to_dict
+        from leanml.serve.control.profiles import profile_to_dict
 
         out = {}
         for name, dep in self.deployments.items():

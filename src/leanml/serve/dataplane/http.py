@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from leanml.serve.config import ConfigError, config_to_dict
-from leanml.serve.runtime import Runtime, UnknownDeployment, WrongKind
+from leanml.serve.dataplane.runtime import Runtime, UnknownDeployment, WrongKind
 from leanml.serve.types import SLO
 from leanml.serve.variants.base import InputError
 

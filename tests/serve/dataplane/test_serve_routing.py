@@ -8,7 +8,7 @@ import pytest
 from serve_helpers import flat_profile
 
 from leanml.serve.config import ConfigError, apply_patch, load_config, parse_config
-from leanml.serve.routing import (
+from leanml.serve.dataplane.routing import (
     GreedyPolicy,
     StaticPolicy,
     known_policies,
@@ -18,7 +18,7 @@ from leanml.serve.routing import (
 )
 from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, SLO, Request, ServeState
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def _state(queue=None, max_batch=8):

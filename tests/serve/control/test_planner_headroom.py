@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 from serve_helpers import flat_profile
 
-from leanml.serve.planner import Device, PlannerConfig, RequestClass, check_plan, plan
-from leanml.serve.replay_study import simulate, summarize
-from leanml.serve.routing import predicted_latency_ms
+from leanml.serve.control.planner import Device, PlannerConfig, RequestClass, check_plan, plan
+from leanml.serve.dataplane.routing import predicted_latency_ms
+from leanml.serve.sim.replay_study import simulate, summarize
 from leanml.serve.types import LatencyProfile, ServeState, VariantProfile
-from leanml.serve.workload import gamma_bursty
+from leanml.serve.workload.traces import gamma_bursty
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from leanml.serve.replay import Payload, replay_http
-from leanml.serve.workload import gamma_bursty
+from leanml.serve.sim.replay import Payload, replay_http
+from leanml.serve.workload.traces import gamma_bursty
 
 # Stated tolerance, on a shared 2-core machine (load average ~8 while these tests ran): every request
 # is *sent* within 150 ms of its trace time (median within 50 ms). Receive times at the server are not

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.sim import SimBatching, Simulator
+from leanml.serve.sim.simulator import SimBatching, Simulator
 from leanml.serve.types import SLO, VariantProfile
 
 POLICIES = ("static-accurate", "static-fast", "infaas", "clipper", "proteus", "adaptive")
@@ -49,7 +49,7 @@ def generation_plan(profiles: dict[str, VariantProfile], trace: Any) -> Generati
     overestimates batch capacity). Service times stay with each batch's actual longest request.
     Raises ValueError naming the variants whose profiles hold no generation timing."""
     from leanml.serve.types import expected_longest
-    from leanml.serve.workload import max_new_tokens
+    from leanml.serve.workload.traces import max_new_tokens
 
     missing = [n for n, p in profiles.items() if p.generation is None]
     if missing:
@@ -67,8 +67,8 @@ def setup_policy(
     policy_kw: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, tuple[int, float, int]]]:
     """A fresh policy and its initial batching per variant ``(max_batch, max_wait_ms, concurrency)``."""
-    from leanml.serve.policies_adaptive import AdaptivePolicy, ClipperAIMDPolicy, ProteusPolicy
-    from leanml.serve.routing import GreedyPolicy, StaticPolicy
+    from leanml.serve.control.policies_adaptive import AdaptivePolicy, ClipperAIMDPolicy, ProteusPolicy
+    from leanml.serve.dataplane.routing import GreedyPolicy, StaticPolicy
 
     names = list(profiles)
     all_cores = {v: (max_batch, 0.0, cores) for v in names}
@@ -147,8 +147,8 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
                         max_batch: int = 32):
     """A fresh `Runtime` serving ``variants`` under study policy ``name``, with its `Controller` (or None)."""
     from leanml.serve.config import Batching
-    from leanml.serve.replay import Controller
-    from leanml.serve.runtime import Runtime
+    from leanml.serve.dataplane.runtime import Runtime
+    from leanml.serve.sim.replay import Controller
 
     profiles = {n: v.profile for n, v in variants.items()}
     missing = [n for n, p in profiles.items() if p is None]
@@ -188,8 +188,8 @@ def run_live(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
     """One policy live, server in this process (a thread; shares the GIL with the load generator:
     see `run_live_subprocess` for the isolated setup); rows, reconfigurations, the policy."""
-    from leanml.serve.http import BackgroundServer, build_app
-    from leanml.serve.replay import replay_http
+    from leanml.serve.dataplane.http import BackgroundServer, build_app
+    from leanml.serve.sim.replay import replay_http
 
     rt, ctl, pol = build_study_runtime(name, variants, cores=cores, latency_ms=latency_ms,
                                        accuracy_target=accuracy_target, period_s=period_s, deployment=deployment)
@@ -225,15 +225,15 @@ def run_live_subprocess(
 
     import httpx
 
-    from leanml.serve.profiles import load_profiles
-    from leanml.serve.replay import replay_http
+    from leanml.serve.control.profiles import load_profiles
+    from leanml.serve.sim.replay import replay_http
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fd, events = tempfile.mkstemp(suffix=".json")
     os.close(fd)
-    cmd = [sys.executable, "-m", "leanml.serve.replay_study", "--config", config, "--deployment", deployment,
+    cmd = [sys.executable, "-m", "leanml.serve.sim.replay_study", "--config", config, "--deployment", deployment,
            "--profiles", profile_file, "--policy", name, "--cores", str(cores), "--slo-ms", str(latency_ms),
            "--port", str(port), "--events", events, "--period-s", str(period_s), "--max-batch", str(max_batch)]
     if gen_tokens is not None:
@@ -277,15 +277,15 @@ def run_live_subprocess(
 
 
 def serve_main(argv: list[str] | None = None) -> None:
-    """``python -m leanml.serve.replay_study ...``: serve one deployment under one study policy."""
+    """``python -m leanml.serve.sim.replay_study ...``: serve one deployment under one study policy."""
     import argparse
     import json
 
     from leanml.io import atomic_write_text
     from leanml.serve.builder import VariantBuilder
     from leanml.serve.config import load_config
-    from leanml.serve.http import build_app, serve
-    from leanml.serve.profiles import load_profiles
+    from leanml.serve.control.profiles import load_profiles
+    from leanml.serve.dataplane.http import build_app, serve
 
     ap = argparse.ArgumentParser(description="serve one deployment under one replay-study policy")
     ap.add_argument("--config", required=True)

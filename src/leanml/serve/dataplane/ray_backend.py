@@ -24,7 +24,7 @@ class LeanmlReplica:
 
     def __init__(self, cfg: DeployConfig, name: str, profiles: dict[str, dict[str, VariantProfile]],
                  threads: int = 1) -> None:
-        from leanml.serve.runtime import Runtime
+        from leanml.serve.dataplane.runtime import Runtime
 
         one = replace(cfg, deployments={name: cfg.deployments[name]})
         self.name = name
@@ -35,8 +35,8 @@ class LeanmlReplica:
         """(status, JSON body) for one request body, exactly as the embedded server answers it."""
         from pydantic import ValidationError
 
-        from leanml.serve.http import GenerateRequest, PredictRequest
-        from leanml.serve.runtime import WrongKind
+        from leanml.serve.dataplane.http import GenerateRequest, PredictRequest
+        from leanml.serve.dataplane.runtime import WrongKind
         from leanml.serve.variants.base import InputError
 
         rt = self.runtime

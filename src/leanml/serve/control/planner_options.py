@@ -1,6 +1,6 @@
 """Planner options: every (variant, device, batch, workers) configuration with its SLO capacities.
 
-``cap(o, t)`` is the largest arrival rate at which the queueing model (`leanml.serve.queueing`)
+``cap(o, t)`` is the largest arrival rate at which the queueing model (`leanml.serve.control.queueing`)
 predicts the option's latency quantile within class t's SLO; precomputing it per option is what makes
 the planner's p99 constraint linear. Capacities are memoized on inputs rounded to 3 significant
 digits (re-plans see slowly moving profiles); options another option of the same variant beats on
@@ -13,8 +13,8 @@ import functools
 
 import numpy as np
 
-from leanml.serve.planner_types import Device, Option, PlannerConfig, RequestClass
-from leanml.serve.queueing import max_rate_for_slo
+from leanml.serve.control.planner_types import Device, Option, PlannerConfig, RequestClass
+from leanml.serve.control.queueing import max_rate_for_slo
 from leanml.serve.types import VariantProfile
 
 

@@ -24,7 +24,7 @@ from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, Ro
 
 PolicyFactory = Callable[..., RoutingPolicy]
 _POLICIES: dict[str, PolicyFactory] = {}
-PLUGIN_MODULES = ("leanml.serve.policies_adaptive",)  # imported on first lookup; they register themselves
+PLUGIN_MODULES = ("leanml.serve.control.policies_adaptive",)  # imported on first lookup; they register themselves
 
 
 def register_policy(name: str, factory: PolicyFactory) -> None:

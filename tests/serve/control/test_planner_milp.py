@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leanml.serve.planner import (
+from leanml.serve.control.planner import (
     Device,
     PlannerConfig,
     RequestClass,
@@ -12,7 +12,7 @@ from leanml.serve.planner import (
     greedy_plan,
     plan,
 )
-from leanml.serve.queueing import erlang_c, latency_quantile_ms, max_rate_for_slo
+from leanml.serve.control.queueing import erlang_c, latency_quantile_ms, max_rate_for_slo
 from leanml.serve.types import LatencyProfile, VariantProfile
 
 BATCHES = (1, 2, 4, 8, 16, 32)
@@ -97,7 +97,7 @@ def test_fallback_to_greedy_and_bad_params():
 
 def test_devices_from_a_hw_system_feed_the_planner():
     from leanml.hw import load_catalog
-    from leanml.serve.planner import devices_from_system
+    from leanml.serve.control.planner import devices_from_system
 
     system = load_catalog().systems["mixed_h200_l4"]
     devs = devices_from_system(system, reference=next(iter(system.instances.values())))

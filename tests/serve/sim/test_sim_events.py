@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leanml.serve.replay_study import POLICIES, simulate, summarize
-from leanml.serve.sim import SimBatching, Simulator
+from leanml.serve.sim.replay_study import POLICIES, simulate, summarize
+from leanml.serve.sim.simulator import SimBatching, Simulator
 from leanml.serve.types import SLO, LatencyProfile, VariantProfile
-from leanml.serve.workload import gamma_bursty, poisson
+from leanml.serve.workload.traces import gamma_bursty, poisson
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -116,7 +116,7 @@ def test_online_profiling_catches_an_accuracy_drift_the_static_planner_misses():
 
 
 def test_request_path_is_a_fifo_server_and_its_service_time_is_recovered_from_the_mean():
-    from leanml.serve.sim import fit_request_path_ms, request_path_delays_ms
+    from leanml.serve.sim.simulator import fit_request_path_ms, request_path_delays_ms
 
     # the simulator's request path and the Lindley recursion agree (instant model: latency = path time)
     p = VariantProfile("z", 0.9, LatencyProfile({1: 1e-6}, {1: 1e-6}))

@@ -1,6 +1,6 @@
 """Discrete-event simulator of the serving runtime, driven by the same profiles and routing policies.
 
-It mirrors `leanml.serve.batching` / `leanml.serve.runtime`: per-variant FIFO queues (``max_queue``,
+It mirrors `leanml.serve.dataplane.batching` / `leanml.serve.dataplane.runtime`: per-variant FIFO queues (``max_queue``,
 else 429), a batcher per variant holding at most ``concurrency`` model calls in flight, a fill window
 (until ``max_batch`` examples, ``max_wait_ms`` after the oldest request, or the earliest deadline
 minus the profiled p99 of the batch), expired requests dropped with 503, and one shared pool of
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.queueing import Z99
+from leanml.serve.control.queueing import Z99
 from leanml.serve.types import SLO, Outcome, Request, ServeState, VariantProfile
 
 REFUSE_OVERLOADED = "overloaded"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from leanml.data.root import data_root
-from leanml.serve.workload import (
+from leanml.serve.workload.describe import cv, describe, plot, rate_series
+from leanml.serve.workload.traces import (
     FieldMap,
     Trace,
     TraceError,
@@ -20,7 +21,6 @@ from leanml.serve.workload import (
     request_properties,
     scale_to_rate,
 )
-from leanml.serve.workload_describe import cv, describe, plot, rate_series
 
 AZURE = data_root() / "traces" / "azure_llm_2023_code.csv"
 # The published file holds 8,819 data rows after its header (the issue text says 8,818).
@@ -146,7 +146,7 @@ def test_cli_describe_json(tmp_path):
 
 
 def test_max_new_tokens_maps_generated_tokens_into_one_to_cap():
-    from leanml.serve.workload import Trace, max_new_tokens
+    from leanml.serve.workload.traces import Trace, max_new_tokens
 
     t = Trace(np.array([0.0, 1.0, 2.0]), generated_tokens=np.array([0, 5, 100]))
     assert max_new_tokens(t, 32).tolist() == [1, 5, 32]

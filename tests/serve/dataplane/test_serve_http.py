@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import TOKEN, digits_config, gate_variant, wait_until
 
 from leanml.serve.config import Batching
-from leanml.serve.http import BackgroundServer, build_app
-from leanml.serve.runtime import Runtime
+from leanml.serve.dataplane.http import BackgroundServer, build_app
+from leanml.serve.dataplane.runtime import Runtime
 from leanml.serve.types import SLO
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,7 +50,7 @@ def _ok_count(url: str) -> float:
 
 
 def test_predictions_equal_calling_the_variant_directly(digits_server, digits_X):
-    from leanml.serve.routing import StaticPolicy
+    from leanml.serve.dataplane.routing import StaticPolicy
 
     url, rt = digits_server
     dep = rt.deployments["digits"]

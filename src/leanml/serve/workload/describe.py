@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.workload import Trace, TraceError
+from leanml.serve.workload.traces import Trace, TraceError
 
 
 def rate_series(trace: Trace, bin_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ bursts (accuracy credit, bounded per period by ``max_relax``).
 additive increase / multiplicative decrease on the batch latency against the SLO (Clipper, NSDI'17).
 
 The deployment's ``min_accuracy`` is read by the planned policies as a *mean* delivered-accuracy
-target, the Proteus formulation; INFaaS-style greedy (`leanml.serve.routing.GreedyPolicy`) reads it
+target, the Proteus formulation; INFaaS-style greedy (`leanml.serve.dataplane.routing.GreedyPolicy`) reads it
 per request.
 """
 
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.planner import Device, Plan, PlannerConfig, RequestClass, plan
-from leanml.serve.profiler import OnlineProfiler
-from leanml.serve.routing import predicted_latency_ms, register_policy
+from leanml.serve.control.planner import Device, Plan, PlannerConfig, RequestClass, plan
+from leanml.serve.control.profiler import OnlineProfiler
+from leanml.serve.dataplane.routing import predicted_latency_ms, register_policy
 from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, ServeState, VariantProfile
 
 

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from leanml.serve.profiler import DropDetector, LoadDriftDetector, OnlineProfiler, ShadowRunner
+from leanml.serve.control.profiler import DropDetector, LoadDriftDetector, OnlineProfiler, ShadowRunner
 from leanml.serve.types import LatencyProfile, VariantProfile
-from leanml.serve.workload import gamma_bursty, poisson
+from leanml.serve.workload.traces import gamma_bursty, poisson
 
 
 def prof(name, acc, ms=1.0):

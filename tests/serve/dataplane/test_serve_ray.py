@@ -21,9 +21,9 @@ def _free_port() -> int:
 
 def test_ray_serve_answers_like_the_embedded_server(digits_builder, digits_X, tmp_path, monkeypatch):
     pytest.importorskip("ray.serve")
-    from leanml.serve import ray_backend
-    from leanml.serve.http import BackgroundServer, build_app
-    from leanml.serve.runtime import Runtime
+    from leanml.serve.dataplane import ray_backend
+    from leanml.serve.dataplane.http import BackgroundServer, build_app
+    from leanml.serve.dataplane.runtime import Runtime
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     cfg = digits_config(policy="static", policy_params={"variant": "mlp"}, variants=["mlp", "mlp_int8"])
