@@ -128,9 +128,9 @@ def start_cmd(
         console.print(f"starting Ray Serve on http://{h}:{p} ...")
         run_ray(cfg, loaded, host=h, port=p)
         return
+    from leanml.serve.control.controller import attach_controllers
     from leanml.serve.dataplane.http import build_app, serve
     from leanml.serve.dataplane.runtime import Runtime
-    from leanml.serve.sim.replay import attach_controllers
 
     rt = Runtime.from_config(cfg, loaded)
     attach_controllers(rt)  # planned policies (adaptive, proteus) re-plan on their own clock and on drift

@@ -1,10 +1,10 @@
-"""Adaptive serving, split by plane.
+"""Adaptive serving, split by plane (see docs/serve.md, "Package layout").
 
 - ``dataplane``: runtime, batching, routing, HTTP API, metrics, Ray Serve backend;
 - ``variants``: model variants and the prototypes that build them;
 - ``workload``: traces and their description;
-- ``control``: profiles, online profiler, queueing model, planner, planned policies;
-- ``sim``: simulator, trace replay (and, for now, the live `Controller`), the replay study and its report.
+- ``control``: profiles, online profiler, queueing model, planner, planned policies, live controller;
+- ``sim``: simulator, trace replay, the replay study and its report.
 
 Shared by several planes, at the top: ``types`` (profiles, requests, SLOs), ``config`` (deploy
 configs), ``builder`` (variants with their profiles), ``demo`` (the `leanml demo` serving section).

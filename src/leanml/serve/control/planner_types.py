@@ -125,3 +125,10 @@ class Plan:
             "solver": self.solver, "status": self.status, "solve_s": self.solve_s,
             "utilization": self.utilization,
         }
+
+
+def _plan_text(plan: Any) -> str:
+    fr = getattr(plan, "fractions", None)
+    if not fr:
+        return str(plan)[:200]
+    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items())) for k, d in fr.items())

@@ -147,8 +147,8 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
                         max_batch: int = 32):
     """A fresh `Runtime` serving ``variants`` under study policy ``name``, with its `Controller` (or None)."""
     from leanml.serve.config import Batching
+    from leanml.serve.control.controller import Controller
     from leanml.serve.dataplane.runtime import Runtime
-    from leanml.serve.sim.replay import Controller
 
     profiles = {n: v.profile for n, v in variants.items()}
     missing = [n for n, p in profiles.items() if p is None]

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.serve.control.planner_types import _plan_text
 from leanml.serve.control.queueing import Z99
 from leanml.serve.types import SLO, Outcome, Request, ServeState, VariantProfile
 
@@ -364,9 +365,3 @@ def fit_request_path_ms(arrival_s: np.ndarray, path_ms: np.ndarray, tol_ms: floa
             hi = mid
     return (lo + hi) / 2
 
-
-def _plan_text(plan: Any) -> str:
-    fr = getattr(plan, "fractions", None)
-    if not fr:
-        return str(plan)[:200]
-    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items())) for k, d in fr.items())
