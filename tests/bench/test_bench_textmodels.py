@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
 def test_minilm_lora_learner_trains_and_gives_projected_lora_gradients():
     from leanml.bench.textfeatures import MiniLMLoraClassifier, tokenize_ids
-    from leanml.select import TorchClassifier, TrainConfig
+    from leanml.select import TorchClassifierLearner, TrainConfig
     from leanml.select.features import Checkpoint, Featurizer
 
     torch.set_num_threads(1)
@@ -20,7 +20,7 @@ def test_minilm_lora_learner_trains_and_gives_projected_lora_gradients():
     y = np.array([1, 0, 1, 0])
     ids = tokenize_ids(texts, 16)
     assert ids.shape == (4, 16) and ids.dtype == np.int64
-    L = TorchClassifier(lambda s: MiniLMLoraClassifier(2, r=4, seed=s), 2, TrainConfig(epochs=2, batch_size=2))
+    L = TorchClassifierLearner(lambda s: MiniLMLoraClassifier(2, r=4, seed=s), 2, TrainConfig(epochs=2, batch_size=2))
     model = L.new_model(0)
     res = L.fit(model, ids, y, keep_checkpoints=True)
     assert np.isfinite(res.losses).all() and res.cost.wall_s > 0

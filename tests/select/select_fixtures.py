@@ -7,15 +7,15 @@ import torch
 
 from leanml.data import load
 from leanml.models import build_mlp
-from leanml.select import Pool, TorchClassifier, TrainConfig
+from leanml.select import Pool, TorchClassifierLearner, TrainConfig
 
 # Tiny models: one intra-op thread is fastest, and on a shared CPU more threads spin against each other.
 torch.set_num_threads(1)
 
 
 def mlp_learner(d_in: int = 64, n_classes: int = 10, hidden=(64,), epochs: int = 15, lr: float = 3e-3,
-                batch_size: int = 64) -> TorchClassifier:
-    return TorchClassifier(lambda s: build_mlp(d_in, n_classes, hidden, seed=s), n_classes,
+                batch_size: int = 64) -> TorchClassifierLearner:
+    return TorchClassifierLearner(lambda s: build_mlp(d_in, n_classes, hidden, seed=s), n_classes,
                            TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size),
                            proxy_factory=lambda s: build_mlp(d_in, n_classes, (16,), seed=s))
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from leanml.bench.suitedata import SuiteData
 from leanml.meter import Meter
 from leanml.models.train import FitResult
 from leanml.select import Pool, Target
@@ -232,8 +233,6 @@ def target_and_eval(sizes: dict[str, Any], seed: int) -> tuple[list[dict], np.nd
 
 
 def build_instruct(sizes: dict[str, Any], seed: int):
-    from leanml.bench.suites import SuiteData
-
     learner = CausalLMLearner(rank=sizes["lora_r"], epochs=sizes["epochs"], batch_size=4, lr=sizes["lr"],
                               max_len=sizes["max_len"], gen_tokens=sizes["gen_tokens"])
     recs = pool_records(sizes, seed)

@@ -12,24 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from leanml.select import Pool, Target, TorchClassifier, TrainConfig
+from leanml.bench.suitedata import SuiteData
+from leanml.select import Pool, Target, TorchClassifierLearner, TrainConfig
 
 ALL_ARRAY_METHODS = ("full", "random", "random-balanced", "loss", "el2n", "dlis", "least-confidence", "margin",
                      "entropy", "rho-loss", "craig", "grad-match", "less", "trak", "dsdm")
 TEXT_METHODS = ("embedding", "bm25")
-
-
-@dataclass
-class SuiteData:
-    """What one seed of a suite runs on."""
-
-    pool: Pool
-    target: Target | None
-    test_X: Any
-    test_y: Any
-    learner: Any
-    metric: str = "accuracy"
-    info: dict[str, Any] = field(default_factory=dict)  # fixed costs outside the grid (e.g. frozen features)
 
 
 @dataclass(frozen=True)
@@ -127,7 +115,7 @@ def _build_quick(sizes: dict[str, Any], seed: int) -> SuiteData:
 
     tr, te = load("digits", "train"), load("digits", "test")
     h = tuple(int(x) for x in str(sizes["hidden"]).split("x"))
-    learner = TorchClassifier(lambda s: build_mlp(64, 10, h, seed=s), 10,
+    learner = TorchClassifierLearner(lambda s: build_mlp(64, 10, h, seed=s), 10,
                               TrainConfig(epochs=sizes["epochs"], batch_size=32, lr=sizes["lr"]),
                               proxy_factory=lambda s: build_mlp(64, 10, (16,), seed=s))
     return _array_suite_data(tr.X, tr.y, te.X, te.y, learner, sizes, seed)
@@ -178,7 +166,7 @@ def _build_cifar10(sizes: dict[str, Any], seed: int) -> SuiteData:
 
     tr, te = load("cifar10", "train"), load("cifar10", "test")
     w = int(sizes["width"])
-    learner = TorchClassifier(lambda s: build_cnn(10, 3, width=w, seed=s), 10,
+    learner = TorchClassifierLearner(lambda s: build_cnn(10, 3, width=w, seed=s), 10,
                               TrainConfig(epochs=sizes["epochs"], batch_size=128, lr=sizes["lr"], schedule="cosine"),
                               proxy_factory=lambda s: build_cnn(10, 3, width=max(4, w // 4), seed=s), eval_batch=512)
     return _array_suite_data(np.asarray(tr.X), tr.y, np.asarray(te.X), te.y, learner, sizes, seed)
@@ -234,7 +222,7 @@ def _build_sst2_frozen(sizes: dict[str, Any], seed: int) -> SuiteData:
     emb, cost = cached_minilm_embeddings([texts[i] for i in need] + list(test_texts))
     E = dict(zip(need.tolist(), emb[: len(need)], strict=True))
     Et = emb[len(need):]
-    learner = TorchClassifier(lambda s: build_mlp(384, 2, (), seed=s), 2,
+    learner = TorchClassifierLearner(lambda s: build_mlp(384, 2, (), seed=s), 2,
                               TrainConfig(epochs=sizes["epochs"], batch_size=64, lr=sizes["lr"]))
     X = np.stack([E[i] for i in rows])
     Xh = np.stack([E[i] for i in hold])
@@ -277,7 +265,7 @@ def _build_sst2_lora(sizes: dict[str, Any], seed: int) -> SuiteData:
     n_test = sizes.get("test_size") or len(test_texts)
     Xt = tokenize_ids(list(test_texts)[:n_test], L)
     r = int(sizes["lora_r"])
-    learner = TorchClassifier(lambda s: MiniLMLoraClassifier(2, r=r, seed=s), 2,
+    learner = TorchClassifierLearner(lambda s: MiniLMLoraClassifier(2, r=r, seed=s), 2,
                               TrainConfig(epochs=sizes["epochs"], batch_size=32, lr=sizes["lr"]), eval_batch=128)
     holdout = Pool(Xh, y[hold], learner=learner, texts=[texts[i] for i in hold], name="holdout")
     pool = Pool(X, y[rows], learner=learner, holdout=holdout, texts=[texts[i] for i in rows], name="pool")

@@ -1,5 +1,7 @@
 """Dataset registry: named datasets, stable example ids, data root lookup."""
 
+# The assembler: importing the loaders registers their datasets (the registry module does not import them).
+from leanml.data import loaders  # noqa: F401
 from leanml.data.errors import DatasetError, UnknownDatasetError
 from leanml.data.registry import get_spec, list_specs, load, register
 from leanml.data.root import cache_dir, data_root

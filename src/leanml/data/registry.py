@@ -1,4 +1,9 @@
-"""The dataset registry: every named dataset, looked up by name."""
+"""The dataset registry: every named dataset, looked up by name.
+
+This base module holds the registry only; it never imports the loaders that register into it. The
+package (``leanml/data/__init__.py``) assembles them, and since importing ``leanml.data.registry``
+initialises ``leanml.data`` first, every loader has registered before a lookup can run.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -28,7 +32,6 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def list_specs() -> list[DatasetSpec]:
-    _ensure_loaded()
     return list(_REGISTRY.values())
 
 
@@ -47,7 +50,3 @@ def load(name: str, split: str = "train", *, root: Path | None = None) -> Split:
         )
     return spec.loader(base, split)
 
-
-def _ensure_loaded() -> None:
-    # Loader modules register themselves on import.
-    from leanml.data import loaders  # noqa: F401

@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from leanml.meter import Cost, Meter
+from leanml.select.errors import SelectionError, check_finite  # noqa: F401  (re-exported: public here too)
 
 if TYPE_CHECKING:  # pragma: no cover
     from leanml.select.features import GradientFeatures
     from leanml.select.learner import Learner
-
-
-class SelectionError(ValueError):
-    """A selector was given input it cannot work with (the message says what to change)."""
 
 
 @dataclass
@@ -73,7 +70,7 @@ class Pool:
 
     @property
     def n_classes(self) -> int | None:
-        if self.learner is not None and getattr(self.learner, "n_classes", None):
+        if self.learner is not None and self.learner.n_classes:
             return self.learner.n_classes
         return None if self.y is None else int(self.y.max()) + 1
 
@@ -157,6 +154,8 @@ def budget_to_k(budget: float | int, n: int) -> int:
     """A budget as a fraction of the pool (0 < b <= 1) or an example count (int > 1) -> k examples."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
         raise SelectionError(f"budget must be a fraction in (0, 1] or a count >= 1, got {budget!r}")
+    if not math.isfinite(budget):
+        raise SelectionError(f"budget must be a finite fraction in (0, 1] or a count >= 1, got {budget}")
     if isinstance(budget, (float, np.floating)) and budget <= 1.0:
         if not budget > 0:
             raise SelectionError(f"budget must be > 0, got {budget}")
@@ -188,13 +187,15 @@ class Selector(ABC):
 
     ``needs_target``: the method selects for a target task. ``needs``: what the pool must carry
     ("learner", "texts", "holdout") for the method to apply. ``online``: the method picks inside
-    training, per batch (its ``select`` returns an `OnlinePlan`).
+    training, per batch (its ``select`` returns an `OnlinePlan`). ``uses_budget``: False for a method
+    that always takes the whole pool (``full``); its budget is still checked.
     """
 
     method: ClassVar[str] = ""
     needs_target: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()
     online: ClassVar[bool] = False
+    uses_budget: ClassVar[bool] = True  # False: the method takes the whole pool (the study's reference row)
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = int(seed)
@@ -279,6 +280,9 @@ class ScoreSelector(Selector):
 
 
 # ---- registry ---------------------------------------------------------------------------------
+# This base module never imports the methods: the package (``leanml/select/__init__.py``) assembles
+# them, and importing ``leanml.select.base`` initialises ``leanml.select`` first, so every method has
+# registered before a lookup runs.
 
 _REGISTRY: dict[str, type[Selector]] = {}
 
@@ -300,7 +304,6 @@ def register(cls: type[Selector]) -> type[Selector]:
 
 def get_selector(method: str, **params: Any) -> Selector:
     """A new selector for a method id, with validated parameters."""
-    _ensure_loaded()
     try:
         cls = _REGISTRY[method]
     except KeyError:
@@ -312,20 +315,7 @@ def get_selector(method: str, **params: Any) -> Selector:
 
 
 def list_methods() -> list[str]:
-    _ensure_loaded()
     return [m for m in METHOD_IDS if m in _REGISTRY] + sorted(set(_REGISTRY) - set(METHOD_IDS))
-
-
-def _ensure_loaded() -> None:
-    from leanml.select import coreset, online, random, scores, targeted, text  # noqa: F401
-
-
-def check_finite(name: str, a: np.ndarray) -> np.ndarray:
-    """Raise a clear error when a score or feature array has NaN/inf (a diverged warm-up, say)."""
-    if not np.all(np.isfinite(a)):
-        bad = int((~np.isfinite(a)).sum())
-        raise SelectionError(f"{name}: {bad} non-finite values (did the warm-up diverge? lower the lr)")
-    return a
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from leanml.select.base import SelectionError, check_finite
+from leanml.select.errors import SelectionError, check_finite
 
 
 class GradientFeatures(ABC):
@@ -199,7 +199,7 @@ class StoreFeatures(GradientFeatures):
     def __init__(self, store: Any, ids: np.ndarray, *, kind: str | None = None) -> None:
         from leanml.store import GradientStore
 
-        self.store = GradientStore.open(store) if not hasattr(store, "manifest") else store
+        self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.kind = kind or self.store.manifest.grad_type
         self._rows: dict[int, np.ndarray] = {}
@@ -234,7 +234,7 @@ class StoreTaskFeatures(GradientFeatures):
         from leanml.store import GradientStore
         from leanml.store.tasks import task_features
 
-        self.store = GradientStore.open(store) if not hasattr(store, "manifest") else store
+        self.store = store if isinstance(store, GradientStore) else GradientStore.open(store)
         self.arr, self.entry = task_features(self.store, task)
 
     @property

@@ -51,6 +51,10 @@ class Learner(ABC):
     def evaluate(self, model: nn.Module, X: Any, y: Any) -> float:
         """The suite's quality metric (named by ``metric``) on held-out data."""
 
+    def proxy(self) -> Learner:
+        """The small proxy model family for selection via proxy (Coleman et al.); itself when it has none."""
+        return self
+
     def probs(self, model: nn.Module, X: Any) -> np.ndarray:
         """Class probabilities (classifiers only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a classifier")
@@ -78,14 +82,14 @@ class TrainConfig:
     schedule: str = "constant"  # or "cosine" (see leanml.models.fit)
 
 
-class TorchClassifier(Learner):
+class TorchClassifierLearner(Learner):
     """A PyTorch classifier on array inputs, trained with `leanml.models.fit` (Adam, cross-entropy)."""
 
     def __init__(self, factory: Callable[[int], nn.Module], n_classes: int,
                  config: TrainConfig | None = None, *, eval_batch: int = 1024,
                  proxy_factory: Callable[[int], nn.Module] | None = None) -> None:
         if n_classes < 2:
-            raise ValueError(f"TorchClassifier: n_classes must be >= 2, got {n_classes}")
+            raise ValueError(f"TorchClassifierLearner: n_classes must be >= 2, got {n_classes}")
         self.factory, self.proxy_factory = factory, proxy_factory
         self.n_classes = int(n_classes)
         self.config = config or TrainConfig()
@@ -94,11 +98,11 @@ class TorchClassifier(Learner):
     def new_model(self, seed: int = 0) -> nn.Module:
         return self.factory(seed)
 
-    def proxy(self) -> TorchClassifier:
-        """The small proxy model family for selection via proxy (itself when none was given)."""
+    def proxy(self) -> TorchClassifierLearner:
+        """The small proxy model family (``proxy_factory``) for selection via proxy; itself when none was given."""
         if self.proxy_factory is None:
             return self
-        return TorchClassifier(self.proxy_factory, self.n_classes, self.config, eval_batch=self.eval_batch)
+        return TorchClassifierLearner(self.proxy_factory, self.n_classes, self.config, eval_batch=self.eval_batch)
 
     def fit(self, model, X, y, *, weights=None, epochs=None, batch_size=None, seed=0,
             batch_hook=None, keep_checkpoints=False, loss_norm="weights", max_steps=None,

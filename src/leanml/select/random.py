@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from leanml.meter import Cost
-from leanml.select.base import Pool, Selection, Selector, Target, register
+from leanml.select.base import Pool, Selection, Selector, Target, budget_to_k, register
 
 
 @register
@@ -38,8 +38,10 @@ class FullSelector(Selector):
     """Every example: the reference row of the study (budget is ignored)."""
 
     method = "full"
+    uses_budget = False
 
     def select(self, pool: Pool, budget: float | int = 1.0, *, target: Target | None = None) -> Selection:
+        budget_to_k(budget, len(pool))  # a bad budget is an error here too, not silently ignored
         return super().select(pool, 1.0, target=target)
 
     def _select(self, pool: Pool, k: int, target: Target | None) -> Selection:

@@ -79,7 +79,7 @@ class _Uncertainty(ScoreSelector):
 
     def scores(self, pool: Pool, target: Target | None) -> np.ndarray:
         learner = pool.learner
-        if self.proxy and getattr(learner, "proxy", None) is not None:
+        if self.proxy:
             learner = learner.proxy()
         model, _, _ = warm_up(pool, epochs=self.warmup_epochs, seed=self.seed, learner=learner)
         with stage("infer"):

@@ -14,7 +14,7 @@ import numpy as np
 from leanml.store.search import as_per_checkpoint
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 INDEX_KINDS = ("ivf", "hnsw", "flat")
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from leanml.io import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 METADATA_FILE = "metadata.parquet"
 

@@ -30,7 +30,7 @@ from leanml.hw import costmodel as cm
 from leanml.store.codecs import get_codec
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 IVF_NPROBE = 16
 KMEANS_ITERS, KMEANS_POINTS_PER_CENTROID = 10, 256  # FAISS IVF's coarse quantizer training defaults

@@ -16,7 +16,7 @@ import torch
 from leanml.store.manifest import StoreError
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 METRICS = ("cosine", "ip")
 

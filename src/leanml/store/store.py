@@ -39,6 +39,15 @@ from leanml.store.manifest import (
     spec_hash,
     write_manifest,
 )
+from leanml.store.metadata import add_metadata as _add_metadata
+from leanml.store.metadata import sql as _sql
+from leanml.store.plan import planned_search as _planned_search
+from leanml.store.search import topk as _topk
+from leanml.store.tasks import add_task as _add_task
+from leanml.store.tasks import explain as _explain
+from leanml.store.tasks import nshot as _nshot
+from leanml.store.tasks import select as _select
+from leanml.store.view import check_name as _check_name
 
 MAIN_PART = "main"
 
@@ -47,12 +56,6 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
-
-
-def _check_name(kind: str, name: str) -> str:
-    if not name or not all(c.isalnum() or c in "_.-" for c in name) or name.startswith("."):
-        raise ValueError(f"{kind} name {name!r}: use letters, digits, '_', '-', '.' only")
-    return name
 
 
 class GradientStore:
@@ -363,33 +366,25 @@ class GradientStore:
     def search(self, queries: Any, k: int = 10, *, plan: Any = None, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ids and scores per query: exact (``search.topk``, ``kw`` its options) or, with ``plan="auto"``
         (``kw``: ``plan.plan_search`` options) or a ``SearchPlan``, the planned way (exact CPU/GPU or IVF)."""
-        from leanml.store.plan import planned_search
-        from leanml.store.search import topk
-        return topk(self, queries, k, **kw) if plan is None else planned_search(self, queries, k, plan, **kw)
+        return _topk(self, queries, k, **kw) if plan is None else _planned_search(self, queries, k, plan, **kw)
 
     def explain(self, example: Any, k: int = 10, **kw: Any) -> list[dict[str, Any]]:
-        from leanml.store.tasks import explain
-        return explain(self, example, k, **kw)
+        return _explain(self, example, k, **kw)
 
     def nshot(self, query: Any, k: int = 4, **kw: Any) -> list[dict[str, Any]]:
-        from leanml.store.tasks import nshot
-        return nshot(self, query, k, **kw)
+        return _nshot(self, query, k, **kw)
 
     def add_task(self, name: str, features: Any, **kw: Any) -> dict[str, Any]:
-        from leanml.store.tasks import add_task
-        return add_task(self, name, features, **kw)
+        return _add_task(self, name, features, **kw)
 
     def select(self, task: str, budget: int | float, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
-        from leanml.store.tasks import select
-        return select(self, task, budget, **kw)
+        return _select(self, task, budget, **kw)
 
     def add_metadata(self, columns: Any) -> int:
-        from leanml.store.metadata import add_metadata
-        return add_metadata(self, columns)
+        return _add_metadata(self, columns)
 
     def sql(self, query: str) -> Any:
-        from leanml.store.metadata import sql
-        return sql(self, query)
+        return _sql(self, query)
 
 
 def pid_part() -> str:

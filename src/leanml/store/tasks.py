@@ -18,9 +18,10 @@ from leanml.io import atomic_write_bytes
 from leanml.store.manifest import StoreError, StoreMismatchError
 from leanml.store.metadata import lookup
 from leanml.store.search import as_per_checkpoint, less_scores, topk
+from leanml.store.view import check_name
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 
 def add_task(store: GradientStore, name: str, features: np.ndarray | Sequence[np.ndarray], *,
@@ -32,9 +33,7 @@ def add_task(store: GradientStore, name: str, features: np.ndarray | Sequence[np
     ``spec``/``model``/``fingerprints`` (from the `GradientComputer` that made the features, one
     weights fingerprint per checkpoint) are checked against the manifest when given.
     """
-    from leanml.store.store import _check_name
-
-    _check_name("task", name)
+    check_name("task", name)
     qs = as_per_checkpoint(store, features)
     n = qs[0].shape[0]
     if n == 0:
