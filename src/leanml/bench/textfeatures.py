@@ -42,10 +42,10 @@ def tokenize_ids(texts: list[str], max_len: int) -> np.ndarray:
     global _TOKENIZER
     from transformers import AutoTokenizer
 
-    from leanml.select.text import minilm_dir
+    from leanml.models.weights import weights_dir
 
     if _TOKENIZER is None:
-        _TOKENIZER = AutoTokenizer.from_pretrained(minilm_dir())
+        _TOKENIZER = AutoTokenizer.from_pretrained(weights_dir("minilm"))
     enc = _TOKENIZER(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="np")
     return enc["input_ids"].astype(np.int64)
 
@@ -59,10 +59,10 @@ class MiniLMLoraClassifier(nn.Module):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModel
 
-        from leanml.select.text import minilm_dir
+        from leanml.models.weights import weights_dir
 
         torch.manual_seed(seed)
-        base = AutoModel.from_pretrained(minilm_dir(), attn_implementation="eager")
+        base = AutoModel.from_pretrained(weights_dir("minilm"), attn_implementation="eager")
         cfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["query", "value"])
         self.encoder = get_peft_model(base, cfg)
         self.pad_id = pad_id

