@@ -30,8 +30,9 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m leanml.cli.main demo
 
+# Under coverage (pyproject addopts); --coverage-floors fails the run below [tool.leanml.coverage].
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --coverage-floors
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
