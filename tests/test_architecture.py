@@ -234,7 +234,7 @@ def test_graph_sees_the_package(edges):
     """Guard against a check that passes because it parsed nothing."""
     mods = module_index()
     assert len(mods) > 100 and len(edges) > 300
-    assert Edge("leanml.select.random", "leanml.select.base", "top", 8) in edges
+    assert any(e.src == "leanml.select.random" and e.dst == "leanml.select.base" and e.kind == "top" for e in edges)
     kinds = {e.kind for e in edges}
     assert kinds == {"top", "function", "typing"}
 
