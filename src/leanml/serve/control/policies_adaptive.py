@@ -26,6 +26,7 @@ per request.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -77,7 +78,10 @@ class _PlannedPolicy:
         self._arrivals: dict[str, deque] = {}
         self._slo_ms: dict[str, float] = {}
         self._min_acc: dict[str, float] = {}
-        self._credit: dict[str, dict[str, float]] = {}
+        self._credit: dict[str, dict[str, float]] = {}  # the loop's alone (route)
+        # route() (event loop) records arrivals and SLOs; tick() (the Controller's worker thread) reads
+        # them: both hold this lock, and tick works on a snapshot taken under it
+        self._lock = threading.Lock()
         self._last_plan = -math.inf
         self._reason, self._kind = "", REFUSE_IMPOSSIBLE
         self.solve_s: list[float] = []
@@ -85,16 +89,18 @@ class _PlannedPolicy:
     # ---- routing --------------------------------------------------------------------------------
     def route(self, request: Request, state: ServeState) -> str | None:
         cls = request.request_class
-        self._arrivals.setdefault(cls, deque()).append(state.now_s)
-        if request.slo.latency_ms is not None:
-            self._slo_ms[cls] = request.slo.latency_ms
-        if request.slo.min_accuracy is not None:
-            self._min_acc[cls] = request.slo.min_accuracy
+        with self._lock:
+            self._arrivals.setdefault(cls, deque()).append(state.now_s)
+            if request.slo.latency_ms is not None:
+                self._slo_ms[cls] = request.slo.latency_ms
+            if request.slo.min_accuracy is not None:
+                self._min_acc[cls] = request.slo.min_accuracy
+        current = self.plan  # read once: tick swaps it from another thread
         served = [v for v in self.variants if v in state.profiles]
         if not served:
             self._reason, self._kind = "no served variant has a profile", REFUSE_IMPOSSIBLE
             return None
-        fr = (self.plan.fractions.get(cls) if self.plan is not None else None) or {}
+        fr = (current.fractions.get(cls) if current is not None else None) or {}
         fr = {v: f for v, f in fr.items() if v in served and f > 0}
         if not fr:  # before the first plan, or a class the plan serves nothing of: the most accurate
             fr = {max(served, key=lambda v: state.profiles[v].accuracy): 1.0}
@@ -126,10 +132,20 @@ class _PlannedPolicy:
     def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
         return {v: p for v, p in surface.state().profiles.items() if v in self.variants}
 
-    def _rate_cv(self, cls: str, now: float) -> tuple[float, float]:
-        """Arrival rate and CV of inter-arrivals the plan should assume (Proteus: period mean, Poisson)."""
-        q = list(self._arrivals.get(cls, ()))  # a snapshot: route() appends from the event loop
-        n = sum(1 for t in q if t > now - self.period_s)
+    def _snapshot(self, now: float) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+        """Under the lock: drop old arrivals, then copy what tick needs (arrival times per class with any,
+        latency SLO and accuracy need per class), so planning never reads state route() is changing."""
+        with self._lock:
+            for q in self._arrivals.values():
+                while q and q[0] < now - max(60.0, 6 * self.period_s):
+                    q.popleft()
+            arrivals = {c: np.fromiter(q, dtype=np.float64, count=len(q)) for c, q in self._arrivals.items() if q}
+            return arrivals, dict(self._slo_ms), dict(self._min_acc)
+
+    def _rate_cv(self, t: np.ndarray, now: float) -> tuple[float, float]:
+        """Arrival rate and CV of inter-arrivals the plan should assume (Proteus: period mean, Poisson),
+        from one class's arrival times ``t``."""
+        n = int(np.sum(t > now - self.period_s))
         return max(self.min_rate, n / self.period_s), 1.0
 
     def _drift(self) -> bool:
@@ -141,22 +157,19 @@ class _PlannedPolicy:
 
     def tick(self, now: float, surface: Any) -> None:
         """Re-plan when the period has passed (or on drift), and apply the plan to the surface."""
-        for q in self._arrivals.values():
-            while q and q[0] < now - max(60.0, 6 * self.period_s):
-                q.popleft()
+        arrivals, slo_ms, min_acc = self._snapshot(now)
         drift = self._drift()
         if now - self._last_plan < self.period_s and not drift:
             return
         self._last_plan = now
-        names = sorted(c for c, q in list(self._arrivals.items()) if q) or ["default"]
         classes = []
-        for cls in names:
-            rate, cv = self._rate_cv(cls, now)
-            classes.append(RequestClass(cls, rate, self._slo_ms.get(cls, 1000.0), cv=cv))
+        for cls in sorted(arrivals) or ["default"]:
+            rate, cv = self._rate_cv(arrivals.get(cls, np.zeros(0)), now)
+            classes.append(RequestClass(cls, rate, slo_ms.get(cls, 1000.0), cv=cv))
         cores = self.cores or getattr(surface, "cores", None) or 1
         target = self.accuracy_target
-        if target is None and self._min_acc:
-            target = max(self._min_acc.values())
+        if target is None and min_acc:
+            target = max(min_acc.values())
         if target is not None:
             target = self._period_target(target, sum(c.rate_rps for c in classes))
         cfg = PlannerConfig(batch_sizes=self.batch_sizes, max_workers=self.max_workers or cores,
@@ -166,7 +179,7 @@ class _PlannedPolicy:
         self.solve_s.append(new.solve_s)
         if new.goodput_rps <= 0 and self.plan is not None:
             return  # keep the last workable plan
-        self.plan = new
+        self.plan = new  # the swap: one assignment, read once per route()
         self.history.append({"time_s": now, "drift": drift, "accuracy_target": target,
                              **{f"rate_{c.name}": c.rate_rps for c in classes},
                              **{f"cv_{c.name}": c.cv for c in classes}, **new.to_json()})
@@ -224,10 +237,11 @@ class AdaptivePolicy(_PlannedPolicy):
         self._seen_batches: deque = deque(maxlen=256)
 
     def _ensure_profiler(self, profiles: dict[str, VariantProfile]) -> OnlineProfiler:
-        if self.profiler is None:
-            self.profiler = OnlineProfiler(profiles, sample_fraction=self.sample_fraction,
-                                           shadow_budget=self.shadow_budget)
-        return self.profiler
+        with self._lock:  # route() (loop) and tick() (control thread) may both be first
+            if self.profiler is None:
+                    self.profiler = OnlineProfiler(profiles, sample_fraction=self.sample_fraction,
+                                               shadow_budget=self.shadow_budget)
+            return self.profiler
 
     def route(self, request: Request, state: ServeState) -> str | None:
         if self.profiler is None and state.profiles:
@@ -239,9 +253,8 @@ class AdaptivePolicy(_PlannedPolicy):
     def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
         return self._ensure_profiler(super()._profiles(surface)).profiles()
 
-    def _rate_cv(self, cls: str, now: float) -> tuple[float, float]:
-        q = list(self._arrivals.get(cls, ()))
-        t = np.fromiter((x for x in q if x > now - 6 * self.period_s), dtype=np.float64)
+    def _rate_cv(self, t: np.ndarray, now: float) -> tuple[float, float]:
+        t = t[t > now - 6 * self.period_s]
         mean = np.sum(t > now - self.period_s) / self.period_s
         recent = np.sum(t > now - self.burst_window_s) / self.burst_window_s
         # burstiness *within* the recent window: rate changes across windows are tracked by re-planning,
@@ -271,7 +284,7 @@ class AdaptivePolicy(_PlannedPolicy):
             self._acc_now = {v: self.profiler.accuracy(v) for v in self.variants if v in self.profiler.base}
             h = self.history[-1]
             rate = sum(v for k, v in h.items() if k.startswith("rate_"))
-            self.profiler.load.set_plan(rate, dispersion=max(1.0, max(
+            self.profiler.set_planned_load(rate, dispersion=max(1.0, max(
                 (v for k, v in h.items() if k.startswith("cv_")), default=1.0) ** 2))
 
     def observe(self, request: Request, outcome: Any, surface: Any) -> None:
@@ -311,6 +324,7 @@ class ClipperAIMDPolicy:
         self._seen: deque = deque(maxlen=256)
         self.trajectory: list[tuple[float, int]] = []
         self._reason = ""
+        self._lock = threading.Lock()  # tick runs from observe() (loop) and from the Controller's thread
 
     def route(self, request: Request, state: ServeState) -> str | None:
         if self.variant is None:
@@ -327,11 +341,12 @@ class ClipperAIMDPolicy:
         return REFUSE_IMPOSSIBLE
 
     def tick(self, now: float, surface: Any) -> None:
-        if self.variant is not None and self._applied != self.batch:
-            cores = getattr(surface, "cores", 1)
-            surface.set_batching(self.variant, self.batch, 0.0, cores)
-            self._applied = self.batch
-            self.trajectory.append((now, self.batch))
+        with self._lock:
+            if self.variant is None or self._applied == self.batch:
+                return
+            self._applied = batch = self.batch
+            self.trajectory.append((now, batch))
+        surface.set_batching(self.variant, batch, 0.0, getattr(surface, "cores", 1))
 
     def observe(self, request: Request, outcome: Any, surface: Any) -> None:
         if getattr(outcome, "status", 0) != 200 or self.slo_ms is None:
