@@ -7,7 +7,7 @@ exactly the types the live runtime uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -148,21 +148,11 @@ class ServeState:
     concurrency: dict[str, int] = field(default_factory=dict)
 
 
-# Why a policy refused a request (optional ``refusal_kind()`` on a policy; "impossible" if absent):
+# Why a policy refused a request (`leanml.serve.policy.Policy.refusal_kind`):
 # "impossible" = no variant meets the SLO even when idle (HTTP 503); "overloaded" = one would, but
 # not with the current queues (HTTP 429, retry later).
 REFUSE_IMPOSSIBLE = "impossible"
 REFUSE_OVERLOADED = "overloaded"
-
-
-class RoutingPolicy(Protocol):
-    """Chooses the variant for a request, or returns None to refuse it (with ``reason``)."""
-
-    name: str
-
-    def route(self, request: Request, state: ServeState) -> str | None: ...
-
-    def reason(self) -> str: ...
 
 
 @dataclass

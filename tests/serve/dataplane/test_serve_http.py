@@ -33,7 +33,7 @@ def digits_server(digits_builder):
 def gate_server():
     rt = Runtime(threads=2)
     v = gate_variant("g", acc=0.9, ms=1.0)
-    rt.add_deployment("gate", {"g": v}, "greedy", batching=Batching(max_batch=4, max_queue=3))
+    rt.add_deployment("gate", {"g": v}, "infaas", batching=Batching(max_batch=4, max_queue=3))
     with BackgroundServer(build_app(rt, admin_token=TOKEN)) as url:
         yield url, rt, v.model
         v.model.gate.set()
@@ -143,7 +143,7 @@ def test_reconfiguring_under_load_loses_no_request(digits_server, digits_X):
     patches = [
         {"deployments": {"digits": {"variants": ["mlp", "mlp_int8"], "policy": "static",
                                     "policy_params": {"variant": "mlp_int8"}, "batching": {"max_batch": 4}}}},
-        {"deployments": {"digits": {"variants": ["mlp_student", "mlp_bf16"], "policy": "greedy",
+        {"deployments": {"digits": {"variants": ["mlp_student", "mlp_bf16"], "policy": "infaas",
                                     "policy_params": {}, "batching": {"max_batch": 16, "max_wait_ms": 1.0}}}},
         {"deployments": {"digits": {"variants": ["mlp", "mlp_prune50", "mlp_student"],
                                     "slo": {"latency_ms": 5000}}}},

@@ -43,7 +43,7 @@ def test_a_failing_model_answers_500_and_the_runtime_keeps_serving():
 def test_requests_whose_deadline_passes_in_the_queue_get_one_expired_answer():
     v = gate_variant("g", ms=1.0)
     rt = Runtime(threads=1)
-    rt.add_deployment("d", {"g": v}, "greedy", batching=Batching(max_batch=1, max_queue=10))
+    rt.add_deployment("d", {"g": v}, "infaas", batching=Batching(max_batch=1, max_queue=10))
     seen = []
     rt.add_observer(lambda req, out: seen.append((req.id, out.outcome)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from leanml.serve.policy import Policy
 from leanml.serve.sim.replay_study import POLICIES, simulate, summarize
 from leanml.serve.sim.simulator import SimBatching, Simulator
 from leanml.serve.types import SLO, LatencyProfile, VariantProfile
@@ -18,7 +19,7 @@ def prof(name, acc, ms, per_item=0.3, spread=1.5):
     return VariantProfile(name, acc, LatencyProfile(p50, {b: spread * v for b, v in p50.items()}))
 
 
-class Fixed:
+class Fixed(Policy):
     name = "fixed"
 
     def __init__(self, v):
@@ -26,9 +27,6 @@ class Fixed:
 
     def route(self, request, state):
         return self.v
-
-    def reason(self):
-        return ""
 
 
 def test_md1_waiting_time_matches_theory():

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from leanml.serve.policy import ControlSurface, Policy
 
-class RuntimeSurface:
-    """What a planned policy drives, on a live runtime: the same methods the simulator offers."""
+
+class RuntimeSurface(ControlSurface):
+    """What a planned policy drives, on a live runtime: the same `ControlSurface` the simulator is."""
 
     def __init__(self, runtime: Any, deployment: str, loop: asyncio.AbstractEventLoop,
                  shadow_budget_queue: int = 64) -> None:
@@ -92,7 +94,7 @@ class Controller:
     swapped in by ``PUT /v1/config`` is driven too).
     """
 
-    def __init__(self, runtime: Any, deployment: str, policy: Any = None, tick_s: float = 1.0) -> None:
+    def __init__(self, runtime: Any, deployment: str, policy: Policy | None = None, tick_s: float = 1.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
         self.runtime, self.deployment, self._policy, self.tick_s = runtime, deployment, policy, tick_s
@@ -103,7 +105,7 @@ class Controller:
         runtime.add_observer(self._observe)
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy | None:
         if self._policy is not None:
             return self._policy
         dep = self.runtime.deployments.get(self.deployment)
@@ -119,9 +121,10 @@ class Controller:
     def _observe(self, request: Any, outcome: Any) -> None:
         if self._task is None:
             self.start_on_loop()
-        if request.deployment == self.deployment and hasattr(self.policy, "observe"):
+        pol = self.policy
+        if request.deployment == self.deployment and pol is not None:
             try:
-                self.policy.observe(request, outcome, self.surface)
+                pol.observe(request, outcome, self.surface)
             except Exception as e:  # never break serving
                 self.errors.append(f"observe: {type(e).__name__}: {e}")
 
@@ -138,7 +141,7 @@ class Controller:
     def _tick(self) -> None:
         with self._lock:
             pol = self.policy
-            if pol is not None and hasattr(pol, "tick"):
+            if pol is not None:
                 pol.tick(time.perf_counter(), self.surface)
 
     def stop(self) -> None:

@@ -128,7 +128,8 @@ class Plan:
 
 
 def _plan_text(plan: Any) -> str:
-    fr = getattr(plan, "fractions", None)
-    if not fr:
+    """A plan's per-class fractions in one line (for reconfiguration logs); anything else as a short string."""
+    if not isinstance(plan, Plan) or not plan.fractions:
         return str(plan)[:200]
-    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items())) for k, d in fr.items())
+    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items()))
+                     for k, d in plan.fractions.items())

@@ -1,7 +1,7 @@
 """Planner-driven routing policies: adaptive (MILP + online profiling), Proteus-style, Clipper AIMD.
 
-All three implement the runtime's `RoutingPolicy` (``route``, ``reason``, ``refusal_kind``) and two
-optional hooks the simulator and `Controller` (live runtime) call:
+All three subclass `leanml.serve.policy.Policy` (``route``, ``reason``, ``refusal_kind``) and implement
+two of its hooks, which the simulator and `Controller` (live runtime) call:
 
 - ``tick(now, surface)``: periodic control; re-plans and applies batch size / workers per variant
   through ``surface.set_batching(variant, max_batch, max_wait_ms, concurrency)`` and ``surface.set_plan``;
@@ -19,7 +19,7 @@ bursts (accuracy credit, bounded per period by ``max_relax``).
 additive increase / multiplicative decrease on the batch latency against the SLO (Clipper, NSDI'17).
 
 The deployment's ``min_accuracy`` is read by the planned policies as a *mean* delivered-accuracy
-target, the Proteus formulation; INFaaS-style greedy (`leanml.serve.dataplane.routing.GreedyPolicy`) reads it
+target, the Proteus formulation; INFaaS-style (`leanml.serve.dataplane.routing.InfaasPolicy`) reads it
 per request.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
 from typing import Any
 
@@ -35,14 +34,16 @@ import numpy as np
 
 from leanml.serve.control.planner import Device, Plan, PlannerConfig, RequestClass, plan
 from leanml.serve.control.profiler import OnlineProfiler
-from leanml.serve.dataplane.routing import predicted_latency_ms, register_policy
-from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, ServeState, VariantProfile
+from leanml.serve.dataplane.routing import predicted_latency_ms
+from leanml.serve.policy import ControlSurface, Policy
+from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Outcome, Request, ServeState, VariantProfile
 
 
-class _PlannedPolicy:
+class _PlannedPolicy(Policy):
     """Routes by the current plan's per-class fractions (smooth weighted round-robin)."""
 
     name = "planned"
+    controlled = True
 
     def __init__(
         self,
@@ -122,14 +123,8 @@ class _PlannedPolicy:
         credit[order[0]] -= 1.0
         return None
 
-    def reason(self) -> str:
-        return self._reason
-
-    def refusal_kind(self) -> str:
-        return self._kind
-
     # ---- planning -------------------------------------------------------------------------------
-    def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
+    def _profiles(self, surface: ControlSurface) -> dict[str, VariantProfile]:
         return {v: p for v, p in surface.state().profiles.items() if v in self.variants}
 
     def _snapshot(self, now: float) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, float]]:
@@ -155,7 +150,7 @@ class _PlannedPolicy:
         """The accuracy target of the next plan (Proteus: the deployment's target, every period)."""
         return target
 
-    def tick(self, now: float, surface: Any) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
         """Re-plan when the period has passed (or on drift), and apply the plan to the surface."""
         arrivals, slo_ms, min_acc = self._snapshot(now)
         drift = self._drift()
@@ -166,7 +161,7 @@ class _PlannedPolicy:
         for cls in sorted(arrivals) or ["default"]:
             rate, cv = self._rate_cv(arrivals.get(cls, np.zeros(0)), now)
             classes.append(RequestClass(cls, rate, slo_ms.get(cls, 1000.0), cv=cv))
-        cores = self.cores or getattr(surface, "cores", None) or 1
+        cores = self.cores or surface.cores or 1
         target = self.accuracy_target
         if target is None and min_acc:
             target = max(min_acc.values())
@@ -203,8 +198,6 @@ class _PlannedPolicy:
             else:
                 surface.set_batching(v, max(self.batch_sizes), 0.0, 1)
 
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        """Feedback after each answer (unused by the plain planned policy)."""
 
 
 class ProteusPolicy(_PlannedPolicy):
@@ -250,7 +243,7 @@ class AdaptivePolicy(_PlannedPolicy):
             self.profiler.observe_arrival(state.now_s)
         return super().route(request, state)
 
-    def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
+    def _profiles(self, surface: ControlSurface) -> dict[str, VariantProfile]:
         return self._ensure_profiler(super()._profiles(surface)).profiles()
 
     def _rate_cv(self, t: np.ndarray, now: float) -> tuple[float, float]:
@@ -277,7 +270,7 @@ class AdaptivePolicy(_PlannedPolicy):
         shift = float(np.clip(self.credit / expected, -self.max_relax, self.max_relax))
         return float(np.clip(target - shift, 0.0, 1.0))
 
-    def tick(self, now: float, surface: Any) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
         before = len(self.history)
         super().tick(now, surface)
         if len(self.history) > before and self.profiler is not None:
@@ -287,8 +280,8 @@ class AdaptivePolicy(_PlannedPolicy):
             self.profiler.set_planned_load(rate, dispersion=max(1.0, max(
                 (v for k, v in h.items() if k.startswith("cv_")), default=1.0) ** 2))
 
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        if self.profiler is None or getattr(outcome, "status", 0) != 200 or outcome.variant is None:
+    def observe(self, request: Request, outcome: Outcome, surface: ControlSurface) -> None:
+        if self.profiler is None or outcome.status != 200 or outcome.variant is None:
             return
         if self._target_base is not None:
             acc = self._acc_now.get(outcome.variant)
@@ -299,14 +292,14 @@ class AdaptivePolicy(_PlannedPolicy):
         if key not in self._seen_batches:  # one latency sample per model call, not per request
             self._seen_batches.append(key)
             self.profiler.record_served(outcome.variant, max(1, int(outcome.batch_size)), float(outcome.model_ms))
-        if hasattr(surface, "submit_shadow"):
-            surface.submit_shadow(self.profiler, request, outcome)
+        surface.submit_shadow(self.profiler, request, outcome)
 
 
-class ClipperAIMDPolicy:
+class ClipperAIMDPolicy(Policy):
     """One variant; its max batch grows by ``step`` while batches finish within the SLO, else x ``backoff``."""
 
     name = "clipper"
+    controlled = True
 
     def __init__(self, variants: list[str], variant: str | None = None, step: int = 1, backoff: float = 0.9,
                  slo_ms: float | None = None, max_batch: int = 256, initial_batch: int = 1) -> None:
@@ -323,7 +316,6 @@ class ClipperAIMDPolicy:
         self._applied: int | None = None
         self._seen: deque = deque(maxlen=256)
         self.trajectory: list[tuple[float, int]] = []
-        self._reason = ""
         self._lock = threading.Lock()  # tick runs from observe() (loop) and from the Controller's thread
 
     def route(self, request: Request, state: ServeState) -> str | None:
@@ -334,22 +326,16 @@ class ClipperAIMDPolicy:
             self.slo_ms = request.slo.latency_ms
         return self.variant
 
-    def reason(self) -> str:
-        return self._reason
-
-    def refusal_kind(self) -> str:
-        return REFUSE_IMPOSSIBLE
-
-    def tick(self, now: float, surface: Any) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
         with self._lock:
             if self.variant is None or self._applied == self.batch:
                 return
             self._applied = batch = self.batch
             self.trajectory.append((now, batch))
-        surface.set_batching(self.variant, batch, 0.0, getattr(surface, "cores", 1))
+        surface.set_batching(self.variant, batch, 0.0, surface.cores)
 
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        if getattr(outcome, "status", 0) != 200 or self.slo_ms is None:
+    def observe(self, request: Request, outcome: Outcome, surface: ControlSurface) -> None:
+        if outcome.status != 200 or self.slo_ms is None:
             return
         key = (round(float(outcome.model_ms), 6), int(outcome.batch_size))
         if key in self._seen:
@@ -359,9 +345,4 @@ class ClipperAIMDPolicy:
             self.batch = max(1, int(self.batch * self.backoff))
         elif outcome.batch_size >= self.batch:  # only a full batch tells us a larger one is needed
             self.batch = min(self.cap, self.batch + self.step)
-        self.tick(getattr(surface, "now", time.perf_counter()), surface)
-
-
-register_policy("proteus", ProteusPolicy)
-register_policy("adaptive", AdaptivePolicy)
-register_policy("clipper", ClipperAIMDPolicy)
+        self.tick(surface.now, surface)

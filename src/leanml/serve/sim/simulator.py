@@ -38,9 +38,8 @@ import numpy as np
 
 from leanml.serve.control.planner_types import _plan_text
 from leanml.serve.control.queueing import Z99
-from leanml.serve.types import SLO, Outcome, Request, ServeState, VariantProfile
-
-REFUSE_OVERLOADED = "overloaded"
+from leanml.serve.policy import ControlSurface, Policy
+from leanml.serve.types import REFUSE_OVERLOADED, SLO, Outcome, Request, ServeState, VariantProfile
 
 
 @dataclass(frozen=True)
@@ -71,13 +70,15 @@ class _VState:
     in_flight_examples: int = 0
 
 
-class Simulator:
-    """Replays arrival times through queues, batchers and a policy; returns one row per request."""
+class Simulator(ControlSurface):
+    """Replays arrival times through queues, batchers and a policy; returns one row per request.
+
+    It is the `ControlSurface` its policy's ``tick``/``observe`` drive, as a live runtime's is."""
 
     def __init__(
         self,
         profiles: dict[str, VariantProfile],
-        policy: Any,
+        policy: Policy,
         *,
         cores: int = 2,
         batching: dict[str, SimBatching] | SimBatching | None = None,
@@ -173,7 +174,7 @@ class Simulator:
         arrival_s = np.asarray(arrival_s, dtype=np.float64)
         for i, t in enumerate(arrival_s):
             self._push(float(t), "arrive", i)
-        if hasattr(self.policy, "tick") and len(arrival_s):
+        if len(arrival_s):
             self._push(0.0, "tick", None)
         self._end = float(arrival_s[-1]) if len(arrival_s) else 0.0
         self._slo, self._cls, self._slo_for, self._labels = slo, request_class, slo_for, send_labels
@@ -220,11 +221,10 @@ class Simulator:
 
     def _route(self, req: Request, u: float) -> None:
         slo = req.slo
-        if hasattr(self.policy, "on_arrival"):
-            self.policy.on_arrival(req, self.now)
+        self.policy.on_arrival(req, self.now)
         v = self.policy.route(req, self.state())
         if v is None or v not in self.v:
-            kind = getattr(self.policy, "refusal_kind", lambda: "impossible")()
+            kind = self.policy.refusal_kind()
             st, oc = (429, "refused_overload") if kind == REFUSE_OVERLOADED else (503, "refused_slo")
             self._finish(req, Outcome(st, outcome=oc, reason=self.policy.reason()), u)
             return
@@ -317,8 +317,7 @@ class Simulator:
                          else float("nan")),
             **({"max_new_tokens": int(req.knobs["max_new_tokens"])} if req.knobs.get("max_new_tokens") else {}),
         })
-        if hasattr(self.policy, "observe"):
-            self.policy.observe(req, out, self)
+        self.policy.observe(req, out, self)
 
 
 def request_path_delays_ms(arrival_s: np.ndarray, service_ms: float) -> np.ndarray:
