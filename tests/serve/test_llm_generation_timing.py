@@ -59,8 +59,9 @@ def test_profiles_at_the_expected_longest_request_of_a_batch():
 
 
 def test_simulator_batch_time_follows_its_longest_request():
+    from leanml.serve.config import Batching
     from leanml.serve.dataplane.routing import StaticPolicy
-    from leanml.serve.sim.simulator import SimBatching, Simulator
+    from leanml.serve.sim.simulator import Simulator
 
     p = llm_profile()
     arrivals = np.array([0.0, 100.0, 200.0, 200.001, 200.002])
@@ -68,7 +69,7 @@ def test_simulator_batch_time_follows_its_longest_request():
 
     def run(knobs_for, wait_ms):
         sim = Simulator({"fp32": p}, StaticPolicy(["fp32"], "fp32"), cores=1,
-                        batching={"fp32": SimBatching(8, wait_ms, 64, 1)})
+                        batching={"fp32": Batching(8, wait_ms, 64, 1)})
         return sim.run(arrivals, slo=SLO(latency_ms=1e6), knobs_for=knobs_for)
 
     rows = run(lambda i: {"max_new_tokens": tokens[i]}, 10.0)

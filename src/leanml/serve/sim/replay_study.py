@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.sim.simulator import SimBatching, Simulator
+from leanml.serve.config import Batching
+from leanml.serve.sim.simulator import Simulator
 from leanml.serve.types import SLO, VariantProfile
 
 POLICIES = ("static-accurate", "static-fast", "infaas", "clipper", "proteus", "adaptive")
@@ -109,7 +110,7 @@ def simulate(
     ``knobs_for(i)``: request i's generation knobs (LLMs: ``max_new_tokens``, which sets its service time)."""
     pol, batching = setup_policy(name, profiles, cores=cores, accuracy_target=accuracy_target, period_s=period_s,
                                  policy_kw=policy_kw, max_batch=max_batch)
-    sim = Simulator(profiles, pol, cores=cores, batching={v: SimBatching(b, w, 4096, c)
+    sim = Simulator(profiles, pol, cores=cores, batching={v: Batching(b, w, 4096, c)
                                                           for v, (b, w, c) in batching.items()},
                     true_profiles=true_profiles, accuracy_at=accuracy_at, seed=seed, tick_s=tick_s,
                     overhead_ms=overhead_ms)
@@ -146,7 +147,6 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
                         accuracy_target: float | None, period_s: float = 5.0, deployment: str = "study",
                         max_batch: int = 32):
     """A fresh `Runtime` serving ``variants`` under study policy ``name``, with its `Controller` (or None)."""
-    from leanml.serve.config import Batching
     from leanml.serve.control.controller import Controller
     from leanml.serve.dataplane.runtime import Runtime
 

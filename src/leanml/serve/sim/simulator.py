@@ -1,9 +1,11 @@
 """Discrete-event simulator of the serving runtime, driven by the same profiles and routing policies.
 
 It mirrors `leanml.serve.dataplane.batching` / `leanml.serve.dataplane.runtime`: per-variant FIFO queues (``max_queue``,
-else 429), a batcher per variant holding at most ``concurrency`` model calls in flight, a fill window
-(until ``max_batch`` examples, ``max_wait_ms`` after the oldest request, or the earliest deadline
-minus the profiled p99 of the batch), expired requests dropped with 503, and one shared pool of
+else 429), a batcher per variant holding at most ``concurrency`` model calls in flight, and the
+runtime's own batching rule, called, not copied (`flush_time`: until ``max_batch`` examples,
+``max_wait_ms`` after the oldest request, or the earliest deadline minus the profiled p99 of the
+batch; `take_batch`: FIFO up to ``max_batch``, expired requests dropped with 503), with the same
+`leanml.serve.config.Batching` settings and defaults, and one shared pool of
 ``cores`` model-call threads (batches wait FIFO for a free one). Routing calls ``policy.route(request,
 state)`` with the same `ServeState` the runtime builds; a policy may also have ``tick(now, surface)``
 (periodic re-planning: it calls ``surface.set_batching`` / ``surface.set_plan``) and ``observe(request,
@@ -36,21 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from leanml.serve.config import Batching
 from leanml.serve.control.planner_types import _plan_text
 from leanml.serve.control.queueing import Z99
+from leanml.serve.dataplane.batching import flush_time, take_batch
 from leanml.serve.policy import ControlSurface, Policy
 from leanml.serve.types import REFUSE_OVERLOADED, SLO, Outcome, Request, ServeState, VariantProfile
-
-
-@dataclass(frozen=True)
-class SimBatching:
-    """Per-variant batching knobs (same meaning as the runtime's `Batching`)."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 1.0
-    max_queue: int = 1024
-    concurrency: int = 1
-    drop_expired: bool = True
 
 
 @dataclass
@@ -63,7 +56,7 @@ class _Q:
 
 @dataclass
 class _VState:
-    batching: SimBatching
+    batching: Batching
     queue: deque = field(default_factory=deque)
     queued: int = 0
     in_flight_batches: int = 0
@@ -81,7 +74,7 @@ class Simulator(ControlSurface):
         policy: Policy,
         *,
         cores: int = 2,
-        batching: dict[str, SimBatching] | SimBatching | None = None,
+        batching: dict[str, Batching] | Batching | None = None,
         true_profiles: dict[str, VariantProfile] | None = None,
         accuracy_at: Callable[[str, float], float] | None = None,
         tick_s: float = 1.0,
@@ -99,7 +92,7 @@ class Simulator(ControlSurface):
         self.true = dict(true_profiles or profiles)
         self.policy = policy
         self.cores = cores
-        b = batching or SimBatching()
+        b = batching or Batching()
         self.v = {n: _VState(b[n] if isinstance(b, dict) else b) for n in profiles}
         self.accuracy_at = accuracy_at or (lambda v, t: self.true[v].accuracy)
         self.tick_s = tick_s
@@ -114,6 +107,7 @@ class Simulator(ControlSurface):
         self.rows: list[dict[str, Any]] = []
         self.reconfigs: list[dict[str, Any]] = []
         self.shadow_runs = 0
+        self.batches: list[tuple[float, str, int]] = []  # (start time, variant, examples) per model call
 
     # ---- the surface policies drive (same names as the runtime hooks) --------------------------------
     def state(self) -> ServeState:
@@ -133,8 +127,8 @@ class Simulator(ControlSurface):
 
     def set_batching(self, variant: str, max_batch: int, max_wait_ms: float, concurrency: int) -> None:
         s = self.v[variant]
-        new = SimBatching(int(max_batch), float(max_wait_ms), s.batching.max_queue, int(concurrency),
-                          s.batching.drop_expired)
+        new = Batching(int(max_batch), float(max_wait_ms), s.batching.max_queue, int(concurrency),
+                       s.batching.drop_expired)
         if new != s.batching:
             s.batching = new
             self.reconfigs.append({"time_s": self.now, "what": "batching",
@@ -240,31 +234,24 @@ class Simulator(ControlSurface):
     def _dispatch(self, v: str) -> None:
         s = self.v[v]
         b = s.batching
+        prof = self.profiles[v]
         while s.queue and s.in_flight_batches < b.concurrency:
-            if b.max_wait_ms > 0 and s.queued < b.max_batch:
-                flush = s.queue[0].enq + b.max_wait_ms / 1e3
-                est = self.profiles[v].latency.at(min(b.max_batch, s.queued + 1), "p99") / 1e3
-                dls = [q.deadline for q in s.queue if q.deadline is not None]
-                t = min(flush, min(dls) - est) if dls else flush
-                if t > self.now + 1e-12:
-                    self._push(t, "flush", v)
-                    return
-            batch, n = [], 0
-            while s.queue:
-                q = s.queue[0]
-                k = q.req.n_examples
-                if batch and n + k > b.max_batch:
-                    break
-                s.queue.popleft()
-                s.queued -= k
-                if b.drop_expired and q.deadline is not None and self.now > q.deadline:
-                    self._finish(q.req, Outcome(503, variant=v, outcome="expired", reason="deadline passed",
-                                                   queue_ms=(self.now - q.req.arrival_s) * 1e3), q.u)
-                    continue
-                batch.append(q)
-                n += k
+            dls = [q.deadline for q in s.queue if q.deadline is not None]
+            t = flush_time(b, s.queued, s.queue[0].enq, min(dls) if dls else None,
+                           lambda n: prof.latency.at(n, "p99") / 1e3)
+            if t is not None and t > self.now + 1e-12:
+                self._push(t, "flush", v)
+                return
+            batch, dropped, removed = take_batch(
+                s.queue, b.max_batch, lambda q: q.req.n_examples,
+                lambda q: b.drop_expired and q.deadline is not None and self.now > q.deadline)
+            s.queued -= removed
+            for q in dropped:
+                self._finish(q.req, Outcome(503, variant=v, outcome="expired", reason="deadline passed",
+                                            queue_ms=(self.now - q.req.arrival_s) * 1e3), q.u)
             if not batch:
                 continue
+            n = sum(q.req.n_examples for q in batch)
             s.in_flight_batches += 1
             s.in_flight_examples += n
             if self._free_cores > 0:
@@ -283,6 +270,7 @@ class Simulator(ControlSurface):
     def _start(self, v: str, batch: list[_Q], n: int) -> None:
         toks = [q.req.knobs["max_new_tokens"] for q in batch if q.req.knobs.get("max_new_tokens") is not None]
         d = self._service_s(v, n, max(toks) if toks else None)
+        self.batches.append((self.now, v, n))
         self._push(self.now + d, "done", (v, batch, n, self.now, d))
 
     def _done(self, v: str, batch: list[_Q], n: int, start: float, dur: float) -> None:
