@@ -102,6 +102,7 @@ class Controller:
         self._task: asyncio.Task | None = None
         self._lock = threading.Lock()
         self.errors: list[str] = []
+        self.ticks = 0  # ticks that returned (a raising one is in ``errors``)
         runtime.add_observer(self._observe)
 
     @property
@@ -143,6 +144,7 @@ class Controller:
             pol = self.policy
             if pol is not None:
                 pol.tick(time.perf_counter(), self.surface)
+                self.ticks += 1
 
     def stop(self) -> None:
         if self._task is not None and not self.surface.loop.is_closed():

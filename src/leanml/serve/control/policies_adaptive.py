@@ -324,6 +324,11 @@ class ClipperAIMDPolicy(Policy):
                                key=lambda v: state.profiles[v].accuracy, default=self.variants[0])
         if self.slo_ms is None and request.slo.latency_ms is not None:
             self.slo_ms = request.slo.latency_ms
+        prof, need = state.profiles.get(self.variant), request.slo.min_accuracy
+        if need is not None and prof is not None and prof.accuracy < need:  # one variant: as static routing
+            self._reason = (f"variant {self.variant} has accuracy {prof.accuracy:.4f} < min_accuracy {need} "
+                            f"(clipper serves one variant)")
+            return None
         return self.variant
 
     def tick(self, now: float, surface: ControlSurface) -> None:

@@ -295,7 +295,8 @@ class Simulator(ControlSurface):
         slo_ms = req.slo.latency_ms
         self.rows.append({
             "id": req.id, "arrival_s": req.arrival_s, "finish_s": self.now, "status": out.status,
-            "outcome": out.outcome, "variant": out.variant, "latency_ms": lat if ok else float("nan"),
+            "outcome": out.outcome, "variant": out.variant, "reason": out.reason,
+            "latency_ms": lat if ok else float("nan"),
             "queue_ms": out.queue_ms, "model_ms": out.model_ms, "batch_size": out.batch_size,
             "request_class": req.request_class, "slo_ms": slo_ms if slo_ms is not None else float("nan"),
             "met_slo": bool(ok and (slo_ms is None or lat <= slo_ms)),
