@@ -48,7 +48,7 @@ def fixed_planner(variants, calls):
     from leanml.serve.control import policies_adaptive as pa
 
     real = pa.plan({n: v.profile for n, v in variants.items()}, [pa.RequestClass("default", 1.0, 100.0)],
-                   pa.PlannerConfig(batch_sizes=(1,), max_workers=1), [pa.Device("local", 1)])
+                   pa.PlannerConfig(batch_sizes=(1,), max_workers=1), [pa.PlannerDevice("local", 1)])
 
     def fake(profiles, classes, cfg, devices):
         calls.append(len(classes))

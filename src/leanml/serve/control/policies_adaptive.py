@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.control.planner import Device, Plan, PlannerConfig, RequestClass, plan
+from leanml.serve.control.planner import Plan, PlannerConfig, PlannerDevice, RequestClass, plan
 from leanml.serve.control.profiler import OnlineProfiler
 from leanml.serve.dataplane.routing import predicted_latency_ms
 from leanml.serve.policy import ControlSurface, Policy
@@ -170,7 +170,7 @@ class _PlannedPolicy(Policy):
         cfg = PlannerConfig(batch_sizes=self.batch_sizes, max_workers=self.max_workers or cores,
                             accuracy_target=target, time_limit_s=self.time_limit_s)
         profiles = self._profiles(surface)
-        new = plan(profiles, classes, cfg, [Device("local", cores)])
+        new = plan(profiles, classes, cfg, [PlannerDevice("local", cores)])
         self.solve_s.append(new.solve_s)
         if new.goodput_rps <= 0 and self.plan is not None:
             return  # keep the last workable plan

@@ -175,7 +175,7 @@ def _build_digits(p: dict[str, Any], wanted: list[str]) -> Family:
 
     def add(name, module, technique, dtype=torch.float32, **params):
         if name in wanted:
-            variants[name] = Variant(name, tv.TorchClassifier(module, shape, c, dtype=dtype), technique,
+            variants[name] = Variant(name, tv.TorchClassifierModel(module, shape, c, dtype=dtype), technique,
                                      {**params, **tv.torch_variant_params(module)})
 
     add("mlp", base, "base")
@@ -250,10 +250,11 @@ def _build_adult(p: dict[str, Any], wanted: list[str]) -> Family:
             lambda: torch.nn.Sequential(tv.Standardize(mean, std), build_mlp(d, 2, hidden=(64, 32), seed=p["seed"])),
             lambda m: fit(m, X, y, epochs=p["mlp_epochs"], batch_size=256, lr=1e-3, seed=p["seed"]))
         if "mlp" in wanted:
-            variants["mlp"] = Variant("mlp", tv.TorchClassifier(mlp, (d,), 2), "base", tv.torch_variant_params(mlp))
+            variants["mlp"] = Variant("mlp", tv.TorchClassifierModel(mlp, (d,), 2), "base",
+                                      tv.torch_variant_params(mlp))
         if "mlp_int8" in wanted:
             q = tv.quantize_dynamic_int8(mlp)
-            variants["mlp_int8"] = Variant("mlp_int8", tv.TorchClassifier(q, (d,), 2), "int8")
+            variants["mlp_int8"] = Variant("mlp_int8", tv.TorchClassifierModel(q, (d,), 2), "int8")
     Xv, yv = te.X.astype(np.float32), te.y
     return Family("adult", {k: variants[k] for k in wanted}, classifier_evaluator(Xv, yv), example_sampler(Xv),
                   {"n_features": d, "n_classes": 2, "val": "adult/test", "val_n": len(te),
@@ -285,7 +286,7 @@ def _build_cifar(p: dict[str, Any], wanted: list[str]) -> Family:
     variants: dict[str, Variant] = {}
 
     def add(name, module, technique, dtype=torch.float32, **params):
-        variants[name] = Variant(name, tv.TorchClassifier(module, shape, 10, dtype=dtype), technique,
+        variants[name] = Variant(name, tv.TorchClassifierModel(module, shape, 10, dtype=dtype), technique,
                                  {**params, **tv.torch_variant_params(module)})
 
     if "cnn" in wanted:
