@@ -152,11 +152,10 @@ variants = ["fp32", "int8"]
 """
 
 
-def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
+def test_replay_cli_simulates_an_llm_deployment(tmp_path):
     from leanml.cli.replay_cmd import replay_command
     from leanml.serve.config import load_config
     from leanml.serve.control.profiles import fingerprint, save_profiles
-    from leanml.serve.workload import traces
 
     cfg = tmp_path / "llm.toml"
     cfg.write_text(CONFIG)
@@ -164,14 +163,13 @@ def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     t = np.cumsum(rng.gamma(0.5, 0.5, size=60))
     gen = rng.integers(1, 80, size=60)
-    trace = tmp_path / "trace.csv"
-    trace.write_text("ts,gen\n" + "\n".join(f"{a:.6f},{g}" for a, g in zip(t, gen, strict=True)) + "\n")
+    trace = tmp_path / "trace.csv"  # BurstGPT's columns: recognized without flags
+    trace.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                     + "\n".join(f"{a:.6f},ChatGPT,50,{g},{50 + g},Conversation log"
+                                 for a, g in zip(t, gen, strict=True)) + "\n")
     profs = {n: llm_profile(n, acc, speed, fingerprint=fingerprint(dc.prototype, dc.params, n), val="mmlu/test")
              for n, acc, speed in (("fp32", 1.0, 1.0), ("int8", 0.9, 2.0))}
     save_profiles(tmp_path / "llm.profile.json", {"llm": profs})
-    orig = traces.load_trace
-    monkeypatch.setattr(traces, "load_trace",
-                        lambda src, **kw: orig(src, timestamp_col="ts", context_col=None, generated_col="gen"))
     app = typer.Typer()
     app.command("replay")(replay_command)
     app.command("noop")(lambda: None)
