@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import TOKEN, digits_config, gate_variant, wait_until
 
+from leanml.serve.builder import build_runtime
 from leanml.serve.config import Batching
 from leanml.serve.dataplane.http import BackgroundServer, build_app
 from leanml.serve.dataplane.runtime import Runtime
@@ -23,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def digits_server(digits_builder):
     cfg = digits_config(batching={"max_batch": 16, "max_wait_ms": 2.0})
-    rt = Runtime.from_config(cfg, {"session": digits_builder.measured}, measure_missing=False)
+    rt = build_runtime(cfg, {"session": digits_builder.measured}, measure_missing=False)
     app = build_app(rt, admin_token=TOKEN, max_body_bytes=cfg.server.max_body_bytes)
     with BackgroundServer(app) as url:
         yield url, rt
@@ -275,7 +276,7 @@ def test_openapi_schema_and_deployments_listing(digits_server):
 
 def test_runtime_in_process_matches_http_defaults(digits_builder, digits_X):
     """The in-process API returns the same outputs as HTTP (used by the benchmark as the baseline)."""
-    rt = Runtime.from_config(digits_config(policy="static", policy_params={"variant": "mlp"}),
+    rt = build_runtime(digits_config(policy="static", policy_params={"variant": "mlp"}),
                              {"s": digits_builder.measured}, measure_missing=False)
 
     async def go():

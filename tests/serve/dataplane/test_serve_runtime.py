@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from serve_helpers import digits_config, gate_variant
 
+from leanml.serve.builder import build_runtime
 from leanml.serve.config import Batching
 from leanml.serve.dataplane.runtime import Runtime, UnknownDeployment
 from leanml.serve.types import SLO
@@ -124,7 +125,7 @@ def test_profiles_round_trip_and_cli_profile_writes_the_file(tmp_path, digits_bu
 
 def test_start_reuses_profiles_and_does_not_remeasure(digits_builder):
     cfg = digits_config()
-    rt = Runtime.from_config(cfg, {"s": digits_builder.measured}, measure_missing=False)
+    rt = build_runtime(cfg, {"s": digits_builder.measured}, measure_missing=False)
     assert not rt.builder.measured  # every variant's profile came from the file
     assert all(v.profile is not None for v in rt.deployments["digits"].variants.values())
     st = rt.state("digits")

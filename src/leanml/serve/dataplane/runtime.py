@@ -1,6 +1,6 @@
 """The serving runtime: deployments of variants, per-variant queues, routing, admission, hot reconfiguration.
 
-    rt = Runtime.from_config(load_config("examples/adult.toml"))
+    rt = build_runtime(load_config("examples/adult.toml"))   # leanml.serve.builder
     await rt.start()
     out = await rt.submit("adult", [[...features...]], slo=SLO(latency_ms=50, min_accuracy=0.85))
 
@@ -27,7 +27,7 @@ from leanml.serve.config import Batching, ConfigError, DeployConfig, DeploymentC
 from leanml.serve.dataplane.batching import Outcome, Pending, VariantWorker
 from leanml.serve.dataplane.metrics import ServeMetrics
 from leanml.serve.policy import Policy, make_policy
-from leanml.serve.types import REFUSE_OVERLOADED, SLO, Request, ServeState
+from leanml.serve.types import REFUSE_OVERLOADED, SLO, Request, ServeState, profile_to_dict
 from leanml.serve.variants.base import InputError, Variant
 
 log = logging.getLogger("leanml.serve")
@@ -93,21 +93,6 @@ class Runtime:
         self._draining: set[asyncio.Task] = set()
         self._reconf_lock: asyncio.Lock | None = None
         self.started = False
-
-    # ---- building ---------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: DeployConfig, profiles: dict | None = None, *, measure_missing: bool = True,
-                    threads: int | None = None) -> Runtime:
-        """Build every deployment of ``cfg`` (training or loading variants, attaching profiles)."""
-        from leanml.serve.builder import VariantBuilder
-
-        builder = VariantBuilder(profiles)
-        rt = cls(threads=threads or cfg.server.thread_count(), config=cfg, builder=builder)
-        for dc in cfg.deployments.values():
-            variants = builder.build(dc, measure_missing=measure_missing)
-            rt.add_deployment(dc.name, variants, dc.policy, dc.policy_params, batching=dc.batching, slo=dc.slo,
-                              config=dc, info=builder.family_info(dc))
-        return rt
 
     def add_deployment(self, name: str, variants: dict[str, Variant], policy: str | Policy = "infaas",
                        policy_params: dict[str, Any] | None = None, *, batching: Batching = Batching(),
@@ -349,8 +334,6 @@ class Runtime:
     # ---- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Deployments, their variants and profiles (for GET /v1/deployments)."""
-        from leanml.serve.control.profiles import profile_to_dict
-
         out = {}
         for name, dep in self.deployments.items():
             out[name] = {
