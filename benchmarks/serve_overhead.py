@@ -237,7 +237,8 @@ def _trained_cnn():
     from leanml.data import cache_dir
     from leanml.models import build_cnn
     from leanml.serve.config import load_config
-    from leanml.serve.variants.prototypes import _key, get_prototype, resolve_params
+    from leanml.serve.variants.family import _key
+    from leanml.serve.variants.prototypes import get_prototype, resolve_params
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cifar10.toml")
     p = resolve_params(get_prototype("cifar10"), cfg.deployments["cifar10"].params)
