@@ -53,10 +53,12 @@ def replay_command(
         raise typer.BadParameter(f"unknown policy {bad}; choose from {', '.join(POLICIES)}")
     try:
         cfg = load_config(config)
-        tr = load_trace(trace)
+        tr = load_trace(trace)  # a public format is recognized by its columns: no column flags
     except (ConfigError, TraceError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    fmt = tr.info.get("format_note") or tr.info.get("format", "dataset")
+    console.print(f"trace format: {fmt}")
     dep = deployment or next(iter(cfg.deployments))
     if dep not in cfg.deployments:
         raise typer.BadParameter(f"no deployment {dep!r} in {config}; it has {sorted(cfg.deployments)}")
@@ -109,7 +111,7 @@ def replay_command(
                     r["max_new_tokens"] = int(sent[r["id"]])
             runs["live"][p], recs["live"][p] = rows, rec
             summ["live"][p] = {**summarize(rows, max(lt.duration_s, 1e-9), profs), "reconfigurations": len(rec)}
-    meta = {"trace": trace, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
+    meta = {"trace": trace, "trace_format": fmt, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
             "accuracy_target": round(target, 4), "most_accurate": best, "cores": cores, "mode": mode,
             "max_batch": max_b}
     if gp is not None:

@@ -84,6 +84,7 @@ def test_replay_cli_simulates_every_policy(synthetic):
     out = d / "sim"
     res = _run(["--trace", str(trace), "--config", str(cfg), "--mode", "sim", "--cores", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "trace format: mooncake" in " ".join(res.output.split())  # recognized by its columns, and said
     rows = pq.read_table(out / "digits_rows.parquet").to_pylist()
     assert len(rows) == 6 * 40 and {r["policy"] for r in rows} == {
         "static-accurate", "static-fast", "infaas", "clipper", "proteus", "adaptive"}
