@@ -199,7 +199,7 @@ def bench_batching(n: int, outstanding: int) -> dict:
     from leanml.serve.config import Batching
     from leanml.serve.dataplane.runtime import Runtime
     from leanml.serve.variants.base import Variant
-    from leanml.serve.variants.torch_variants import TorchClassifier
+    from leanml.serve.variants.torch_variants import TorchClassifierModel
 
     module, which = _trained_cnn()
     if module is None:
@@ -210,7 +210,7 @@ def bench_batching(n: int, outstanding: int) -> dict:
                     "no_batching_c2": Batching(max_batch=1, max_queue=100_000, concurrency=2),
                     "batching": Batching(max_batch=64, max_wait_ms=2.0, max_queue=100_000, concurrency=1)}.items():
         rt = Runtime(threads=2)
-        rt.add_deployment("cnn", {"cnn": Variant("cnn", TorchClassifier(module, (3, 32, 32), 10))}, "static",
+        rt.add_deployment("cnn", {"cnn": Variant("cnn", TorchClassifierModel(module, (3, 32, 32), 10))}, "static",
                           batching=b)
         res[name] = asyncio.run(_saturate(rt, X, n, outstanding))
     base = max(res["no_batching_c1"], res["no_batching_c2"])
@@ -237,7 +237,8 @@ def _trained_cnn():
     from leanml.data import cache_dir
     from leanml.models import build_cnn
     from leanml.serve.config import load_config
-    from leanml.serve.variants.prototypes import _key, get_prototype, resolve_params
+    from leanml.serve.variants.family import _key
+    from leanml.serve.variants.prototypes import get_prototype, resolve_params
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cifar10.toml")
     p = resolve_params(get_prototype("cifar10"), cfg.deployments["cifar10"].params)

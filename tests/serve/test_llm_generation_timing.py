@@ -59,8 +59,9 @@ def test_profiles_at_the_expected_longest_request_of_a_batch():
 
 
 def test_simulator_batch_time_follows_its_longest_request():
+    from leanml.serve.config import Batching
     from leanml.serve.dataplane.routing import StaticPolicy
-    from leanml.serve.sim.simulator import SimBatching, Simulator
+    from leanml.serve.sim.simulator import Simulator
 
     p = llm_profile()
     arrivals = np.array([0.0, 100.0, 200.0, 200.001, 200.002])
@@ -68,7 +69,7 @@ def test_simulator_batch_time_follows_its_longest_request():
 
     def run(knobs_for, wait_ms):
         sim = Simulator({"fp32": p}, StaticPolicy(["fp32"], "fp32"), cores=1,
-                        batching={"fp32": SimBatching(8, wait_ms, 64, 1)})
+                        batching={"fp32": Batching(8, wait_ms, 64, 1)})
         return sim.run(arrivals, slo=SLO(latency_ms=1e6), knobs_for=knobs_for)
 
     rows = run(lambda i: {"max_new_tokens": tokens[i]}, 10.0)
@@ -151,11 +152,10 @@ variants = ["fp32", "int8"]
 """
 
 
-def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
+def test_replay_cli_simulates_an_llm_deployment(tmp_path):
     from leanml.cli.replay_cmd import replay_command
     from leanml.serve.config import load_config
     from leanml.serve.control.profiles import fingerprint, save_profiles
-    from leanml.serve.workload import traces
 
     cfg = tmp_path / "llm.toml"
     cfg.write_text(CONFIG)
@@ -163,14 +163,13 @@ def test_replay_cli_simulates_an_llm_deployment(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     t = np.cumsum(rng.gamma(0.5, 0.5, size=60))
     gen = rng.integers(1, 80, size=60)
-    trace = tmp_path / "trace.csv"
-    trace.write_text("ts,gen\n" + "\n".join(f"{a:.6f},{g}" for a, g in zip(t, gen, strict=True)) + "\n")
+    trace = tmp_path / "trace.csv"  # BurstGPT's columns: recognized without flags
+    trace.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                     + "\n".join(f"{a:.6f},ChatGPT,50,{g},{50 + g},Conversation log"
+                                 for a, g in zip(t, gen, strict=True)) + "\n")
     profs = {n: llm_profile(n, acc, speed, fingerprint=fingerprint(dc.prototype, dc.params, n), val="mmlu/test")
              for n, acc, speed in (("fp32", 1.0, 1.0), ("int8", 0.9, 2.0))}
     save_profiles(tmp_path / "llm.profile.json", {"llm": profs})
-    orig = traces.load_trace
-    monkeypatch.setattr(traces, "load_trace",
-                        lambda src, **kw: orig(src, timestamp_col="ts", context_col=None, generated_col="gen"))
     app = typer.Typer()
     app.command("replay")(replay_command)
     app.command("noop")(lambda: None)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from leanml.serve import demo
 from leanml.serve.control.profiles import load_profiles, measure_latency
-from leanml.serve.dataplane.routing import GreedyPolicy
+from leanml.serve.dataplane.routing import InfaasPolicy
 from leanml.serve.types import SLO, Request, ServeState
 from leanml.serve.variants.base import ClassifierModel, Variant
 from leanml.serve.workload.traces import gamma_bursty
@@ -82,7 +82,7 @@ def test_shipped_profiles_leave_infaas_a_variant_near_the_best(proto):
     best = max(p.accuracy for p in profs.values())
     state = ServeState(profiles=profs, queue_depth={}, max_batch={v: 32 for v in profs}, now_s=0.0)
     req = Request(0, proto, None, SLO(latency_ms=100.0, min_accuracy=best - 0.01), 0.0)
-    pol = GreedyPolicy(list(profs))
+    pol = InfaasPolicy(list(profs))
     assert pol.route(req, state) is not None, pol.reason()
     for p in profs.values():  # p99 from enough runs to be a tail, not the slowest of a handful
         assert all(n >= 20 for n in p.extra["latency_samples"].values()), p.name

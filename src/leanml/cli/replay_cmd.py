@@ -16,40 +16,6 @@ from rich.table import Table
 console = Console()
 
 
-def _payloads(dc, info: dict, trace, kind: str, cap: int = 32):
-    """Real validation examples (with labels kept client-side), or prompts sized from the trace for LLMs:
-    an MMLU dev question generating exactly the trace's tokens (min = max new tokens, clipped to ``cap``)."""
-    import numpy as np
-
-    from leanml.data import load
-    from leanml.serve.sim.replay import Payload
-    from leanml.serve.workload.traces import max_new_tokens
-
-    if kind == "generate":
-        qs = [r["question"] for r in load("mmlu", "dev").records]
-        gen = max_new_tokens(trace, cap)
-
-        def make_gen(i: int) -> Payload:
-            n = int(gen[i])
-            return Payload("/v1/generate/study", {"prompt": qs[i % len(qs)], "max_new_tokens": n,
-                                                  "min_new_tokens": n})
-
-        return make_gen
-    val = str(info.get("val") or "")
-    if "/" not in val:
-        raise typer.BadParameter(f"deployment {dc.name!r}: its family names no validation split to draw inputs from")
-    name, split = val.split("/", 1)
-    data = load(name, split)
-    X, y = data.X.astype(np.float32), data.y
-    order = np.random.default_rng(0).permutation(len(X))
-
-    def make(i: int) -> Payload:
-        j = int(order[i % len(order)])
-        return Payload("/v1/predict/study", {"inputs": [X[j].tolist()]}, label=int(y[j]))
-
-    return make
-
-
 def replay_command(
     trace: str = typer.Option("azure_llm_code", help="Trace dataset name or CSV/JSONL file."),
     policy: list[str] = typer.Option(None, help="Policies to compare (repeatable); default: all six."),
@@ -73,15 +39,9 @@ def replay_command(
     from leanml.serve.builder import index_profiles
     from leanml.serve.config import ConfigError, load_config
     from leanml.serve.control.profiles import fingerprint, load_profiles
+    from leanml.serve.sim.replay_inputs import replay_inputs, replay_payloads
     from leanml.serve.sim.replay_report import write_report
-    from leanml.serve.sim.replay_study import (
-        POLICIES,
-        generation_plan,
-        most_accurate,
-        run_live_subprocess,
-        simulate,
-        summarize,
-    )
+    from leanml.serve.sim.replay_study import POLICIES, run_live_subprocess, simulate, summarize
     from leanml.serve.variants.prototypes import get_prototype
     from leanml.serve.workload.traces import TraceError, load_trace, max_new_tokens, scale_to_rate
 
@@ -93,10 +53,12 @@ def replay_command(
         raise typer.BadParameter(f"unknown policy {bad}; choose from {', '.join(POLICIES)}")
     try:
         cfg = load_config(config)
-        tr = load_trace(trace)
+        tr = load_trace(trace)  # a public format is recognized by its columns: no column flags
     except (ConfigError, TraceError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    fmt = tr.info.get("format_note") or tr.info.get("format", "dataset")
+    console.print(f"trace format: {fmt}")
     dep = deployment or next(iter(cfg.deployments))
     if dep not in cfg.deployments:
         raise typer.BadParameter(f"no deployment {dep!r} in {config}; it has {sorted(cfg.deployments)}")
@@ -113,39 +75,31 @@ def replay_command(
                       f"measured with other parameters); re-run `leanml serve profile --config {config}`")
         raise typer.Exit(2)
     cores = cores or (os.cpu_count() or 1)
-    best = most_accurate(profs)
-    target = profs[best].accuracy - accuracy_slack
     kind = get_prototype(dc.prototype).kind
-    # no batch larger than every variant's largest measured one (the LLM profiles stop at 8)
-    max_b = min(32, min(max(p.latency.p50_ms) for p in profs.values()))
-    true_profs, gp = profs, None
-    if kind == "generate":
-        try:
-            gp = generation_plan(profs, tr)
-        except ValueError as e:
-            console.print(f"[red]error:[/red] {pfile}: {e}; re-run `leanml serve profile --config {config}`")
-            raise typer.Exit(2) from None
-        profs = gp.policy_profiles
+    try:
+        ri = replay_inputs(profs, tr, kind=kind, accuracy_slack=accuracy_slack, load=load, cores=cores)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {pfile}: {e}; re-run `leanml serve profile --config {config}`")
+        raise typer.Exit(2) from None
+    best, target, max_b, gp, profs = ri.best, ri.accuracy_target, ri.max_batch, ri.generation, ri.profiles
     runs: dict = {"sim": {}, "live": {}}
     summ: dict = {"sim": {}, "live": {}}
     recs: dict = {"sim": {}, "live": {}}
     if mode in ("sim", "both"):
-        sizes = sorted({b for b in (1, 4, 16, 32) if b <= max_b} | {max_b})
-        cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in sizes)
-        st = scale_to_rate(tr, load * cap)
-        period = float(np.clip(5.0 * st.duration_s / 300.0, 0.1, 5.0))  # Proteus' 5 s per 5 min of trace
-        # scale_to_rate keeps every request, in order: the trace's tokens are the rescaled trace's
-        knobs_for = (lambda i: {"max_new_tokens": int(gp.tokens[i])}) if gp is not None else None
+        st = ri.sim_trace
         for p in pols:
             rows, rec, _ = simulate(p, profs, st.arrival_s, cores=cores, latency_ms=slo_ms, accuracy_target=target,
-                                    period_s=period, tick_s=period / 5, true_profiles=true_profs,
-                                    max_batch=max_b, knobs_for=knobs_for)
+                                    period_s=ri.period_s, tick_s=ri.tick_s, true_profiles=ri.true_profiles,
+                                    max_batch=max_b, knobs_for=ri.knobs_for())
             runs["sim"][p], recs["sim"][p] = rows, rec
             summ["sim"][p] = {**summarize(rows, st.duration_s, profs), "reconfigurations": len(rec)}
     if mode in ("live", "both"):
         lt = (scale_to_rate(tr, rate) if rate else tr).busiest(seconds)  # the busiest stretch of the trace
-        info = {"val": next(iter(profs.values())).extra.get("val")}
-        make = _payloads(dc, info, lt, kind, gp.cap if gp is not None else 32)
+        try:
+            make = replay_payloads(str(next(iter(profs.values())).extra.get("val") or ""), lt, kind,
+                                   gp.cap if gp is not None else 32)
+        except ValueError as e:
+            raise typer.BadParameter(f"deployment {dc.name!r}: {e}") from None
         sent = max_new_tokens(lt, gp.cap) if gp is not None else None  # what each live request was asked to generate
         for p in pols:
             rows, rec = run_live_subprocess(p, str(config), dep, str(pfile), lt.arrival_s, make, cores=cores,
@@ -157,7 +111,7 @@ def replay_command(
                     r["max_new_tokens"] = int(sent[r["id"]])
             runs["live"][p], recs["live"][p] = rows, rec
             summ["live"][p] = {**summarize(rows, max(lt.duration_s, 1e-9), profs), "reconfigurations": len(rec)}
-    meta = {"trace": trace, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
+    meta = {"trace": trace, "trace_format": fmt, "config": str(config), "deployment": dep, "latency_slo_ms": slo_ms,
             "accuracy_target": round(target, 4), "most_accurate": best, "cores": cores, "mode": mode,
             "max_batch": max_b}
     if gp is not None:
@@ -166,7 +120,7 @@ def replay_command(
                                     f"profiles at the expected longest of a batch: "
                                     + ", ".join(f"b={b} {t:.1f}" for b, t in gp.longest_by_batch.items()))
     if mode in ("sim", "both"):
-        meta["sim_mean_rate_rps"] = round(load * cap, 4)
+        meta["sim_mean_rate_rps"] = round(load * ri.capacity_rps, 4)
     if mode in ("live", "both"):
         meta["live_window"] = f"busiest {seconds:g} s at mean rate {rate or tr.mean_rate:.4g} req/s: {len(lt)} requests"
     paths = write_report(out, runs, summ, recs, meta, stem=dep)

@@ -123,16 +123,16 @@ def start_cmd(
     if cfg.server.admin_token is None:
         console.print("[yellow]admin API disabled (no server.admin_token / LEANML_SERVE_ADMIN_TOKEN)[/yellow]")
     if backend == "ray":
-        from leanml.serve.dataplane.ray_backend import run_ray
+        from leanml.serve.ray_backend import run_ray
 
         console.print(f"starting Ray Serve on http://{h}:{p} ...")
         run_ray(cfg, loaded, host=h, port=p)
         return
+    from leanml.serve.builder import build_runtime
     from leanml.serve.control.controller import attach_controllers
     from leanml.serve.dataplane.http import build_app, serve
-    from leanml.serve.dataplane.runtime import Runtime
 
-    rt = Runtime.from_config(cfg, loaded)
+    rt = build_runtime(cfg, loaded)
     attach_controllers(rt)  # planned policies (adaptive, proteus) re-plan on their own clock and on drift
     if pfile is not None and rt.builder.measured:
         merged = dict(loaded)

@@ -21,10 +21,13 @@ def _group() -> None:
 @app.command("describe")
 def describe_command(
     trace: str = typer.Argument(..., help="A trace dataset name (e.g. azure_llm_code) or a CSV/JSONL file."),
-    timestamp_col: str = typer.Option("TIMESTAMP", help="Column holding arrival times (date-times or numbers)."),
-    timestamp_unit: str = typer.Option("s", help="Unit of numeric timestamps: s or ms."),
-    context_col: str = typer.Option("ContextTokens", help="Column with prompt/context tokens ('' to skip)."),
-    generated_col: str = typer.Option("GeneratedTokens", help="Column with generated tokens ('' to skip)."),
+    format: str | None = typer.Option(None, "--format", help="Force a trace format (azure_llm, mooncake, burstgpt); "
+                                      "default: recognized by the file's columns."),
+    timestamp_col: str | None = typer.Option(None, help="Field map for any other file: the column holding arrival "
+                                             "times (date-times or numbers). Not needed for the public formats."),
+    timestamp_unit: str = typer.Option("s", help="Field map: unit of numeric timestamps, s or ms."),
+    context_col: str | None = typer.Option(None, help="Field map: column with prompt/context tokens."),
+    generated_col: str | None = typer.Option(None, help="Field map: column with generated tokens."),
     bin_s: float = typer.Option(1.0, help="Bin width (s) for the rate series and count CV."),
     plots: Path | None = typer.Option(None, help="Folder to write PNG plots into."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -35,9 +38,11 @@ def describe_command(
 
     try:
         tr = load_trace(
-            trace, timestamp_col=timestamp_col, timestamp_unit=timestamp_unit,
+            trace, format=format, timestamp_col=timestamp_col or None, timestamp_unit=timestamp_unit,
             context_col=context_col or None, generated_col=generated_col or None,
         )
+        if not as_json:
+            console.print(f"trace format: {tr.info.get('format_note') or tr.info.get('format', 'dataset')}")
         summary = describe(tr, bin_s=bin_s)
         written = plot(tr, plots, bin_s=bin_s) if plots is not None else []
     except TraceError as e:

@@ -1,4 +1,7 @@
-"""From a deployment's config to profiled variants: build the family, attach (or measure) profiles."""
+"""From a deploy config to a serving runtime: build the families, attach (or measure) profiles, assemble.
+
+Above the data plane and the control plane (it measures with `leanml.serve.control.profiles` and
+builds a `leanml.serve.dataplane.runtime.Runtime`), so neither imports it."""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from leanml.serve.config import DeploymentConfig
+from leanml.serve.config import DeployConfig, DeploymentConfig
 from leanml.serve.control.profiles import fingerprint, profile_variant
+from leanml.serve.dataplane.runtime import Runtime
 from leanml.serve.types import VariantProfile
 from leanml.serve.variants.base import Variant
-from leanml.serve.variants.prototypes import Family, build_family
+from leanml.serve.variants.family import Family
+from leanml.serve.variants.prototypes import build_family
 
 log = logging.getLogger("leanml.serve")
 
@@ -73,3 +78,16 @@ class VariantBuilder:
             if fam is not None:
                 return fam.info
         return {}
+
+
+def build_runtime(cfg: DeployConfig, profiles: dict[str, dict[str, VariantProfile]] | None = None, *,
+                  measure_missing: bool = True, threads: int | None = None) -> Runtime:
+    """A `Runtime` serving every deployment of ``cfg`` (variants trained or loaded, profiles attached or
+    measured); its `VariantBuilder` stays on ``runtime.builder`` for hot reconfiguration."""
+    builder = VariantBuilder(profiles)
+    rt = Runtime(threads=threads or cfg.server.thread_count(), config=cfg, builder=builder)
+    for dc in cfg.deployments.values():
+        variants = builder.build(dc, measure_missing=measure_missing)
+        rt.add_deployment(dc.name, variants, dc.policy, dc.policy_params, batching=dc.batching, slo=dc.slo,
+                          config=dc, info=builder.family_info(dc))
+    return rt

@@ -12,7 +12,7 @@
     [deployments.adult]
     prototype = "adult"         # variant family (leanml.serve.variants.prototypes)
     variants = ["hgb10", "hgb200", "logreg"]   # default: all of the family
-    policy = "greedy"           # static | greedy | any registered policy
+    policy = "infaas"           # static | infaas | proteus | adaptive | clipper | any registered policy
     policy_params = { cost = "latency" }
     params = { rf_trees = 60 }  # prototype parameters
     slo = { latency_ms = 200, min_accuracy = 0.8 }   # defaults for requests that omit them
@@ -61,7 +61,7 @@ class DeploymentConfig:
     prototype: str
     variants: tuple[str, ...] = ()  # empty = every variant of the prototype
     params: dict[str, Any] = field(default_factory=dict)
-    policy: str = "greedy"
+    policy: str = "infaas"
     policy_params: dict[str, Any] = field(default_factory=dict)
     slo: SLO = SLO()
     batching: Batching = Batching()
@@ -160,7 +160,7 @@ def _str_list(v: Any, where: str) -> tuple[str, ...]:
 
 def parse_deployment(name: str, d: dict, where: str) -> DeploymentConfig:
     """One ``[deployments.<name>]`` table -> DeploymentConfig (prototype and variant names are checked)."""
-    from leanml.serve.dataplane.routing import known_policies
+    from leanml.serve.policy import canonical_name, known_policies
     from leanml.serve.variants.prototypes import get_prototype, resolve_params
 
     _check_keys(d, {"prototype", "variants", "params", "policy", "policy_params", "slo", "batching", "profile"},
@@ -179,7 +179,10 @@ def parse_deployment(name: str, d: dict, where: str) -> DeploymentConfig:
     bad = [v for v in variants if v not in proto.variant_names]
     if bad:
         raise ConfigError(f"{where}.variants: {bad} not in prototype '{proto_name}' (has {list(proto.variant_names)})")
-    policy = d.get("policy", "greedy")
+    policy = d.get("policy", "infaas")
+    if not isinstance(policy, str):
+        raise ConfigError(f"{where}.policy: must be a policy name, one of {known_policies()}")
+    policy = canonical_name(policy)  # "greedy" (deprecated) -> "infaas", with a DeprecationWarning
     if policy not in known_policies():
         raise ConfigError(f"{where}.policy: unknown policy {policy!r}; known: {sorted(known_policies())}")
     pp = d.get("policy_params") or {}

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 DEMO_POLICIES = ("static-accurate", "static-fast", "infaas", "proteus", "adaptive")
 AZURE_CODE = {"name": "azure_llm_code", "requests": 8819, "mean_rate_rps": 2.57, "cv_interarrival": 13.2}
 
@@ -55,9 +53,9 @@ def run_demo_replay(out: Path, *, prototype: str = "cifar10", profile_file: Path
                     accuracy_slack: float = 0.01, policies: tuple[str, ...] = DEMO_POLICIES) -> dict[str, Any]:
     """Simulate every policy on the rescaled trace; write the report under ``out``; return the summaries."""
     from leanml.serve.control.profiles import load_profiles
+    from leanml.serve.sim.replay_inputs import replay_inputs
     from leanml.serve.sim.replay_report import write_report
-    from leanml.serve.sim.replay_study import most_accurate, simulate, summarize
-    from leanml.serve.workload.traces import scale_to_rate
+    from leanml.serve.sim.replay_study import simulate, summarize
 
     t0 = time.perf_counter()
     pfile = Path(profile_file) if profile_file is not None else shipped_profile_file(prototype)
@@ -67,17 +65,15 @@ def run_demo_replay(out: Path, *, prototype: str = "cifar10", profile_file: Path
     profs = by_dep[prototype]
     if trace is None:
         trace, trace_note = demo_trace()
-    best = most_accurate(profs)
-    target = profs[best].accuracy - accuracy_slack
-    cap = cores * max(b / (profs[best].latency.at(b, "p50") / 1e3) for b in (1, 4, 16, 32))
-    st = scale_to_rate(trace, load * cap)
-    period = float(np.clip(5.0 * st.duration_s / 300.0, 0.05, 5.0))  # Proteus: every 5 s of a 5-min trace
+    ri = replay_inputs(profs, trace, accuracy_slack=accuracy_slack, load=load, cores=cores)
+    best, target, cap, st, period = ri.best, ri.accuracy_target, ri.capacity_rps, ri.sim_trace, ri.period_s
     runs: dict[str, dict[str, list]] = {"sim": {}}
     recs: dict[str, dict[str, list]] = {"sim": {}}
     summ: dict[str, dict[str, dict[str, Any]]] = {"sim": {}}
     for pol in policies:
-        rows, rec, _ = simulate(pol, profs, st.arrival_s, cores=cores, latency_ms=slo_ms, accuracy_target=target,
-                                seed=0, period_s=period, tick_s=period / 5)
+        rows, rec, _ = simulate(pol, ri.profiles, st.arrival_s, cores=cores, latency_ms=slo_ms,
+                                accuracy_target=target, seed=0, period_s=period, tick_s=ri.tick_s,
+                                max_batch=ri.max_batch)
         runs["sim"][pol], recs["sim"][pol] = rows, rec
         summ["sim"][pol] = {**summarize(rows, st.duration_s, profs), "reconfigurations": len(rec)}
     meta = {

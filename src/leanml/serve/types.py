@@ -7,7 +7,7 @@ exactly the types the live runtime uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,34 @@ class VariantProfile:
         return replace(self, latency=lat, throughput_rps=thr, extra={**self.extra, "generation": gen})
 
 
+def profile_to_dict(p: VariantProfile) -> dict[str, Any]:
+    """A profile as JSON-ready data (the profile file's entry, ``GET /v1/deployments``)."""
+    return {
+        "name": p.name, "accuracy": p.accuracy,
+        "latency": {"p50_ms": {str(k): v for k, v in p.latency.p50_ms.items()},
+                    "p99_ms": {str(k): v for k, v in p.latency.p99_ms.items()}},
+        "memory_bytes": p.memory_bytes, "energy_j_per_request": p.energy_j_per_request,
+        "throughput_rps": {str(k): v for k, v in p.throughput_rps.items()}, "extra": p.extra,
+    }
+
+
+def profile_from_dict(d: dict[str, Any]) -> VariantProfile:
+    """The inverse of `profile_to_dict`; ValueError naming the entry when it is malformed."""
+    try:
+        lat = LatencyProfile({int(k): float(v) for k, v in d["latency"]["p50_ms"].items()},
+                             {int(k): float(v) for k, v in d["latency"]["p99_ms"].items()})
+        if not lat.p50_ms or set(lat.p50_ms) != set(lat.p99_ms):
+            raise ValueError("latency tables empty or with different batch sizes")
+        return VariantProfile(
+            name=str(d["name"]), accuracy=float(d["accuracy"]), latency=lat,
+            memory_bytes=d.get("memory_bytes"), energy_j_per_request=d.get("energy_j_per_request"),
+            throughput_rps={int(k): float(v) for k, v in (d.get("throughput_rps") or {}).items()},
+            extra=dict(d.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"profile entry {d.get('name', '?')!r} is malformed: {e}") from None
+
+
 def interpolate(table: dict[int, float], batch: int) -> float:
     """A per-batch-size table at ``batch``, linearly interpolated (`LatencyProfile.at`'s rule)."""
     return LatencyProfile(table, table).at(batch, "p50")
@@ -148,21 +176,11 @@ class ServeState:
     concurrency: dict[str, int] = field(default_factory=dict)
 
 
-# Why a policy refused a request (optional ``refusal_kind()`` on a policy; "impossible" if absent):
+# Why a policy refused a request (`leanml.serve.policy.Policy.refusal_kind`):
 # "impossible" = no variant meets the SLO even when idle (HTTP 503); "overloaded" = one would, but
 # not with the current queues (HTTP 429, retry later).
 REFUSE_IMPOSSIBLE = "impossible"
 REFUSE_OVERLOADED = "overloaded"
-
-
-class RoutingPolicy(Protocol):
-    """Chooses the variant for a request, or returns None to refuse it (with ``reason``)."""
-
-    name: str
-
-    def route(self, request: Request, state: ServeState) -> str | None: ...
-
-    def reason(self) -> str: ...
 
 
 @dataclass

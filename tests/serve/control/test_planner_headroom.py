@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from serve_helpers import flat_profile
 
-from leanml.serve.control.planner import Device, PlannerConfig, RequestClass, check_plan, plan
+from leanml.serve.control.planner import PlannerConfig, PlannerDevice, RequestClass, check_plan, plan
 from leanml.serve.dataplane.routing import predicted_latency_ms
 from leanml.serve.sim.replay_study import simulate, summarize
 from leanml.serve.types import LatencyProfile, ServeState, VariantProfile
@@ -39,7 +39,7 @@ def _utilization(p) -> float:
 def test_plan_is_not_dominated_by_routing_everything_to_the_fast_variant(pair, rate):
     classes = [RequestClass("k", rate, 50.0, cv=2.0)]
     cfg = PlannerConfig(accuracy_target=0.89, max_workers=2)
-    devs = [Device("local", 2)]
+    devs = [PlannerDevice("local", 2)]
     p = plan(pair, classes, cfg, devs)
     assert check_plan(p, pair, classes, cfg, devs) == []
     fast = [o for o in p.options if o.variant == "fast"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leanml.serve.control.planner import (
-    Device,
     PlannerConfig,
+    PlannerDevice,
     RequestClass,
     check_plan,
     greedy_plan,
@@ -44,7 +44,7 @@ def test_milp_satisfies_every_constraint_it_was_given():
     classes = [RequestClass("interactive", 250, 50, cv=2.0), RequestClass("batch", 400, 300, min_accuracy=0.86,
                                                                           cv=1.0)]
     cfg = PlannerConfig(accuracy_target=0.85, energy_budget_j=0.9, max_workers=4)
-    devs = [Device("local", 8)]
+    devs = [PlannerDevice("local", 8)]
     p = plan(profs, classes, cfg, devs)
     assert p.solver == "milp" and p.goodput_rps > 0
     assert check_plan(p, profs, classes, cfg, devs) == []
@@ -58,11 +58,11 @@ def test_check_plan_catches_violations():
     profs = {"a": prof("a", 0.9, 5), "b": prof("b", 0.7, 1)}
     classes = [RequestClass("k", 100, 40)]
     cfg = PlannerConfig(accuracy_target=0.8)
-    p = plan(profs, classes, cfg, [Device("local", 4)])
-    assert check_plan(p, profs, classes, cfg, [Device("local", 4)]) == []
+    p = plan(profs, classes, cfg, [PlannerDevice("local", 4)])
+    assert check_plan(p, profs, classes, cfg, [PlannerDevice("local", 4)]) == []
     stricter = PlannerConfig(accuracy_target=0.95)
-    assert any("mean accuracy" in v for v in check_plan(p, profs, classes, stricter, [Device("local", 4)]))
-    assert any("cores" in v for v in check_plan(p, profs, classes, cfg, [Device("local", 1)]))
+    assert any("mean accuracy" in v for v in check_plan(p, profs, classes, stricter, [PlannerDevice("local", 4)]))
+    assert any("cores" in v for v in check_plan(p, profs, classes, cfg, [PlannerDevice("local", 1)]))
 
 
 def test_milp_beats_greedy_where_greedy_is_provably_suboptimal():
@@ -73,7 +73,7 @@ def test_milp_beats_greedy_where_greedy_is_provably_suboptimal():
     profs = {"A": prof("A", 0.90, 40.0, per_item=1.0), "B": prof("B", 0.80, 0.5, per_item=1.0)}
     classes = [RequestClass("all", 400.0, 200.0)]
     cfg = PlannerConfig(accuracy_target=0.85, max_workers=2, batch_sizes=(1, 2, 4))
-    devs = [Device("local", 4)]
+    devs = [PlannerDevice("local", 4)]
     g = greedy_plan(profs, classes, cfg, devs)
     m = plan(profs, classes, cfg, devs)
     a_cap_upper = max(o.cap["all"] for o in m.options if o.variant == "A")

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import TOKEN, digits_config, gate_variant, wait_until
 
+from leanml.serve.builder import build_runtime
 from leanml.serve.config import Batching
 from leanml.serve.dataplane.http import BackgroundServer, build_app
 from leanml.serve.dataplane.runtime import Runtime
@@ -23,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def digits_server(digits_builder):
     cfg = digits_config(batching={"max_batch": 16, "max_wait_ms": 2.0})
-    rt = Runtime.from_config(cfg, {"session": digits_builder.measured}, measure_missing=False)
+    rt = build_runtime(cfg, {"session": digits_builder.measured}, measure_missing=False)
     app = build_app(rt, admin_token=TOKEN, max_body_bytes=cfg.server.max_body_bytes)
     with BackgroundServer(app) as url:
         yield url, rt
@@ -33,7 +34,7 @@ def digits_server(digits_builder):
 def gate_server():
     rt = Runtime(threads=2)
     v = gate_variant("g", acc=0.9, ms=1.0)
-    rt.add_deployment("gate", {"g": v}, "greedy", batching=Batching(max_batch=4, max_queue=3))
+    rt.add_deployment("gate", {"g": v}, "infaas", batching=Batching(max_batch=4, max_queue=3))
     with BackgroundServer(build_app(rt, admin_token=TOKEN)) as url:
         yield url, rt, v.model
         v.model.gate.set()
@@ -143,7 +144,7 @@ def test_reconfiguring_under_load_loses_no_request(digits_server, digits_X):
     patches = [
         {"deployments": {"digits": {"variants": ["mlp", "mlp_int8"], "policy": "static",
                                     "policy_params": {"variant": "mlp_int8"}, "batching": {"max_batch": 4}}}},
-        {"deployments": {"digits": {"variants": ["mlp_student", "mlp_bf16"], "policy": "greedy",
+        {"deployments": {"digits": {"variants": ["mlp_student", "mlp_bf16"], "policy": "infaas",
                                     "policy_params": {}, "batching": {"max_batch": 16, "max_wait_ms": 1.0}}}},
         {"deployments": {"digits": {"variants": ["mlp", "mlp_prune50", "mlp_student"],
                                     "slo": {"latency_ms": 5000}}}},
@@ -275,7 +276,7 @@ def test_openapi_schema_and_deployments_listing(digits_server):
 
 def test_runtime_in_process_matches_http_defaults(digits_builder, digits_X):
     """The in-process API returns the same outputs as HTTP (used by the benchmark as the baseline)."""
-    rt = Runtime.from_config(digits_config(policy="static", policy_params={"variant": "mlp"}),
+    rt = build_runtime(digits_config(policy="static", policy_params={"variant": "mlp"}),
                              {"s": digits_builder.measured}, measure_missing=False)
 
     async def go():

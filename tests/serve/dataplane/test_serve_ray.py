@@ -21,9 +21,9 @@ def _free_port() -> int:
 
 def test_ray_serve_answers_like_the_embedded_server(digits_builder, digits_X, tmp_path, monkeypatch):
     pytest.importorskip("ray.serve")
-    from leanml.serve.dataplane import ray_backend
+    from leanml.serve import ray_backend
+    from leanml.serve.builder import build_runtime
     from leanml.serve.dataplane.http import BackgroundServer, build_app
-    from leanml.serve.dataplane.runtime import Runtime
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     cfg = digits_config(policy="static", policy_params={"variant": "mlp"}, variants=["mlp", "mlp_int8"])
@@ -32,7 +32,7 @@ def test_ray_serve_answers_like_the_embedded_server(digits_builder, digits_X, tm
     bodies.append({"inputs": digits_X[:2].tolist(), "slo": {"min_accuracy": 0.9999}})  # refused: 503
     bodies.append({"inputs": [[1.0, 2.0]]})  # wrong shape: 422
 
-    rt = Runtime.from_config(cfg, profiles, measure_missing=False)
+    rt = build_runtime(cfg, profiles, measure_missing=False)
     with BackgroundServer(build_app(rt)) as url:
         embedded = [httpx.post(f"{url}/v1/predict/digits", json=b) for b in bodies]
 

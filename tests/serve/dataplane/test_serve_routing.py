@@ -8,14 +8,8 @@ import pytest
 from serve_helpers import flat_profile
 
 from leanml.serve.config import ConfigError, apply_patch, load_config, parse_config
-from leanml.serve.dataplane.routing import (
-    GreedyPolicy,
-    StaticPolicy,
-    known_policies,
-    make_policy,
-    predicted_latency_ms,
-    register_policy,
-)
+from leanml.serve.dataplane.routing import InfaasPolicy, StaticPolicy, predicted_latency_ms
+from leanml.serve.policy import Policy, known_policies, make_policy, register_policy
 from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, SLO, Request, ServeState
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -32,7 +26,7 @@ def _req(**slo):
 
 
 def test_greedy_picks_cheapest_variant_meeting_accuracy_and_latency():
-    pol = GreedyPolicy(["small", "mid", "big"])
+    pol = InfaasPolicy(["small", "mid", "big"])
     assert pol.route(_req(), _state()) == "small"
     assert pol.route(_req(min_accuracy=0.85), _state()) == "mid"
     assert pol.route(_req(min_accuracy=0.9), _state()) == "big"
@@ -41,7 +35,7 @@ def test_greedy_picks_cheapest_variant_meeting_accuracy_and_latency():
 
 
 def test_greedy_is_queue_aware_and_says_overloaded():
-    pol = GreedyPolicy(["small", "mid", "big"])
+    pol = InfaasPolicy(["small", "mid", "big"])
     busy = _state({"small": 0, "mid": 64, "big": 0})
     # mid is 8 full batches deep (8 x 8 ms): the next request would miss a 15 ms SLO there,
     # and big takes 20 ms even idle: refused as overloaded (mid would do when its queue drains)
@@ -56,7 +50,7 @@ def test_greedy_is_queue_aware_and_says_overloaded():
 def test_greedy_energy_constraint_needs_a_measured_energy():
     st = _state()
     st.profiles["mid"].energy_j_per_request = 0.5
-    pol = GreedyPolicy(["small", "mid", "big"])
+    pol = InfaasPolicy(["small", "mid", "big"])
     assert pol.route(_req(max_energy_j=1.0), st) == "mid"  # only mid has a measured energy
     assert pol.route(_req(max_energy_j=0.1), st) is None and "energy" in pol.reason()
 
@@ -71,9 +65,9 @@ def test_static_policy_and_registry():
     with pytest.raises(ValueError, match="unknown routing policy"):
         make_policy("nope", ["a"])
     with pytest.raises(ValueError, match="bad policy_params"):
-        make_policy("greedy", ["a"], {"colour": 1})
+        make_policy("infaas", ["a"], {"colour": 1})
 
-    class First:
+    class First(Policy):
         name = "first"
 
         def __init__(self, variants):
@@ -82,12 +76,30 @@ def test_static_policy_and_registry():
         def route(self, request, state):
             return self.v
 
-        def reason(self):
-            return ""
-
     register_policy("first-test", First)
     assert "first-test" in known_policies()
     assert make_policy("first-test", ["x", "y"]).route(_req(), st) == "x"
+
+    class Duck:  # has route() but is no Policy: refused by name, not called by luck
+        def __init__(self, variants):
+            pass
+
+        def route(self, request, state):
+            return "x"
+
+    register_policy("duck-test", Duck)
+    with pytest.raises(TypeError, match="duck-test.*not a leanml.serve.policy.Policy"):
+        make_policy("duck-test", ["x"])
+
+
+def test_greedy_is_a_deprecated_alias_of_infaas():
+    assert "greedy" not in known_policies() and "infaas" in known_policies()
+    with pytest.warns(DeprecationWarning, match="'greedy' is deprecated.*'infaas'"):
+        pol = make_policy("greedy", ["a"])
+    assert isinstance(pol, InfaasPolicy) and pol.name == "infaas"
+    with pytest.warns(DeprecationWarning):
+        cfg = parse_config({"deployments": {"d": {"prototype": "digits", "policy": "greedy"}}})
+    assert cfg.deployments["d"].policy == "infaas"
 
 
 def test_example_configs_load_and_validate():

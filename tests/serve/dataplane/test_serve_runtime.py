@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from serve_helpers import digits_config, gate_variant
 
+from leanml.serve.builder import build_runtime
 from leanml.serve.config import Batching
 from leanml.serve.dataplane.runtime import Runtime, UnknownDeployment
 from leanml.serve.types import SLO
@@ -43,7 +44,7 @@ def test_a_failing_model_answers_500_and_the_runtime_keeps_serving():
 def test_requests_whose_deadline_passes_in_the_queue_get_one_expired_answer():
     v = gate_variant("g", ms=1.0)
     rt = Runtime(threads=1)
-    rt.add_deployment("d", {"g": v}, "greedy", batching=Batching(max_batch=1, max_queue=10))
+    rt.add_deployment("d", {"g": v}, "infaas", batching=Batching(max_batch=1, max_queue=10))
     seen = []
     rt.add_observer(lambda req, out: seen.append((req.id, out.outcome)))
 
@@ -124,7 +125,7 @@ def test_profiles_round_trip_and_cli_profile_writes_the_file(tmp_path, digits_bu
 
 def test_start_reuses_profiles_and_does_not_remeasure(digits_builder):
     cfg = digits_config()
-    rt = Runtime.from_config(cfg, {"s": digits_builder.measured}, measure_missing=False)
+    rt = build_runtime(cfg, {"s": digits_builder.measured}, measure_missing=False)
     assert not rt.builder.measured  # every variant's profile came from the file
     assert all(v.profile is not None for v in rt.deployments["digits"].variants.values())
     st = rt.state("digits")

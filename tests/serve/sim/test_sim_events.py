@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from leanml.serve.config import Batching
+from leanml.serve.policy import Policy
 from leanml.serve.sim.replay_study import POLICIES, simulate, summarize
-from leanml.serve.sim.simulator import SimBatching, Simulator
+from leanml.serve.sim.simulator import Simulator
 from leanml.serve.types import SLO, LatencyProfile, VariantProfile
 from leanml.serve.workload.traces import gamma_bursty, poisson
 
@@ -18,7 +20,7 @@ def prof(name, acc, ms, per_item=0.3, spread=1.5):
     return VariantProfile(name, acc, LatencyProfile(p50, {b: spread * v for b, v in p50.items()}))
 
 
-class Fixed:
+class Fixed(Policy):
     name = "fixed"
 
     def __init__(self, v):
@@ -27,14 +29,11 @@ class Fixed:
     def route(self, request, state):
         return self.v
 
-    def reason(self):
-        return ""
-
 
 def test_md1_waiting_time_matches_theory():
     # one server, batch 1, deterministic 10 ms service, Poisson at rho = 0.5: E[Wq] = rho / (2 mu (1 - rho)) = 5 ms
     p = VariantProfile("d", 0.9, LatencyProfile({1: 10.0}, {1: 10.0}))
-    sim = Simulator({"d": p}, Fixed("d"), cores=1, batching=SimBatching(1, 0.0, 10**6, 1), seed=0)
+    sim = Simulator({"d": p}, Fixed("d"), cores=1, batching=Batching(1, 0.0, 10**6, 1), seed=0)
     rows = sim.run(poisson(50.0, n=20000, seed=4).arrival_s, slo=SLO())
     q = np.array([r["queue_ms"] for r in rows])
     assert len(rows) == 20000 and all(r["status"] == 200 for r in rows)
@@ -44,19 +43,19 @@ def test_md1_waiting_time_matches_theory():
 
 def test_batching_forms_batches_under_load_and_respects_limits():
     p = prof("v", 0.9, 5.0)
-    sim = Simulator({"v": p}, Fixed("v"), cores=2, batching=SimBatching(8, 2.0, 10**6, 2), seed=0)
+    sim = Simulator({"v": p}, Fixed("v"), cores=2, batching=Batching(8, 2.0, 10**6, 2), seed=0)
     rows = sim.run(poisson(800.0, n=4000, seed=1).arrival_s, slo=SLO())
     sizes = np.array([r["batch_size"] for r in rows])
     assert sizes.max() == 8 and sizes.mean() > 2  # batching happens, never above max_batch
     # at low load the fill window makes the first request wait about max_wait for a partner
-    sim = Simulator({"v": p}, Fixed("v"), cores=2, batching=SimBatching(8, 2.0, 10**6, 2), seed=0)
+    sim = Simulator({"v": p}, Fixed("v"), cores=2, batching=Batching(8, 2.0, 10**6, 2), seed=0)
     rows = sim.run(np.array([0.0, 1.0]), slo=SLO())
     assert rows[0]["queue_ms"] == pytest.approx(2.0) and rows[0]["batch_size"] == 1
 
 
 def test_expired_requests_are_dropped_and_full_queues_refuse():
     p = prof("slow", 0.9, 50.0, per_item=1.0, spread=1.0)
-    sim = Simulator({"slow": p}, Fixed("slow"), cores=1, batching=SimBatching(1, 0.0, 5, 1), seed=0)
+    sim = Simulator({"slow": p}, Fixed("slow"), cores=1, batching=Batching(1, 0.0, 5, 1), seed=0)
     rows = sim.run(np.zeros(20), slo=SLO(latency_ms=120.0))
     out = [r["outcome"] for r in rows]
     assert out.count("refused_overload") == 14  # 1 running + 5 queued fit, the rest get 429 at once
@@ -121,7 +120,7 @@ def test_request_path_is_a_fifo_server_and_its_service_time_is_recovered_from_th
     # the simulator's request path and the Lindley recursion agree (instant model: latency = path time)
     p = VariantProfile("z", 0.9, LatencyProfile({1: 1e-6}, {1: 1e-6}))
     t = gamma_bursty(60.0, 6.0, n=3000, seed=2).arrival_s
-    sim = Simulator({"z": p}, Fixed("z"), cores=1, batching=SimBatching(1, 0.0, 10**6, 1), overhead_ms=4.0, seed=0)
+    sim = Simulator({"z": p}, Fixed("z"), cores=1, batching=Batching(1, 0.0, 10**6, 1), overhead_ms=4.0, seed=0)
     lat = np.array([r["latency_ms"] for r in sim.run(t, slo=SLO())])
     assert np.allclose(lat, request_path_delays_ms(t, 4.0), atol=1e-3)
     # bursts queue on the path: its 10th percentile is the bare cost, the mean includes the backlog

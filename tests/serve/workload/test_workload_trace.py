@@ -73,12 +73,14 @@ def test_csv_and_jsonl_with_configurable_columns(tmp_path):
 def test_bad_inputs_name_the_problem(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("a,b\n1,2\n")
-    with pytest.raises(TraceError, match="no timestamp column 'TIMESTAMP'"):
+    with pytest.raises(TraceError, match="match no known trace format.*--timestamp-col"):
         load_trace(csv)
+    with pytest.raises(TraceError, match="needs column.*'TIMESTAMP'"):
+        load_trace(csv, format="azure_llm")
     csv.write_text("TIMESTAMP\n2\n1\n")
     with pytest.raises(TraceError, match="not sorted"):
-        load_trace(csv, context_col=None, generated_col=None)
-    csv.write_text("TIMESTAMP,ContextTokens\n1,2.5\n2,3\n")
+        load_trace(csv, timestamp_col="TIMESTAMP")
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n1,2.5,1\n2,3,1\n")
     with pytest.raises(TraceError, match="ContextTokens"):
         load_trace(csv)
     with pytest.raises(TraceError, match="does not exist"):
@@ -137,7 +139,8 @@ def test_cli_describe_json(tmp_path):
 
     csv = tmp_path / "t.csv"
     csv.write_text("TIMESTAMP\n" + "\n".join(str(x) for x in np.cumsum(np.full(50, 0.1))) + "\n")
-    res = CliRunner().invoke(app, ["describe", str(csv), "--json", "--plots", str(tmp_path / "p")])
+    res = CliRunner().invoke(app, ["describe", str(csv), "--timestamp-col", "TIMESTAMP", "--json",
+                                   "--plots", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
     assert out["requests"] == 50 and out["cv_interarrival"] == pytest.approx(0.0, abs=1e-6)

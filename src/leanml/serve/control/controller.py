@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from leanml.serve.policy import ControlSurface, Policy
 
-class RuntimeSurface:
-    """What a planned policy drives, on a live runtime: the same methods the simulator offers."""
+
+class RuntimeSurface(ControlSurface):
+    """What a planned policy drives, on a live runtime: the same `ControlSurface` the simulator is."""
 
     def __init__(self, runtime: Any, deployment: str, loop: asyncio.AbstractEventLoop,
                  shadow_budget_queue: int = 64) -> None:
@@ -92,7 +94,7 @@ class Controller:
     swapped in by ``PUT /v1/config`` is driven too).
     """
 
-    def __init__(self, runtime: Any, deployment: str, policy: Any = None, tick_s: float = 1.0) -> None:
+    def __init__(self, runtime: Any, deployment: str, policy: Policy | None = None, tick_s: float = 1.0) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
         self.runtime, self.deployment, self._policy, self.tick_s = runtime, deployment, policy, tick_s
@@ -100,10 +102,11 @@ class Controller:
         self._task: asyncio.Task | None = None
         self._lock = threading.Lock()
         self.errors: list[str] = []
+        self.ticks = 0  # ticks that returned (a raising one is in ``errors``)
         runtime.add_observer(self._observe)
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy | None:
         if self._policy is not None:
             return self._policy
         dep = self.runtime.deployments.get(self.deployment)
@@ -119,9 +122,10 @@ class Controller:
     def _observe(self, request: Any, outcome: Any) -> None:
         if self._task is None:
             self.start_on_loop()
-        if request.deployment == self.deployment and hasattr(self.policy, "observe"):
+        pol = self.policy
+        if request.deployment == self.deployment and pol is not None:
             try:
-                self.policy.observe(request, outcome, self.surface)
+                pol.observe(request, outcome, self.surface)
             except Exception as e:  # never break serving
                 self.errors.append(f"observe: {type(e).__name__}: {e}")
 
@@ -138,8 +142,9 @@ class Controller:
     def _tick(self) -> None:
         with self._lock:
             pol = self.policy
-            if pol is not None and hasattr(pol, "tick"):
+            if pol is not None:
                 pol.tick(time.perf_counter(), self.surface)
+                self.ticks += 1
 
     def stop(self) -> None:
         if self._task is not None and not self.surface.loop.is_closed():

@@ -34,10 +34,10 @@ import numpy as np
 
 from leanml.serve.control.planner_options import build_options, energy_at  # noqa: F401  (build_options re-exported)
 from leanml.serve.control.planner_types import (  # noqa: F401  (re-exported: the planner API)
-    Device,
     Option,
     Plan,
     PlannerConfig,
+    PlannerDevice,
     RequestClass,
     devices_from_system,
     local_device,
@@ -51,7 +51,7 @@ def plan(
     profiles: dict[str, VariantProfile],
     classes: list[RequestClass],
     cfg: PlannerConfig | None = None,
-    devices: list[Device] | None = None,
+    devices: list[PlannerDevice] | None = None,
 ) -> Plan:
     """Solve the MILP; fall back to `greedy_plan` when HiGHS finds no solution in time."""
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -172,7 +172,7 @@ def plan(
                      "optimal" if res.status == 0 else res.message.strip(), solve_s)
 
 
-def _spread_spare_cores(opts: list[Option], used: list[int], z: dict, devices: list[Device]):
+def _spread_spare_cores(opts: list[Option], used: list[int], z: dict, devices: list[PlannerDevice]):
     """Give cores the plan leaves idle to its options, one worker at a time (burst headroom).
 
     An option is only swapped for one of the same variant with more cores, no more energy and at
@@ -253,7 +253,7 @@ def greedy_plan(
     profiles: dict[str, VariantProfile],
     classes: list[RequestClass],
     cfg: PlannerConfig | None = None,
-    devices: list[Device] | None = None,
+    devices: list[PlannerDevice] | None = None,
     options: list[Option] | None = None,
 ) -> Plan:
     """INFaaS's rule at plan level: per class, the cheapest variant meeting its accuracy and SLO.
@@ -302,7 +302,7 @@ def greedy_plan(
 # ---------------------------------------------------------------- verification
 def check_plan(
     plan_: Plan, profiles: dict[str, VariantProfile], classes: list[RequestClass], cfg: PlannerConfig,
-    devices: list[Device] | None = None, tol: float = 1e-6,
+    devices: list[PlannerDevice] | None = None, tol: float = 1e-6,
 ) -> list[str]:
     """Every constraint the plan was given, re-checked from scratch; returns the violations (empty = ok)."""
     devices = devices or [local_device()]

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from leanml.serve.control.planner_types import Device, Option, PlannerConfig, RequestClass
+from leanml.serve.control.planner_types import Option, PlannerConfig, PlannerDevice, RequestClass
 from leanml.serve.control.queueing import max_rate_for_slo
 from leanml.serve.types import VariantProfile
 
@@ -29,7 +29,7 @@ def energy_at(p: VariantProfile, batch: int) -> float | None:
 
 
 def build_options(
-    profiles: dict[str, VariantProfile], classes: list[RequestClass], devices: list[Device], cfg: PlannerConfig,
+    profiles: dict[str, VariantProfile], classes: list[RequestClass], devices: list[PlannerDevice], cfg: PlannerConfig,
 ) -> list[Option]:
     """Enumerate (variant, device, batch, workers) options and precompute their SLO capacities."""
     if not profiles:

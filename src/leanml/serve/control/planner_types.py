@@ -20,7 +20,7 @@ class RequestClass:
 
 
 @dataclass(frozen=True)
-class Device:
+class PlannerDevice:
     """Where workers run: ``slots`` cores (or accelerator slots), ``speed`` relative to the profiled machine."""
 
     name: str
@@ -28,12 +28,12 @@ class Device:
     speed: float = 1.0
 
 
-def local_device() -> Device:
+def local_device() -> PlannerDevice:
     """This machine as one device (its cores as worker slots)."""
-    return Device("local", slots=os.cpu_count() or 1)
+    return PlannerDevice("local", slots=os.cpu_count() or 1)
 
 
-def devices_from_system(system: Any, reference: Any = None, precision: str = "fp32") -> list[Device]:
+def devices_from_system(system: Any, reference: Any = None, precision: str = "fp32") -> list[PlannerDevice]:
     """Planner devices from a `leanml.hw.System`: one per instance, its compute units as worker slots
     for CPUs (one slot per accelerator otherwise), and its speed relative to ``reference`` (the
     `leanml.hw.Device` the variant profiles were measured on) by peak FLOP/s at ``precision``."""
@@ -45,7 +45,7 @@ def devices_from_system(system: Any, reference: Any = None, precision: str = "fp
             mine, ref = dev.peak_flops.get(precision), reference.peak_flops.get(precision)
             if mine and ref:
                 speed = float(mine) / float(ref)
-        out.append(Device(str(inst), max(1, slots), speed))
+        out.append(PlannerDevice(str(inst), max(1, slots), speed))
     return out
 
 
@@ -128,7 +128,8 @@ class Plan:
 
 
 def _plan_text(plan: Any) -> str:
-    fr = getattr(plan, "fractions", None)
-    if not fr:
+    """A plan's per-class fractions in one line (for reconfiguration logs); anything else as a short string."""
+    if not isinstance(plan, Plan) or not plan.fractions:
         return str(plan)[:200]
-    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items())) for k, d in fr.items())
+    return "; ".join(f"{k}: " + ", ".join(f"{v} {f:.2f}" for v, f in sorted(d.items()))
+                     for k, d in plan.fractions.items())

@@ -1,7 +1,7 @@
 """Planner-driven routing policies: adaptive (MILP + online profiling), Proteus-style, Clipper AIMD.
 
-All three implement the runtime's `RoutingPolicy` (``route``, ``reason``, ``refusal_kind``) and two
-optional hooks the simulator and `Controller` (live runtime) call:
+All three subclass `leanml.serve.policy.Policy` (``route``, ``reason``, ``refusal_kind``) and implement
+two of its hooks, which the simulator and `Controller` (live runtime) call:
 
 - ``tick(now, surface)``: periodic control; re-plans and applies batch size / workers per variant
   through ``surface.set_batching(variant, max_batch, max_wait_ms, concurrency)`` and ``surface.set_plan``;
@@ -19,29 +19,31 @@ bursts (accuracy credit, bounded per period by ``max_relax``).
 additive increase / multiplicative decrease on the batch latency against the SLO (Clipper, NSDI'17).
 
 The deployment's ``min_accuracy`` is read by the planned policies as a *mean* delivered-accuracy
-target, the Proteus formulation; INFaaS-style greedy (`leanml.serve.dataplane.routing.GreedyPolicy`) reads it
+target, the Proteus formulation; INFaaS-style (`leanml.serve.dataplane.routing.InfaasPolicy`) reads it
 per request.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import threading
 from collections import deque
 from typing import Any
 
 import numpy as np
 
-from leanml.serve.control.planner import Device, Plan, PlannerConfig, RequestClass, plan
+from leanml.serve.control.planner import Plan, PlannerConfig, PlannerDevice, RequestClass, plan
 from leanml.serve.control.profiler import OnlineProfiler
-from leanml.serve.dataplane.routing import predicted_latency_ms, register_policy
-from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, ServeState, VariantProfile
+from leanml.serve.dataplane.routing import predicted_latency_ms
+from leanml.serve.policy import ControlSurface, Policy
+from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Outcome, Request, ServeState, VariantProfile
 
 
-class _PlannedPolicy:
+class _PlannedPolicy(Policy):
     """Routes by the current plan's per-class fractions (smooth weighted round-robin)."""
 
     name = "planned"
+    controlled = True
 
     def __init__(
         self,
@@ -77,7 +79,10 @@ class _PlannedPolicy:
         self._arrivals: dict[str, deque] = {}
         self._slo_ms: dict[str, float] = {}
         self._min_acc: dict[str, float] = {}
-        self._credit: dict[str, dict[str, float]] = {}
+        self._credit: dict[str, dict[str, float]] = {}  # the loop's alone (route)
+        # route() (event loop) records arrivals and SLOs; tick() (the Controller's worker thread) reads
+        # them: both hold this lock, and tick works on a snapshot taken under it
+        self._lock = threading.Lock()
         self._last_plan = -math.inf
         self._reason, self._kind = "", REFUSE_IMPOSSIBLE
         self.solve_s: list[float] = []
@@ -85,16 +90,18 @@ class _PlannedPolicy:
     # ---- routing --------------------------------------------------------------------------------
     def route(self, request: Request, state: ServeState) -> str | None:
         cls = request.request_class
-        self._arrivals.setdefault(cls, deque()).append(state.now_s)
-        if request.slo.latency_ms is not None:
-            self._slo_ms[cls] = request.slo.latency_ms
-        if request.slo.min_accuracy is not None:
-            self._min_acc[cls] = request.slo.min_accuracy
+        with self._lock:
+            self._arrivals.setdefault(cls, deque()).append(state.now_s)
+            if request.slo.latency_ms is not None:
+                self._slo_ms[cls] = request.slo.latency_ms
+            if request.slo.min_accuracy is not None:
+                self._min_acc[cls] = request.slo.min_accuracy
+        current = self.plan  # read once: tick swaps it from another thread
         served = [v for v in self.variants if v in state.profiles]
         if not served:
             self._reason, self._kind = "no served variant has a profile", REFUSE_IMPOSSIBLE
             return None
-        fr = (self.plan.fractions.get(cls) if self.plan is not None else None) or {}
+        fr = (current.fractions.get(cls) if current is not None else None) or {}
         fr = {v: f for v, f in fr.items() if v in served and f > 0}
         if not fr:  # before the first plan, or a class the plan serves nothing of: the most accurate
             fr = {max(served, key=lambda v: state.profiles[v].accuracy): 1.0}
@@ -116,20 +123,24 @@ class _PlannedPolicy:
         credit[order[0]] -= 1.0
         return None
 
-    def reason(self) -> str:
-        return self._reason
-
-    def refusal_kind(self) -> str:
-        return self._kind
-
     # ---- planning -------------------------------------------------------------------------------
-    def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
+    def _profiles(self, surface: ControlSurface) -> dict[str, VariantProfile]:
         return {v: p for v, p in surface.state().profiles.items() if v in self.variants}
 
-    def _rate_cv(self, cls: str, now: float) -> tuple[float, float]:
-        """Arrival rate and CV of inter-arrivals the plan should assume (Proteus: period mean, Poisson)."""
-        q = list(self._arrivals.get(cls, ()))  # a snapshot: route() appends from the event loop
-        n = sum(1 for t in q if t > now - self.period_s)
+    def _snapshot(self, now: float) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+        """Under the lock: drop old arrivals, then copy what tick needs (arrival times per class with any,
+        latency SLO and accuracy need per class), so planning never reads state route() is changing."""
+        with self._lock:
+            for q in self._arrivals.values():
+                while q and q[0] < now - max(60.0, 6 * self.period_s):
+                    q.popleft()
+            arrivals = {c: np.fromiter(q, dtype=np.float64, count=len(q)) for c, q in self._arrivals.items() if q}
+            return arrivals, dict(self._slo_ms), dict(self._min_acc)
+
+    def _rate_cv(self, t: np.ndarray, now: float) -> tuple[float, float]:
+        """Arrival rate and CV of inter-arrivals the plan should assume (Proteus: period mean, Poisson),
+        from one class's arrival times ``t``."""
+        n = int(np.sum(t > now - self.period_s))
         return max(self.min_rate, n / self.period_s), 1.0
 
     def _drift(self) -> bool:
@@ -139,34 +150,31 @@ class _PlannedPolicy:
         """The accuracy target of the next plan (Proteus: the deployment's target, every period)."""
         return target
 
-    def tick(self, now: float, surface: Any) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
         """Re-plan when the period has passed (or on drift), and apply the plan to the surface."""
-        for q in self._arrivals.values():
-            while q and q[0] < now - max(60.0, 6 * self.period_s):
-                q.popleft()
+        arrivals, slo_ms, min_acc = self._snapshot(now)
         drift = self._drift()
         if now - self._last_plan < self.period_s and not drift:
             return
         self._last_plan = now
-        names = sorted(c for c, q in list(self._arrivals.items()) if q) or ["default"]
         classes = []
-        for cls in names:
-            rate, cv = self._rate_cv(cls, now)
-            classes.append(RequestClass(cls, rate, self._slo_ms.get(cls, 1000.0), cv=cv))
-        cores = self.cores or getattr(surface, "cores", None) or 1
+        for cls in sorted(arrivals) or ["default"]:
+            rate, cv = self._rate_cv(arrivals.get(cls, np.zeros(0)), now)
+            classes.append(RequestClass(cls, rate, slo_ms.get(cls, 1000.0), cv=cv))
+        cores = self.cores or surface.cores or 1
         target = self.accuracy_target
-        if target is None and self._min_acc:
-            target = max(self._min_acc.values())
+        if target is None and min_acc:
+            target = max(min_acc.values())
         if target is not None:
             target = self._period_target(target, sum(c.rate_rps for c in classes))
         cfg = PlannerConfig(batch_sizes=self.batch_sizes, max_workers=self.max_workers or cores,
                             accuracy_target=target, time_limit_s=self.time_limit_s)
         profiles = self._profiles(surface)
-        new = plan(profiles, classes, cfg, [Device("local", cores)])
+        new = plan(profiles, classes, cfg, [PlannerDevice("local", cores)])
         self.solve_s.append(new.solve_s)
         if new.goodput_rps <= 0 and self.plan is not None:
             return  # keep the last workable plan
-        self.plan = new
+        self.plan = new  # the swap: one assignment, read once per route()
         self.history.append({"time_s": now, "drift": drift, "accuracy_target": target,
                              **{f"rate_{c.name}": c.rate_rps for c in classes},
                              **{f"cv_{c.name}": c.cv for c in classes}, **new.to_json()})
@@ -190,8 +198,6 @@ class _PlannedPolicy:
             else:
                 surface.set_batching(v, max(self.batch_sizes), 0.0, 1)
 
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        """Feedback after each answer (unused by the plain planned policy)."""
 
 
 class ProteusPolicy(_PlannedPolicy):
@@ -224,10 +230,11 @@ class AdaptivePolicy(_PlannedPolicy):
         self._seen_batches: deque = deque(maxlen=256)
 
     def _ensure_profiler(self, profiles: dict[str, VariantProfile]) -> OnlineProfiler:
-        if self.profiler is None:
-            self.profiler = OnlineProfiler(profiles, sample_fraction=self.sample_fraction,
-                                           shadow_budget=self.shadow_budget)
-        return self.profiler
+        with self._lock:  # route() (loop) and tick() (control thread) may both be first
+            if self.profiler is None:
+                    self.profiler = OnlineProfiler(profiles, sample_fraction=self.sample_fraction,
+                                               shadow_budget=self.shadow_budget)
+            return self.profiler
 
     def route(self, request: Request, state: ServeState) -> str | None:
         if self.profiler is None and state.profiles:
@@ -236,12 +243,11 @@ class AdaptivePolicy(_PlannedPolicy):
             self.profiler.observe_arrival(state.now_s)
         return super().route(request, state)
 
-    def _profiles(self, surface: Any) -> dict[str, VariantProfile]:
+    def _profiles(self, surface: ControlSurface) -> dict[str, VariantProfile]:
         return self._ensure_profiler(super()._profiles(surface)).profiles()
 
-    def _rate_cv(self, cls: str, now: float) -> tuple[float, float]:
-        q = list(self._arrivals.get(cls, ()))
-        t = np.fromiter((x for x in q if x > now - 6 * self.period_s), dtype=np.float64)
+    def _rate_cv(self, t: np.ndarray, now: float) -> tuple[float, float]:
+        t = t[t > now - 6 * self.period_s]
         mean = np.sum(t > now - self.period_s) / self.period_s
         recent = np.sum(t > now - self.burst_window_s) / self.burst_window_s
         # burstiness *within* the recent window: rate changes across windows are tracked by re-planning,
@@ -264,18 +270,18 @@ class AdaptivePolicy(_PlannedPolicy):
         shift = float(np.clip(self.credit / expected, -self.max_relax, self.max_relax))
         return float(np.clip(target - shift, 0.0, 1.0))
 
-    def tick(self, now: float, surface: Any) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
         before = len(self.history)
         super().tick(now, surface)
         if len(self.history) > before and self.profiler is not None:
             self._acc_now = {v: self.profiler.accuracy(v) for v in self.variants if v in self.profiler.base}
             h = self.history[-1]
             rate = sum(v for k, v in h.items() if k.startswith("rate_"))
-            self.profiler.load.set_plan(rate, dispersion=max(1.0, max(
+            self.profiler.set_planned_load(rate, dispersion=max(1.0, max(
                 (v for k, v in h.items() if k.startswith("cv_")), default=1.0) ** 2))
 
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        if self.profiler is None or getattr(outcome, "status", 0) != 200 or outcome.variant is None:
+    def observe(self, request: Request, outcome: Outcome, surface: ControlSurface) -> None:
+        if self.profiler is None or outcome.status != 200 or outcome.variant is None:
             return
         if self._target_base is not None:
             acc = self._acc_now.get(outcome.variant)
@@ -286,14 +292,14 @@ class AdaptivePolicy(_PlannedPolicy):
         if key not in self._seen_batches:  # one latency sample per model call, not per request
             self._seen_batches.append(key)
             self.profiler.record_served(outcome.variant, max(1, int(outcome.batch_size)), float(outcome.model_ms))
-        if hasattr(surface, "submit_shadow"):
-            surface.submit_shadow(self.profiler, request, outcome)
+        surface.submit_shadow(self.profiler, request, outcome)
 
 
-class ClipperAIMDPolicy:
+class ClipperAIMDPolicy(Policy):
     """One variant; its max batch grows by ``step`` while batches finish within the SLO, else x ``backoff``."""
 
     name = "clipper"
+    controlled = True
 
     def __init__(self, variants: list[str], variant: str | None = None, step: int = 1, backoff: float = 0.9,
                  slo_ms: float | None = None, max_batch: int = 256, initial_batch: int = 1) -> None:
@@ -310,7 +316,7 @@ class ClipperAIMDPolicy:
         self._applied: int | None = None
         self._seen: deque = deque(maxlen=256)
         self.trajectory: list[tuple[float, int]] = []
-        self._reason = ""
+        self._lock = threading.Lock()  # tick runs from observe() (loop) and from the Controller's thread
 
     def route(self, request: Request, state: ServeState) -> str | None:
         if self.variant is None:
@@ -318,23 +324,23 @@ class ClipperAIMDPolicy:
                                key=lambda v: state.profiles[v].accuracy, default=self.variants[0])
         if self.slo_ms is None and request.slo.latency_ms is not None:
             self.slo_ms = request.slo.latency_ms
+        prof, need = state.profiles.get(self.variant), request.slo.min_accuracy
+        if need is not None and prof is not None and prof.accuracy < need:  # one variant: as static routing
+            self._reason = (f"variant {self.variant} has accuracy {prof.accuracy:.4f} < min_accuracy {need} "
+                            f"(clipper serves one variant)")
+            return None
         return self.variant
 
-    def reason(self) -> str:
-        return self._reason
+    def tick(self, now: float, surface: ControlSurface) -> None:
+        with self._lock:
+            if self.variant is None or self._applied == self.batch:
+                return
+            self._applied = batch = self.batch
+            self.trajectory.append((now, batch))
+        surface.set_batching(self.variant, batch, 0.0, surface.cores)
 
-    def refusal_kind(self) -> str:
-        return REFUSE_IMPOSSIBLE
-
-    def tick(self, now: float, surface: Any) -> None:
-        if self.variant is not None and self._applied != self.batch:
-            cores = getattr(surface, "cores", 1)
-            surface.set_batching(self.variant, self.batch, 0.0, cores)
-            self._applied = self.batch
-            self.trajectory.append((now, self.batch))
-
-    def observe(self, request: Request, outcome: Any, surface: Any) -> None:
-        if getattr(outcome, "status", 0) != 200 or self.slo_ms is None:
+    def observe(self, request: Request, outcome: Outcome, surface: ControlSurface) -> None:
+        if outcome.status != 200 or self.slo_ms is None:
             return
         key = (round(float(outcome.model_ms), 6), int(outcome.batch_size))
         if key in self._seen:
@@ -344,9 +350,4 @@ class ClipperAIMDPolicy:
             self.batch = max(1, int(self.batch * self.backoff))
         elif outcome.batch_size >= self.batch:  # only a full batch tells us a larger one is needed
             self.batch = min(self.cap, self.batch + self.step)
-        self.tick(getattr(surface, "now", time.perf_counter()), surface)
-
-
-register_policy("proteus", ProteusPolicy)
-register_policy("adaptive", AdaptivePolicy)
-register_policy("clipper", ClipperAIMDPolicy)
+        self.tick(surface.now, surface)

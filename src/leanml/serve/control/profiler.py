@@ -241,12 +241,18 @@ class OnlineProfiler:
                     self._pending = True
 
     def observe_arrival(self, t: float) -> None:
-        """An arrival at time ``t`` (for load drift)."""
-        if self.load.observe(t):
-            self.events.append(DriftEvent("load", None, t, f"rate {self.load.rate():.2f}/s vs planned "
-                                                           f"{self.load.planned_rps:.2f}/s"))
-            self._pending = True
-            self.load.set_plan(self.load.rate(), self.load.dispersion)  # re-arm at the new level
+        """An arrival at time ``t`` (for load drift; on the event loop while a tick may re-arm the detector)."""
+        with self._lock:
+            if self.load.observe(t):
+                self.events.append(DriftEvent("load", None, t, f"rate {self.load.rate():.2f}/s vs planned "
+                                                               f"{self.load.planned_rps:.2f}/s"))
+                self._pending = True
+                self.load.set_plan(self.load.rate(), self.load.dispersion)  # re-arm at the new level
+
+    def set_planned_load(self, rate_rps: float, dispersion: float = 1.0) -> None:
+        """The load the new plan assumes (the control thread, after a re-plan): what load drift is judged against."""
+        with self._lock:
+            self.load.set_plan(rate_rps, dispersion)
 
     def drift_pending(self) -> bool:
         """True once after each alarm (the planner clears it by re-planning)."""

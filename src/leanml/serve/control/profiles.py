@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from leanml.io import atomic_write_text
-from leanml.serve.types import LatencyProfile, VariantProfile
+from leanml.serve.types import LatencyProfile, VariantProfile, profile_from_dict, profile_to_dict  # noqa: F401
 from leanml.serve.variants.base import Variant
-from leanml.serve.variants.prototypes import Family
+from leanml.serve.variants.family import Family
 
 FORMAT = "leanml.serve.profiles/1"
 
@@ -135,32 +135,6 @@ def profile_variant(variant: Variant, family: Family, *, batch_sizes: list[int],
                "energy_note": None if energy is not None else "CPU energy counters (RAPL) unavailable here",
                **extra_gen},
     )
-
-
-def profile_to_dict(p: VariantProfile) -> dict[str, Any]:
-    return {
-        "name": p.name, "accuracy": p.accuracy,
-        "latency": {"p50_ms": {str(k): v for k, v in p.latency.p50_ms.items()},
-                    "p99_ms": {str(k): v for k, v in p.latency.p99_ms.items()}},
-        "memory_bytes": p.memory_bytes, "energy_j_per_request": p.energy_j_per_request,
-        "throughput_rps": {str(k): v for k, v in p.throughput_rps.items()}, "extra": p.extra,
-    }
-
-
-def profile_from_dict(d: dict[str, Any]) -> VariantProfile:
-    try:
-        lat = LatencyProfile({int(k): float(v) for k, v in d["latency"]["p50_ms"].items()},
-                             {int(k): float(v) for k, v in d["latency"]["p99_ms"].items()})
-        if not lat.p50_ms or set(lat.p50_ms) != set(lat.p99_ms):
-            raise ValueError("latency tables empty or with different batch sizes")
-        return VariantProfile(
-            name=str(d["name"]), accuracy=float(d["accuracy"]), latency=lat,
-            memory_bytes=d.get("memory_bytes"), energy_j_per_request=d.get("energy_j_per_request"),
-            throughput_rps={int(k): float(v) for k, v in (d.get("throughput_rps") or {}).items()},
-            extra=dict(d.get("extra") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"profile entry {d.get('name', '?')!r} is malformed: {e}") from None
 
 
 def machine_info() -> dict[str, Any]:

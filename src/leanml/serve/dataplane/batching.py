@@ -19,11 +19,53 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from leanml.serve.config import Batching
 from leanml.serve.types import Outcome, Request  # noqa: F401  (Outcome re-exported)
 from leanml.serve.variants.base import Variant
+
+T = TypeVar("T")
+
+
+# ---- the batching rule: shared by this runtime batcher and the simulator (leanml.serve.sim.simulator)
+def flush_time(b: Batching, queued_examples: int, oldest_enqueued_s: float, earliest_deadline_s: float | None,
+               batch_s: Callable[[int], float]) -> float | None:
+    """When the head of a variant's queue goes to the model, on the clock of the times given; None = now.
+
+    At once when the fill window is off (``max_wait_ms = 0``) or ``max_batch`` examples are queued;
+    otherwise at the earlier of the oldest request's arrival + ``max_wait_ms`` and the earliest
+    deadline minus ``batch_s(n)``, the predicted (p99) seconds of the batch the next request would
+    make (``n`` = queued + 1, at most ``max_batch``). A caller whose clock has passed the time flushes.
+    """
+    if b.max_wait_ms <= 0 or queued_examples >= b.max_batch:
+        return None
+    t = oldest_enqueued_s + b.max_wait_ms / 1000.0
+    if earliest_deadline_s is not None:
+        t = min(t, earliest_deadline_s - batch_s(min(b.max_batch, queued_examples + 1)))
+    return t
+
+
+def take_batch(queue: deque[T], max_batch: int, size: Callable[[T], int],
+               drop: Callable[[T], bool]) -> tuple[list[T], list[T], int]:
+    """Remove the next batch from the head of ``queue`` (FIFO): items while their examples fit in
+    ``max_batch`` (the first always goes, whatever its size). An item ``drop`` rejects (its deadline
+    passed, its caller left) is removed but not batched. Returns (batch, dropped, examples removed)."""
+    batch: list[T] = []
+    dropped: list[T] = []
+    n = removed = 0
+    while queue:
+        k = size(queue[0])
+        if batch and n + k > max_batch:
+            break
+        item = queue.popleft()
+        removed += k
+        if drop(item):
+            dropped.append(item)
+            continue
+        batch.append(item)
+        n += k
+    return batch, dropped, removed
 
 
 @dataclass
@@ -126,7 +168,7 @@ class VariantWorker:
                 self._slot.clear()
                 await self._slot.wait()
             b = self.batching
-            if b.max_wait_ms > 0 and self.queued_examples < b.max_batch:
+            if self._flush_at(b) is not None:
                 await self._fill_window(b)
             batch = self._pop(b)
             if batch:
@@ -134,14 +176,17 @@ class VariantWorker:
             elif not self.queue:
                 self._maybe_idle()
 
+    def _flush_at(self, b: Batching) -> float | None:
+        """`flush_time` for this queue (perf_counter clock)."""
+        deadlines = [p.deadline_s for p in self.queue if p.deadline_s is not None]
+        return flush_time(b, self.queued_examples, self.queue[0].enqueued_s, min(deadlines) if deadlines else None,
+                          lambda n: self.predicted_batch_ms(n) / 1000.0)
+
     async def _fill_window(self, b: Batching) -> None:
-        """Wait for more requests until the batch is full, max_wait passes, or a deadline gets close."""
-        flush_at = self.queue[0].enqueued_s + b.max_wait_ms / 1000.0
-        while self.queue and self.queued_examples < b.max_batch:
-            est = self.predicted_batch_ms(min(b.max_batch, self.queued_examples + 1)) / 1000.0
-            deadlines = [p.deadline_s for p in self.queue if p.deadline_s is not None]
-            t = min(flush_at, min(deadlines) - est) if deadlines else flush_at
-            wait = t - time.perf_counter()
+        """Wait for more requests until `flush_time` says go (batch full, max_wait passed, a deadline close)."""
+        while self.queue:
+            t = self._flush_at(b)
+            wait = t - time.perf_counter() if t is not None else 0.0
             if wait <= 0:
                 return
             self._wake.clear()
@@ -151,25 +196,18 @@ class VariantWorker:
                 return
 
     def _pop(self, b: Batching) -> list[Pending]:
-        batch: list[Pending] = []
-        n = 0
         now = time.perf_counter()
-        while self.queue:
-            p = self.queue[0]
-            k = p.request.n_examples
-            if batch and n + k > b.max_batch:
-                break
-            self.queue.popleft()
-            self.queued_examples -= k
-            if p.future.done():  # the caller went away (cancelled); nothing to answer
-                continue
-            if b.drop_expired and p.deadline_s is not None and now > p.deadline_s:
+
+        def gone(p: Pending) -> bool:  # the caller went away (cancelled), or its deadline passed
+            return p.future.done() or (b.drop_expired and p.deadline_s is not None and now > p.deadline_s)
+
+        batch, dropped, removed = take_batch(self.queue, b.max_batch, lambda p: p.request.n_examples, gone)
+        self.queued_examples -= removed
+        for p in dropped:
+            if not p.future.done():
                 p.future.set_result(Outcome(503, variant=self.name, outcome="expired",
                                             reason="the request's latency SLO passed while it was queued",
                                             queue_ms=(now - p.enqueued_s) * 1000.0))
-                continue
-            batch.append(p)
-            n += k
         return batch
 
     def _launch(self, batch: list[Pending]) -> None:

@@ -275,7 +275,7 @@ class _Http(Exception):
 
 def _config_view(runtime: Runtime) -> dict[str, Any]:
     if runtime.config is None:
-        return {"generation": runtime.generation, "deployments": {n: {"policy": getattr(d.policy, "name", "?")}
+        return {"generation": runtime.generation, "deployments": {n: {"policy": d.policy.name}
                                                                   for n, d in runtime.deployments.items()}}
     return {"generation": runtime.generation, **config_to_dict(runtime.config)}
 

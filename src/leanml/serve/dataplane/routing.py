@@ -1,7 +1,8 @@
-"""Routing policies: ``route(request, state) -> variant name | None`` plus a registry the planner extends.
+"""The per-request routing policies of the data plane, and the latency prediction they (and the planner's) share.
 
 * `StaticPolicy`: every request to one variant (the baseline; what a one-model server does).
-* `GreedyPolicy`: INFaaS-style (Romero et al., USENIX ATC 2021): among the variants whose profiled
+* `InfaasPolicy` (registered as ``infaas``; ``greedy`` is its deprecated alias): INFaaS-style
+  (Romero et al., USENIX ATC 2021): among the variants whose profiled
   accuracy meets the request's ``min_accuracy``, whose energy per request meets ``max_energy_j``, and
   whose *predicted* latency (queueing ahead of the request + its own batch, from the profile) meets
   ``latency_ms``, pick the cheapest. Cheapest is by ``cost`` = ``compute`` (ms of model time per
@@ -9,52 +10,15 @@
   Refusals say why: no variant can meet the SLO even idle (impossible, 503) or only the current
   queues stand in the way (overloaded, 429).
 
-Other policies (the planner's) register with `register_policy(name, factory)`; a factory takes the
-served variant names and the ``policy_params`` table.
+Both subclass `leanml.serve.policy.Policy`; the registry (`leanml.serve.policy.make_policy`) lists them.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable
-from typing import Any
 
-from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, RoutingPolicy, ServeState
-
-PolicyFactory = Callable[..., RoutingPolicy]
-_POLICIES: dict[str, PolicyFactory] = {}
-PLUGIN_MODULES = ("leanml.serve.control.policies_adaptive",)  # imported on first lookup; they register themselves
-
-
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Make ``policy = "<name>"`` usable in deploy configs and ``PUT /v1/config``."""
-    _POLICIES[name] = factory
-
-
-def _load_plugins() -> None:
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-
-
-def known_policies() -> list[str]:
-    _load_plugins()
-    return sorted(_POLICIES)
-
-
-def make_policy(name: str, variants: list[str], params: dict[str, Any] | None = None) -> RoutingPolicy:
-    """Build a registered policy for the served ``variants``; a clear error for unknown names/params."""
-    _load_plugins()
-    if name not in _POLICIES:
-        raise ValueError(f"unknown routing policy {name!r}; known: {sorted(_POLICIES)}")
-    try:
-        return _POLICIES[name](list(variants), **(params or {}))
-    except TypeError as e:
-        raise ValueError(f"policy {name!r}: bad policy_params {params!r} ({e})") from None
+from leanml.serve.policy import Policy
+from leanml.serve.types import REFUSE_IMPOSSIBLE, REFUSE_OVERLOADED, Request, ServeState
 
 
 def predicted_latency_ms(variant: str, state: ServeState, n: int = 1, quantile: str = "p99") -> float:
@@ -85,7 +49,7 @@ def idle_latency_ms(variant: str, state: ServeState, n: int = 1, quantile: str =
     return math.ceil(max(0, n - B) / B) * prof.latency.at(B, quantile) + prof.latency.at(min(n, B), quantile)
 
 
-class StaticPolicy:
+class StaticPolicy(Policy):
     """Every request goes to one variant; only an accuracy SLO it cannot meet is refused."""
 
     name = "static"
@@ -96,7 +60,6 @@ class StaticPolicy:
         self.variant = variant or variants[0]
         if self.variant not in variants:
             raise ValueError(f"static policy: variant {self.variant!r} is not served (served: {variants})")
-        self._reason = ""
 
     def route(self, request: Request, state: ServeState) -> str | None:
         prof = state.profiles.get(self.variant)
@@ -107,26 +70,20 @@ class StaticPolicy:
             return None
         return self.variant
 
-    def reason(self) -> str:
-        return self._reason
-
-    def refusal_kind(self) -> str:
-        return REFUSE_IMPOSSIBLE
-
 
 COSTS = ("compute", "latency", "energy", "memory")
 
 
-class GreedyPolicy:
+class InfaasPolicy(Policy):
     """INFaaS-style: the cheapest variant meeting the request's accuracy, energy and latency needs."""
 
-    name = "greedy"
+    name = "infaas"
 
     def __init__(self, variants: list[str], cost: str = "compute", quantile: str = "p99") -> None:
         if cost not in COSTS:
-            raise ValueError(f"greedy policy: cost must be one of {COSTS}, got {cost!r}")
+            raise ValueError(f"infaas policy: cost must be one of {COSTS}, got {cost!r}")
         if quantile not in ("p50", "p99"):
-            raise ValueError(f"greedy policy: quantile must be 'p50' or 'p99', got {quantile!r}")
+            raise ValueError(f"infaas policy: quantile must be 'p50' or 'p99', got {quantile!r}")
         self.variants, self.cost, self.quantile = list(variants), cost, quantile
         self._reason, self._kind = "", REFUSE_IMPOSSIBLE
 
@@ -183,13 +140,3 @@ class GreedyPolicy:
             self._kind = REFUSE_OVERLOADED if idle_ok else REFUSE_IMPOSSIBLE
             self._reason = "no variant meets the SLO: " + "; ".join(why)
         return best
-
-    def reason(self) -> str:
-        return self._reason
-
-    def refusal_kind(self) -> str:
-        return self._kind
-
-
-register_policy("static", StaticPolicy)
-register_policy("greedy", GreedyPolicy)

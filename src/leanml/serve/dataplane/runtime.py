@@ -1,6 +1,6 @@
 """The serving runtime: deployments of variants, per-variant queues, routing, admission, hot reconfiguration.
 
-    rt = Runtime.from_config(load_config("examples/adult.toml"))
+    rt = build_runtime(load_config("examples/adult.toml"))   # leanml.serve.builder
     await rt.start()
     out = await rt.submit("adult", [[...features...]], slo=SLO(latency_ms=50, min_accuracy=0.85))
 
@@ -26,8 +26,8 @@ from typing import Any
 from leanml.serve.config import Batching, ConfigError, DeployConfig, DeploymentConfig, apply_patch
 from leanml.serve.dataplane.batching import Outcome, Pending, VariantWorker
 from leanml.serve.dataplane.metrics import ServeMetrics
-from leanml.serve.dataplane.routing import make_policy
-from leanml.serve.types import REFUSE_OVERLOADED, SLO, Request, RoutingPolicy, ServeState
+from leanml.serve.policy import Policy, make_policy
+from leanml.serve.types import REFUSE_OVERLOADED, SLO, Request, ServeState, profile_to_dict
 from leanml.serve.variants.base import InputError, Variant
 
 log = logging.getLogger("leanml.serve")
@@ -53,7 +53,7 @@ class Deployment:
     name: str
     kind: str
     workers: dict[str, VariantWorker]
-    policy: RoutingPolicy
+    policy: Policy
     slo: SLO
     batching: Batching
     config: DeploymentConfig | None = None
@@ -94,22 +94,7 @@ class Runtime:
         self._reconf_lock: asyncio.Lock | None = None
         self.started = False
 
-    # ---- building ---------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: DeployConfig, profiles: dict | None = None, *, measure_missing: bool = True,
-                    threads: int | None = None) -> Runtime:
-        """Build every deployment of ``cfg`` (training or loading variants, attaching profiles)."""
-        from leanml.serve.builder import VariantBuilder
-
-        builder = VariantBuilder(profiles)
-        rt = cls(threads=threads or cfg.server.thread_count(), config=cfg, builder=builder)
-        for dc in cfg.deployments.values():
-            variants = builder.build(dc, measure_missing=measure_missing)
-            rt.add_deployment(dc.name, variants, dc.policy, dc.policy_params, batching=dc.batching, slo=dc.slo,
-                              config=dc, info=builder.family_info(dc))
-        return rt
-
-    def add_deployment(self, name: str, variants: dict[str, Variant], policy: str | RoutingPolicy = "greedy",
+    def add_deployment(self, name: str, variants: dict[str, Variant], policy: str | Policy = "infaas",
                        policy_params: dict[str, Any] | None = None, *, batching: Batching = Batching(),
                        slo: SLO = SLO(), config: DeploymentConfig | None = None,
                        info: dict[str, Any] | None = None) -> Deployment:
@@ -192,12 +177,13 @@ class Runtime:
                              f"{dep.batching.max_batch} per request (its max_batch): split it")
         eff = merge_slo(slo, dep.slo)
         req = Request(next(self._ids), deployment, inputs, eff, arrival, request_class, label, n, dict(knobs or {}))
-        variant = dep.policy.route(req, self.state(deployment))
+        pol = dep.policy
+        pol.on_arrival(req, arrival)
+        variant = pol.route(req, self.state(deployment))
         m = self.metrics
         if variant is None or variant not in dep.workers:
-            kind_ = getattr(dep.policy, "refusal_kind", lambda: "impossible")()
-            overload = kind_ == REFUSE_OVERLOADED
-            reason = dep.policy.reason() if variant is None else f"policy chose unknown variant {variant!r}"
+            overload = pol.refusal_kind() == REFUSE_OVERLOADED
+            reason = pol.reason() if variant is None else f"policy chose unknown variant {variant!r}"
             m.requests.labels(deployment, "", "refused_overload" if overload else "refused_slo").inc()
             return self._done(req, Outcome(429 if overload else 503, outcome="refused_overload" if overload
                                            else "refused_slo", reason=reason))
@@ -246,7 +232,7 @@ class Runtime:
         """``fn(request, outcome)`` after every answered or refused request (on the event loop: keep it cheap)."""
         self._observers.append(fn)
 
-    def set_policy(self, deployment: str, policy: RoutingPolicy) -> None:
+    def set_policy(self, deployment: str, policy: Policy) -> None:
         self.deployment(deployment).policy = policy
         self._bump()
 
@@ -265,7 +251,7 @@ class Runtime:
             w.update_batching(batching)
         self._bump()
 
-    def set_variants(self, deployment: str, variants: dict[str, Variant], policy: RoutingPolicy | None = None) -> None:
+    def set_variants(self, deployment: str, variants: dict[str, Variant], policy: Policy | None = None) -> None:
         """Serve exactly ``variants``: new ones start, removed ones stop taking requests and drain in the background.
 
         No await happens between the swap of the variant set and the policy, so no request is ever
@@ -348,12 +334,10 @@ class Runtime:
     # ---- description ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Deployments, their variants and profiles (for GET /v1/deployments)."""
-        from leanml.serve.control.profiles import profile_to_dict
-
         out = {}
         for name, dep in self.deployments.items():
             out[name] = {
-                "kind": dep.kind, "policy": getattr(dep.policy, "name", type(dep.policy).__name__),
+                "kind": dep.kind, "policy": dep.policy.name,
                 "prototype": dep.config.prototype if dep.config else None,
                 "default_slo": {k: v for k, v in asdict(dep.slo).items() if v is not None},
                 "batching": asdict(dep.batching),

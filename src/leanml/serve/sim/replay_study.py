@@ -1,11 +1,11 @@
 """The replay study: the same trace through each policy, in the simulator or live, with one summary.
 
 Policies (`POLICIES`): ``static-accurate`` and ``static-fast`` (one variant, all cores), ``infaas``
-(the runtime's INFaaS-style `GreedyPolicy`, every variant, all cores shared), ``clipper`` (most
+(the runtime's INFaaS-style `InfaasPolicy`, every variant, all cores shared), ``clipper`` (most
 accurate variant, AIMD batch size), ``proteus`` (periodic MILP, offline profiles, Poisson, mean
 rate) and ``adaptive`` (MILP + online profiling + measured burstiness + re-planning on drift).
 Every policy sees the same requests with the same SLO: ``latency_ms`` and ``min_accuracy``, which
-the greedy policy applies per request and the planned policies as a mean target.
+the INFaaS-style policy applies per request and the planned policies as a mean target.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.sim.simulator import SimBatching, Simulator
+from leanml.serve.config import Batching
+from leanml.serve.sim.simulator import Simulator
 from leanml.serve.types import SLO, VariantProfile
 
 POLICIES = ("static-accurate", "static-fast", "infaas", "clipper", "proteus", "adaptive")
@@ -68,7 +69,7 @@ def setup_policy(
 ) -> tuple[Any, dict[str, tuple[int, float, int]]]:
     """A fresh policy and its initial batching per variant ``(max_batch, max_wait_ms, concurrency)``."""
     from leanml.serve.control.policies_adaptive import AdaptivePolicy, ClipperAIMDPolicy, ProteusPolicy
-    from leanml.serve.dataplane.routing import GreedyPolicy, StaticPolicy
+    from leanml.serve.dataplane.routing import InfaasPolicy, StaticPolicy
 
     names = list(profiles)
     all_cores = {v: (max_batch, 0.0, cores) for v in names}
@@ -77,7 +78,7 @@ def setup_policy(
     if name == "static-fast":
         return StaticPolicy(names, fastest(profiles, max_batch)), all_cores
     if name == "infaas":
-        return GreedyPolicy(names), all_cores
+        return InfaasPolicy(names), all_cores
     if name == "clipper":
         return ClipperAIMDPolicy(names, most_accurate(profiles)), {v: (1, 0.0, cores) for v in names}
     kw = dict(accuracy_target=accuracy_target, period_s=period_s, cores=cores,
@@ -109,7 +110,7 @@ def simulate(
     ``knobs_for(i)``: request i's generation knobs (LLMs: ``max_new_tokens``, which sets its service time)."""
     pol, batching = setup_policy(name, profiles, cores=cores, accuracy_target=accuracy_target, period_s=period_s,
                                  policy_kw=policy_kw, max_batch=max_batch)
-    sim = Simulator(profiles, pol, cores=cores, batching={v: SimBatching(b, w, 4096, c)
+    sim = Simulator(profiles, pol, cores=cores, batching={v: Batching(b, w, 4096, c)
                                                           for v, (b, w, c) in batching.items()},
                     true_profiles=true_profiles, accuracy_at=accuracy_at, seed=seed, tick_s=tick_s,
                     overhead_ms=overhead_ms)
@@ -146,7 +147,6 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
                         accuracy_target: float | None, period_s: float = 5.0, deployment: str = "study",
                         max_batch: int = 32):
     """A fresh `Runtime` serving ``variants`` under study policy ``name``, with its `Controller` (or None)."""
-    from leanml.serve.config import Batching
     from leanml.serve.control.controller import Controller
     from leanml.serve.dataplane.runtime import Runtime
 
@@ -161,7 +161,7 @@ def build_study_runtime(name: str, variants: dict[str, Any], *, cores: int, late
                       slo=request_slo(name, latency_ms, accuracy_target))
     for v, (b, w, c) in batching.items():
         rt.set_batching(deployment, Batching(b, w, 4096, c, True), variant=v)
-    ctl = Controller(rt, deployment, pol) if hasattr(pol, "tick") or hasattr(pol, "observe") else None
+    ctl = Controller(rt, deployment, pol) if pol.controlled else None
     return rt, ctl, pol
 
 

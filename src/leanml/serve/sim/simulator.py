@@ -1,9 +1,11 @@
 """Discrete-event simulator of the serving runtime, driven by the same profiles and routing policies.
 
 It mirrors `leanml.serve.dataplane.batching` / `leanml.serve.dataplane.runtime`: per-variant FIFO queues (``max_queue``,
-else 429), a batcher per variant holding at most ``concurrency`` model calls in flight, a fill window
-(until ``max_batch`` examples, ``max_wait_ms`` after the oldest request, or the earliest deadline
-minus the profiled p99 of the batch), expired requests dropped with 503, and one shared pool of
+else 429), a batcher per variant holding at most ``concurrency`` model calls in flight, and the
+runtime's own batching rule, called, not copied (`flush_time`: until ``max_batch`` examples,
+``max_wait_ms`` after the oldest request, or the earliest deadline minus the profiled p99 of the
+batch; `take_batch`: FIFO up to ``max_batch``, expired requests dropped with 503), with the same
+`leanml.serve.config.Batching` settings and defaults, and one shared pool of
 ``cores`` model-call threads (batches wait FIFO for a free one). Routing calls ``policy.route(request,
 state)`` with the same `ServeState` the runtime builds; a policy may also have ``tick(now, surface)``
 (periodic re-planning: it calls ``surface.set_batching`` / ``surface.set_plan``) and ``observe(request,
@@ -36,22 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from leanml.serve.config import Batching
 from leanml.serve.control.planner_types import _plan_text
 from leanml.serve.control.queueing import Z99
-from leanml.serve.types import SLO, Outcome, Request, ServeState, VariantProfile
-
-REFUSE_OVERLOADED = "overloaded"
-
-
-@dataclass(frozen=True)
-class SimBatching:
-    """Per-variant batching knobs (same meaning as the runtime's `Batching`)."""
-
-    max_batch: int = 32
-    max_wait_ms: float = 1.0
-    max_queue: int = 1024
-    concurrency: int = 1
-    drop_expired: bool = True
+from leanml.serve.dataplane.batching import flush_time, take_batch
+from leanml.serve.policy import ControlSurface, Policy
+from leanml.serve.types import REFUSE_OVERLOADED, SLO, Outcome, Request, ServeState, VariantProfile
 
 
 @dataclass
@@ -64,23 +56,25 @@ class _Q:
 
 @dataclass
 class _VState:
-    batching: SimBatching
+    batching: Batching
     queue: deque = field(default_factory=deque)
     queued: int = 0
     in_flight_batches: int = 0
     in_flight_examples: int = 0
 
 
-class Simulator:
-    """Replays arrival times through queues, batchers and a policy; returns one row per request."""
+class Simulator(ControlSurface):
+    """Replays arrival times through queues, batchers and a policy; returns one row per request.
+
+    It is the `ControlSurface` its policy's ``tick``/``observe`` drive, as a live runtime's is."""
 
     def __init__(
         self,
         profiles: dict[str, VariantProfile],
-        policy: Any,
+        policy: Policy,
         *,
         cores: int = 2,
-        batching: dict[str, SimBatching] | SimBatching | None = None,
+        batching: dict[str, Batching] | Batching | None = None,
         true_profiles: dict[str, VariantProfile] | None = None,
         accuracy_at: Callable[[str, float], float] | None = None,
         tick_s: float = 1.0,
@@ -98,7 +92,7 @@ class Simulator:
         self.true = dict(true_profiles or profiles)
         self.policy = policy
         self.cores = cores
-        b = batching or SimBatching()
+        b = batching or Batching()
         self.v = {n: _VState(b[n] if isinstance(b, dict) else b) for n in profiles}
         self.accuracy_at = accuracy_at or (lambda v, t: self.true[v].accuracy)
         self.tick_s = tick_s
@@ -113,6 +107,7 @@ class Simulator:
         self.rows: list[dict[str, Any]] = []
         self.reconfigs: list[dict[str, Any]] = []
         self.shadow_runs = 0
+        self.batches: list[tuple[float, str, int]] = []  # (start time, variant, examples) per model call
 
     # ---- the surface policies drive (same names as the runtime hooks) --------------------------------
     def state(self) -> ServeState:
@@ -132,8 +127,8 @@ class Simulator:
 
     def set_batching(self, variant: str, max_batch: int, max_wait_ms: float, concurrency: int) -> None:
         s = self.v[variant]
-        new = SimBatching(int(max_batch), float(max_wait_ms), s.batching.max_queue, int(concurrency),
-                          s.batching.drop_expired)
+        new = Batching(int(max_batch), float(max_wait_ms), s.batching.max_queue, int(concurrency),
+                       s.batching.drop_expired)
         if new != s.batching:
             s.batching = new
             self.reconfigs.append({"time_s": self.now, "what": "batching",
@@ -173,7 +168,7 @@ class Simulator:
         arrival_s = np.asarray(arrival_s, dtype=np.float64)
         for i, t in enumerate(arrival_s):
             self._push(float(t), "arrive", i)
-        if hasattr(self.policy, "tick") and len(arrival_s):
+        if len(arrival_s):
             self._push(0.0, "tick", None)
         self._end = float(arrival_s[-1]) if len(arrival_s) else 0.0
         self._slo, self._cls, self._slo_for, self._labels = slo, request_class, slo_for, send_labels
@@ -220,11 +215,10 @@ class Simulator:
 
     def _route(self, req: Request, u: float) -> None:
         slo = req.slo
-        if hasattr(self.policy, "on_arrival"):
-            self.policy.on_arrival(req, self.now)
+        self.policy.on_arrival(req, self.now)
         v = self.policy.route(req, self.state())
         if v is None or v not in self.v:
-            kind = getattr(self.policy, "refusal_kind", lambda: "impossible")()
+            kind = self.policy.refusal_kind()
             st, oc = (429, "refused_overload") if kind == REFUSE_OVERLOADED else (503, "refused_slo")
             self._finish(req, Outcome(st, outcome=oc, reason=self.policy.reason()), u)
             return
@@ -240,31 +234,24 @@ class Simulator:
     def _dispatch(self, v: str) -> None:
         s = self.v[v]
         b = s.batching
+        prof = self.profiles[v]
         while s.queue and s.in_flight_batches < b.concurrency:
-            if b.max_wait_ms > 0 and s.queued < b.max_batch:
-                flush = s.queue[0].enq + b.max_wait_ms / 1e3
-                est = self.profiles[v].latency.at(min(b.max_batch, s.queued + 1), "p99") / 1e3
-                dls = [q.deadline for q in s.queue if q.deadline is not None]
-                t = min(flush, min(dls) - est) if dls else flush
-                if t > self.now + 1e-12:
-                    self._push(t, "flush", v)
-                    return
-            batch, n = [], 0
-            while s.queue:
-                q = s.queue[0]
-                k = q.req.n_examples
-                if batch and n + k > b.max_batch:
-                    break
-                s.queue.popleft()
-                s.queued -= k
-                if b.drop_expired and q.deadline is not None and self.now > q.deadline:
-                    self._finish(q.req, Outcome(503, variant=v, outcome="expired", reason="deadline passed",
-                                                   queue_ms=(self.now - q.req.arrival_s) * 1e3), q.u)
-                    continue
-                batch.append(q)
-                n += k
+            dls = [q.deadline for q in s.queue if q.deadline is not None]
+            t = flush_time(b, s.queued, s.queue[0].enq, min(dls) if dls else None,
+                           lambda n: prof.latency.at(n, "p99") / 1e3)
+            if t is not None and t > self.now + 1e-12:
+                self._push(t, "flush", v)
+                return
+            batch, dropped, removed = take_batch(
+                s.queue, b.max_batch, lambda q: q.req.n_examples,
+                lambda q: b.drop_expired and q.deadline is not None and self.now > q.deadline)
+            s.queued -= removed
+            for q in dropped:
+                self._finish(q.req, Outcome(503, variant=v, outcome="expired", reason="deadline passed",
+                                            queue_ms=(self.now - q.req.arrival_s) * 1e3), q.u)
             if not batch:
                 continue
+            n = sum(q.req.n_examples for q in batch)
             s.in_flight_batches += 1
             s.in_flight_examples += n
             if self._free_cores > 0:
@@ -283,6 +270,7 @@ class Simulator:
     def _start(self, v: str, batch: list[_Q], n: int) -> None:
         toks = [q.req.knobs["max_new_tokens"] for q in batch if q.req.knobs.get("max_new_tokens") is not None]
         d = self._service_s(v, n, max(toks) if toks else None)
+        self.batches.append((self.now, v, n))
         self._push(self.now + d, "done", (v, batch, n, self.now, d))
 
     def _done(self, v: str, batch: list[_Q], n: int, start: float, dur: float) -> None:
@@ -307,7 +295,8 @@ class Simulator:
         slo_ms = req.slo.latency_ms
         self.rows.append({
             "id": req.id, "arrival_s": req.arrival_s, "finish_s": self.now, "status": out.status,
-            "outcome": out.outcome, "variant": out.variant, "latency_ms": lat if ok else float("nan"),
+            "outcome": out.outcome, "variant": out.variant, "reason": out.reason,
+            "latency_ms": lat if ok else float("nan"),
             "queue_ms": out.queue_ms, "model_ms": out.model_ms, "batch_size": out.batch_size,
             "request_class": req.request_class, "slo_ms": slo_ms if slo_ms is not None else float("nan"),
             "met_slo": bool(ok and (slo_ms is None or lat <= slo_ms)),
@@ -317,8 +306,7 @@ class Simulator:
                          else float("nan")),
             **({"max_new_tokens": int(req.knobs["max_new_tokens"])} if req.knobs.get("max_new_tokens") else {}),
         })
-        if hasattr(self.policy, "observe"):
-            self.policy.observe(req, out, self)
+        self.policy.observe(req, out, self)
 
 
 def request_path_delays_ms(arrival_s: np.ndarray, service_ms: float) -> np.ndarray:

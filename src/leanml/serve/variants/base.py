@@ -100,6 +100,7 @@ class GeneratorModel(Model):
     """A text generator; each request carries prompts and its own generation knobs."""
 
     kind = "generate"
+    default_max_new_tokens: int = 32  # tokens generated when a request names no max_new_tokens
 
     @abstractmethod
     def generate(self, prompts: list[str], max_new_tokens: list[int], kv_cache_cap: list[int | None],
@@ -122,7 +123,7 @@ class GeneratorModel(Model):
             prompts += p
             # no max given: the model's default, raised to min_new_tokens (a request asking for at least
             # N tokens gets them rather than a silent cut at the default)
-            default = max(getattr(self, "default_max_new_tokens", 32), int(k.get("min_new_tokens") or 0))
+            default = max(self.default_max_new_tokens, int(k.get("min_new_tokens") or 0))
             mnt += [int(k.get("max_new_tokens") or default)] * len(p)
             cap += [k.get("kv_cache_cap")] * len(p)
             mins += [k.get("min_new_tokens")] * len(p)

@@ -184,7 +184,7 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
     (a 135M model answers one letter almost always, so letter agreement would measure nothing).
     """
     from leanml.data import load
-    from leanml.serve.variants.prototypes import cached
+    from leanml.serve.variants.family import cached
 
     metric, split, seed = str(p["eval_metric"]), str(p["eval_split"]), int(p["seed"])
     if metric not in ("mmlu", "fp32_token_agreement"):
@@ -242,7 +242,7 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
 def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
     import torch
 
-    from leanml.serve.variants.prototypes import Family
+    from leanml.serve.variants.family import Family
     from leanml.serve.variants.torch_variants import quantize_dynamic_int8
 
     base, tok = load_smollm2()

@@ -8,29 +8,14 @@ builders, and says how to measure accuracy on held-out data. Trained weights are
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from leanml.io import atomic_write_bytes
 from leanml.serve.variants.base import ClassifierModel, Variant
-
-
-@dataclass
-class Family:
-    """The variants of one prototype and how to judge them."""
-
-    prototype: str
-    variants: dict[str, Variant]
-    evaluate: Callable[[Variant, int | None], float]  # (variant, max examples) -> accuracy
-    sample_inputs: Callable[[int, int], list[Any]]  # (n requests, seed) -> request inputs (one example each)
-    info: dict[str, Any] = field(default_factory=dict)
+from leanml.serve.variants.family import Family, cached, cached_module  # noqa: F401  (cached: re-exported)
 
 
 @dataclass(frozen=True)
@@ -90,48 +75,6 @@ def build_family(name: str, params: dict[str, Any] | None = None, variants: list
     return proto.build(p, wanted)
 
 
-# ---- caching -------------------------------------------------------------------------------------
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def cached(name: str, params: dict[str, Any], make: Callable[[], Any]) -> Any:
-    """Return a pickled object from the serve cache, or make it and cache it (atomic write)."""
-    from leanml.data import cache_dir
-
-    path = cache_dir("serve") / f"{name}-{_key(name, params)}.pkl"
-    if path.exists():
-        try:
-            return pickle.loads(path.read_bytes())
-        except Exception:
-            path.unlink(missing_ok=True)  # a stale or corrupt cache entry is rebuilt, never trusted
-    obj = make()
-    atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-    return obj
-
-
-def cached_module(name: str, params: dict[str, Any], build: Callable[[], Any], train: Callable[[Any], None]):
-    """A torch module built by ``build`` whose trained state dict is cached under the serve cache."""
-    import torch
-
-    from leanml.data import cache_dir
-
-    path = cache_dir("serve") / f"{name}-{_key(name, params)}.pt"
-    module = build()
-    if path.exists():
-        try:
-            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return module.eval()
-        except Exception:
-            path.unlink(missing_ok=True)
-            module = build()
-    train(module)
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return module.eval()
-
-
 # ---- helpers for classifier families ---------------------------------------------------------------
 def classifier_evaluator(X: np.ndarray, y: np.ndarray) -> Callable[[Variant, int | None], float]:
     def evaluate(variant: Variant, limit: int | None = None) -> float:
@@ -157,9 +100,9 @@ def example_sampler(X: np.ndarray) -> Callable[[int, int], list[Any]]:
 def _build_digits(p: dict[str, Any], wanted: list[str]) -> Family:
     import torch
 
+    import leanml.serve.variants.torch_variants as tv
     from leanml.data import load
     from leanml.models import build_mlp, fit
-    from leanml.serve.variants import torch_variants as tv
 
     tr, te = load("digits", "train"), load("digits", "test")
     d, c = tr.X.shape[1], int(tr.y.max()) + 1
@@ -175,7 +118,7 @@ def _build_digits(p: dict[str, Any], wanted: list[str]) -> Family:
 
     def add(name, module, technique, dtype=torch.float32, **params):
         if name in wanted:
-            variants[name] = Variant(name, tv.TorchClassifier(module, shape, c, dtype=dtype), technique,
+            variants[name] = Variant(name, tv.TorchClassifierModel(module, shape, c, dtype=dtype), technique,
                                      {**params, **tv.torch_variant_params(module)})
 
     add("mlp", base, "base")
@@ -210,10 +153,10 @@ def _build_adult(p: dict[str, Any], wanted: list[str]) -> Family:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    import leanml.serve.variants.sklearn_variants as sv
+    import leanml.serve.variants.torch_variants as tv
     from leanml.data import load
     from leanml.models import build_mlp, fit
-    from leanml.serve.variants import sklearn_variants as sv
-    from leanml.serve.variants import torch_variants as tv
 
     tr, te = load("adult", "train"), load("adult", "test")
     X, y = tr.X.astype(np.float32), tr.y
@@ -250,10 +193,11 @@ def _build_adult(p: dict[str, Any], wanted: list[str]) -> Family:
             lambda: torch.nn.Sequential(tv.Standardize(mean, std), build_mlp(d, 2, hidden=(64, 32), seed=p["seed"])),
             lambda m: fit(m, X, y, epochs=p["mlp_epochs"], batch_size=256, lr=1e-3, seed=p["seed"]))
         if "mlp" in wanted:
-            variants["mlp"] = Variant("mlp", tv.TorchClassifier(mlp, (d,), 2), "base", tv.torch_variant_params(mlp))
+            variants["mlp"] = Variant("mlp", tv.TorchClassifierModel(mlp, (d,), 2), "base",
+                                      tv.torch_variant_params(mlp))
         if "mlp_int8" in wanted:
             q = tv.quantize_dynamic_int8(mlp)
-            variants["mlp_int8"] = Variant("mlp_int8", tv.TorchClassifier(q, (d,), 2), "int8")
+            variants["mlp_int8"] = Variant("mlp_int8", tv.TorchClassifierModel(q, (d,), 2), "int8")
     Xv, yv = te.X.astype(np.float32), te.y
     return Family("adult", {k: variants[k] for k in wanted}, classifier_evaluator(Xv, yv), example_sampler(Xv),
                   {"n_features": d, "n_classes": 2, "val": "adult/test", "val_n": len(te),
@@ -271,9 +215,9 @@ register_prototype(Prototype(
 def _build_cifar(p: dict[str, Any], wanted: list[str]) -> Family:
     import torch
 
+    import leanml.serve.variants.torch_variants as tv
     from leanml.data import load
     from leanml.models import build_cnn, fit
-    from leanml.serve.variants import torch_variants as tv
 
     tr, te = load("cifar10", "train"), load("cifar10", "test")
     idx = np.random.default_rng(p["seed"]).permutation(len(tr.X))[: p["train_n"]]
@@ -285,7 +229,7 @@ def _build_cifar(p: dict[str, Any], wanted: list[str]) -> Family:
     variants: dict[str, Variant] = {}
 
     def add(name, module, technique, dtype=torch.float32, **params):
-        variants[name] = Variant(name, tv.TorchClassifier(module, shape, 10, dtype=dtype), technique,
+        variants[name] = Variant(name, tv.TorchClassifierModel(module, shape, 10, dtype=dtype), technique,
                                  {**params, **tv.torch_variant_params(module)})
 
     if "cnn" in wanted:

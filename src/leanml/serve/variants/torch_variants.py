@@ -37,8 +37,9 @@ class Standardize(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-class TorchClassifier(ClassifierModel):
-    """A torch module returning logits, served as class probabilities."""
+class TorchClassifierModel(ClassifierModel):
+    """A torch module returning logits, served as class probabilities (the serving `Model` of a torch
+    variant; not `leanml.select.learner.TorchClassifier`, the selection study's trainable learner)."""
 
     def __init__(self, module: nn.Module, input_shape: tuple[int, ...], n_classes: int,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -122,7 +123,7 @@ def quantize_static_int8(module: nn.Sequential, calibration: np.ndarray) -> nn.M
 
 
 def to_bf16(module: nn.Module) -> nn.Module:
-    """A bfloat16 copy (inputs are cast by `TorchClassifier(dtype=torch.bfloat16)`)."""
+    """A bfloat16 copy (inputs are cast by `TorchClassifierModel(dtype=torch.bfloat16)`)."""
     return copy.deepcopy(module).to(torch.bfloat16).eval()
 
 

@@ -1,146 +1,50 @@
-"""Serving workloads: real traces (Azure LLM format, any CSV/JSONL), synthetic arrivals, rescaling.
+"""Serving workloads: real traces (public formats by their columns, any CSV/JSONL), synthetic arrivals, rescaling.
 
 A `Trace` is arrival times (seconds since the first request, non-decreasing) plus optional
 per-request token counts. Loaders validate their input and name the file and column on error.
 
     trace = load_trace("azure_llm_code")                 # via leanml.data (the data root)
-    trace = load_trace("my.csv", timestamp_col="ts")     # any CSV/JSONL
+    trace = load_trace("mooncake_trace.jsonl")           # a public format, recognized by its columns
+    trace = load_trace("my.csv", timestamp_col="ts")     # any CSV/JSONL, through a field map
     trace = gamma_bursty(rate=20, cv=3.0, n=2000, seed=0)
     fast = scale_to_rate(trace, 50.0)                    # same burst shape, 50 requests/s mean
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-class TraceError(ValueError):
-    """A trace file or parameter is malformed; the message names it and says what to do."""
-
-
-@dataclass
-class Trace:
-    """Arrival times (s, from 0, non-decreasing) and optional per-request token counts."""
-
-    arrival_s: np.ndarray
-    context_tokens: np.ndarray | None = None
-    generated_tokens: np.ndarray | None = None
-    name: str = "trace"
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.arrival_s = np.asarray(self.arrival_s, dtype=np.float64)
-        n = len(self.arrival_s)
-        if self.arrival_s.ndim != 1:
-            raise TraceError(f"trace '{self.name}': arrival_s must be 1-D, got shape {self.arrival_s.shape}")
-        if n and (not np.all(np.isfinite(self.arrival_s)) or np.any(np.diff(self.arrival_s) < 0)):
-            raise TraceError(f"trace '{self.name}': arrival times must be finite and non-decreasing")
-        for col in ("context_tokens", "generated_tokens"):
-            v = getattr(self, col)
-            if v is not None:
-                v = np.asarray(v, dtype=np.int64)
-                if len(v) != n:
-                    raise TraceError(f"trace '{self.name}': {col} has {len(v)} rows, arrivals have {n}")
-                setattr(self, col, v)
-        for k, v in self.extra.items():
-            if len(v) != n:
-                raise TraceError(f"trace '{self.name}': column {k} has {len(v)} rows, arrivals have {n}")
-
-    def __len__(self) -> int:
-        return len(self.arrival_s)
-
-    @property
-    def duration_s(self) -> float:
-        """Time from the first to the last arrival."""
-        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 0.0
-
-    @property
-    def mean_rate(self) -> float:
-        """Requests per second over the trace's span ((n-1)/duration: unbiased for a renewal process)."""
-        return (len(self) - 1) / self.duration_s if self.duration_s > 0 else float("nan")
-
-    def select(self, mask_or_idx: np.ndarray, name: str | None = None) -> Trace:
-        """A sub-trace of the given rows (arrival times re-based to start at 0)."""
-        a = self.arrival_s[mask_or_idx]
-        base = a[0] if len(a) else 0.0
-        return Trace(
-            a - base,
-            None if self.context_tokens is None else self.context_tokens[mask_or_idx],
-            None if self.generated_tokens is None else self.generated_tokens[mask_or_idx],
-            name=name or self.name,
-            extra={k: np.asarray(v)[mask_or_idx] for k, v in self.extra.items()},
-            info=dict(self.info),
-        )
-
-    def head(self, n: int) -> Trace:
-        """The first ``n`` requests."""
-        return self.select(np.arange(min(int(n), len(self))))
-
-    def busiest(self, duration_s: float) -> Trace:
-        """The ``duration_s`` window holding the most requests (e.g. to replay a burst), re-based to 0."""
-        if duration_s <= 0:
-            raise TraceError(f"duration_s must be positive, got {duration_s}")
-        if len(self) == 0:
-            return self.select(np.arange(0))
-        ends = np.searchsorted(self.arrival_s, self.arrival_s + duration_s, side="left")
-        i = int(np.argmax(ends - np.arange(len(self))))
-        return self.window(float(self.arrival_s[i]), duration_s)
-
-    def window(self, start_s: float, duration_s: float) -> Trace:
-        """Requests arriving in ``[start_s, start_s + duration_s)``, re-based to 0."""
-        m = (self.arrival_s >= start_s) & (self.arrival_s < start_s + duration_s)
-        return self.select(np.flatnonzero(m))
+from leanml.serve.workload.base import Trace, TraceError  # noqa: F401  (re-exported: the workload API)
+from leanml.serve.workload.loaders import TraceFields, read_trace_file
 
 
 # ---------------------------------------------------------------- loading
 def load_trace(
     source: str | Path,
     *,
-    timestamp_col: str = "TIMESTAMP",
-    context_col: str | None = "ContextTokens",
-    generated_col: str | None = "GeneratedTokens",
+    format: str | None = None,
+    timestamp_col: str | None = None,
+    context_col: str | None = None,
+    generated_col: str | None = None,
     timestamp_unit: str = "s",
 ) -> Trace:
     """Load a registered trace dataset by name (e.g. ``azure_llm_code``) or a CSV/JSONL file.
 
-    ``timestamp_col`` holds either date-times (ISO-like strings) or numbers in ``timestamp_unit``
-    (``s`` or ``ms``); token columns are optional (set to None to skip).
+    A file's format is recognized by its columns (Azure LLM 2023/2024, Mooncake, BurstGPT: see
+    `leanml.serve.workload.loaders`) and named in ``trace.info["format"]``; ``format=`` forces one.
+    Any other file needs a field map: ``timestamp_col`` (date-times, or numbers in ``timestamp_unit``,
+    ``s`` or ``ms``) and optionally ``context_col`` / ``generated_col``.
     """
     path = Path(source)
     if not path.suffix and not path.exists():
         return _load_registered(str(source))
-    if not path.exists():
-        raise TraceError(f"trace file {path} does not exist; give a CSV/JSONL path or a dataset name")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        cols = _read_jsonl(path)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        cols = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
-    else:
-        raise TraceError(f"trace file {path}: unknown format '{suffix}'; use .csv, .tsv or .jsonl")
-    if timestamp_col not in cols:
-        raise TraceError(
-            f"trace file {path}: no timestamp column '{timestamp_col}' (columns: {sorted(cols)}); "
-            "pass timestamp_col= / --timestamp-col"
-        )
-    t = _to_seconds(cols[timestamp_col], timestamp_unit, path, timestamp_col)
-    order = np.argsort(t, kind="stable")
-    if np.any(order != np.arange(len(t))):
-        raise TraceError(f"trace file {path}: column '{timestamp_col}' is not sorted; sort the file by time")
-    tokens = {}
-    for key, col in (("context_tokens", context_col), ("generated_tokens", generated_col)):
-        if col is None or col not in cols:
-            tokens[key] = None
-            continue
-        tokens[key] = _to_int(cols[col], path, col)
-    extra = {k: np.asarray(v) for k, v in cols.items() if k not in {timestamp_col, context_col, generated_col}}
-    return Trace(t - (t[0] if len(t) else 0.0), name=path.stem, extra=extra, info={"path": str(path)}, **tokens)
+    fields = (TraceFields(timestamp_col, timestamp_unit, context_col, generated_col)
+              if timestamp_col is not None else None)
+    return read_trace_file(path, format=format, fields=fields)
 
 
 def _load_registered(name: str) -> Trace:
@@ -158,64 +62,8 @@ def _load_registered(name: str) -> Trace:
         meta.get("context_tokens"),
         meta.get("generated_tokens"),
         name=name,
-        info=dict(split.info),
+        info={**split.info, "format": "dataset"},
     )
-
-
-def _read_csv(path: Path, delimiter: str) -> dict[str, np.ndarray]:
-    import pyarrow.csv as pacsv
-
-    try:
-        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-    except Exception as e:  # pyarrow raises ArrowInvalid with a useful message
-        raise TraceError(f"trace file {path}: cannot parse as CSV: {e}") from None
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-
-
-def _read_jsonl(path: Path) -> dict[str, np.ndarray]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise TraceError(f"trace file {path}, line {i}: invalid JSON ({e.msg})") from None
-    keys = sorted({k for r in rows for k in r})
-    return {k: np.asarray([r.get(k) for r in rows], dtype=object) for k in keys}
-
-
-def _to_seconds(col: np.ndarray, unit: str, path: Path, name: str) -> np.ndarray:
-    if unit not in ("s", "ms"):
-        raise TraceError(f"timestamp_unit must be 's' or 'ms', got '{unit}'")
-    col = np.asarray(col)
-    if np.issubdtype(col.dtype, np.datetime64):
-        ns = col.astype("datetime64[ns]").astype(np.int64)
-        return (ns - ns[0]) / 1e9 if len(ns) else ns.astype(np.float64)
-    try:
-        t = col.astype(np.float64)
-    except (TypeError, ValueError):
-        try:
-            ns = np.array([np.datetime64(str(v).replace(" ", "T")) for v in col], dtype="datetime64[ns]")
-        except ValueError as e:
-            raise TraceError(
-                f"trace file {path}: column '{name}' is neither numbers nor date-times ({e})"
-            ) from None
-        ns = ns.astype(np.int64)
-        return (ns - ns[0]) / 1e9 if len(ns) else ns.astype(np.float64)
-    if np.any(~np.isfinite(t)):
-        raise TraceError(f"trace file {path}: column '{name}' has missing or non-finite values")
-    return t / 1000.0 if unit == "ms" else t
-
-
-def _to_int(col: np.ndarray, path: Path, name: str) -> np.ndarray:
-    try:
-        f = np.asarray(col, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TraceError(f"trace file {path}: column '{name}' must hold integers") from None
-    if np.any(~np.isfinite(f)) or np.any(f != np.round(f)) or np.any(f < 0):
-        raise TraceError(f"trace file {path}: column '{name}' must hold non-negative integers")
-    return f.astype(np.int64)
 
 
 # ---------------------------------------------------------------- synthetic arrivals

@@ -24,11 +24,11 @@ class LeanmlReplica:
 
     def __init__(self, cfg: DeployConfig, name: str, profiles: dict[str, dict[str, VariantProfile]],
                  threads: int = 1) -> None:
-        from leanml.serve.dataplane.runtime import Runtime
+        from leanml.serve.builder import build_runtime
 
         one = replace(cfg, deployments={name: cfg.deployments[name]})
         self.name = name
-        self.runtime = Runtime.from_config(one, profiles, threads=threads)
+        self.runtime = build_runtime(one, profiles, threads=threads)
         self.kind = self.runtime.deployments[name].kind
 
     async def handle(self, body: Any) -> tuple[int, dict[str, Any]]:

@@ -1,0 +1,158 @@
+"""The serving-policy contract and its registry: what the runtime, the simulator and the Controller call.
+
+Every routing policy subclasses `Policy` and is called directly through these hooks (no ``hasattr``
+probing): a misspelt hook is an ordinary method nobody calls, while a missing ``route`` cannot be
+instantiated. The hooks, who calls them, and on which thread:
+
+===================================  ==========================================  ===================
+hook                                 called by                                   thread
+===================================  ==========================================  ===================
+``on_arrival(request, now)``         runtime and simulator, before ``route``     event loop
+``route(request, state)``            runtime and simulator, once per request     event loop
+``reason()`` / ``refusal_kind()``    runtime and simulator, after a refusal      event loop
+``observe(request, outcome, surf)``  `Controller` and simulator, every answer     event loop
+``tick(now, surface)``               `Controller` every ``tick_s``, simulator    a worker thread
+                                     every ``tick_s`` of simulated time          (live)
+===================================  ==========================================  ===================
+
+``tick`` runs off the event loop in a live runtime (a MILP solve must not block requests), so a
+policy whose ``tick`` reads state that ``route``/``observe`` write must guard it (the planned
+policies take a snapshot under a lock) and swap a new plan in with one assignment.
+
+`ControlSurface` is what ``tick``/``observe`` drive: the simulator is one, the live runtime's
+`leanml.serve.control.controller.RuntimeSurface` the other.
+
+The registry maps names to policy classes. Built-in members are listed by import path
+(`BUILTIN`, resolved on first use, like packaging entry points), so this base module imports none of
+them (they import it); `register_policy` adds others. ``greedy`` is a deprecated alias of ``infaas``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from leanml.serve.types import REFUSE_IMPOSSIBLE, Outcome, Request, ServeState
+
+
+class ControlSurface(ABC):
+    """What a policy's ``tick``/``observe`` may drive: the simulator or a live runtime deployment."""
+
+    cores: int  # model-call threads the deployment may use
+    now: float  # the surface's clock (seconds; simulated time in the simulator)
+
+    @abstractmethod
+    def state(self) -> ServeState:
+        """The routing state now: profiles, queues, batch limits, the plan."""
+
+    @abstractmethod
+    def set_plan(self, plan: Any) -> None:
+        """Publish a new plan (``state.plan`` from then on)."""
+
+    @abstractmethod
+    def set_batching(self, variant: str, max_batch: int, max_wait_ms: float, concurrency: int) -> None:
+        """New batching limits for one variant (queued requests are batched under them)."""
+
+    @abstractmethod
+    def submit_shadow(self, profiler: Any, request: Request, outcome: Outcome) -> None:
+        """Run a served request on the variants ``profiler`` picks, within its budget (online profiling)."""
+
+
+class Policy(ABC):
+    """Chooses the variant for each request, or refuses it with a reason; optionally re-plans.
+
+    Subclasses set ``name`` and implement ``route``; the other hooks have working defaults (no-ops,
+    and a refusal reason/kind read from ``_reason``/``_kind``, which ``route`` sets when it refuses).
+    ``controlled`` says whether ``tick``/``observe`` do anything, so a live replay attaches a
+    `Controller` only where it matters.
+    """
+
+    name: ClassVar[str] = "policy"
+    controlled: ClassVar[bool] = False
+    _reason: str = ""
+    _kind: str = REFUSE_IMPOSSIBLE
+
+    @abstractmethod
+    def route(self, request: Request, state: ServeState) -> str | None:
+        """The served variant for ``request``, or None to refuse it (then ``reason``/``refusal_kind`` say why)."""
+
+    def reason(self) -> str:
+        """Why the last refused request was refused."""
+        return self._reason
+
+    def refusal_kind(self) -> str:
+        """``"impossible"`` (no variant meets the SLO even idle: HTTP 503) or ``"overloaded"`` (429)."""
+        return self._kind
+
+    def on_arrival(self, request: Request, now: float) -> None:  # noqa: B027  (an optional hook: no-op)
+        """A request arrived (before ``route``), at the surface's clock ``now``."""
+
+    def tick(self, now: float, surface: ControlSurface) -> None:  # noqa: B027
+        """Periodic control (re-planning); may run in a worker thread while the loop routes."""
+
+    def observe(self, request: Request, outcome: Outcome, surface: ControlSurface) -> None:  # noqa: B027
+        """Feedback after each answered or refused request (online profiling, AIMD)."""
+
+
+PolicyFactory = Callable[..., Policy]
+
+# name -> "module:attribute" of the built-in members (imported on first use; they import this module)
+BUILTIN: dict[str, str] = {
+    "static": "leanml.serve.dataplane.routing:StaticPolicy",
+    "infaas": "leanml.serve.dataplane.routing:InfaasPolicy",
+    "proteus": "leanml.serve.control.policies_adaptive:ProteusPolicy",
+    "adaptive": "leanml.serve.control.policies_adaptive:AdaptivePolicy",
+    "clipper": "leanml.serve.control.policies_adaptive:ClipperAIMDPolicy",
+}
+ALIASES: dict[str, str] = {"greedy": "infaas"}  # deprecated names -> the registered one
+_REGISTERED: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make ``policy = "<name>"`` usable in deploy configs and ``PUT /v1/config``; ``factory(variants,
+    **policy_params)`` must return a `Policy`."""
+    if name in ALIASES:
+        raise ValueError(f"policy name {name!r} is an alias of {ALIASES[name]!r}; choose another name")
+    _REGISTERED[name] = factory
+
+
+def known_policies() -> list[str]:
+    """Every registered name (deprecated aliases not included)."""
+    return sorted(set(BUILTIN) | set(_REGISTERED))
+
+
+def canonical_name(name: str) -> str:
+    """The registered name for ``name``: an alias gives its target, with a DeprecationWarning."""
+    if name in ALIASES:
+        warnings.warn(f"policy {name!r} is deprecated: it is the INFaaS-style policy, registered as "
+                      f"{ALIASES[name]!r}; use that name", DeprecationWarning, stacklevel=3)
+        return ALIASES[name]
+    return name
+
+
+def policy_factory(name: str) -> PolicyFactory:
+    """The factory registered as ``name`` (an alias resolves, with a warning); ValueError naming the known ones."""
+    key = canonical_name(name)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    if key not in BUILTIN:
+        raise ValueError(f"unknown routing policy {name!r}; known: {known_policies()}")
+    module, attr = BUILTIN[key].split(":")
+    _REGISTERED[key] = vars(importlib.import_module(module))[attr]
+    return _REGISTERED[key]
+
+
+def make_policy(name: str, variants: list[str], params: dict[str, Any] | None = None) -> Policy:
+    """Build the policy registered as ``name`` for the served ``variants``; a clear error for unknown
+    names, bad ``policy_params`` or a factory that does not return a `Policy`."""
+    factory = policy_factory(name)
+    try:
+        pol = factory(list(variants), **(params or {}))
+    except TypeError as e:
+        raise ValueError(f"policy {name!r}: bad policy_params {params!r} ({e})") from None
+    if not isinstance(pol, Policy):
+        raise TypeError(f"policy {name!r}: its factory returned {type(pol).__name__}, not a leanml.serve.policy.Policy")
+    return pol
