@@ -14,9 +14,13 @@
 
     python benchmarks/store_bench.py [--quick] [--host local|dev_vm|...] [--out FILE]
 
+5. zstd (``zstandard``, level 3) over the int8 codes of the same real features, for comparison with int4.
+
 Headline keys: ``int8_size_ratio`` (LESS float32 .pt bytes/example over the int8 store's, ids
-included), ``int8_top5_overlap``, ``onebit_top5_overlap``. Targets (issue 3): ratio >= 4, int8
-overlap >= 0.9.
+included), ``int8_top5_overlap``, ``int4_size_ratio`` and ``int2_size_ratio`` (fp32 store bytes/example
+over the int4/int2 store's, ids included), ``int4_top5_overlap``, ``int2_top5_overlap``,
+``onebit_top5_overlap``. Targets: int8 ratio >= 4 with overlap >= 0.9 (issue 3); int4 ratio >= 7.5
+with overlap >= 0.9 (issue 17, QLESS).
 """
 
 from __future__ import annotations
@@ -102,7 +106,25 @@ def topk_latency(tmp: Path, sizes: list[int], d: int, ann_max: int, host) -> lis
     return out
 
 
-def selection_overlap(tmp: Path) -> dict[str, float]:
+def zstd_int8(x: np.ndarray, level: int = 3) -> dict[str, float]:
+    """zstd (the ``zstandard`` package) over int8 codes + scales of real rows ``x``: bytes/example (ids included),
+    and decompression MB/s of the codes; None where the package is not installed."""
+    try:
+        import zstandard
+    except ImportError:
+        return {"zstd_int8_bytes_per_example": None, "zstd_note": "zstandard not installed (pip install zstandard)"}
+    codes, aux = CODECS["int8"].encode(x)
+    raw = codes.tobytes() + aux.tobytes()
+    comp = zstandard.ZstdCompressor(level=level).compress(raw)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        zstandard.ZstdDecompressor().decompress(comp)
+    dt = (time.perf_counter() - t0) / 5
+    return {"zstd_int8_bytes_per_example": len(comp) / len(x) + 8, "int8_bytes_per_example_real": len(raw) / len(x) + 8,
+            "zstd_level": level, "zstd_decompress_mb_s": len(raw) / dt / 1e6}
+
+
+def selection_overlap(tmp: Path) -> tuple[dict[str, float], dict[str, float]]:
     from leanml.grads.recipes import ExtractSpec, warmup
     from leanml.store.extract import extract
 
@@ -125,7 +147,8 @@ def selection_overlap(tmp: Path) -> dict[str, float]:
                 st.append(*ref.features(c), checkpoint=c)
         st.add_task("digits-test", target)
         sel[name] = set(st.select("digits-test", 0.05)[0].tolist())
-    return {name: len(s & sel["fp32"]) / len(sel["fp32"]) for name, s in sel.items()}
+    zs = zstd_int8(np.concatenate([ref.features(c)[1] for c in ref.checkpoint_names()]))
+    return {name: len(s & sel["fp32"]) / len(sel["fp32"]) for name, s in sel.items()}, zs
 
 
 def main() -> None:
@@ -153,7 +176,7 @@ def main() -> None:
         less_b = less_pt_bytes_per_example(d)
         ing = sizes_and_ingest(tmp, d, n_ingest)
         lat = topk_latency(tmp, sizes, 1024, ann_max, host)
-        ov = selection_overlap(tmp)
+        ov, zs = selection_overlap(tmp)
     finally:
         if a.tmp is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -174,10 +197,19 @@ def main() -> None:
               f"{r.get('ivf_query_s', nan):>11.4f} | {r['predicted_ivf_query_s']:>9.4f} | "
               f"{r.get('ivf_recall_at_10', nan):>13.3f}")
     by = {r["codec"]: r for r in ing}
+    zb = zs["zstd_int8_bytes_per_example"]
+    print("zstd-int8 on the real features (k=2048): "
+          + (zs["zstd_note"] if zb is None else f"{zb:.0f} bytes/example against int8's "
+             f"{zs['int8_bytes_per_example_real']:.0f} ({zs['int8_bytes_per_example_real'] / zb:.2f}x), "
+             f"decompress {zs['zstd_decompress_mb_s']:.0f} MB/s"))
     result = {
         "benchmark": "store_bench", "quick": a.quick, "k": d,
         "int8_size_ratio": by["int8"]["vs_less_pt"], "int8_top5_overlap": ov["int8"],
-        "onebit_top5_overlap": ov["sign1"],
+        "int4_size_ratio": by["fp32"]["bytes_per_example"] / by["int4"]["bytes_per_example"],
+        "int4_top5_overlap": ov["int4"],
+        "int2_size_ratio": by["fp32"]["bytes_per_example"] / by["int2"]["bytes_per_example"],
+        "int2_top5_overlap": ov["int2"],
+        "onebit_top5_overlap": ov["sign1"], "zstd_int8": zs,
         "less_pt_bytes_per_example": less_b, "codecs": ing, "topk_latency": lat,
         "prediction_host": {"id": host.id, "name": host.name, "peak_source": host.peak_source,
                             "torch_threads": torch.get_num_threads(),
@@ -190,7 +222,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "int8_size_ratio", "int8_top5_overlap",
-                                             "onebit_top5_overlap")}, default=float))
+                                             "int4_size_ratio", "int4_top5_overlap", "int2_size_ratio",
+                                             "int2_top5_overlap", "onebit_top5_overlap")}, default=float))
 
 
 if __name__ == "__main__":
