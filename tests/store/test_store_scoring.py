@@ -167,3 +167,17 @@ def test_zmax_standardizes_each_subtask():
     np.testing.assert_allclose(z[1], z[2])
     with pytest.raises(scoring.ScoringError, match="reduce"):
         scoring.reduce_subtasks(per, "median")
+
+
+def test_store_select_runs_every_less_variant(feats, store):
+    _, tgt, tl, _, _ = feats
+    st = GradientStore.open(store.root)
+    st.add_task("t", np.stack(tgt), subtasks=tl)
+    ids, _ = st.select("t", 30, method="less-balanced")
+    np.testing.assert_array_equal(ids, less_balanced(st, tgt, tl, 30)[0])
+    ref, _ = st.select("t", 30)
+    single, _ = st.select("t", 30, method="less-single")
+    assert len(set(ref) | set(single)) > 30  # one task vs the max over three: different picks
+    assert len(st.select("t", 0.1, method="less-zmax")[0]) == 40
+    with pytest.raises(ValueError, match="method must be one of"):
+        st.select("t", 30, method="trak")
