@@ -10,7 +10,8 @@
    benchmark's torch threads.
 4. Selection overlap per codec on real features: digits MLP after a 2-epoch warm-up, Adam-type
    training features (k = 2048, two checkpoints) and SGD features of 100 test examples as the target;
-   LESS top-5% from each codec against fp32.
+   LESS top-5% from each codec against fp32, and the downstream effect: digits test accuracy (the other
+   349 test rows) of the quick suite's MLP trained on each codec's selection (mean of 3 seeds).
 
     python benchmarks/store_bench.py [--quick] [--host local|dev_vm|...] [--out FILE]
 
@@ -146,9 +147,35 @@ def selection_overlap(tmp: Path) -> tuple[dict[str, float], dict[str, float]]:
             for c in st.checkpoint_names():
                 st.append(*ref.features(c), checkpoint=c)
         st.add_task("digits-test", target)
-        sel[name] = set(st.select("digits-test", 0.05)[0].tolist())
+        sel[name] = st.select("digits-test", 0.05)[0]
     zs = zstd_int8(np.concatenate([ref.features(c)[1] for c in ref.checkpoint_names()]))
-    return {name: len(s & sel["fp32"]) / len(sel["fp32"]) for name, s in sel.items()}, zs
+    zs["downstream"] = downstream_accuracy(spec, sel)
+    ov = {name: len(set(s.tolist()) & set(sel["fp32"].tolist())) / len(sel["fp32"]) for name, s in sel.items()}
+    return ov, zs
+
+
+def downstream_accuracy(spec, sel: dict[str, np.ndarray], seeds: int = 3) -> dict[str, float]:  # noqa: ANN001
+    """Digits test accuracy (the rows after the 100 target rows) of the quick suite's MLP 64-128-10 trained
+    30 epochs on each codec's LESS top-5% selection, mean over ``seeds`` training seeds."""
+    from leanml.grads.recipes import ExtractSpec
+    from leanml.models import build_mlp
+    from leanml.select import TorchClassifier, TrainConfig
+
+    tr, te = spec.load_split(), ExtractSpec(**{**spec.__dict__, "split": "test"}).load_split()
+    pos = {int(i): r for r, i in enumerate(np.asarray(tr.ids))}
+    learner = TorchClassifier(lambda s: build_mlp(64, 10, (128,), seed=s), 10,
+                              TrainConfig(epochs=30, batch_size=32, lr=2e-3))
+    out = {}
+    for name, ids in sel.items():
+        rows = np.array([pos[int(i)] for i in ids])
+        accs = []
+        for seed in range(seeds):
+            model = learner.new_model(seed)
+            learner.fit(model, tr.X[rows], tr.y[rows], seed=seed)
+            accs.append(learner.evaluate(model, te.X[100:], te.y[100:]))
+        out[name] = float(np.mean(accs))
+    return out
+
 
 
 def main() -> None:
@@ -183,11 +210,13 @@ def main() -> None:
     for r in ing:
         r["vs_less_pt"] = less_b / r["bytes_per_example"]
         r["top5_overlap_vs_fp32"] = ov[r["codec"]]
+        r["downstream_accuracy"] = zs["downstream"][r["codec"]]
     print(f"LESS float32 .pt: {less_b:.0f} bytes/example at k={d}")
-    print(f"{'codec':>6} | {'B/example':>10} | {'x smaller':>9} | {'ingest MB/s':>11} | {'top5% overlap':>13}")
+    print(f"{'codec':>6} | {'B/example':>10} | {'x smaller':>9} | {'ingest MB/s':>11} | {'top5% overlap':>13} | "
+          f"{'downstream acc':>14}")
     for r in ing:
         print(f"{r['codec']:>6} | {r['bytes_per_example']:>10} | {r['vs_less_pt']:>9.2f} | {r['ingest_mb_s']:>11.1f} | "
-              f"{r['top5_overlap_vs_fp32']:>13.3f}")
+              f"{r['top5_overlap_vs_fp32']:>13.3f} | {r['downstream_accuracy']:>14.4f}")
     print(f"{'rows':>9} | {'exact top-10 s (best of 2)':>26} | {'predicted s':>11} | {'ivf build s':>11} | "
           f"{'predicted':>9} | {'ivf query s':>11} | {'predicted':>9} | {'ivf recall@10':>13}")
     nan = float("nan")
