@@ -241,6 +241,15 @@ class StoreFeatures(GradientFeatures):
             self._rows[checkpoint] = np.asarray(feats[[pos[int(i)] for i in self.ids]], dtype=np.float32)
         return self._rows[checkpoint]
 
+    def blocks(self) -> Any:
+        """The store itself, streamed block by block, when the pool is the store's rows in store order;
+        otherwise the rows in pool order, in memory."""
+        from leanml.store.scoring import StoreBlocks
+
+        if all(np.array_equal(self.store.ids(c), self.ids) for c in self.store.checkpoint_names()):
+            return StoreBlocks(self.store)
+        return super().blocks()
+
     def one_minus_p(self) -> np.ndarray | None:
         """The store's per-row 1 - p in pool order (None for stores without it)."""
         if not self.store.has_one_minus_p():
