@@ -4,8 +4,10 @@
     python benchmarks/selection_study.py --suite quick      # the full quick suite (what `make demo` runs)
     python benchmarks/selection_study.py --suite cifar10 --size pool_size=10000 --size epochs=5
 
-Headline (last stdout line, also benchmarks/results/selection_study.json): per budget, the best
-method's accuracy and total cost against random's, and the full-data reference.
+Headline (last stdout line, also benchmarks/results/selection_study.json, or selection_study-<suite>.json for
+other suites): per budget, the best method's accuracy and total cost against random's, the full-data reference,
+and each LESS variant's accuracy against random's with 95% intervals (t over seeds; the difference is paired by
+seed, the same pool and test set for both).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from leanml.bench import plan_study, run_study, summarize, write_report
+from leanml.bench.suites import VARIANTS
 from leanml.cli.study_cmd import summary_table
 from leanml.io import atomic_write_text
 
@@ -37,6 +41,33 @@ def headline(rows: list[dict]) -> dict:
             "random_accuracy": rnd and rnd["accuracy"], "random_total_wall_s": rnd and rnd["total_wall_s"],
             "methods_beating_random": sorted(r["method"] for r in at if rnd and r["accuracy"] > rnd["accuracy"]),
         }
+    out["less_variants"] = less_vs_random(rows)
+    return out
+
+
+def _mean_ci(v: list[float]) -> dict:
+    """Mean and 95% t-interval half-width over seeds (None with one seed)."""
+    from scipy import stats
+
+    a = np.asarray(v, dtype=float)
+    hw = None if len(a) < 2 else float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+    return {"mean": float(a.mean()), "ci95": hw, "seeds": len(a)}
+
+
+def less_vs_random(rows: list[dict]) -> dict:
+    """Per budget and LESS variant: accuracy, random's, and the seed-paired difference, each with its 95% interval."""
+    out: dict = {}
+    for b in sorted({r["budget"] for r in rows if r["method"] == "random"}):
+        rnd = {r["seed"]: r["accuracy"] for r in rows if r["method"] == "random" and r["budget"] == b}
+        for m in VARIANTS:
+            acc = {r["seed"]: r["accuracy"] for r in rows if r["method"] == m and r["budget"] == b}
+            seeds = sorted(set(acc) & set(rnd))
+            if not seeds:
+                continue
+            out.setdefault(str(b), {})[m] = {
+                "variant": VARIANTS[m], "accuracy": _mean_ci([acc[s] for s in seeds]),
+                "random": _mean_ci([rnd[s] for s in seeds]),
+                "minus_random": _mean_ci([acc[s] - rnd[s] for s in seeds])}
     return out
 
 
@@ -45,13 +76,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="quick suite with 10 epochs (same code path)")
     ap.add_argument("--suite", default="quick")
     ap.add_argument("--size", action="append", default=[], help="KEY=VALUE suite size parameter")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the suite's)")
+    ap.add_argument("--methods", default="", help="comma-separated method ids (default: the suite's)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     sizes = dict(s.split("=", 1) for s in a.size)
     if a.quick:
         sizes.setdefault("epochs", "10")
     out = a.out or Path(tempfile.mkdtemp(prefix="leanml-selection-study-"))
-    plan = plan_study(a.suite, sizes=sizes, out=out)
+    plan = plan_study(a.suite, sizes=sizes, out=out, seeds=[int(x) for x in a.seeds.split(",") if x] or None,
+                      methods=[m for m in a.methods.split(",") if m] or None)
     console = Console()
     rows = run_study(plan, log=lambda s: console.print(s, markup=False, highlight=False))
     console.print(summary_table(rows, f"selection study: {a.suite}"))
@@ -59,7 +93,8 @@ def main() -> None:
                  (" --quick" if a.quick else "") + f" --suite {a.suite}")
     h = headline(rows)
     h["results"] = str(plan.results_path)
-    atomic_write_text(Path(__file__).parent / "results" / "selection_study.json", json.dumps(h, indent=1))
+    name = "selection_study.json" if a.suite == "quick" else f"selection_study-{a.suite}.json"
+    atomic_write_text(Path(__file__).parent / "results" / name, json.dumps(h, indent=1))
     print(json.dumps(h))
 
 

@@ -10,13 +10,18 @@
    benchmark's torch threads.
 4. Selection overlap per codec on real features: digits MLP after a 2-epoch warm-up, Adam-type
    training features (k = 2048, two checkpoints) and SGD features of 100 test examples as the target;
-   LESS top-5% from each codec against fp32.
+   LESS top-5% from each codec against fp32, and the downstream effect: digits test accuracy (the other
+   349 test rows) of the quick suite's MLP trained on each codec's selection (mean of 3 seeds).
 
     python benchmarks/store_bench.py [--quick] [--host local|dev_vm|...] [--out FILE]
 
+5. zstd (``zstandard``, level 3) over the int8 codes of the same real features, for comparison with int4.
+
 Headline keys: ``int8_size_ratio`` (LESS float32 .pt bytes/example over the int8 store's, ids
-included), ``int8_top5_overlap``, ``onebit_top5_overlap``. Targets (issue 3): ratio >= 4, int8
-overlap >= 0.9.
+included), ``int8_top5_overlap``, ``int4_size_ratio`` and ``int2_size_ratio`` (fp32 store bytes/example
+over the int4/int2 store's, ids included), ``int4_top5_overlap``, ``int2_top5_overlap``,
+``onebit_top5_overlap``. Targets: int8 ratio >= 4 with overlap >= 0.9 (issue 3); int4 ratio >= 7.5
+with overlap >= 0.9 (issue 17, QLESS).
 """
 
 from __future__ import annotations
@@ -102,7 +107,25 @@ def topk_latency(tmp: Path, sizes: list[int], d: int, ann_max: int, host) -> lis
     return out
 
 
-def selection_overlap(tmp: Path) -> dict[str, float]:
+def zstd_int8(x: np.ndarray, level: int = 3) -> dict[str, float]:
+    """zstd (the ``zstandard`` package) over int8 codes + scales of real rows ``x``: bytes/example (ids included),
+    and decompression MB/s of the codes; None where the package is not installed."""
+    try:
+        import zstandard
+    except ImportError:
+        return {"zstd_int8_bytes_per_example": None, "zstd_note": "zstandard not installed (pip install zstandard)"}
+    codes, aux = CODECS["int8"].encode(x)
+    raw = codes.tobytes() + aux.tobytes()
+    comp = zstandard.ZstdCompressor(level=level).compress(raw)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        zstandard.ZstdDecompressor().decompress(comp)
+    dt = (time.perf_counter() - t0) / 5
+    return {"zstd_int8_bytes_per_example": len(comp) / len(x) + 8, "int8_bytes_per_example_real": len(raw) / len(x) + 8,
+            "zstd_level": level, "zstd_decompress_mb_s": len(raw) / dt / 1e6}
+
+
+def selection_overlap(tmp: Path) -> tuple[dict[str, float], dict[str, float]]:
     from leanml.grads.recipes import ExtractSpec, warmup
     from leanml.store.extract import extract
 
@@ -124,8 +147,35 @@ def selection_overlap(tmp: Path) -> dict[str, float]:
             for c in st.checkpoint_names():
                 st.append(*ref.features(c), checkpoint=c)
         st.add_task("digits-test", target)
-        sel[name] = set(st.select("digits-test", 0.05)[0].tolist())
-    return {name: len(s & sel["fp32"]) / len(sel["fp32"]) for name, s in sel.items()}
+        sel[name] = st.select("digits-test", 0.05)[0]
+    zs = zstd_int8(np.concatenate([ref.features(c)[1] for c in ref.checkpoint_names()]))
+    zs["downstream"] = downstream_accuracy(spec, sel)
+    ov = {name: len(set(s.tolist()) & set(sel["fp32"].tolist())) / len(sel["fp32"]) for name, s in sel.items()}
+    return ov, zs
+
+
+def downstream_accuracy(spec, sel: dict[str, np.ndarray], seeds: int = 3) -> dict[str, float]:  # noqa: ANN001
+    """Digits test accuracy (the rows after the 100 target rows) of the quick suite's MLP 64-128-10 trained
+    30 epochs on each codec's LESS top-5% selection, mean over ``seeds`` training seeds."""
+    from leanml.grads.recipes import ExtractSpec
+    from leanml.models import build_mlp
+    from leanml.select import TorchClassifierLearner, TrainConfig
+
+    tr, te = spec.load_split(), ExtractSpec(**{**spec.__dict__, "split": "test"}).load_split()
+    pos = {int(i): r for r, i in enumerate(np.asarray(tr.ids))}
+    learner = TorchClassifierLearner(lambda s: build_mlp(64, 10, (128,), seed=s), 10,
+                              TrainConfig(epochs=30, batch_size=32, lr=2e-3))
+    out = {}
+    for name, ids in sel.items():
+        rows = np.array([pos[int(i)] for i in ids])
+        accs = []
+        for seed in range(seeds):
+            model = learner.new_model(seed)
+            learner.fit(model, tr.X[rows], tr.y[rows], seed=seed)
+            accs.append(learner.evaluate(model, te.X[100:], te.y[100:]))
+        out[name] = float(np.mean(accs))
+    return out
+
 
 
 def main() -> None:
@@ -153,18 +203,20 @@ def main() -> None:
         less_b = less_pt_bytes_per_example(d)
         ing = sizes_and_ingest(tmp, d, n_ingest)
         lat = topk_latency(tmp, sizes, 1024, ann_max, host)
-        ov = selection_overlap(tmp)
+        ov, zs = selection_overlap(tmp)
     finally:
         if a.tmp is None:
             shutil.rmtree(tmp, ignore_errors=True)
     for r in ing:
         r["vs_less_pt"] = less_b / r["bytes_per_example"]
         r["top5_overlap_vs_fp32"] = ov[r["codec"]]
+        r["downstream_accuracy"] = zs["downstream"][r["codec"]]
     print(f"LESS float32 .pt: {less_b:.0f} bytes/example at k={d}")
-    print(f"{'codec':>6} | {'B/example':>10} | {'x smaller':>9} | {'ingest MB/s':>11} | {'top5% overlap':>13}")
+    print(f"{'codec':>6} | {'B/example':>10} | {'x smaller':>9} | {'ingest MB/s':>11} | {'top5% overlap':>13} | "
+          f"{'downstream acc':>14}")
     for r in ing:
         print(f"{r['codec']:>6} | {r['bytes_per_example']:>10} | {r['vs_less_pt']:>9.2f} | {r['ingest_mb_s']:>11.1f} | "
-              f"{r['top5_overlap_vs_fp32']:>13.3f}")
+              f"{r['top5_overlap_vs_fp32']:>13.3f} | {r['downstream_accuracy']:>14.4f}")
     print(f"{'rows':>9} | {'exact top-10 s (best of 2)':>26} | {'predicted s':>11} | {'ivf build s':>11} | "
           f"{'predicted':>9} | {'ivf query s':>11} | {'predicted':>9} | {'ivf recall@10':>13}")
     nan = float("nan")
@@ -174,10 +226,19 @@ def main() -> None:
               f"{r.get('ivf_query_s', nan):>11.4f} | {r['predicted_ivf_query_s']:>9.4f} | "
               f"{r.get('ivf_recall_at_10', nan):>13.3f}")
     by = {r["codec"]: r for r in ing}
+    zb = zs["zstd_int8_bytes_per_example"]
+    print("zstd-int8 on the real features (k=2048): "
+          + (zs["zstd_note"] if zb is None else f"{zb:.0f} bytes/example against int8's "
+             f"{zs['int8_bytes_per_example_real']:.0f} ({zs['int8_bytes_per_example_real'] / zb:.2f}x), "
+             f"decompress {zs['zstd_decompress_mb_s']:.0f} MB/s"))
     result = {
         "benchmark": "store_bench", "quick": a.quick, "k": d,
         "int8_size_ratio": by["int8"]["vs_less_pt"], "int8_top5_overlap": ov["int8"],
-        "onebit_top5_overlap": ov["sign1"],
+        "int4_size_ratio": by["fp32"]["bytes_per_example"] / by["int4"]["bytes_per_example"],
+        "int4_top5_overlap": ov["int4"],
+        "int2_size_ratio": by["fp32"]["bytes_per_example"] / by["int2"]["bytes_per_example"],
+        "int2_top5_overlap": ov["int2"],
+        "onebit_top5_overlap": ov["sign1"], "zstd_int8": zs,
         "less_pt_bytes_per_example": less_b, "codecs": ing, "topk_latency": lat,
         "prediction_host": {"id": host.id, "name": host.name, "peak_source": host.peak_source,
                             "torch_threads": torch.get_num_threads(),
@@ -190,7 +251,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "int8_size_ratio", "int8_top5_overlap",
-                                             "onebit_top5_overlap")}, default=float))
+                                             "int4_size_ratio", "int4_top5_overlap", "int2_size_ratio",
+                                             "int2_top5_overlap", "onebit_top5_overlap")}, default=float))
 
 
 if __name__ == "__main__":

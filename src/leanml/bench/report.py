@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leanml.bench.study import summarize
+from leanml.bench.suites import VARIANTS
 from leanml.io import atomic_write_bytes, atomic_write_text
 
 
@@ -47,7 +48,8 @@ def markdown_table(summary: list[dict[str, Any]], cost: str = "wall") -> str:
     front = set(pareto_front(pts))
     for i, r in enumerate(summary):
         wall = f" {_fmt(r['total_wall_s'])} |" if extra else ""
-        lines.append(f"| {r['method']} | {r['budget']:g} | {r['accuracy']:.4f} ± {r['accuracy_sd']:.4f} | "
+        name = r["method"] + (f" ({VARIANTS[r['method']]})" if r["method"] in VARIANTS else "")
+        lines.append(f"| {name} | {r['budget']:g} | {r['accuracy']:.4f} ± {r['accuracy_sd']:.4f} | "
                      f"{r['seeds']} | {_fmt(r[f'select_{c}_s'])} | {_fmt(r[f'train_{c}_s'])} | "
                      f"{_fmt(r[f'total_{c}_s'])} |{wall} {'*' if i in front else ''} |")
     return "\n".join(lines)

@@ -15,9 +15,18 @@ import numpy as np
 from leanml.bench.suitedata import SuiteData
 from leanml.select import Pool, Target, TorchClassifierLearner, TrainConfig
 
+LESS_VARIANTS = ("less", "less-balanced", "less-zmax", "less-single")
 ALL_ARRAY_METHODS = ("full", "random", "random-balanced", "loss", "el2n", "dlis", "least-confidence", "margin",
-                     "entropy", "rho-loss", "craig", "grad-match", "less", "trak", "dsdm")
+                     "entropy", "rho-loss", "craig", "grad-match", *LESS_VARIANTS, "trak", "dsdm")
 TEXT_METHODS = ("embedding", "bm25")
+# What each LESS variant is, for tables: the paper's rule is the reference, the rest are named as what they change.
+VARIANTS = {"less": "reference: max over subtasks", "less-balanced": "balanced: round-robin over subtasks",
+            "less-zmax": "ablation: z-scored, then max", "less-single": "ablation: one task (mean)"}
+
+
+def less_params(**p: object) -> dict[str, dict[str, object]]:
+    """The same parameters for every LESS variant (they differ only in how subtask scores become a selection)."""
+    return {m: dict(p) for m in LESS_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Suite:
     seeds: tuple[int, ...]
     sizes: dict[str, Any]
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scenario: str = "in-distribution"  # or "targeted": pool from several sources, target and test from one
     threads: int | None = None  # torch intra-op threads; tiny models run fastest on one
     workload: Callable[[dict[str, Any]], SuiteWorkload] | None = None  # its model for hardware projection
 
@@ -98,7 +108,8 @@ def _array_suite_data(X, y, Xt, yt, learner, sizes, seed, texts=None, info=None)
     pool = Pool(X[rows], y[rows], learner=learner, holdout=holdout, name="pool",
                 texts=None if texts is None else [texts[i] for i in rows])
     nt = sizes["target"]
-    target = Target(X[hold[:nt]], y[hold[:nt]], name="validation",
+    # In-distribution: the target's subtasks are its classes (LESS's max over subtasks, one per class).
+    target = Target(X[hold[:nt]], y[hold[:nt]], name="validation", tasks=y[hold[:nt]],
                     texts=None if texts is None else [texts[i] for i in hold[:nt]])
     n_test = sizes.get("test_size")
     if n_test and n_test < len(yt):
@@ -109,16 +120,20 @@ def _array_suite_data(X, y, Xt, yt, learner, sizes, seed, texts=None, info=None)
 
 # ---- quick: digits + small MLP -----------------------------------------------------------------
 
-def _build_quick(sizes: dict[str, Any], seed: int) -> SuiteData:
-    from leanml.data import load
+def _quick_learner(sizes: dict[str, Any]) -> TorchClassifierLearner:
     from leanml.models import build_mlp
 
-    tr, te = load("digits", "train"), load("digits", "test")
     h = tuple(int(x) for x in str(sizes["hidden"]).split("x"))
-    learner = TorchClassifierLearner(lambda s: build_mlp(64, 10, h, seed=s), 10,
-                              TrainConfig(epochs=sizes["epochs"], batch_size=32, lr=sizes["lr"]),
-                              proxy_factory=lambda s: build_mlp(64, 10, (16,), seed=s))
-    return _array_suite_data(tr.X, tr.y, te.X, te.y, learner, sizes, seed)
+    return TorchClassifierLearner(lambda s: build_mlp(64, 10, h, seed=s), 10,
+                           TrainConfig(epochs=sizes["epochs"], batch_size=32, lr=sizes["lr"]),
+                           proxy_factory=lambda s: build_mlp(64, 10, (16,), seed=s))
+
+
+def _build_quick(sizes: dict[str, Any], seed: int) -> SuiteData:
+    from leanml.data import load
+
+    tr, te = load("digits", "train"), load("digits", "test")
+    return _array_suite_data(tr.X, tr.y, te.X, te.y, _quick_learner(sizes), sizes, seed)
 
 
 def _mlp_workload(d_in: int, n_classes: int, hidden: tuple[int, ...], train_batch: int,
@@ -149,10 +164,75 @@ register_suite(Suite(
         "loss": {"warmup_epochs": 3}, "el2n": {"warmup_epochs": 3, "n_models": 2},
         "least-confidence": {"warmup_epochs": 3}, "margin": {"warmup_epochs": 3}, "entropy": {"warmup_epochs": 3},
         "craig": {"warmup_epochs": 3}, "grad-match": {"warmup_epochs": 3},
-        "less": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256},
+        **less_params(warmup_fraction=0.05, warmup_epochs=4, dim=256),
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
     },
+    threads=1,
+    workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),
+))
+
+
+# ---- quick-targeted: a pool mixed from four digit sources, target and test from one -------------------
+
+DIGIT_SOURCES = ("clean", "noisy", "mirrored", "inverted")
+
+
+def digit_source(X: np.ndarray, source: str, seed: int) -> np.ndarray:
+    """Digits (8x8 in [0, 1]) as one source would record them: as they are, with Gaussian noise (sd 0.25),
+    mirrored left-right, or with intensities inverted (1 - x)."""
+    if source == "clean":
+        return X
+    if source == "noisy":
+        return np.clip(X + np.random.default_rng(30_000 + seed).normal(0, 0.25, X.shape), 0, 1).astype(X.dtype)
+    if source == "mirrored":
+        return X.reshape(-1, 8, 8)[:, :, ::-1].reshape(len(X), 64).copy()
+    if source == "inverted":
+        return (1.0 - X).astype(X.dtype)
+    raise ValueError(f"digit source must be one of {DIGIT_SOURCES}, got {source!r}")
+
+
+def _build_quick_targeted(sizes: dict[str, Any], seed: int) -> SuiteData:
+    """Each training row is recorded by one of the four sources (a seeded, equal split); the holdout, the
+    target and the test set come from ``target_source`` only, the setting LESS was made for."""
+    from leanml.data import load
+
+    tr, te = load("digits", "train"), load("digits", "test")
+    rows, hold = _split_holdout(len(tr.y), sizes["holdout"], sizes.get("pool_size"), seed)
+    src = np.random.default_rng(40_000 + seed).permutation(np.arange(len(rows)) % len(DIGIT_SOURCES))
+    X = tr.X[rows].copy()
+    for k, name in enumerate(DIGIT_SOURCES):
+        X[src == k] = digit_source(tr.X[rows][src == k], name, seed)
+    t = sizes["target_source"]
+    learner = _quick_learner(sizes)
+    Xh = digit_source(tr.X[hold], t, seed + 1)
+    holdout = Pool(Xh, tr.y[hold], learner=learner, name="holdout")
+    pool = Pool(X, tr.y[rows], learner=learner, holdout=holdout, name="pool",
+                meta={"source": np.asarray(DIGIT_SOURCES)[src]})
+    nt = sizes["target"]
+    target = Target(Xh[:nt], tr.y[hold[:nt]], tasks=tr.y[hold[:nt]], name=f"{t}-validation")
+    return SuiteData(pool, target, digit_source(te.X, t, seed + 2), te.y, learner,
+                     info={"scenario": f"pool from {', '.join(DIGIT_SOURCES)} (a quarter each); target, holdout "
+                                       f"and test from {t}"})
+
+
+register_suite(Suite(
+    name="quick-targeted",
+    description="digits recorded by four sources (clean, noisy, mirrored, inverted), a quarter of the pool each; "
+                "target, holdout and test from one (inverted); MLP 64-128-10",
+    build=_build_quick_targeted,
+    methods=("full", "random", "random-balanced", "loss", "rho-loss", *LESS_VARIANTS, "trak", "dsdm"),
+    budgets=(0.05, 0.1, 0.3),
+    seeds=(0, 1),
+    sizes={"holdout": 270, "target": 60, "pool_size": 0, "test_size": 0, "epochs": 30, "lr": 2e-3, "hidden": "128",
+           "target_source": "inverted"},
+    method_params={
+        "loss": {"warmup_epochs": 3},
+        **less_params(warmup_fraction=0.05, warmup_epochs=4, dim=256),
+        "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
+        "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
+    },
+    scenario="targeted",
     threads=1,
     workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),
 ))
@@ -181,7 +261,7 @@ register_suite(Suite(
     seeds=(0, 1, 2),
     sizes={"holdout": 2000, "target": 200, "pool_size": 0, "test_size": 0, "epochs": 15, "lr": 2e-3, "width": 32},
     method_params={
-        "less": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 1024},
+        **less_params(warmup_fraction=0.05, warmup_epochs=4, dim=1024),
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 1024},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 1024},
         "loss": {"warmup_epochs": 2}, "el2n": {"warmup_epochs": 2, "n_models": 2},
@@ -229,7 +309,8 @@ def _build_sst2_frozen(sizes: dict[str, Any], seed: int) -> SuiteData:
     holdout = Pool(Xh, y[hold], learner=learner, texts=[texts[i] for i in hold], name="holdout")
     pool = Pool(X, y[rows], learner=learner, holdout=holdout, texts=[texts[i] for i in rows], name="pool")
     nt = sizes["target"]
-    target = Target(Xh[:nt], y[hold[:nt]], texts=[texts[i] for i in hold[:nt]], name="sst2-dev")
+    target = Target(Xh[:nt], y[hold[:nt]], texts=[texts[i] for i in hold[:nt]], tasks=y[hold[:nt]],
+                    name="sst2-dev")
     return SuiteData(pool, target, Et, test_y, learner,
                      info={"frozen_features": "MiniLM mean-pooled embeddings, computed once per text and cached; "
                                               "their cost is a fixed cost outside the grid",
@@ -245,7 +326,7 @@ register_suite(Suite(
     seeds=(0, 1, 2),
     sizes={"holdout": 500, "target": 50, "pool_size": 20000, "epochs": 20, "lr": 3e-3},
     method_params={
-        "less": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256},
+        **less_params(warmup_fraction=0.05, warmup_epochs=4, dim=256),
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
     },
@@ -270,7 +351,8 @@ def _build_sst2_lora(sizes: dict[str, Any], seed: int) -> SuiteData:
     holdout = Pool(Xh, y[hold], learner=learner, texts=[texts[i] for i in hold], name="holdout")
     pool = Pool(X, y[rows], learner=learner, holdout=holdout, texts=[texts[i] for i in rows], name="pool")
     nt = sizes["target"]
-    target = Target(Xh[:nt], y[hold[:nt]], texts=[texts[i] for i in hold[:nt]], name="sst2-dev")
+    target = Target(Xh[:nt], y[hold[:nt]], texts=[texts[i] for i in hold[:nt]], tasks=y[hold[:nt]],
+                    name="sst2-dev")
     return SuiteData(pool, target, Xt, test_y[:n_test], learner)
 
 
@@ -284,7 +366,7 @@ register_suite(Suite(
     sizes={"holdout": 300, "target": 32, "pool_size": 4000, "test_size": 0, "epochs": 2, "lr": 5e-4,
            "max_len": 64, "lora_r": 8},
     method_params={
-        "less": {"warmup_fraction": 0.05, "warmup_epochs": 2, "dim": 1024},
+        **less_params(warmup_fraction=0.05, warmup_epochs=2, dim=1024),
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 1, "dim": 1024},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 1, "dim": 1024},
         "loss": {"warmup_epochs": 1}, "el2n": {"warmup_epochs": 1, "n_models": 1},
@@ -308,10 +390,10 @@ register_suite(Suite(
     name="instruct",
     description="SmolLM2-135M-Instruct + LoRA; pool T0+GSM8K+CodeAlpaca; targets/eval BBH, MMLU, TyDiQA subtasks",
     build=_build_instruct,
-    methods=("full", "random", "less", "embedding", "bm25"),
+    methods=("full", "random", *LESS_VARIANTS, "embedding", "bm25"),
     budgets=(0.05, 0.1),
     seeds=(0,),
     sizes={"n_t0": 600, "n_gsm8k": 200, "n_codealpaca": 200, "n_tasks": 3, "per_task": 2, "eval_per_task": 10,
            "epochs": 1, "lr": 2e-4, "max_len": 128, "gen_tokens": 16, "lora_r": 8},
-    method_params={"less": {"warmup_fraction": 0.05, "warmup_epochs": 2, "dim": 1024, "params": "lora"}},
+    method_params=less_params(warmup_fraction=0.05, warmup_epochs=2, dim=1024, params="lora"),
 ))

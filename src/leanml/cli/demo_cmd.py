@@ -13,10 +13,15 @@ from leanml.cli.app import app
 
 
 def section_selection_study(console: Console, out: Path) -> None:
-    """Data selection: every method on digits, selection cost beside training cost."""
+    """Data selection: every method on digits, selection cost beside training cost, in two scenarios:
+    in-distribution (target = the pool's own distribution) and targeted (pool from four sources, target
+    and test from one, LESS's intended use)."""
     from leanml.cli.study_cmd import run_and_report
 
+    console.print("Scenario 1, in-distribution: pool, target and test all plain digits.")
     run_and_report("quick", out=out / "study", console=console)
+    console.print("Scenario 2, targeted: pool from four digit sources, target and test from one (inverted).")
+    run_and_report("quick-targeted", out=out / "study-targeted", console=console)
 
 
 def section_roofline(console: Console, out: Path) -> None:
@@ -35,7 +40,8 @@ def section_serving_replay(console: Console, out: Path) -> None:
 
 # (title, function). Each section writes its files under its own part of --out.
 SECTIONS: list[tuple[str, Callable[[Console, Path], None]]] = [
-    ("Data selection: what does choosing the data cost? (study --suite quick)", section_selection_study),
+    ("Data selection: what does choosing the data cost? (study --suite quick, quick-targeted)",
+     section_selection_study),
     ("Hardware: this machine's calibrated roofline (hw calibrate)", section_roofline),
     ("Serving: a bursty trace through five routing policies (serve replay, simulated)", section_serving_replay),
 ]

@@ -36,7 +36,7 @@ def extract_cmd(
     weight: list[float] = typer.Option([], "--weight", help="Weight per checkpoint (LESS: its learning rate)."),
     warmup_epochs: int = typer.Option(0,
                                        help="Train briefly first and use one checkpoint per epoch (no --checkpoint)."),
-    codec: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8 | sign1."),
+    codec: str = typer.Option("fp32", help="fp32 | fp16 | bf16 | int8 | int4 | int2 | sign1."),
     workers: int = typer.Option(1, help="Parallel worker processes (each writes its own part)."),
     backend: str = typer.Option("process", help="process | ray (Ray tasks; connects to a running cluster if any)."),
 ) -> None:

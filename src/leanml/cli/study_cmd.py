@@ -40,9 +40,14 @@ def summary_table(rows: list[dict], title: str, cost: str = "wall") -> Table:
     c = check_cost(cost)
     summ = summarize(rows)
     front = set(pareto_front([(r[f"total_{c}_s"] or 0.0, r["accuracy"]) for r in summ]))
+    from leanml.bench.suites import VARIANTS
+
     t = Table(title=title, title_justify="left")
     multi = any(r["seeds"] > 1 for r in summ)
     t.add_column("method", no_wrap=True)
+    variants = any(r["method"] in VARIANTS for r in summ)
+    if variants:
+        t.add_column("variant", no_wrap=True)
     unit = "s" if c == "wall" else "cpu s"
     for col in ("budget", "acc", *(("sd", "seeds") if multi else ()), f"select {unit}", f"train {unit}",
                 f"total {unit}"):
@@ -53,7 +58,8 @@ def summary_table(rows: list[dict], title: str, cost: str = "wall") -> Table:
         return "unavailable" if v is None else f"{v:.2f}"
     for i, r in enumerate(summ):
         spread = (f"{r['accuracy_sd']:.3f}", str(r["seeds"])) if multi else ()
-        t.add_row(r["method"], f"{r['budget']:g}", f"{r['accuracy']:.4f}", *spread, f(r[f"select_{c}_s"]),
+        var = (VARIANTS.get(r["method"], ""),) if variants else ()
+        t.add_row(r["method"], *var, f"{r['budget']:g}", f"{r['accuracy']:.4f}", *spread, f(r[f"select_{c}_s"]),
                   f(r[f"train_{c}_s"]), f(r[f"total_{c}_s"]), "*" if i in front else "")
     return t
 
@@ -104,7 +110,8 @@ def run_and_report(suite: str, methods=None, budgets=None, seeds=None, sizes=Non
     if not rows:
         console.print(f"[red]no results for suite {suite}[/red]")
         raise typer.Exit(1)
-    console.print(summary_table(rows, f"study {suite}: {plan.suite.description}", cost))
+    console.print(summary_table(rows, f"study {suite} (scenario: {plan.suite.scenario}): {plan.suite.description}",
+                                cost))
     sections = []
     for dev in project_to or []:
         prows, ratios = project_rows(rows, plan.suite, dev, from_device=project_from, sizes=plan.sizes)

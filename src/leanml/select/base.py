@@ -288,7 +288,8 @@ _REGISTRY: dict[str, type[Selector]] = {}
 
 METHOD_IDS = (
     "random", "random-balanced", "loss", "el2n", "dlis", "least-confidence", "margin", "entropy",
-    "rho-loss", "craig", "grad-match", "less", "trak", "dsdm", "embedding", "bm25", "full",
+    "rho-loss", "craig", "grad-match", "less", "less-balanced", "less-zmax", "less-single", "trak", "dsdm",
+    "embedding", "bm25", "full",
 )
 
 

@@ -46,15 +46,28 @@ class GradientFeatures(ABC):
     def n_checkpoints(self) -> int:
         return len(self.checkpoint_weights)
 
+    def one_minus_p(self) -> np.ndarray | None:
+        """``[C, n]`` per-row ``1 - p(label)`` at each checkpoint (TRAK's Q), or None when not known."""
+        return None
+
+    def blocks(self) -> Any:
+        """These features through the block interface the scores read (`leanml.store.scoring.ArrayBlocks`)."""
+        from leanml.store.scoring import ArrayBlocks
+
+        return ArrayBlocks([self.rows(c) for c in range(self.n_checkpoints)], self.checkpoint_weights,
+                           q=self.one_minus_p())
+
 
 @dataclass
 class MatrixFeatures(GradientFeatures):
-    """Features held in memory: ``mats[c]`` is the ``(n, k)`` matrix at checkpoint ``c``."""
+    """Features held in memory: ``mats[c]`` is the ``(n, k)`` matrix at checkpoint ``c``; ``q`` the optional
+    ``(C, n)`` per-row ``1 - p(label)`` (TRAK's Q)."""
 
     mats: list[np.ndarray]
     weights: np.ndarray | None = None
     kind: str = "sgd"
     fp: str = ""
+    q: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.mats, np.ndarray) and self.mats.ndim == 2:
@@ -69,10 +82,18 @@ class MatrixFeatures(GradientFeatures):
         if w.shape != (len(self.mats),) or (w < 0).any():
             raise SelectionError(f"MatrixFeatures: need {len(self.mats)} non-negative checkpoint weights, got {w}")
         self.weights = w
+        if self.q is not None:
+            n = self.mats[0].shape[0]
+            self.q = np.array(np.broadcast_to(np.asarray(self.q, dtype=np.float64), (len(self.mats), n)))
+            if not np.all((self.q >= 0) & (self.q <= 1)):
+                raise SelectionError("MatrixFeatures: q (1 - p per row) must lie in [0, 1]")
 
     @property
     def checkpoint_weights(self) -> np.ndarray:
         return self.weights
+
+    def one_minus_p(self) -> np.ndarray | None:
+        return self.q
 
     def rows(self, checkpoint: int) -> np.ndarray:
         return self.mats[checkpoint]
@@ -219,6 +240,25 @@ class StoreFeatures(GradientFeatures):
                                      f"pool ids (e.g. {missing[:5]}); extract them first (leanml grads extract)")
             self._rows[checkpoint] = np.asarray(feats[[pos[int(i)] for i in self.ids]], dtype=np.float32)
         return self._rows[checkpoint]
+
+    def blocks(self) -> Any:
+        """The store itself, streamed block by block, when the pool is the store's rows in store order;
+        otherwise the rows in pool order, in memory."""
+        from leanml.store.scoring import StoreBlocks
+
+        if all(np.array_equal(self.store.ids(c), self.ids) for c in self.store.checkpoint_names()):
+            return StoreBlocks(self.store)
+        return super().blocks()
+
+    def one_minus_p(self) -> np.ndarray | None:
+        """The store's per-row 1 - p in pool order (None for stores without it)."""
+        if not self.store.has_one_minus_p():
+            return None
+        out = []
+        for name in self.store.checkpoint_names():
+            pos = {int(i): r for r, i in enumerate(self.store.ids(name))}
+            out.append(self.store.one_minus_p(name)[[pos[int(i)] for i in self.ids]])
+        return np.stack(out)
 
     @property
     def fingerprint(self) -> str:

@@ -1,4 +1,7 @@
-"""Targeted selection from gradient features: LESS, TRAK and DsDM.
+"""Targeted selection from gradient features: LESS (and its balanced and ablation variants), TRAK and DsDM.
+
+Every score is computed by `leanml.store.scoring`, the module the store's queries call too; this module
+gets the features (and TRAK's 1 - p) and turns scores into selections.
 
 Features come from ``pool.features``/``target.features`` when given (e.g. a gradient store), else
 from a warm-up whose checkpoints and pool features are cached on the pool, so a second target task
@@ -11,17 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from leanml.meter import stage
-from leanml.select.base import Pool, ScoreSelector, SelectionError, Target, check_finite, register
+from leanml.meter import Meter, stage
+from leanml.select.base import Pool, ScoreSelector, Selection, SelectionError, Target, check_finite, register
 from leanml.select.features import (
     Featurizer,
     GradientFeatures,
+    MatrixFeatures,
     check_compatible,
     checkpoints_of,
     load_checkpoint,
-    normalize_rows,
 )
 from leanml.select.warmup import warm_up
+from leanml.store import scoring
 
 
 class _GradientTargeted(ScoreSelector):
@@ -91,70 +95,124 @@ class _GradientTargeted(ScoreSelector):
         return np.exp(-loss)
 
 
-def less_scores(pool_f: GradientFeatures, target_f: GradientFeatures, tasks: np.ndarray) -> np.ndarray:
-    """LESS: sum over checkpoints of lr-weighted cosine(pool Adam feature, target gradient), averaged
-    over each subtask's target examples, then the maximum over subtasks."""
+def less_per_subtask(pool_f: GradientFeatures, target_f: GradientFeatures,
+                     tasks: np.ndarray | None) -> np.ndarray:
+    """``[N, S]`` LESS scores, one column per subtask (`leanml.store.scoring.less_per_subtask`)."""
     check_compatible(pool_f, target_f)
-    wts = pool_f.checkpoint_weights
-    sim = None
-    for c in range(pool_f.n_checkpoints):
-        s = normalize_rows(pool_f.rows(c)).astype(np.float64) @ normalize_rows(target_f.rows(c)).T.astype(np.float64)
-        sim = wts[c] * s if sim is None else sim + wts[c] * s
-    names = np.unique(tasks)
-    per_task = np.stack([sim[:, tasks == t].mean(1) for t in names], 1)
-    return check_finite("less scores", per_task.max(1))
+    _, per = scoring.less_per_subtask(pool_f.blocks(), _target_rows(target_f), tasks)
+    return check_finite("less scores", per)
+
+
+def less_scores(pool_f: GradientFeatures, target_f: GradientFeatures, tasks: np.ndarray | None,
+                reduce: str = "max") -> np.ndarray:
+    """LESS: sum over checkpoints of lr-weighted cosine(pool Adam feature, target gradient), averaged
+    over each subtask's target examples, then ``reduce`` over subtasks (the paper: the maximum)."""
+    return scoring.reduce_subtasks(less_per_subtask(pool_f, target_f, tasks), reduce)
+
+
+def _target_rows(f: GradientFeatures) -> list[np.ndarray]:
+    return [f.rows(c) for c in range(f.n_checkpoints)]
+
+
+class _LessFamily(_GradientTargeted):
+    """LESS (Xia et al., 2024): warm-up on a random 5% for a few epochs, Adam-preconditioned projected pool
+    gradients and SGD target gradients at each epoch checkpoint; score by `less_scores`; keep the top k.
+    Subclasses differ only in how the per-subtask scores become a selection (``reduce``, ``subtasks``)."""
+
+    pool_kind = "adam"
+    reduce: str = "max"
+    per_subtask: bool = True  # False: the whole target is one subtask
+
+    def subtask_matrix(self, pool: Pool, target: Target) -> np.ndarray:
+        pf = self.pool_features(pool, kind="adam", output="loss")
+        tf = self.target_features(pool, target, output="loss")
+        return less_per_subtask(pf, tf, target.tasks if self.per_subtask else None)
+
+    def scores(self, pool: Pool, target: Target | None) -> np.ndarray:
+        return scoring.reduce_subtasks(self.subtask_matrix(pool, target), self.reduce)
 
 
 @register
-class LessSelector(_GradientTargeted):
-    """LESS (Xia et al., 2024): warm-up on a random 5% for a few epochs, Adam-preconditioned
-    projected pool gradients and SGD target gradients at each epoch checkpoint; score by
-    `less_scores`; keep the top k."""
+class LessSelector(_LessFamily):
+    """LESS as the paper runs it: one subtask per target task (the study's in-distribution suites give one
+    per class), the maximum over subtasks. The reference variant."""
 
     method = "less"
-    pool_kind = "adam"
-
-    def scores(self, pool: Pool, target: Target | None) -> np.ndarray:
-        pf = self.pool_features(pool, kind="adam", output="loss")
-        tf = self.target_features(pool, target, output="loss")
-        return less_scores(pf, tf, target.tasks)
 
 
-def trak_kernel_apply(phi: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
-    """targets @ (phi^T phi + ridge * mean_diag * I)^-1 @ phi^T, shape (T, N), in float64."""
-    phi = phi.astype(np.float64)
-    K = phi.T @ phi
-    lam = ridge * max(np.trace(K) / len(K), 1e-12)
-    sol = np.linalg.solve(K + lam * np.eye(len(K)), targets.astype(np.float64).T)  # (k, T)
-    return sol.T @ phi.T
+@register
+class LessZMaxSelector(_LessFamily):
+    """Ablation: each subtask's scores standardized over the pool before the maximum, so a coherent
+    subtask with long mean gradients cannot win every row."""
+
+    method = "less-zmax"
+    reduce = "zmax"
+
+
+@register
+class LessSingleSelector(_LessFamily):
+    """Ablation: the whole target as one task (mean cosine over every target example)."""
+
+    method = "less-single"
+    per_subtask = False
+
+
+@register
+class LessBalancedSelector(_LessFamily):
+    """Balanced LESS: rank the pool for each subtask separately and take each subtask's best untaken
+    example in turn, round-robin, until the budget is spent (`leanml.store.scoring.round_robin`)."""
+
+    method = "less-balanced"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._per: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+
+    def _select(self, pool: Pool, k: int, target: Target | None) -> Selection:
+        key = (id(pool), id(target))
+        if key not in self._per:
+            with Meter() as m:
+                per = self.subtask_matrix(pool, target)
+            self._per[key] = (per, m.cost)
+            extra = m.cost.stages_only()
+        else:
+            per, extra = self._per[key]
+        return Selection(scoring.round_robin(per, k), None, per.max(1), extra)
+
 
 
 class _TrakFamily(_GradientTargeted):
-    """TRAK's estimator, ensembled over warm-up checkpoints: attribution of pool example i to target
-    z is  mean_c[ phi_c(z)^T (Phi_c^T Phi_c)^-1 phi_c(i) ] * mean_c[ 1 - p_c(i) ], with phi the
-    projected gradient of the margin f = log(p / (1 - p)) and p the probability of the label.
+    """TRAK's estimator, ensembled over warm-up checkpoints (`leanml.store.scoring.trak`): attribution of
+    pool example i to target z is  mean_c[ phi_c(z)^T (Phi_c^T Phi_c + lambda I)^-1 phi_c(i) ] * mean_c[ 1 - p_c(i) ],
+    with phi the projected gradient of the margin f = log(p / (1 - p)) and p the probability of the label.
     Positive = including i raises z's correct-class margin (lowers its loss)."""
 
     def __init__(self, *, seed: int = 0, warmup_fraction: float = 0.5, warmup_epochs: int = 4,
-                 dim: int = 512, params: str = "all", ridge: float = 1e-3) -> None:
+                 dim: int = 512, params: str = "all", ridge: float = scoring.RIDGE) -> None:
         super().__init__(seed=seed, warmup_fraction=warmup_fraction, warmup_epochs=warmup_epochs,
                          dim=dim, params=params)
         self.ridge = float(ridge)
 
+    def trak_pool_features(self, pool: Pool) -> GradientFeatures:
+        """Margin-gradient pool features with their 1 - p: from the warm-up's checkpoints when computed
+        here; from the features themselves (e.g. the store's) when given."""
+        pf = self.pool_features(pool, kind="sgd", output="margin")
+        if pool.features is not None or pf.one_minus_p() is not None:
+            return pf
+        key = ("trak-q", id(pf))
+        if key not in pool.cache:
+            q = np.stack([1.0 - self.correct_prob(pool, c) for c in range(pf.n_checkpoints)])
+            pool.cache[key] = MatrixFeatures(pf.mats, pf.weights, kind=pf.kind, fp=pf.fp, q=q)
+        return pool.cache[key]
+
     def attributions(self, pool: Pool, target: Target, *, target_output: str) -> np.ndarray:
         """(T, N) matrix: the predicted change in each target's ``target_output`` (margin or loss)
         from including each pool example (TRAK's linearised one-step estimate)."""
-        pf = self.pool_features(pool, kind="sgd", output="margin")
+        pf = self.trak_pool_features(pool)
         tf = self.target_features(pool, target, output=target_output)
         check_compatible(pf, tf)
-        C = pf.n_checkpoints
-        A = sum(trak_kernel_apply(pf.rows(c), tf.rows(c), self.ridge) for c in range(C)) / C
-        if pool.features is not None:
-            q = np.ones(len(pool))  # stored features carry no probabilities; Q = I
-        else:
-            q = sum(1.0 - self.correct_prob(pool, c) for c in range(C)) / C
-        return check_finite(f"{self.method} attributions", A * q[None, :])
-
+        _, A = scoring.trak(pf.blocks(), _target_rows(tf), ridge=self.ridge)
+        return check_finite(f"{self.method} attributions", A.T)
 
 @register
 class TrakSelector(_TrakFamily):

@@ -1,10 +1,13 @@
-"""Row codecs for stored features: fp32, fp16, bf16, int8 (per-row scale) and 1-bit sign (per-row norm).
+"""Row codecs for stored features: fp32, fp16, bf16, int8 and int4 (per-row absmax scale), int2 (per-block
+absmax scale) and 1-bit sign (per-row norm).
 
 Every codec turns ``[n, d]`` float32 rows into fixed-size ``codes`` (a 2-D numpy array, memmap-able)
-plus an optional per-row float32 ``aux`` column, and back. Stated round-trip errors (tested):
-fp32 exact; fp16 relative error <= 2**-11 per element (normal range); bf16 <= 2**-8; int8 absolute
-error <= scale/2 = max|x|/254 per element; sign keeps only the signs and the row's L2 norm, so the
-decoded row is ``sign(x) * ||x|| / sqrt(d)``: its cosine with ``x`` equals ``||x||_1 / (sqrt(d) ||x||_2)``.
+plus an optional float32 ``aux`` (``[n]`` per-row scale, or ``[n, blocks]``), and back. Stated
+round-trip errors, per element, returned by ``Codec.error_bound`` and checked by one contract test
+over every registered codec: fp32 exact; fp16 relative <= 2**-11 (normal range); bf16 <= 2**-8; int8
+absolute <= max|x|/254; int4 <= max|x|/14 (levels -7..7, QLESS's absmax); int2 <= max_block|x|/3
+(4 levels +-0.5, +-1.5 times max/1.5, blocks of 64); sign keeps only the signs and the row's L2 norm, so
+the decoded row is ``sign(x) * ||x|| / sqrt(d)``: its cosine with ``x`` equals ``||x||_1 / (sqrt(d) ||x||_2)``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class Codec(ABC):
     @abstractmethod
     def bytes_per_row(self, d: int) -> int: ...
 
+    @abstractmethod
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        """Stated bound on ``|decode(encode(x)) - x|`` per element of ``x`` ``[n, d]``."""
+
 
 class FP32(Codec):
     name = "fp32"
@@ -44,6 +51,9 @@ class FP32(Codec):
     def bytes_per_row(self, d: int) -> int:
         return 4 * d
 
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros_like(x, dtype=np.float32)
+
 
 class FP16(Codec):
     name = "fp16"
@@ -56,6 +66,9 @@ class FP16(Codec):
 
     def bytes_per_row(self, d: int) -> int:
         return 2 * d
+
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        return 2.0**-11 * np.abs(x) + 2.0**-25  # relative in the normal range; subnormal steps below 6.1e-5
 
 
 class BF16(Codec):
@@ -74,6 +87,15 @@ class BF16(Codec):
     def bytes_per_row(self, d: int) -> int:
         return 2 * d
 
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        return 2.0**-8 * np.abs(x)
+
+
+def _absmax_scale(x: np.ndarray, levels: float) -> np.ndarray:
+    """``max|x| / levels`` along the last axis, float32; 1 for all-zero rows (they decode to zeros)."""
+    s = np.abs(x).max(axis=-1) / np.float32(levels)
+    return np.where(s > 0, s, 1.0).astype(np.float32)
+
 
 class Int8(Codec):
     """Symmetric per-row int8: ``q = round(x / s)``, ``s = max|x| / 127``; aux is ``s``."""
@@ -83,16 +105,85 @@ class Int8(Codec):
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)
-        s = np.abs(x).max(axis=1) / 127.0
-        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        s = _absmax_scale(x, 127.0)
         return np.clip(np.rint(x / s[:, None]), -127, 127).astype(np.int8), s
 
     def decode(self, codes: np.ndarray, aux: np.ndarray | None, d: int) -> np.ndarray:
-        assert aux is not None
         return np.asarray(codes).astype(np.float32) * np.asarray(aux, dtype=np.float32)[:, None]
 
     def bytes_per_row(self, d: int) -> int:
         return d + 4
+
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.abs(x).max(1, keepdims=True) / 254.0 * (1 + 1e-6), x.shape)
+
+
+class Int4(Codec):
+    """QLESS's 4-bit absmax quantization, per row: ``q = round(x / s)`` in -7..7, ``s = max|x| / 7``;
+    two codes per byte (``q + 8`` in each nibble); aux is ``s``."""
+
+    name = "int4"
+    has_aux = True
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float32)
+        s = _absmax_scale(x, 7.0)
+        q = (np.clip(np.rint(x / s[:, None]), -7, 7) + 8).astype(np.uint8)
+        if q.shape[1] % 2:
+            q = np.concatenate([q, np.full((len(q), 1), 8, np.uint8)], 1)
+        return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8), s
+
+    def decode(self, codes: np.ndarray, aux: np.ndarray | None, d: int) -> np.ndarray:
+        c = np.asarray(codes)
+        q = np.empty((len(c), 2 * c.shape[1]), np.float32)
+        q[:, 0::2], q[:, 1::2] = c & 0x0F, c >> 4
+        return (q[:, :d] - 8.0) * np.asarray(aux, dtype=np.float32)[:, None]
+
+    def bytes_per_row(self, d: int) -> int:
+        return (d + 1) // 2 + 4
+
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.abs(x).max(1, keepdims=True) / 14.0 * (1 + 1e-6), x.shape)
+
+
+class Int2(Codec):
+    """2-bit absmax quantization with one scale per block of ``BLOCK`` = 64 elements (QLESS's 2-bit store
+    with finer scales): four levels ``(q - 1.5) * s``, q in 0..3, ``s = max_block|x| / 1.5``; four codes
+    per byte; aux is the ``[n, ceil(d / 64)]`` scales."""
+
+    name = "int2"
+    has_aux = True
+    BLOCK = 64
+
+    def _blocks(self, x: np.ndarray) -> np.ndarray:
+        n, d = x.shape
+        nb = -(-d // self.BLOCK)
+        xb = np.zeros((n, nb * self.BLOCK), np.float32)
+        xb[:, :d] = x
+        return xb.reshape(n, nb, self.BLOCK)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float32)
+        xb = self._blocks(x)
+        s = (np.abs(xb).max(axis=2) / np.float32(1.5)).astype(np.float32)  # [n, nb]; 0 for all-zero blocks
+        q = np.clip(np.floor(xb / np.where(s > 0, s, 1.0)[..., None]) + 2, 0, 3).astype(np.uint8).reshape(len(x), -1)
+        return (q[:, 0::4] | (q[:, 1::4] << 2) | (q[:, 2::4] << 4) | (q[:, 3::4] << 6)).astype(np.uint8), s
+
+    def decode(self, codes: np.ndarray, aux: np.ndarray | None, d: int) -> np.ndarray:
+        c = np.asarray(codes)
+        q = np.empty((len(c), 4 * c.shape[1]), np.float32)
+        for j in range(4):
+            q[:, j::4] = (c >> (2 * j)) & 3
+        s = np.repeat(np.asarray(aux, dtype=np.float32), self.BLOCK, axis=1)
+        return ((q - 1.5) * s)[:, :d]
+
+    def bytes_per_row(self, d: int) -> int:
+        nb = -(-d // self.BLOCK)
+        return nb * self.BLOCK // 4 + 4 * nb
+
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        m = np.abs(self._blocks(np.asarray(x, dtype=np.float32))).max(2) / 3.0 * (1 + 1e-6)
+        return np.repeat(m, self.BLOCK, axis=1)[:, : x.shape[1]]
 
 
 class Sign1(Codec):
@@ -106,7 +197,6 @@ class Sign1(Codec):
         return np.packbits(x >= 0, axis=1), np.linalg.norm(x, axis=1).astype(np.float32)
 
     def decode(self, codes: np.ndarray, aux: np.ndarray | None, d: int) -> np.ndarray:
-        assert aux is not None
         bits = np.unpackbits(np.asarray(codes), axis=1, count=d).astype(np.float32)
         scale = np.asarray(aux, dtype=np.float32) / np.float32(np.sqrt(d))
         return ((2.0 * bits - 1.0) * scale[:, None]).astype(np.float32, copy=False)
@@ -114,8 +204,12 @@ class Sign1(Codec):
     def bytes_per_row(self, d: int) -> int:
         return (d + 7) // 8 + 4
 
+    def error_bound(self, x: np.ndarray) -> np.ndarray:
+        """Only the signs and the norm survive: ``|x| + ||x|| / sqrt(d)`` (the cosine is stated above)."""
+        return np.abs(x) + np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(x.shape[1]) * (1 + 1e-5)
 
-CODECS: dict[str, Codec] = {c.name: c for c in (FP32(), FP16(), BF16(), Int8(), Sign1())}
+
+CODECS: dict[str, Codec] = {c.name: c for c in (FP32(), FP16(), BF16(), Int8(), Int4(), Int2(), Sign1())}
 
 
 def get_codec(name: str) -> Codec:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from leanml.grads.computer import GradientComputer
+from leanml.grads.losses import ClassificationLoss
 from leanml.grads.recipes import ExtractSpec
 from leanml.store.metadata import add_metadata
 from leanml.store.store import GradientStore
@@ -41,10 +42,21 @@ def ingest(store: GradientStore, computer: GradientComputer, batches: Iterable[t
                 batch = {k: v[idx] for k, v in batch.items()}
                 ids = ids[keep]
             feats = computer.features(batch).detach().cpu().numpy()
-            written += store.append(ids, feats, checkpoint)
+            q = one_minus_p(computer, batch) if store.has_one_minus_p() else None
+            written += store.append(ids, feats, checkpoint, one_minus_p=q)
         if progress is not None:
             progress(len(keep))
     return written
+
+
+def one_minus_p(computer: GradientComputer, batch: dict) -> np.ndarray:
+    """``1 - p(label)`` per example under the computer's model, ``p = exp(-cross-entropy)`` (TRAK's Q)."""
+    from leanml.grads.losses import to_device
+
+    computer.model.eval()
+    with torch.no_grad():
+        loss = computer.loss_fn.loss(computer.model, to_device(batch, computer.device))
+    return (1.0 - torch.exp(-loss.double())).clamp(0.0, 1.0).cpu().numpy()
 
 
 def _metadata(spec: ExtractSpec) -> dict[str, list]:
@@ -70,8 +82,11 @@ def create_for(spec: ExtractSpec, path: str | Path, codec: str = "fp32",
     model, _ = built or spec.build_model()
     _, _, gc = next(spec.computers(model))
     ckpts = [(f"c{i}", w) for i, w in enumerate(spec.weights or [1.0] * max(1, len(spec.checkpoints)))]
+    # Classifiers: keep each row's 1 - p(label) for TRAK's Q weights (a causal LM's loss has no single label).
+    q = isinstance(gc.loss_fn, ClassificationLoss)
     return GradientStore.create(path, dim=gc.dim, codec=codec, spec=gc.spec(), model=gc.model_fingerprint(),
-                                grad_type=spec.grad_type, checkpoints=ckpts, extra={"extract_spec": spec.to_json()})
+                                grad_type=spec.grad_type, checkpoints=ckpts, extra={"extract_spec": spec.to_json()},
+                                one_minus_p=q)
 
 
 def run_part(spec_json: str, path: str, part: str, ids: list[int], threads: int | None = None,

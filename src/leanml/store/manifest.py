@@ -14,7 +14,8 @@ from typing import Any
 from leanml.io import atomic_write_text
 
 FORMAT = "leanml-gradstore"
-VERSION = 1
+VERSION = 2  # 2: per-row 1 - p per checkpoint ("q" shard files) when ``one_minus_p``
+READS = (1, 2)  # version 1 stores hold no 1 - p and open with one_minus_p False
 MANIFEST = "manifest.json"
 
 
@@ -55,6 +56,7 @@ class Manifest:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    one_minus_p: bool = False  # every shard also holds each row's 1 - p(label) (TRAK's Q), role "q"
     generation: int = 0
     format: str = FORMAT
     version: int = VERSION
@@ -70,11 +72,16 @@ class Manifest:
             raise StoreError(f"{where}: not valid JSON ({e}); the store may be damaged") from None
         if d.get("format") != FORMAT:
             raise StoreError(f"{where}: not a leanml gradient store (format {d.get('format')!r})")
-        if d.get("version") != VERSION:
-            raise StoreError(f"{where}: store format version {d.get('version')}, this leanml reads {VERSION}")
+        if d.get("version") not in READS:
+            raise StoreError(f"{where}: store format version {d.get('version')}, this leanml reads {READS}")
         d["checkpoints"] = [Checkpoint(**c) for c in d["checkpoints"]]
         d["shards"] = [Shard(**s) for s in d["shards"]]
-        return cls(**d)
+        m = cls(**d)
+        lacking = [s.files["codes"] for s in m.shards if m.one_minus_p and "q" not in s.files]
+        if lacking:
+            raise StoreError(f"{where}: the manifest says every shard holds 1 - p, but {len(lacking)} do not "
+                             f"(e.g. {lacking[0]}); the store is damaged: re-extract those rows")
+        return m
 
     def checkpoint(self, name: str) -> Checkpoint:
         for c in self.checkpoints:

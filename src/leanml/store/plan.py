@@ -94,8 +94,14 @@ def decode_ops(codec: str, rows: int, dim: int) -> list:
         return [_elementwise(n, 2, 4), _elementwise(n, 4, 4)]  # widen to uint32, shift left 16
     if codec == "int8":
         return [_elementwise(n, 1, 4), _elementwise(n, 4, 4)]  # to float32, times the row scale
-    # sign1: unpack bits, to float32, 2x, -1, times the row norm / sqrt(d)
-    return [_elementwise(n, 1 / 8, 1), _elementwise(n, 1, 4), *[_elementwise(n, 4, 4) for _ in range(3)]]
+    if codec == "int4":  # low and high nibbles (mask, shift) into float32 halves, minus 8, times the row scale
+        return [_elementwise(n / 2, 1, 4), _elementwise(n / 2, 1, 4), _elementwise(n, 4, 4), _elementwise(n, 4, 4)]
+    if codec == "int2":  # four shift-and-mask passes into float32, minus 1.5, the repeated block scales, times
+        return [*[_elementwise(n / 4, 1, 4) for _ in range(4)], _elementwise(n, 4, 4), _elementwise(n, 0, 4),
+                _elementwise(n, 8, 4)]
+    if codec == "sign1":  # unpack bits, to float32, 2x, -1, times the row norm / sqrt(d)
+        return [_elementwise(n, 1 / 8, 1), _elementwise(n, 1, 4), *[_elementwise(n, 4, 4) for _ in range(3)]]
+    raise ValueError(f"decode_ops: no decode cost model for codec {codec!r}; add one beside the codec")
 
 
 def _block_host_ops(codec: str, b: int, d: int) -> list:

@@ -1,6 +1,8 @@
 """Exact queries over a store in memory-bounded blocks (torch; CUDA when present).
 
-Scores combine checkpoints as LESS does: ``score(x, q) = sum_c w_c * sim(x_c, q_c)`` with ``sim`` the
+Top-k search and raw similarity scans live here; LESS, TRAK and DsDM scores are thin callers of
+`leanml.store.scoring`, the one implementation the selectors use too.
+Scan scores combine checkpoints as LESS does: ``score(x, q) = sum_c w_c * sim(x_c, q_c)`` with ``sim`` the
 cosine or inner product at checkpoint c. Only ``block_rows`` stored rows are decoded at a time, so
 memory is ``O(block_rows * (d + n_queries) + n_queries * k)`` whatever the store's size.
 """
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from leanml.store import scoring
 from leanml.store.manifest import StoreError
 
 if TYPE_CHECKING:
@@ -25,23 +28,6 @@ def pick_device(device: str | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _fixed(gen: Iterator[tuple[np.ndarray, np.ndarray]], n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Re-chunk (ids, rows) blocks into blocks of exactly n rows (the last may be shorter)."""
-    buf_i: list[np.ndarray] = []
-    buf_x: list[np.ndarray] = []
-    have = 0
-    for i, x in gen:
-        buf_i.append(i)
-        buf_x.append(x)
-        have += len(i)
-        while have >= n:
-            ii, xx = np.concatenate(buf_i), np.concatenate(buf_x)
-            yield ii[:n], xx[:n]
-            buf_i, buf_x, have = [ii[n:]], [xx[n:]], have - n
-    if have:
-        yield np.concatenate(buf_i), np.concatenate(buf_x)
 
 
 def as_per_checkpoint(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -75,7 +61,7 @@ def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "
         t = torch.as_tensor(np.asarray(q, dtype=np.float32), device=dev)
         norm_q = metric == "cosine" if normalize_queries is None else normalize_queries
         Q.append(torch.nn.functional.normalize(t, dim=1) if norm_q else t)
-    gens = [_fixed(store.iter_blocks(c, block_rows), block_rows) for c in names]
+    gens = [scoring.rechunk(store.iter_blocks(c, block_rows), block_rows) for c in names]
     for blocks in zip(*gens, strict=True):
         ids = blocks[0][0]
         S = None
@@ -139,55 +125,54 @@ def score_all(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], 
 
 
 def less_scores(store: GradientStore, target: np.ndarray | Sequence[np.ndarray],
-                subtasks: Sequence | None = None, *, block_rows: int = 65536,
+                subtasks: Sequence | None = None, *, reduce: str = "max", block_rows: int = scoring.BLOCK_ROWS,
                 device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """LESS influence of every stored row on a target task: (ids, scores ``[N]``).
+    """LESS influence of every stored row on a target task: (ids, scores ``[N]``), by `leanml.store.scoring.less`.
 
     ``score(x) = max_s mean_{j in s} sum_c w_c cos(x_c, t_jc)``: checkpoint weights (LESS: the
-    checkpoint's average learning rate), mean over each subtask's target examples, max over subtasks.
-    The mean of cosines is the cosine's numerator against the mean of normalized targets, so each
-    subtask costs one query column.
+    checkpoint's average learning rate), mean over each subtask's target examples, max over subtasks
+    (``reduce="mean"`` or ``"zmax"`` for the ablations).
     """
-    qs = as_per_checkpoint(store, target)
-    n = qs[0].shape[0]
-    labels = np.zeros(n, dtype=np.int64) if subtasks is None else np.asarray(subtasks)
-    if len(labels) != n:
-        raise ValueError(f"less_scores: {len(labels)} subtask labels for {n} target examples")
-    groups = [np.flatnonzero(labels == u) for u in np.unique(labels)]
-    means = []
-    for q in qs:
-        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        means.append(np.stack([qn[g].mean(0) for g in groups]).astype(np.float32))
-    # The stored rows are normalized by scan (metric cosine); the target means are averages of unit
-    # vectors and must stay as they are, so query normalization is off.
-    return score_all(store, means, metric="cosine", reduce="max", normalize_queries=False,
-                     block_rows=block_rows, device=device)
+    return scoring.less(scoring.StoreBlocks(store), as_per_checkpoint(store, target), subtasks, reduce=reduce,
+                        block_rows=block_rows, device=device)
 
 
-def trak_kernel_inverse(store: GradientStore, checkpoint: str, *, ridge: float = 1e-3,
-                        block_rows: int = 65536) -> np.ndarray:
+def less_balanced(store: GradientStore, target: np.ndarray | Sequence[np.ndarray], subtasks: Sequence | None,
+                  k: int, *, block_rows: int = scoring.BLOCK_ROWS, device: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced LESS selection of ``k`` stored rows: (ids in take order, per-subtask scores ``[k, S]``).
+
+    Each subtask ranks the rows by its own LESS score; the subtasks take their best untaken row in turn
+    (`leanml.store.scoring.round_robin`)."""
+    ids, per = scoring.less_per_subtask(scoring.StoreBlocks(store), as_per_checkpoint(store, target), subtasks,
+                                        block_rows=block_rows, device=device)
+    take = scoring.round_robin(per, k)
+    return ids[take], per[take]
+
+
+def trak_kernel_inverse(store: GradientStore, checkpoint: str, *, ridge: float = scoring.RIDGE,
+                        block_rows: int = scoring.BLOCK_ROWS) -> np.ndarray:
     """``(Φᵀ Φ + λ I)^-1`` for one checkpoint's features Φ, streamed in blocks; ``λ = ridge * trace(ΦᵀΦ)/d``."""
-    d = store.manifest.dim
-    K = np.zeros((d, d), dtype=np.float64)
-    for _, x in store.iter_blocks(checkpoint, block_rows):
-        x64 = x.astype(np.float64)
-        K += x64.T @ x64
-    lam = ridge * max(np.trace(K) / d, 1e-30)
-    return np.linalg.inv(K + lam * np.eye(d))
+    c = store.checkpoint_names().index(checkpoint)
+    K = scoring.kernels(scoring.StoreBlocks(store), ridge=ridge, block_rows=block_rows, device="cpu")[c]
+    return torch.linalg.inv(K).numpy()
 
 
-def trak_scores(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], *, ridge: float = 1e-3,
-                block_rows: int = 65536, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """TRAK attribution scores (ids ``[N]``, scores ``[N, nq]``): ``φ_i ᵀ (ΦᵀΦ + λI)^-1 φ_q`` averaged over checkpoints.
+def trak_scores(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], *, ridge: float = scoring.RIDGE,
+                block_rows: int = scoring.BLOCK_ROWS, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """TRAK attribution scores (ids ``[N]``, scores ``[N, nq]``) by `leanml.store.scoring.trak`.
 
-    This is TRAK's estimator (Park et al., 2023, eq. 11) without the per-example ``Q = diag(1 - p_i)``
-    weights on the training side (they need the model's probabilities, which the store does not
-    hold; multiply the returned rows by them if you have them) and with a small ridge ``λ`` so the
-    kernel is invertible when there are fewer rows than dimensions.
+    ``mean_c[φ_c(i)ᵀ (Φ_cᵀΦ_c + λI)^-1 φ_c(q)] * mean_c[1 - p_c(i)]`` (Park et al., 2023, eq. 11), with the
+    store's per-row ``1 - p`` (stores created with ``one_minus_p=True``; others use Q = 1 and warn).
     """
-    qs = as_per_checkpoint(store, queries)
-    names = store.checkpoint_names()
-    pre = [q @ trak_kernel_inverse(store, c, ridge=ridge, block_rows=block_rows).astype(np.float32).T
-           for q, c in zip(qs, names, strict=True)]
-    w = np.full(len(names), 1.0 / len(names))
-    return score_all(store, pre, metric="ip", weights=w, block_rows=block_rows, device=device)
+    return scoring.trak(scoring.StoreBlocks(store), as_per_checkpoint(store, queries), ridge=ridge,
+                        block_rows=block_rows, device=device)
+
+
+def dsdm_scores(store: GradientStore, loss_queries: np.ndarray | Sequence[np.ndarray], *,
+                ridge: float = scoring.RIDGE, block_rows: int = scoring.BLOCK_ROWS,
+                device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """DsDM scores (ids, ``-theta`` ``[N]``): TRAK's datamodel of the mean loss of the target rows
+    ``loss_queries`` (loss gradients), negated so that higher is better."""
+    return scoring.dsdm(scoring.StoreBlocks(store), as_per_checkpoint(store, loss_queries), ridge=ridge,
+                        block_rows=block_rows, device=device)

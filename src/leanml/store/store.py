@@ -3,7 +3,7 @@
 Layout::
 
     manifest.json                  the commit point (format version, dim, codec, spec, fingerprints, shards, tasks)
-    shards/<ckpt>/<part>-<seq>.{codes,aux,ids}.npy   immutable, memmap-able, sha256 in the manifest
+    shards/<ckpt>/<part>-<seq>.{codes,aux,ids,q}.npy immutable, memmap-able, sha256 in the manifest (q: 1 - p per row)
     parts/<part>.json              commits of a parallel writer, merged into manifest.json by merge_parts()
     tasks/<name>.npy               target-task features (float32 [C, n, d])
     metadata.parquet               one row per example id (DuckDB: store.sql("select ... from metadata"))
@@ -70,8 +70,12 @@ class GradientStore:
     @classmethod
     def create(cls, path: str | Path, *, dim: int, codec: str = "fp32", spec: dict[str, Any],
                model: str, grad_type: str = "sgd", checkpoints: Sequence[tuple[str, float]] = (("c0", 1.0),),
-               exist_ok: bool = True, extra: dict[str, Any] | None = None) -> GradientStore:
-        """Create a store, or open an existing one after checking it matches (dim, codec, spec, model)."""
+               exist_ok: bool = True, extra: dict[str, Any] | None = None,
+               one_minus_p: bool = False) -> GradientStore:
+        """Create a store, or open an existing one after checking it matches (dim, codec, spec, model).
+
+        ``one_minus_p=True``: every ``append`` must also give each row's ``1 - p`` (probability of its label
+        under the checkpoint's model), which TRAK uses as its Q weights (`leanml.store.scoring.trak`)."""
         root = Path(path)
         get_codec(codec)
         if dim < 1:
@@ -90,9 +94,12 @@ class GradientStore:
                 want = {c.name: c.weight for c in ckpts}
                 if have != want:
                     raise StoreMismatchError(f"{root}: store has checkpoints {have}, asked for {want}")
+                if store.manifest.one_minus_p != bool(one_minus_p):
+                    raise StoreMismatchError(f"{root}: store has one_minus_p={store.manifest.one_minus_p}, "
+                                             f"asked for {bool(one_minus_p)}")
                 return store
             m = Manifest(dim=int(dim), codec=codec, spec=spec, model=model, grad_type=grad_type, checkpoints=ckpts,
-                         extra=dict(extra or {}))
+                         extra=dict(extra or {}), one_minus_p=bool(one_minus_p))
             write_manifest(root / MANIFEST, m)
         return cls(root, m)
 
@@ -196,8 +203,12 @@ class GradientStore:
                                      f"{c.fingerprint}, these are {fingerprint}; use the same checkpoint")
         c.fingerprint = fingerprint
 
-    def append(self, ids: np.ndarray, features: np.ndarray, checkpoint: str | None = None) -> int:
-        """Append rows; ids already committed for the checkpoint are skipped. Returns rows written."""
+    def append(self, ids: np.ndarray, features: np.ndarray, checkpoint: str | None = None,
+               one_minus_p: np.ndarray | None = None) -> int:
+        """Append rows; ids already committed for the checkpoint are skipped. Returns rows written.
+
+        ``one_minus_p`` (``[n]`` in [0, 1]) is required by, and only accepted by, stores created with
+        ``one_minus_p=True``."""
         checkpoint = checkpoint or self.manifest.checkpoints[0].name
         self.manifest.checkpoint(checkpoint)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -209,8 +220,10 @@ class GradientStore:
             raise ValueError("append: ids within one call must be unique")
         if not np.isfinite(x).all():
             raise ValueError("append: features contain NaN or inf (check the loss and the checkpoint)")
+        q = self._check_q(one_minus_p, len(ids))
         keep = ~np.isin(ids, self.committed_ids(checkpoint))
         ids, x = ids[keep], x[keep]
+        q = None if q is None else q[keep]
         if len(ids) == 0:
             return 0
         codes, aux = self.codec.encode(x)
@@ -220,6 +233,8 @@ class GradientStore:
         blobs = {"codes": _npy_bytes(codes), "ids": _npy_bytes(ids)}
         if aux is not None:
             blobs["aux"] = _npy_bytes(aux)
+        if q is not None:
+            blobs["q"] = _npy_bytes(q)
         files, sums = {}, {}
         for role, data in blobs.items():
             rel = f"{base}.{role}.npy"
@@ -228,6 +243,19 @@ class GradientStore:
         self._commit(Shard(checkpoint, self.part, seq, len(ids), files, sums))
         self._committed[checkpoint] = np.concatenate([self.committed_ids(checkpoint), ids])
         return len(ids)
+
+    def _check_q(self, q: np.ndarray | None, n: int) -> np.ndarray | None:
+        if not self.manifest.one_minus_p:
+            if q is not None:
+                raise ValueError("append: one_minus_p given, but this store was created without it "
+                                 "(GradientStore.create(..., one_minus_p=True) keeps it)")
+            return None
+        if q is None:
+            raise ValueError("append: this store keeps each row's 1 - p (TRAK's Q); pass one_minus_p=[n] values")
+        q = np.asarray(q, dtype=np.float32).reshape(-1)
+        if len(q) != n or not np.all((q >= 0) & (q <= 1)):
+            raise ValueError(f"append: one_minus_p must be {n} values in [0, 1]")
+        return q
 
     def _commit(self, shard: Shard) -> None:
         if self.part == MAIN_PART:
@@ -295,6 +323,26 @@ class GradientStore:
                 yield np.asarray(ids[a:b]), self.codec.decode(codes[a:b], None if aux is None else aux[a:b],
                                                               self.manifest.dim)
 
+    def has_one_minus_p(self) -> bool:
+        return self.manifest.one_minus_p
+
+    def one_minus_p(self, checkpoint: str | None = None) -> np.ndarray | None:
+        """Each row's stored ``1 - p`` at a checkpoint, in `iter_blocks` order; None for stores without it."""
+        if not self.manifest.one_minus_p:
+            return None
+        checkpoint = checkpoint or self.checkpoint_names()[0]
+        arrs = []
+        for s in self.manifest.shards_of(checkpoint):
+            try:
+                q = np.load(self.root / s.files["q"])
+            except (FileNotFoundError, ValueError, OSError) as e:
+                raise StoreError(f"{self.root}: shard {s.files['q']} is missing or unreadable ({e}); "
+                                 "run `leanml store verify`") from None
+            if len(q) != s.rows:
+                raise StoreError(f"{self.root}: shard {s.files['q']} has {len(q)} rows, manifest says {s.rows}")
+            arrs.append(q.astype(np.float64))
+        return np.concatenate(arrs) if arrs else np.zeros(0)
+
     def ids(self, checkpoint: str | None = None) -> np.ndarray:
         checkpoint = checkpoint or self.checkpoint_names()[0]
         arrs = [self._load_shard(s)[0] for s in self.manifest.shards_of(checkpoint)]
@@ -342,7 +390,8 @@ class GradientStore:
         m = self.manifest
         return {
             "path": str(self.root), "format_version": m.version, "dim": m.dim, "codec": m.codec,
-            "grad_type": m.grad_type, "model": m.model, "projection": m.spec.get("projection", m.spec),
+            "grad_type": m.grad_type, "model": m.model, "one_minus_p": m.one_minus_p,
+            "projection": m.spec.get("projection", m.spec),
             "checkpoints": [{"name": c.name, "weight": c.weight, "rows": self.n_rows(c.name),
                              "fingerprint": c.fingerprint} for c in m.checkpoints],
             "shards": len(m.shards), "tasks": {k: v.get("rows") for k, v in m.tasks.items()},

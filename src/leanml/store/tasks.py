@@ -17,7 +17,7 @@ import numpy as np
 from leanml.io import atomic_write_bytes
 from leanml.store.manifest import StoreError, StoreMismatchError
 from leanml.store.metadata import lookup
-from leanml.store.search import as_per_checkpoint, less_scores, topk
+from leanml.store.search import as_per_checkpoint, less_balanced, less_scores, topk
 from leanml.store.view import check_name
 
 if TYPE_CHECKING:
@@ -72,14 +72,29 @@ def task_features(store: GradientStore, name: str) -> tuple[np.ndarray, dict[str
     return np.load(store.root / t["file"]), t
 
 
-def select(store: GradientStore, task: str, budget: int | float, *, device: str | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """LESS selection for a stored task: the ``budget`` (int, or fraction < 1) best ids and their scores."""
+SELECT_METHODS = ("less", "less-balanced", "less-zmax", "less-single")
+
+
+def select(store: GradientStore, task: str, budget: int | float, *, method: str = "less",
+           device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LESS selection for a stored task: the ``budget`` (int, or fraction < 1) best ids and their scores.
+
+    ``method`` is one of the LESS variants the selectors register (docs/select.md): ``less`` (max over the
+    task's subtasks), ``less-balanced`` (round-robin over subtasks; scores are each row's best subtask
+    score), ``less-zmax``, ``less-single``."""
+    if method not in SELECT_METHODS:
+        raise ValueError(f"select: method must be one of {SELECT_METHODS}, got {method!r}")
     feats, t = task_features(store, task)
-    ids, scores = less_scores(store, list(feats), t.get("subtasks"), device=device)
-    n = int(round(budget * len(ids))) if isinstance(budget, float) and budget < 1 else int(budget)
-    if not 0 < n <= len(ids):
-        raise ValueError(f"select: budget {budget} gives {n} of {len(ids)} stored rows")
+    sub = None if method == "less-single" else t.get("subtasks")
+    n_rows = store.n_rows()
+    n = int(round(budget * n_rows)) if isinstance(budget, float) and budget < 1 else int(budget)
+    if not 0 < n <= n_rows:
+        raise ValueError(f"select: budget {budget} gives {n} of {n_rows} stored rows")
+    if method == "less-balanced":
+        ids, per = less_balanced(store, list(feats), sub, n, device=device)
+        return ids, per.max(1)
+    ids, scores = less_scores(store, list(feats), sub, reduce="zmax" if method == "less-zmax" else "max",
+                              device=device)
     order = np.argsort(-scores, kind="stable")[:n]
     return ids[order], scores[order]
 

@@ -39,7 +39,7 @@ class Standardize(nn.Module):
 
 class TorchClassifierModel(ClassifierModel):
     """A torch module returning logits, served as class probabilities (the serving `Model` of a torch
-    variant; not `leanml.select.learner.TorchClassifier`, the selection study's trainable learner)."""
+    variant; not `leanml.select.learner.TorchClassifierLearner`, the selection study's trainable learner)."""
 
     def __init__(self, module: nn.Module, input_shape: tuple[int, ...], n_classes: int,
                  dtype: torch.dtype = torch.float32) -> None:
