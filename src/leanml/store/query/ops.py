@@ -97,7 +97,7 @@ def _target(source: Source, target: Any, subtasks: Any, step: str) -> tuple[list
 
 
 def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown: bool,
-          step: str) -> tuple[np.ndarray, np.ndarray]:
+          step: str, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(ids, one score per row) for the rows at ``positions``; ``pushdown`` = aggregation pushdown on."""
     from leanml.store.search import less_scores, score_all, trak_kernel_inverse, trak_scores
 
@@ -107,25 +107,25 @@ def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown:
     br = int(args.get("block_rows", 65536))
     if method == "less":
         if pushdown:  # mean of cosines over a subtask = one dot product with the mean normalized target
-            return less_scores(view, qs, subtasks, block_rows=br, device="cpu")
-        ids, S = score_all(view, qs, metric="cosine", block_rows=br, device="cpu")
+            return less_scores(view, qs, subtasks, block_rows=br, device=device)
+        ids, S = score_all(view, qs, metric="cosine", block_rows=br, device=device)
         labels = np.zeros(S.shape[1], np.int64) if subtasks is None else np.asarray(subtasks)
         per = np.stack([S[:, labels == u].mean(1) for u in np.unique(labels)], 1)
         return ids, per.max(1)
     if method == "inner":
         if pushdown and reduce == "mean":  # mean of inner products = inner product with the mean target
             return score_all(view, [q.mean(0, keepdims=True) for q in qs], metric="ip", reduce="max",
-                             block_rows=br, device="cpu")
-        return score_all(view, qs, metric="ip", reduce=reduce, block_rows=br, device="cpu")
+                             block_rows=br, device=device)
+        return score_all(view, qs, metric="ip", reduce=reduce, block_rows=br, device=device)
     # trak: the kernel (Φ^T Φ + λI)^-1 is over every stored row, whatever the filter
     if positions is None:
-        ids, S = trak_scores(view, qs, block_rows=br, device="cpu")
+        ids, S = trak_scores(view, qs, block_rows=br, device=device)
     else:
         full = RowView(source)
         pre = [q @ trak_kernel_inverse(full, c, block_rows=br).astype(np.float32).T
                for q, c in zip(qs, source.checkpoint_names(), strict=True)]
         w = np.full(len(pre), 1.0 / len(pre))
-        ids, S = score_all(view, pre, metric="ip", weights=w, block_rows=br, device="cpu")
+        ids, S = score_all(view, pre, metric="ip", weights=w, block_rows=br, device=device)
     return ids, (S.mean(1) if reduce == "mean" else S.max(1))
 
 

@@ -124,7 +124,8 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
 
 
 def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
-                 recall: float | None, ivf: IVF | None, block_rows: int = 65536) -> tuple[list[Candidate], dict]:
+                 recall: float | None, ivf: IVF | None, block_rows: int = 65536,
+                 metric: str = "cosine") -> tuple[list[Candidate], dict]:
     """Every candidate with its predicted time; the planning facts (m, n, coarse assignment) in a dict."""
     n, d, C = len(source.ids()), source.manifest.dim, len(source.checkpoint_names())
     m = n if positions is None else len(positions)
@@ -134,15 +135,17 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
     facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "host": dev.id}
     gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
                        alloc_bytes=float(m * source.bytes_per_row()))
-    t_f, _ = exact_scan_time(dev, n=m, d=d, C=C, codec=codec, nq=nq, k=k, block_rows=block_rows)
+    t_f, _ = exact_scan_time(dev, n=m, d=d, C=C, codec=codec, nq=nq, k=k, metric=metric, block_rows=block_rows)
     t_f += C * model.time(gather)  # the scan's own model includes the codec's decode
-    t_m, _ = exact_scan_time(dev, n=n, d=d, C=C, codec=codec, nq=nq, k=k, block_rows=block_rows)
+    t_m, _ = exact_scan_time(dev, n=n, d=d, C=C, codec=codec, nq=nq, k=k, metric=metric, block_rows=block_rows)
     t_m += model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches"))
     cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", t_m)]
-    approx_ok = recall is not None and recall < 1.0
+    approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
     for name in APPROX:
         c = Candidate(name, math.inf, exact=False)
-        if not approx_ok:
+        if metric != "cosine":
+            c.eligible, c.why_not = False, "the FAISS index serves the combined cosine only"
+        elif not approx_ok:
             c.eligible, c.why_not = False, "approximate: an exact answer was asked for (recall None or 1.0)"
         elif ivf is None:
             c.eligible, c.why_not = False, "no IVF index built for this source (Query.with_index())"
@@ -189,15 +192,16 @@ def _preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, Dq: np.ndarr
     n = len(Q)
     Q, Iq = np.ascontiguousarray(Q, dtype=np.float32), np.ascontiguousarray(Iq, dtype=np.int64)
     Dq = np.ascontiguousarray(Dq, dtype=np.float32)
-    D, I = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    D, lab = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
     index.search_preassigned_c(n, faiss.swig_ptr(Q), k, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq), faiss.swig_ptr(D),
-                               faiss.swig_ptr(I), False, params)
-    return D, I
+                               faiss.swig_ptr(lab), False, params)
+    return D, lab
 
 
 # ---- execution -------------------------------------------------------------------------------------
 def run_nearest(name: str, source: Source, positions: np.ndarray | None, qs: list[np.ndarray], k: int,
-                facts: dict, ivf: IVF | None, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray, dict]:
+                facts: dict, ivf: IVF | None, block_rows: int = 65536, *, metric: str = "cosine",
+                device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
     """Run one candidate: (ids [nq, k'], scores [nq, k'], info); k' = min(k, matches); -1/-inf never returned."""
     from leanml.store.search import topk
 
@@ -206,10 +210,11 @@ def run_nearest(name: str, source: Source, positions: np.ndarray | None, qs: lis
     kk = min(k, m)
     info: dict[str, Any] = {}
     if name == "exact-filtered":
-        ids, s = topk(RowView(source, positions), qs, kk, block_rows=block_rows, device="cpu")
+        ids, s = topk(RowView(source, positions), qs, kk, metric=metric, block_rows=block_rows, device=device)
     elif name == "exact-masked":
         excl = None if positions is None else np.delete(all_ids, positions)
-        ids, s = topk(RowView(source), qs, kk, block_rows=block_rows, device="cpu", exclude_ids=excl)
+        ids, s = topk(RowView(source), qs, kk, metric=metric, block_rows=block_rows, device=device,
+                      exclude_ids=excl)
     else:
         import faiss
 
@@ -242,7 +247,7 @@ def run_nearest(name: str, source: Source, positions: np.ndarray | None, qs: lis
         ids = np.where(pos >= 0, all_ids[np.maximum(pos, 0)], -1)
         if len(short):  # fewer than k rows for these queries: the exact scan of the matches answers them
             fi, fs = topk(RowView(source, positions), [q[short] for q in qs], kk, block_rows=block_rows,
-                          device="cpu")
+                          device=device)
             ids[short], s[short] = fi, fs
         info["fallback_queries"] = int(len(short))
     return np.asarray(ids), np.asarray(s, dtype=np.float32), info

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from leanml.hw import costmodel as cm
+from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query import graph as G
 from leanml.store.query import ops
-from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query.errors import QueryError
 from leanml.store.query.physical import IVF, choose, plan_nearest, run_nearest
 from leanml.store.query.rewrites import rewrite
@@ -64,8 +64,12 @@ class _State:
 class Query:
     """A composable query over a `GradientStore` (or an `ArraySource`); see the module docstring."""
 
-    def __init__(self, source: Any, *, host: Any = None, index: IVF | None = None, block_rows: int = 65536) -> None:
+    def __init__(self, source: Any, *, host: Any = None, index: IVF | None = None, block_rows: int = 65536,
+                 device: str | None = "cpu") -> None:
+        """``host``: cost-model device for the predictions; ``device``: torch device of the scans and scores
+        (``"cpu"``; None = CUDA when present). ``index``: a prebuilt `IVF` (else `with_index`)."""
         self.source: Source = as_source(source)
+        self.device = device
         self.host = default_host() if host is None else host
         self.index, self.block_rows = index, int(block_rows)
         self.steps: list[Step] = []
@@ -84,8 +88,10 @@ class Query:
     def where(self, sql: str) -> Query:
         return self._add("where", sql=sql)
 
-    def nearest(self, queries: Any, k: int = 10, *, recall: float | None = None, plan: str | None = None) -> Query:
-        return self._add("nearest", queries=queries, k=k, recall=recall, plan=plan)
+    def nearest(self, queries: Any, k: int = 10, *, recall: float | None = None, plan: str | None = None,
+                metric: str = "cosine") -> Query:
+        """Top-k per query; ``recall`` < 1 allows approximate plans; ``plan`` forces a candidate by name."""
+        return self._add("nearest", queries=queries, k=k, recall=recall, plan=plan, metric=metric)
 
     def score(self, method: str = "less", *, target: Any = None, subtasks: Any = None, reduce: str = "mean") -> Query:
         return self._add("score", method=method, target=target, subtasks=subtasks, reduce=reduce)
@@ -221,7 +227,7 @@ class Query:
                 return
             if self._m(st) == 0:
                 raise QueryError(label, "empty result where one is required: no rows left to score")
-            ids, sc = ops.score(src, st.positions, a, pushdown=pushdown, step=label)
+            ids, sc = ops.score(src, st.positions, a, pushdown=pushdown, step=label, device=self.device)
             self._set_rel(st, ops.merge_column(self._rel(st), ids, sc, "score"))
             return
         if s.kind in ("top", "top_fraction"):
@@ -276,8 +282,9 @@ class Query:
             if dry and not st.exact_rows:
                 return
             raise QueryError(label, "empty result where one is required: no rows match before nearest")
+        metric = a.get("metric", "cosine")
         cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
-                                    ivf=self.index, block_rows=self.block_rows)
+                                    ivf=self.index, block_rows=self.block_rows, metric=metric)
         forced = a.get("plan")
         if forced:
             match = [c for c in cands if c.name == forced]
@@ -298,7 +305,8 @@ class Query:
         self.last_candidates = cands
         if dry:
             return
-        ids, sc, info = run_nearest(chosen.name, src, st.positions, qs, a["k"], facts, self.index, self.block_rows)
+        ids, sc, info = run_nearest(chosen.name, src, st.positions, qs, a["k"], facts, self.index, self.block_rows,
+                                    metric=metric, device=self.device)
         if info.get("fallback_queries"):
             rec.notes.append(f"{info['fallback_queries']} queries fell back to the exact scan (fewer than k rows)")
         nq, kk = ids.shape

@@ -64,6 +64,10 @@ def check(step: Step, where: str) -> Step:
             raise QueryError(where, "sql must be a non-empty SQL predicate, e.g. \"label = 1 AND length < 512\"")
     elif k == "nearest":
         _pos_int(where, "k", a.get("k"))
+        if a.get("metric", "cosine") not in ("cosine", "ip"):
+            raise QueryError(where, f"metric must be 'cosine' or 'ip', got {a.get('metric')!r}")
+        if a.get("queries") is None:
+            raise QueryError(where, "queries are required: features [d], [n, d] or [C, n, d]")
         if a.get("recall") is not None and not 0 < a["recall"] <= 1:
             raise QueryError(where, f"recall must be in (0, 1] (None = exact), got {a['recall']!r}")
     elif k == "score":
