@@ -46,6 +46,7 @@ class Candidate:
     why_not: str = ""
     exact: bool = True
     params: dict[str, Any] = field(default_factory=dict)
+    runnable: bool = True  # False: cannot run at all (no index, metric); ineligible but runnable can be forced
 
 
 @dataclass
@@ -144,15 +145,15 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
     for name in APPROX:
         c = Candidate(name, math.inf, exact=False)
         if metric != "cosine":
-            c.eligible, c.why_not = False, "the FAISS index serves the combined cosine only"
+            c.eligible, c.runnable, c.why_not = False, False, "the FAISS index serves the combined cosine only"
+        elif ivf is None:
+            c.eligible, c.runnable, c.why_not = False, False, "no IVF index built for this source (Query.with_index())"
         elif not approx_ok:
             c.eligible, c.why_not = False, "approximate: an exact answer was asked for (recall None or 1.0)"
-        elif ivf is None:
-            c.eligible, c.why_not = False, "no IVF index built for this source (Query.with_index())"
         elif ivf.recall < recall:
             c.eligible, c.why_not = False, f"IVF recall measured at build {ivf.recall:.3f} < target {recall}"
         cands.append(c)
-    if approx_ok and ivf is not None:
+    if ivf is not None and metric == "cosine":
         Q = combined_queries(source, qs)
         t0 = time.perf_counter()
         mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],

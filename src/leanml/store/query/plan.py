@@ -290,7 +290,7 @@ class Query:
             match = [c for c in cands if c.name == forced]
             if not match:
                 raise QueryError(label, f"plan {forced!r} unknown; candidates: {[c.name for c in cands]}")
-            if not match[0].eligible:
+            if not match[0].runnable:
                 raise QueryError(label, f"plan {forced!r} cannot run: {match[0].why_not}")
             chosen = match[0]
         else:
