@@ -15,7 +15,8 @@ import numpy as np
 from leanml.select import Pool, Target, TorchClassifier, TrainConfig
 
 ALL_ARRAY_METHODS = ("full", "random", "random-balanced", "loss", "el2n", "dlis", "least-confidence", "margin",
-                     "entropy", "rho-loss", "craig", "grad-match", "less", "trak", "dsdm")
+                     "entropy", "rho-loss", "craig", "grad-match", "less", "trak", "dsdm", "dedup-random",
+                     "less-dedup")
 TEXT_METHODS = ("embedding", "bm25")
 
 
@@ -164,6 +165,8 @@ register_suite(Suite(
         "less": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256},
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
+        "dedup-random": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
+        "less-dedup": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
     },
     threads=1,
     workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),

@@ -317,7 +317,7 @@ def list_methods() -> list[str]:
 
 
 def _ensure_loaded() -> None:
-    from leanml.select import coreset, online, random, scores, targeted, text  # noqa: F401
+    from leanml.select import coreset, dedup, online, random, scores, targeted, text  # noqa: F401
 
 
 def check_finite(name: str, a: np.ndarray) -> np.ndarray:
