@@ -86,6 +86,15 @@ class IVF:
         rec = float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(ap.tolist(), ex.tolist(), strict=True)]))
         return cls(ivf, list_of, int(ivf.nprobe), rec, build_s)
 
+    def centroids(self) -> np.ndarray:
+        """The coarse quantizer's centroids ``[nlist, D]`` (a view of FAISS's storage, cached)."""
+        if not hasattr(self, "_centroids"):
+            import faiss
+
+            q = faiss.downcast_index(self.index.quantizer)
+            self._centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d)
+        return self._centroids
+
 
 def combined_queries(source: Source, qs: list[np.ndarray]) -> np.ndarray:
     """Queries as the IVF index holds rows: concatenated ``sqrt(w_c) q̂_c`` (inner product = combined cosine)."""
@@ -98,21 +107,17 @@ def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int) -> tuple[np
     """Per query: lists nearest-centroid first among those holding matches, until nprobe lists are taken and
     they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq])."""
     nlist = ivf.index.nlist
-    _, order = ivf.index.quantizer.search(np.ascontiguousarray(Q), nlist)
+    order = np.argsort(-(Q @ ivf.centroids().T), axis=1, kind="stable")  # one matmul: every list, nearest first
     sizes = np.bincount(ivf.list_of, minlength=nlist)
-    rows, p_max, visited, matched = [], 1, np.zeros(len(Q)), np.zeros(len(Q))
-    for qi, o in enumerate(order):
-        o = o[o >= 0]
-        o = o[match_lists[o] > 0]
-        cum = np.cumsum(match_lists[o])
-        need = max(ivf.nprobe, int(np.searchsorted(cum, k) + 1))
-        take = o[: min(need, len(o))]
-        rows.append(take)
-        p_max = max(p_max, len(take))
-        visited[qi], matched[qi] = sizes[take].sum(), match_lists[take].sum()
-    Iq = np.full((len(Q), p_max), -1, np.int64)
-    for qi, t in enumerate(rows):
-        Iq[qi, : len(t)] = t
+    mt = match_lists[order]  # [nq, nlist] matches per list, nearest list first
+    valid = mt > 0
+    before = np.cumsum(mt, axis=1) - mt  # matches in the lists nearer than this one
+    take = valid & ((np.cumsum(valid, axis=1) <= ivf.nprobe) | (before < k))
+    width = max(1, int(take.sum(1).max()))
+    pack = np.argsort(~take, axis=1, kind="stable")[:, :width]  # taken lists first, in centroid order
+    Iq = np.where(np.take_along_axis(take, pack, 1), np.take_along_axis(order, pack, 1), -1)
+    visited = np.where(take, sizes[order], 0).sum(1).astype(np.float64)
+    matched = np.where(take, mt, 0).sum(1).astype(np.float64)
     return Iq, visited, matched
 
 
@@ -126,8 +131,11 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
 
 def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
                  recall: float | None, ivf: IVF | None, block_rows: int = 65536,
-                 metric: str = "cosine") -> tuple[list[Candidate], dict]:
-    """Every candidate with its predicted time; the planning facts (m, n, coarse assignment) in a dict."""
+                 metric: str = "cosine", calibration: dict | None = None) -> tuple[list[Candidate], dict]:
+    """Every candidate with its predicted time; the planning facts (m, n, coarse assignment) in a dict.
+
+    ``calibration`` (from `calibration.operator_costs`): per candidate ``(overhead_s, scale)`` measured on
+    this source; the prediction is then ``overhead + scale * roofline`` (roofline alone without it)."""
     n, d, C = len(source.ids()), source.manifest.dim, len(source.checkpoint_names())
     m = n if positions is None else len(positions)
     nq, codec = qs[0].shape[0], source.manifest.codec
@@ -163,7 +171,7 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
                      nlist=int(ivf.index.nlist))
         D = C * d
         bm, pf = cands[2], cands[3]
-        bm.predicted_s = sum(_ivf_scan_time(model, v, s, D, k, True) for v, s in zip(visited, matched, strict=True))
+        bm.predicted_s = _ivf_scan_time(model, visited.sum(), matched.sum(), D, k, True)  # one call, all queries
         bm.params = {"nprobe": ivf.nprobe, "lists_max": int(Iq.shape[1])}
         if bm.eligible and visited.mean() >= m:
             bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
@@ -171,11 +179,17 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
         frac = np.maximum(matched, 1) / np.maximum(visited, 1)
         kp = np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)
         short = int((matched < k).sum())
-        pf.predicted_s = (sum(_ivf_scan_time(model, v, v, D, int(kk), False) for v, kk in zip(visited, kp, strict=True))
+        pf.predicted_s = (_ivf_scan_time(model, visited.sum(), visited.sum(), D, int(kp.max()), False)
                           + model.time(cm.OpSpec("elementwise", float(kp.sum()), 9.0 * kp.sum(), "fp32", "filter")))
         pf.predicted_s += short / max(nq, 1) * t_f
         pf.params = {"k_prime_max": int(kp.max()) if len(kp) else k, "fallback_queries_predicted": short}
         facts["k_prime"] = kp
+    facts["roofline_s"] = {c.name: c.predicted_s for c in cands}
+    if calibration:
+        for c in cands:
+            if c.name in calibration and math.isfinite(c.predicted_s):
+                o, sc = calibration[c.name]
+                c.predicted_s = o + sc * c.predicted_s
     return cands, facts
 
 

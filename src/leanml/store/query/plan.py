@@ -65,9 +65,11 @@ class Query:
     """A composable query over a `GradientStore` (or an `ArraySource`); see the module docstring."""
 
     def __init__(self, source: Any, *, host: Any = None, index: IVF | None = None, block_rows: int = 65536,
-                 device: str | None = "cpu") -> None:
+                 device: str | None = "cpu", calibrate: bool = True) -> None:
         """``host``: cost-model device for the predictions; ``device``: torch device of the scans and scores
-        (``"cpu"``; None = CUDA when present). ``index``: a prebuilt `IVF` (else `with_index`)."""
+        (``"cpu"``; None = CUDA when present). ``index``: a prebuilt `IVF` (else `with_index`). ``calibrate``:
+        time nearest's candidates once on this source to correct the roofline (`calibration`)."""
+        self.calibrate = calibrate
         self.source: Source = as_source(source)
         self.device = device
         self.host = default_host() if host is None else host
@@ -283,8 +285,13 @@ class Query:
                 return
             raise QueryError(label, "empty result where one is required: no rows match before nearest")
         metric = a.get("metric", "cosine")
+        from leanml.store.query.calibration import operator_costs
+
+        cal = operator_costs(src, self.index, self.host, self.block_rows) if self.calibrate else None
         cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
-                                    ivf=self.index, block_rows=self.block_rows, metric=metric)
+                                    ivf=self.index, block_rows=self.block_rows, metric=metric, calibration=cal)
+        if cal:
+            rec.notes.append("predictions: measured overhead + measured scale x roofline (calibration.py)")
         forced = a.get("plan")
         if forced:
             match = [c for c in cands if c.name == forced]

@@ -105,6 +105,7 @@ class StoreSource(Source):
         self.manifest = _Manifest(m.dim, m.codec, m.generation)
         self._ids = store.ids()
         self._offsets = {c: np.cumsum([0] + [s.rows for s in m.shards_of(c)]) for c in store.checkpoint_names()}
+        self._open: dict[str, list] = {}
 
     def checkpoint_names(self) -> list[str]:
         return self.store.checkpoint_names()
@@ -118,19 +119,29 @@ class StoreSource(Source):
     def bytes_per_row(self) -> int:
         return self.store.codec.bytes_per_row(self.manifest.dim)
 
+    def _shards(self, checkpoint: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Every shard's memmapped (ids, codes, aux), opened once per source (file opens dominate small scans)."""
+        if checkpoint not in self._open:
+            self._open[checkpoint] = [self.store._load_shard(s) for s in self.store.manifest.shards_of(checkpoint)]
+        return self._open[checkpoint]
+
     def read(self, checkpoint: str, positions: np.ndarray) -> np.ndarray:
-        off = self._offsets[checkpoint]
-        shards = self.store.manifest.shards_of(checkpoint)
+        off, shards = self._offsets[checkpoint], self._shards(checkpoint)
         out = []
         for si in np.unique(np.searchsorted(off, positions, side="right") - 1):
             lo, hi = np.searchsorted(positions, [off[si], off[si + 1]])
             local = positions[lo:hi] - off[si]
-            _, codes, aux = self.store._load_shard(shards[si])
+            _, codes, aux = shards[si]
             out.append(self.store.codec.decode(codes[local], None if aux is None else aux[local], self.manifest.dim))
         return np.concatenate(out) if out else np.zeros((0, self.manifest.dim), np.float32)
 
     def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return self.store.iter_blocks(checkpoint, block_rows)
+        """Like `GradientStore.iter_blocks` (contiguous memmap slices: fp32 rows reach torch uncopied)."""
+        for ids, codes, aux in self._shards(checkpoint):
+            for a in range(0, len(ids), block_rows):
+                b = min(len(ids), a + block_rows)
+                yield np.asarray(ids[a:b]), self.store.codec.decode(codes[a:b], None if aux is None else aux[a:b],
+                                                                    self.manifest.dim)
 
     def has_metadata(self) -> bool:
         return bool(self.store.manifest.metadata)
