@@ -2,8 +2,9 @@
 
 1. Filtered top-k on a clustered synthetic store (``--quick``: 2*10^4 rows, d = 128; full: 10^5 x 256,
    the issue's shape) and on real features (digits MLP gradients, d = 64): per selectivity (0.1, 1, 10,
-   50 %) and filter kind (uncorrelated: a random subset; correlated: rows of the query's own cluster
-   first), recall@10 and p50 latency of one query for:
+   50 %) and filter kind (uncorrelated: ``u < s`` on a uniform column; correlated: ``v < s`` on a column
+   that holds whole clusters, with the queries drawn from its rows), recall@10 and p50 latency of one
+   query for:
    * ``planned``: `leanml.store.query`'s cost-based choice (planning included), recall target 0.95;
    * ``exact-filtered``: leanml's exact scan of just the matching rows (the reference it must stay near);
    * ``faiss-ivf-postfilter``: plain FAISS IVF-Flat (nprobe 16) over-fetching k / selectivity, then the
@@ -11,7 +12,8 @@
    * ``faiss-hnsw-idselector``: FAISS HNSW (M 32, efSearch 64) with an ``IDSelectorBitmap`` of the matches;
    * ``unfiltered-exact`` / ``unfiltered-ivf``: the same query with no filter (the targets' yardsticks).
    Every FAISS index is built once beforehand (build time reported, not in the latency).
-   LanceDB: used when importable (it is not part of leanml's environment; see the JSON's ``lancedb``).
+   ``lancedb-postfilter`` / ``lancedb-prefilter`` with ``--lance-python PY`` (a Python that has lancedb; it
+   runs as a subprocess, `lance_contender.py`, on the same rows, queries and filters).
    DuckDB's VSS extension is not run: it downloads at run time (``INSTALL vss``) and this machine is offline.
 2. Planner quality: over the grid selectivity x filter kind x k (10, 100) x codec (fp32, int8) x queries
    per call (1, 32), every runnable candidate is timed; a candidate counts if its recall@k >= 0.95 and it
@@ -71,7 +73,7 @@ def norm(X: np.ndarray) -> np.ndarray:
     return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
 
 
-def filter_rows(lab: np.ndarray, q_lab: int, sel: float, kind: str, rng: np.random.Generator) -> np.ndarray:
+def filter_rows(lab: np.ndarray, q_lab: int, sel: float, kind: str, rng: np.random.Generator) -> np.ndarray:  # grid
     """Sorted positions matching a filter of selectivity ``sel`` (at least 1 row)."""
     n, m = len(lab), max(1, int(round(sel * len(lab))))
     if kind == "uncorrelated":
@@ -151,7 +153,17 @@ def planned(src, ivf, pos, qs, k, host):  # noqa: ANN001, ANN201
     return ids, c.name, cands, facts
 
 
-def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, host, field_ok: bool = True) -> list:
+def filter_columns(lab: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Metadata columns: ``u`` uniform (``u < s`` is uncorrelated with the vectors); ``v`` = (cluster's rank +
+    uniform) / clusters, so ``v < s`` holds whole clusters (correlated: queries are drawn from its rows)."""
+    rng = np.random.default_rng(seed)
+    cl, inv = np.unique(lab, return_inverse=True)
+    rank = rng.permutation(len(cl))[inv]
+    return rng.random(len(lab)), (rank + rng.random(len(lab))) / len(cl)
+
+
+def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, host, tmp: Path,
+                lance_python: str | None) -> list:
     src = as_source(st)
     sid, X = st.features()
     order = np.argsort(sid)
@@ -160,48 +172,84 @@ def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, h
     def to_pos(ids: np.ndarray) -> np.ndarray:  # leanml returns store ids; the references use row positions
         ids = np.asarray(ids)
         return np.where(ids >= 0, order[np.searchsorted(sid[order], np.maximum(ids, 0))], -1)
+
     ivf = IVF.build(src, nprobe=16)
     operator_costs(src, ivf, host)  # once per source, before any timing (as a Query's first nearest does)
     fld = Field(Xn)
+    u, v = filter_columns(lab)
     rng = np.random.default_rng(1)
-    qi = rng.choice(len(X), n_queries, replace=False)
-    Q = norm(X[qi] + 0.3 * rng.standard_normal((n_queries, X.shape[1])).astype(np.float32))
-    rows, k = [], 10
-    for kind in ("uncorrelated", "correlated"):
+    rows, k, cells = [], 10, {}
+    for kind, col in (("uncorrelated", u), ("correlated", v)):
         for sel in SELECTIVITY:
+            pos = np.flatnonzero(col < sel)
+            if len(pos) == 0:
+                pos = np.array([int(np.argmin(col))])
+            pool = np.arange(len(X)) if kind == "uncorrelated" else pos
+            qi = rng.choice(pool, n_queries, replace=len(pool) < n_queries)
+            Q = norm(X[qi] + 0.3 * rng.standard_normal((n_queries, X.shape[1])).astype(np.float32))
+            cells[(kind, sel)] = (pos, Q)
+            kk = min(k, len(pos))
+            runs = {
+                "planned": (lambda q, pos, kk: to_pos(planned(src, ivf, pos, [q], kk, host)[0])),
+                "exact-filtered": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, pos, [q], kk,
+                                                                         {}, None)[0])),
+                "faiss-ivf-postfilter": fld.postfilter,
+                "faiss-hnsw-idselector": fld.hnsw_sel,
+                "unfiltered-exact": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, None, [q], k,
+                                                                           {}, None)[0])),
+                "unfiltered-ivf": (lambda q, pos, kk: fld.unfiltered_ivf(q, k)),
+            }
             res: dict[str, dict] = {}
             for i in range(n_queries):
-                pos = filter_rows(lab, int(lab[qi[i]]), sel, kind, rng)
                 q = Q[i : i + 1]
-                kk = min(k, len(pos))
                 ref = brute(Xn, q, pos, kk)
-                runs = {
-                    "planned": (lambda q, pos, kk: to_pos(planned(src, ivf, pos, [q], kk, host)[0])),
-                    "exact-filtered": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, pos, [q], kk,
-                                                                             {}, None)[0])),
-                    "faiss-ivf-postfilter": fld.postfilter,
-                    "faiss-hnsw-idselector": fld.hnsw_sel,
-                    "unfiltered-exact": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, None, [q], k,
-                                                                               {}, None)[0])),
-                    "unfiltered-ivf": (lambda q, pos, kk: fld.unfiltered_ivf(q, k)),
-                }
                 for c, fn in runs.items():
                     ids, dt = timed(fn, q, pos, kk)
                     ids = np.asarray(ids)
                     r = res.setdefault(c, {"t": [], "rec": [], "short": 0})
                     r["t"].append(dt)
-                    if c.startswith("unfiltered"):
-                        r["rec"].append(recall(ids, brute(Xn, q, None, k)))
-                    else:
-                        r["rec"].append(recall(np.where(ids >= 0, ids, -1), ref))
-                        r["short"] += int((ids < 0).any())
+                    want = brute(Xn, q, None, k) if c.startswith("unfiltered") else ref
+                    r["rec"].append(recall(ids, want))
+                    r["short"] += int((ids < 0).any() or ids.shape[-1] < want.shape[-1])
             for c, r in res.items():
-                rows.append({"data": name, "filter": kind, "selectivity": sel, "contender": c,
-                             "recall_at_10": round(float(np.mean(r["rec"])), 4),
-                             "p50_ms": round(1e3 * float(np.median(r["t"][1:] or r["t"])), 3),
-                             "queries_short_of_k": r["short"]})
+                rows.append(_row(name, kind, sel, c, r["rec"], r["t"], r["short"]))
+    if lance_python:
+        rows += _lance(lance_python, tmp, name, X, u, v, cells, Xn)
     for r in rows:
         r["ivf_build_s"], r["hnsw_build_s"] = round(fld.ivf_build_s, 3), round(fld.hnsw_build_s, 3)
+    return rows
+
+
+def _row(name: str, kind: str, sel: float, c: str, rec: list, t: list, short: int) -> dict:
+    return {"data": name, "filter": kind, "selectivity": sel, "contender": c,
+            "recall_at_10": round(float(np.mean(rec)), 4), "p50_ms": round(1e3 * float(np.median(t[1:] or t)), 3),
+            "queries_short_of_k": short}
+
+
+def _lance(python: str, tmp: Path, name: str, X, u, v, cells: dict, Xn) -> list:  # noqa: ANN001
+    """LanceDB in its own environment (subprocess): post-filter and pre-filter, IVF_PQ index."""
+    import subprocess
+
+    arrays = {"X": X, "u": u, "v": v}
+    for (kind, sel), (_, Q) in cells.items():
+        arrays[f"q_{kind}_{sel}"] = Q
+    np.savez(tmp / "lance_in.npz", **arrays)
+    subprocess.run([python, str(Path(__file__).parent / "lance_contender.py"), str(tmp / "lance_in.npz"),
+                    str(tmp / "lance_out.json")], check=True, timeout=1800, capture_output=True)
+    out = json.loads((tmp / "lance_out.json").read_text())
+    rows = []
+    for key, cell in out["cells"].items():
+        mode, kind, sel = key.split("|")
+        pos, Q = cells[(kind, float(sel))]
+        kk = min(10, len(pos))
+        recs, short = [], 0
+        for q, ids in zip(Q, cell["ids"], strict=True):
+            ref = brute(Xn, q[None], pos, kk)[0]
+            recs.append(len(set(ids) & set(ref.tolist())) / kk)
+            short += int(len(ids) < kk)
+        row = _row(name, kind, float(sel), mode, recs, cell["t"], short)
+        row["lancedb_index_build_s"] = round(out["build_s"], 3)
+        rows.append(row)
     return rows
 
 
@@ -279,19 +327,13 @@ def dedup_section(tmp: Path, m: int, d: int) -> dict:
             "removed_exact": len(re_), "removed_approx": len(ra), "jaccard_removed": jac}
 
 
-def lancedb_available() -> str | None:
-    try:
-        import lancedb  # noqa: F401
-    except ImportError:
-        return "lancedb is not installed in this environment (optional peer; see docs/query.md)"
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (same code path), < 1 min on 2 cores")
     ap.add_argument("--host", default=None, help="cost-model device id (default: quick in-process calibration)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--lance-python", default=None, help="a Python with lancedb installed, to add LanceDB as a "
+                    "contender (run as a subprocess; e.g. /work/venvs/i12/bin/python)")
     ap.add_argument("--rows", type=int, default=None, help="synthetic rows (default 2*10^4 quick, 10^5 full)")
     ap.add_argument("--dim", type=int, default=None, help="synthetic dim (default 128 quick, 256 full)")
     a = ap.parse_args()
@@ -311,7 +353,7 @@ def main() -> None:
         tmp = Path(tmpd)
         X, lab = clustered(n, d)
         st = make_store(tmp / "syn", X, "int8")
-        knn = knn_section(f"synthetic {n}x{d} int8", st, lab, 12 if a.quick else 32, host)
+        knn = knn_section(f"synthetic {n}x{d} int8", st, lab, 12 if a.quick else 32, host, tmp, a.lance_python)
         from leanml.grads.recipes import ExtractSpec
         from leanml.store.extract import extract
 
@@ -320,7 +362,7 @@ def main() -> None:
         rlab = real.sql("select id, label from metadata")
         lab_of = dict(zip(rlab["id"].to_pylist(), rlab["label"].to_pylist(), strict=True))
         knn += knn_section("digits MLP grads 1348x64 int8", real, np.array([lab_of[int(i)] for i in real.ids()]),
-                           12 if a.quick else 32, host)
+                           12 if a.quick else 32, host, tmp, a.lance_python)
         gX, glab = clustered(n // 2 if a.quick else n, d // 2 if a.quick else d, seed=7)
         grid = planner_grid(tmp, gX, glab, host, a.quick)
         push = pushdown_section(st, X, 1 if a.quick else 3)
@@ -347,7 +389,10 @@ def main() -> None:
         "dedup_speedup": dd["speedup"], "dedup_jaccard": dd["jaccard_removed"],
         "planned_always_k_rows": all(r["queries_short_of_k"] == 0 for r in planned_rows),
         "contenders": table, "planner_grid": grid, "pushdown": push, "dedup": dd,
-        "lancedb": lancedb_available() or "run", "duckdb_vss": "not run: the vss extension downloads at run time "
+        "lancedb": ("run in its own environment (lance_contender.py): IVF_PQ, cosine, num_partitions sqrt(n), "
+                    "num_sub_vectors d/8, post- and pre-filter" if a.lance_python else
+                    "not run: pass --lance-python (lancedb is not a leanml dependency)"),
+        "duckdb_vss": "not run: the vss extension downloads at run time "
         "(INSTALL vss) and this machine is offline",
         "quick": a.quick, "rows": n, "dim": d, "host": {"id": host.id, "name": host.name},
         "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
