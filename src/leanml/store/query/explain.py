@@ -28,5 +28,7 @@ def render(q: Any, recs: list, *, ran: bool) -> str:
                      f"{_t(r.measured_s) if (ran or r.measured_s is not None) else '-':>11}")
         for n in r.notes:
             lines.append(f"      {n}")
-    lines.append("  predicted = leanml.hw roofline (shards in page cache); n/a = not modelled (DuckDB, scipy)")
+    lines.append("  predicted = leanml.hw roofline (shards in page cache; nearest: plus its measured per-call overhead "
+                 "and scale, see calibration.py); other steps omit Python/dispatch overhead, which dominates small "
+                 "inputs; n/a = not modelled (DuckDB, scipy)")
     return "\n".join(lines)
