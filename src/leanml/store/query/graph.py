@@ -120,3 +120,18 @@ def facility_location(g: Graph, n: int, scores: np.ndarray | None = None) -> np.
         col = c == j
         np.maximum.at(cover, r[col], w[col])
     return np.asarray(out, dtype=np.int64)
+
+
+def align(g: Graph, ids: np.ndarray) -> Graph:
+    """The graph with its rows in the order of ``ids`` (every id must be in the graph)."""
+    if np.array_equal(g.ids, ids):
+        return g
+    order = np.argsort(g.ids)
+    j = order[np.searchsorted(g.ids[order], ids)]
+    return Graph(ids, g.W[j][:, j].tocsr(), g.exact, g.params)
+
+
+def restrict(g: Graph, ids: np.ndarray) -> Graph:
+    """The subgraph induced on the rows of ``ids`` that are in the graph, in that order."""
+    keep = np.isin(ids, g.ids)
+    return align(g, np.asarray(ids)[keep])

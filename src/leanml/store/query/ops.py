@@ -155,3 +155,18 @@ def top(rel: pa.Table, n: int, step: str) -> pa.Table:
 
 def filter_ids(rel: pa.Table, ids: np.ndarray) -> pa.Table:
     return rel.filter(pc.is_in(rel.column("id"), value_set=pa.array(ids, pa.int64())))
+
+
+def score_columns(src: Source, a: dict, pushdown: bool) -> int:
+    """How many score columns the step multiplies: one per target example, or per subtask when pushed down."""
+    t = a["target"]
+    if isinstance(t, str):
+        store = getattr(src, "store", None)
+        entry = store.manifest.tasks.get(t, {}) if store is not None else {}
+        n, subs = int(entry.get("rows") or 1), entry.get("subtasks")
+    else:
+        n, subs = int(np.shape(t)[-2]) if np.ndim(t) >= 2 else 1, None
+    subs = a.get("subtasks") if a.get("subtasks") is not None else subs
+    if pushdown:
+        return 1 if a["method"] == "inner" else (len(set(np.asarray(subs).tolist())) if subs is not None else 1)
+    return n

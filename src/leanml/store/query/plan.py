@@ -184,7 +184,7 @@ class Query:
         st.positions = self.source.positions_of(np.unique(rel.column("id").to_numpy()))
         st.est_rows = rel.num_rows
         if st.graph is not None:
-            st.graph = _restrict(st.graph, rel.column("id").to_numpy())
+            st.graph = G.restrict(st.graph, rel.column("id").to_numpy())
 
     def _m(self, st: _State) -> int:
         return len(self.source.ids()) if st.positions is None else len(st.positions)
@@ -207,7 +207,7 @@ class Query:
                 if st.rel is not None:
                     st.rel = ops.filter_ids(st.rel, src.ids()[st.positions])
                 if st.graph is not None:
-                    st.graph = _restrict(st.graph, src.ids()[st.positions])
+                    st.graph = G.restrict(st.graph, src.ids()[st.positions])
                     rec.notes.append("graph restricted to the matching rows (induced subgraph)")
             st.est_rows = self._m(st) if st.rel is None else st.rel.num_rows
             rec.notes.append(f"selectivity {self._m(st) / max(len(src.ids()), 1):.4%} "
@@ -218,7 +218,7 @@ class Query:
             return
         if s.kind == "score":
             m = st.est_rows if st.rel is None or "query" not in st.rel.column_names else self._m(st)
-            cols = _score_columns(src, a, pushdown)
+            cols = ops.score_columns(src, a, pushdown)
             rec.predicted_s, _ = exact_scan_time(model.device, n=max(m, 1), d=src.manifest.dim,
                                                  C=len(src.checkpoint_names()), codec=src.manifest.codec,
                                                  nq=max(cols, 1), k=1, block_rows=self.block_rows)
@@ -343,7 +343,7 @@ class Query:
         if s.kind in ("knn_graph", "dedup"):
             g = G.build_graph(self.source, st.positions, k=a.get("k"), threshold=a.get("threshold"),
                               approximate=bool(a.get("approximate")))
-            st.graph = _align(g, rel.column("id").to_numpy())
+            st.graph = G.align(g, rel.column("id").to_numpy())
             rec.notes.append(f"{'exact' if g.exact else 'approximate'} graph: {g.params}")
             if s.kind == "knn_graph":
                 self._set_rel(st, ops.merge_column(rel, st.graph.ids, np.diff(st.graph.W.indptr), "degree"))
@@ -373,34 +373,5 @@ class Query:
         else:
             if st.graph is None:
                 raise QueryError(label, "method='facility' needs a graph: put knn_graph(k, threshold) before it")
-            pick = G.facility_location(_align(st.graph, ids), a["n"], sc)
+            pick = G.facility_location(G.align(st.graph, ids), a["n"], sc)
         self._set_rel(st, rel.take(pa.array(pick)))
-
-
-def _score_columns(src: Source, a: dict, pushdown: bool) -> int:
-    t = a["target"]
-    if isinstance(t, str):
-        store = getattr(src, "store", None)
-        entry = store.manifest.tasks.get(t, {}) if store is not None else {}
-        n, subs = int(entry.get("rows") or 1), entry.get("subtasks")
-    else:
-        n, subs = int(np.shape(t)[-2]) if np.ndim(t) >= 2 else 1, None
-    subs = a.get("subtasks") if a.get("subtasks") is not None else subs
-    if pushdown:
-        return 1 if a["method"] == "inner" else (len(set(np.asarray(subs).tolist())) if subs is not None else 1)
-    return n
-
-
-def _align(g: G.Graph, ids: np.ndarray) -> G.Graph:
-    """The graph with its rows in the order of ``ids`` (every id must be in the graph)."""
-    if np.array_equal(g.ids, ids):
-        return g
-    order = np.argsort(g.ids)
-    j = order[np.searchsorted(g.ids[order], ids)]
-    return G.Graph(ids, g.W[j][:, j].tocsr(), g.exact, g.params)
-
-
-def _restrict(g: G.Graph, ids: np.ndarray) -> G.Graph:
-    """The subgraph induced on the rows of ``ids`` that are in the graph, in that order."""
-    keep = np.isin(ids, g.ids)
-    return _align(g, np.asarray(ids)[keep])
