@@ -144,9 +144,9 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
     facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "host": dev.id}
     gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
                        alloc_bytes=float(m * source.bytes_per_row()))
-    t_f, _ = exact_scan_time(dev, n=m, d=d, C=C, codec=codec, nq=nq, k=k, metric=metric, block_rows=block_rows)
+    t_f = _exact_time(dev, m, d, C, codec, nq, k, metric, block_rows)
     t_f += C * model.time(gather)  # the scan's own model includes the codec's decode
-    t_m, _ = exact_scan_time(dev, n=n, d=d, C=C, codec=codec, nq=nq, k=k, metric=metric, block_rows=block_rows)
+    t_m = _exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
     t_m += model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches"))
     cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", t_m)]
     approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
@@ -161,6 +161,14 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
         elif ivf.recall < recall:
             c.eligible, c.why_not = False, f"IVF recall measured at build {ivf.recall:.3f} < target {recall}"
         cands.append(c)
+    floor = min((calibration[c][0] for c in APPROX if calibration and c in calibration), default=0.0)
+    if calibration and "exact-filtered" in calibration:
+        o, sc = calibration["exact-filtered"]
+        if o + sc * t_f <= floor:  # the exact scan of the matches beats even an IVF call's fixed cost
+            for c in cands[2:]:
+                c.predicted_s, c.eligible = math.inf, False
+                c.why_not = c.why_not or "the exact scan of the matches costs less than an IVF call's overhead"
+            ivf = None  # no coarse assignment needed
     if ivf is not None and metric == "cosine":
         Q = combined_queries(source, qs)
         t0 = time.perf_counter()
@@ -191,6 +199,20 @@ def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarr
                 o, sc = calibration[c.name]
                 c.predicted_s = o + sc * c.predicted_s
     return cands, facts
+
+
+_EXACT_MEMO: dict[tuple, float] = {}
+
+
+def _exact_time(dev: Any, n: int, d: int, C: int, codec: str, nq: int, k: int, metric: str, block_rows: int) -> float:
+    """`store.plan.exact_scan_time`, memoized (a roofline costing is ~1 ms of Python; plans repeat shapes)."""
+    key = (id(dev), n, d, C, codec, nq, k, metric, block_rows)
+    if key not in _EXACT_MEMO:
+        if len(_EXACT_MEMO) > 4096:
+            _EXACT_MEMO.clear()
+        _EXACT_MEMO[key] = exact_scan_time(dev, n=n, d=d, C=C, codec=codec, nq=nq, k=k, metric=metric,
+                                           block_rows=block_rows)[0]
+    return _EXACT_MEMO[key]
 
 
 def choose(cands: list[Candidate]) -> Candidate:
