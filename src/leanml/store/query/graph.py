@@ -30,6 +30,17 @@ class Graph:
     params: dict[str, Any]
 
 
+def need_faiss(step: str):  # noqa: ANN201
+    """FAISS (the optional ``index`` extra), or a clear error naming the step."""
+    try:
+        import faiss
+    except ImportError:
+        from leanml.store.query.errors import QueryError
+
+        raise QueryError(step, "needs FAISS: install leanml's 'index' extra (faiss-cpu)") from None
+    return faiss
+
+
 def combined_rows(source: Source, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, rows as ``[sqrt(w_c) x̂_c]_c``): inner products of these rows are combined cosines."""
     from leanml.store.ann import _combined
@@ -41,7 +52,7 @@ def combined_rows(source: Source, positions: np.ndarray | None) -> tuple[np.ndar
 
 def build_graph(source: Source, positions: np.ndarray | None, *, k: int | None, threshold: float | None,
                 approximate: bool = False, nprobe: int = 8, seed: int = 0) -> Graph:
-    import faiss
+    faiss = need_faiss("knn_graph")
 
     ids, X = combined_rows(source, positions)
     m, D = X.shape

@@ -62,7 +62,9 @@ class IVF:
 
     @classmethod
     def build(cls, source: Source, nprobe: int = 16, seed: int = 0) -> IVF:
-        import faiss
+        from leanml.store.query.graph import need_faiss
+
+        faiss = need_faiss("with_index")
 
         from leanml.store.ann import FaissIndex
         from leanml.store.search import topk
