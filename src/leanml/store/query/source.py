@@ -19,8 +19,9 @@ Hand-offs, and where copies happen:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,17 +68,23 @@ class Source:
     def bytes_per_row(self) -> int:
         raise NotImplementedError
 
+    _con: Any = None
+
     @contextmanager
     def duckdb(self) -> Iterator[Any]:
-        """A DuckDB connection with a ``metadata`` view (Parquet for a store, the Arrow table otherwise)."""
+        """This source's DuckDB connection with a ``metadata`` view (Parquet for a store, the Arrow table
+        otherwise), made once (connecting costs ~50 ms); tables a step registers are dropped after it."""
         import duckdb
 
-        con = duckdb.connect()
+        if self._con is None:
+            self._con = duckdb.connect()
+            self._register_metadata(self._con)
         try:
-            self._register_metadata(con)
-            yield con
+            yield self._con
         finally:
-            con.close()
+            for name in ("rel", "other_t"):
+                with suppress(duckdb.Error):
+                    self._con.unregister(name)
 
     def _register_metadata(self, con: Any) -> None:
         raise NotImplementedError
@@ -241,6 +248,9 @@ class RowView:
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
+_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def as_source(obj: Any) -> Source:
     """A `Source` for a `GradientStore`, a store path, or an existing `Source`."""
     if isinstance(obj, Source):
@@ -252,5 +262,8 @@ def as_source(obj: Any) -> Source:
     from leanml.store.store import GradientStore
 
     if isinstance(obj, GradientStore):
-        return StoreSource(obj)
+        src = _SOURCES.get(obj)
+        if src is None or src.manifest.generation != obj.manifest.generation:
+            src = _SOURCES[obj] = StoreSource(obj)  # reused: its memmaps and DuckDB connection stay open
+        return src
     raise QueryError("source", f"expected a GradientStore, a store path or an ArraySource, got {type(obj).__name__}")
