@@ -43,3 +43,13 @@ def test_sample_and_multi_query_graph(digits_store, digits_feats):
     t = Query(digits_store).nearest(X[:5], 30).dedup(0.95).run()  # several queries, then a graph step
     assert len(set(t.column("id").to_pylist())) == t.num_rows and "query" not in t.column_names
     assert len(np.unique(t.column("component").to_numpy())) == t.num_rows  # one row per component
+
+
+def test_joins_with_user_tables_in_sequence(digits_store, digits_feats):
+    """The source's DuckDB connection is reused; each join sees its own table."""
+    _, X = digits_feats
+    ids = digits_store.ids()[:30]
+    a = Query(digits_store).nearest(X[0], 30).join({"id": ids, "tag": ["a"] * 30}, on="id").run()
+    b = Query(digits_store).nearest(X[0], 30).join({"id": ids, "tag": ["b"] * 30}, on="id", how="left").run()
+    assert set(a.column("tag").to_pylist()) <= {"a"} and b.num_rows == 30
+    assert set(b.column("tag").to_pylist()) <= {"b", None}
