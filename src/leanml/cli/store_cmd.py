@@ -259,6 +259,6 @@ def query_cmd(
         err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     if analyze:
-        err.print(q.explain(), markup=False, highlight=False)
+        err.print(q.explain(), markup=False, highlight=False, soft_wrap=True)
     rows = t.slice(0, limit).to_pylist()
     print(json.dumps({"rows": rows, "n_rows": t.num_rows, "columns": t.column_names}, default=str))
