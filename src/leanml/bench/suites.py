@@ -17,7 +17,8 @@ from leanml.select import Pool, Target, TorchClassifierLearner, TrainConfig
 
 LESS_VARIANTS = ("less", "less-balanced", "less-zmax", "less-single")
 ALL_ARRAY_METHODS = ("full", "random", "random-balanced", "loss", "el2n", "dlis", "least-confidence", "margin",
-                     "entropy", "rho-loss", "craig", "grad-match", *LESS_VARIANTS, "trak", "dsdm")
+                     "entropy", "rho-loss", "craig", "grad-match", *LESS_VARIANTS, "trak", "dsdm", "dedup-random",
+                     "less-dedup")
 TEXT_METHODS = ("embedding", "bm25")
 # What each LESS variant is, for tables: the paper's rule is the reference, the rest are named as what they change.
 VARIANTS = {"less": "reference: max over subtasks", "less-balanced": "balanced: round-robin over subtasks",
@@ -167,6 +168,8 @@ register_suite(Suite(
         **less_params(warmup_fraction=0.05, warmup_epochs=4, dim=256),
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
+        "dedup-random": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
+        "less-dedup": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
     },
     threads=1,
     workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),

@@ -38,12 +38,20 @@ def section_serving_replay(console: Console, out: Path) -> None:
     replay_section(out, console)
 
 
+def section_store_query(console: Console, out: Path) -> None:
+    """The gradient store: one cross-algebra query (SQL filter, LESS scores, dedup, join) and its plan."""
+    from leanml.store.query.demo import query_section
+
+    query_section(out / "store_query", console)
+
+
 # (title, function). Each section writes its files under its own part of --out.
 SECTIONS: list[tuple[str, Callable[[Console, Path], None]]] = [
     ("Data selection: what does choosing the data cost? (study --suite quick, quick-targeted)",
      section_selection_study),
     ("Hardware: this machine's calibrated roofline (hw calibrate)", section_roofline),
     ("Serving: a bursty trace through five routing policies (serve replay, simulated)", section_serving_replay),
+    ("Gradient store: a cross-algebra query and its plan (store query --explain)", section_store_query),
 ]
 
 

@@ -199,3 +199,66 @@ def explain_cmd(
     for r in rows:
         t.add_row(*[f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
     Console().print(t)
+
+
+@app.command("query")
+def query_cmd(
+    path: Path = typer.Argument(..., help="Store directory."),
+    steps: Path = typer.Option(None, "--steps", help="Steps as TOML ([[step]] tables with op = \"where\", ...) or "
+                               "JSON ({\"steps\": [{\"op\": ...}]}); .npy paths for queries/target."),
+    where: str = typer.Option(None, "--where", help="SQL predicate over the metadata (DuckDB)."),
+    nearest: Path = typer.Option(None, "--nearest", help="Query features .npy (\\[d], \\[n, d] or \\[C, n, d])."),
+    k: int = typer.Option(10, "--k", help="Neighbours per query for --nearest."),
+    recall: float = typer.Option(None, "--recall", help="Allow approximate nearest plans at this recall (< 1)."),
+    score: str = typer.Option(None, "--score", help="less | trak | inner, against --target."),
+    target: str = typer.Option(None, "--target", help="Stored task name (or a .npy of target features)."),
+    top: int = typer.Option(None, "--top", help="Keep the n best by score."),
+    top_fraction: float = typer.Option(None, "--top-fraction", help="Keep this fraction, best by score."),
+    dedup: float = typer.Option(None, "--dedup", help="Collapse near-duplicates above this cosine."),
+    diversify: int = typer.Option(None, "--diversify", help="Then keep n, one per component first."),
+    explain: bool = typer.Option(False, "--explain", help="Print the plan (predicted times) and do not run."),
+    analyze: bool = typer.Option(False, "--analyze", help="Run, then print the plan with measured times (stderr)."),
+    limit: int = typer.Option(50, "--limit", help="Rows of the result to print."),
+    host: str = typer.Option(None, "--host", help="Cost-model device (default: local if calibrated, else dev_vm)."),
+) -> None:
+    """A cross-algebra query: --steps FILE, or flags applied in the order where, nearest, score, top, dedup,
+    diversify. Prints the result rows as JSON; --explain prints the plan instead."""
+    from leanml.store import StoreError
+    from leanml.store.query import Query, QueryError, load_spec
+
+    store = _open(path)
+    try:
+        q = Query(store, host=host)
+        if steps is not None:
+            if any(v is not None for v in (where, nearest, score, top, top_fraction, dedup, diversify)):
+                raise QueryError("spec", "give --steps or step flags, not both")
+            q.add_steps(load_spec(steps))
+        else:
+            if where:
+                q.where(where)
+            if nearest is not None:
+                q.nearest(np.load(nearest), k, recall=recall)
+            if score:
+                tgt = np.load(target) if target and target.endswith(".npy") else target
+                q.score(score, target=tgt)
+            if top is not None:
+                q.top(top)
+            if top_fraction is not None:
+                q.top_fraction(top_fraction)
+            if dedup is not None:
+                q.dedup(dedup)
+            if diversify is not None:
+                q.diversify(diversify)
+        if recall is not None and nearest is None and steps is None:
+            raise QueryError("spec", "--recall applies to --nearest only")
+        if explain:
+            print(q.explain())
+            return
+        t = q.run()
+    except (QueryError, StoreError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    if analyze:
+        err.print(q.explain(), markup=False, highlight=False, soft_wrap=True)
+    rows = t.slice(0, limit).to_pylist()
+    print(json.dumps({"rows": rows, "n_rows": t.num_rows, "columns": t.column_names}, default=str))

@@ -6,7 +6,7 @@
 """
 
 # The assembler: importing the method modules registers them (the registry base does not import them).
-from leanml.select import coreset, online, random, scores, targeted, text  # noqa: F401
+from leanml.select import coreset, dedup, online, random, scores, targeted, text  # noqa: F401
 from leanml.select.base import (
     METHOD_IDS,
     OnlinePlan,

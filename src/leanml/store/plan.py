@@ -356,3 +356,24 @@ def measure_ivf_recall(store: GradientStore, queries: Any, k: int = 10, *, nprob
     exact, _ = topk(store, queries, k)
     approx, _ = idx.search(queries, k)
     return recall_at_k(approx, exact), idx
+
+
+# ---- public costing helpers (used by leanml.store.query's physical planner) -----------------------
+def exact_scan_time(host: Any, *, n: int, d: int, C: int, codec: str, nq: int, k: int, metric: str = "cosine",
+                    block_rows: int = 65536) -> tuple[float, dict[str, float]]:
+    """Predicted seconds (and parts) of `search.topk` over ``n`` rows on the host: the exact-cpu candidate."""
+    h = _device(host, "host")
+    return _exact(h, h, n=int(n), d=d, C=C, codec=codec, nq=nq, k=k, metric=metric,
+                  block_rows=max(1, min(block_rows, int(n))), gpu=False)
+
+
+def ivf_build_time(host: Any, *, n: int, d: int, C: int, codec: str, nlist: int) -> float:
+    """Predicted seconds to decode ``n`` rows and build an IVF-Flat index with ``nlist`` lists."""
+    h = _device(host, "host")
+    t, parts, _ = _ivf(h, n=n, d=d, C=C, codec=codec, nq=1, k=1, nlist=nlist, nprobe=1, build=True)
+    return parts["build"]
+
+
+def host_device(host: Any) -> Any:
+    """The cost-model `Device` for ``host`` (an id, ``"local"`` or a Device), with plan_search's errors."""
+    return _device(host, "host")

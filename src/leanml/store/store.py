@@ -97,11 +97,13 @@ class GradientStore:
                 if store.manifest.one_minus_p != bool(one_minus_p):
                     raise StoreMismatchError(f"{root}: store has one_minus_p={store.manifest.one_minus_p}, "
                                              f"asked for {bool(one_minus_p)}")
-                return store
-            m = Manifest(dim=int(dim), codec=codec, spec=spec, model=model, grad_type=grad_type, checkpoints=ckpts,
-                         extra=dict(extra or {}), one_minus_p=bool(one_minus_p))
-            write_manifest(root / MANIFEST, m)
-        return cls(root, m)
+            else:
+                m = Manifest(dim=int(dim), codec=codec, spec=spec, model=model, grad_type=grad_type,
+                             checkpoints=ckpts, extra=dict(extra or {}), one_minus_p=bool(one_minus_p))
+                write_manifest(root / MANIFEST, m)
+                return cls(root, m)
+        store.remove_uncommitted()  # opened for writing: clear what a killed writer left (takes the lock)
+        return store
 
     @classmethod
     def open(cls, path: str | Path, *, part: str = MAIN_PART) -> GradientStore:
@@ -277,9 +279,19 @@ class GradientStore:
             write_manifest(self._part_path(), pm)
 
     def remove_uncommitted(self) -> list[Path]:
-        """Delete this part's shard files that no manifest lists (left by a killed writer)."""
+        """Delete what a killed writer of this part left: shard files no manifest lists, their temporary
+        files, and temporary manifests (``.manifest.json.*.tmp``, removed under the manifest lock, which every
+        manifest write holds, so no live writer's file is touched). Called on resume and by ``create``."""
+        with locked(self.root):
+            removed = [p for p in self.root.glob(f".{MANIFEST}.*.tmp")]
+            for p in removed:
+                p.unlink(missing_ok=True)
+            self.manifest.shards = _merged_shards(self.manifest, read_manifest(self.root / MANIFEST))
+        if (self.root / "parts").exists():
+            for p in (self.root / "parts").glob(f".{self.part}.json.*.tmp"):
+                p.unlink(missing_ok=True)
+                removed.append(p)
         listed = {self.root / f for s in self.manifest.shards for f in s.files.values()}
-        removed = []
         for p in (self.root / "shards").glob(f"*/{self.part}-*") if (self.root / "shards").exists() else []:
             if p not in listed:
                 p.unlink(missing_ok=True)
@@ -434,6 +446,11 @@ class GradientStore:
 
     def sql(self, query: str) -> Any:
         return _sql(self, query)
+
+
+def _merged_shards(mine: Manifest, committed: Manifest) -> list[Shard]:
+    """Shards listed by this writer's view or by the committed manifest (a file either lists is kept)."""
+    return mine.shards + [s for s in committed.shards if s not in mine.shards]
 
 
 def pid_part() -> str:

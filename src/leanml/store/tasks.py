@@ -17,7 +17,7 @@ import numpy as np
 from leanml.io import atomic_write_bytes
 from leanml.store.manifest import StoreError, StoreMismatchError
 from leanml.store.metadata import lookup
-from leanml.store.search import as_per_checkpoint, less_balanced, less_scores, topk
+from leanml.store.search import as_per_checkpoint, less_balanced, less_scores
 from leanml.store.view import check_name
 
 if TYPE_CHECKING:
@@ -118,10 +118,13 @@ def _query(store: GradientStore, query: Any) -> tuple[np.ndarray, int | None]:
 def explain(store: GradientStore, example: Any, k: int = 10, *, metric: str = "cosine",
             device: str | None = None) -> list[dict[str, Any]]:
     """The k training examples most influential on ``example`` (features or ``(task, row)``): scores, metadata."""
+    from leanml.store.query import Query
+
     q, _ = _query(store, example)
-    ids, scores = topk(store, list(q), k, metric=metric, device=device)
-    rows = lookup(store, ids[0])
-    return [{**r, "rank": i + 1, "score": float(s)} for i, (r, s) in enumerate(zip(rows, scores[0], strict=True))]
+    t = Query(store, device=device).nearest(q, k, metric=metric).run()  # a thin query: exact top-k
+    rows = lookup(store, t.column("id").to_numpy())
+    return [{**r, "rank": i + 1, "score": float(s)}
+            for i, (r, s) in enumerate(zip(rows, t.column("score").to_numpy(), strict=True))]
 
 
 def nshot(store: GradientStore, query: Any, k: int = 4, *, exclude_ids: Sequence[int] | None = None,
@@ -131,9 +134,14 @@ def nshot(store: GradientStore, query: Any, k: int = 4, *, exclude_ids: Sequence
     The most similar example comes last, right before the query (the order Liu et al., 2022, found best
     for similarity-chosen in-context examples). The query's own id is excluded when it is known.
     """
+    from leanml.store.query import Query
+
     q, qid = _query(store, query)
-    excl = list(exclude_ids or []) + ([qid] if qid is not None else [])
-    ids, scores = topk(store, list(q), k, metric="cosine", device=device, exclude_ids=excl or None)
-    rows = lookup(store, ids[0])
-    out = [{**r, "score": float(s)} for r, s in zip(rows, scores[0], strict=True) if np.isfinite(s)]
+    excl = set(int(i) for i in exclude_ids or []) | ({int(qid)} if qid is not None else set())
+    # a thin query: over-fetch by the number excluded, so k rows remain after dropping them
+    t = Query(store, device=device).nearest(q, k + len(excl)).run()
+    keep = [i for i, v in enumerate(t.column("id").to_pylist()) if v not in excl][:k]
+    t = t.take(keep)
+    rows = lookup(store, t.column("id").to_numpy())
+    out = [{**r, "score": float(s)} for r, s in zip(rows, t.column("score").to_numpy(), strict=True)]
     return out[::-1]

@@ -1,0 +1,407 @@
+"""Cross-algebra queries over the gradient store: filtered nearest, aggregation pushdown, dedup.
+
+1. Filtered top-k on a clustered synthetic store (``--quick``: 2*10^4 rows, d = 128; full: 10^5 x 256,
+   the issue's shape) and on real features (digits MLP gradients, d = 64): per selectivity (0.1, 1, 10,
+   50 %) and filter kind (uncorrelated: ``u < s`` on a uniform column; correlated: ``v < s`` on a column
+   that holds whole clusters, with the queries drawn from its rows), recall@10 and p50 latency of one
+   query for:
+   * ``planned``: `leanml.store.query`'s cost-based choice (planning included), recall target 0.95;
+   * ``exact-filtered``: leanml's exact scan of just the matching rows (the reference it must stay near);
+   * ``faiss-ivf-postfilter``: plain FAISS IVF-Flat (nprobe 16) over-fetching k / selectivity, then the
+     filter (the usual post-filter; counts how often fewer than k rows come back);
+   * ``faiss-hnsw-idselector``: FAISS HNSW (M 32, efSearch 64) with an ``IDSelectorBitmap`` of the matches;
+   * ``unfiltered-exact`` / ``unfiltered-ivf``: the same query with no filter (the targets' yardsticks).
+   Every FAISS index is built once beforehand (build time reported, not in the latency).
+   ``lancedb-postfilter`` / ``lancedb-prefilter`` with ``--lance-python PY`` (a Python that has lancedb; it
+   runs as a subprocess, `lance_contender.py`, on the same rows, queries and filters).
+   DuckDB's VSS extension is not run: it downloads at run time (``INSTALL vss``) and this machine is offline.
+2. Planner quality: over the grid selectivity x filter kind x k (10, 100) x codec (fp32, int8) x queries
+   per call (1, 32), every runnable candidate is timed; a candidate counts if its recall@k >= 0.95 and it
+   returns k rows; ``planner_within_10pct_share`` is the share of cells where the measured time of the
+   planner's choice is within 10% of the fastest such candidate (best of 3 each), ``planner_worst_ratio``
+   the worst; the planning time itself (coarse assignment + costing) is reported apart
+   (``planning_overhead_p50_ms``), and the ``planned`` rows of section 1 include it.
+3. LESS scoring of every row against 256 target examples in 8 subtasks, naive (256 score columns, then
+   the subtask means) against aggregation pushdown (8 columns), same top-5% selection checked.
+4. Dedup at cosine > 0.9 on rows with planted near-duplicates: exact graph (FAISS flat range search) against
+   the approximate one (IVF over the rows, nprobe 8); Jaccard of the removed ids.
+
+    OMP_NUM_THREADS=1 python benchmarks/query_bench.py [--quick] [--host ID] [--out FILE]
+
+The last line is the headline JSON (also written to benchmarks/results/query_bench[_quick].json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leanml.io import atomic_write_text
+from leanml.store import GradientStore
+from leanml.store.query import IVF, Query, as_source
+from leanml.store.query.calibration import operator_costs
+from leanml.store.query.physical import choose, plan_nearest, run_nearest
+
+RESULTS = Path(__file__).parent / "results"
+SELECTIVITY = (0.001, 0.01, 0.1, 0.5)
+SPEC = {"projection": {"type": "synthetic"}}
+
+
+def clustered(n: int, d: int, seed: int = 0, n_clusters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    c = n_clusters or max(8, int(np.sqrt(n) / 2))
+    cent = rng.standard_normal((c, d)).astype(np.float32)
+    lab = rng.integers(0, c, n)
+    return (cent[lab] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)), lab
+
+
+def make_store(root: Path, X: np.ndarray, codec: str) -> GradientStore:
+    st = GradientStore.create(root, dim=X.shape[1], codec=codec, spec=SPEC, model="synthetic")
+    for a in range(0, len(X), 65536):
+        st.append(np.arange(a, min(len(X), a + 65536)), X[a : a + 65536])
+    return st
+
+
+def norm(X: np.ndarray) -> np.ndarray:
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def filter_rows(lab: np.ndarray, q_lab: int, sel: float, kind: str, rng: np.random.Generator) -> np.ndarray:  # grid
+    """Sorted positions matching a filter of selectivity ``sel`` (at least 1 row)."""
+    n, m = len(lab), max(1, int(round(sel * len(lab))))
+    if kind == "uncorrelated":
+        return np.sort(rng.choice(n, m, replace=False))
+    own = rng.permutation(np.flatnonzero(lab == q_lab))  # correlated: the query's cluster first
+    rest = rng.permutation(np.flatnonzero(lab != q_lab))
+    return np.sort(np.concatenate([own, rest])[:m])
+
+
+def recall(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean([len(set(g.tolist()) & set(r.tolist())) / len(r) for g, r in zip(got, ref, strict=True)]))
+
+
+def brute(Xn: np.ndarray, Qn: np.ndarray, pos: np.ndarray | None, k: int) -> np.ndarray:
+    S = Qn @ (Xn if pos is None else Xn[pos]).T
+    top = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return top if pos is None else pos[top]
+
+
+class Field:
+    """The peer contenders: plain FAISS IVF post-filter and HNSW + IDSelector (built once)."""
+
+    def __init__(self, Xn: np.ndarray, seed: int = 0) -> None:
+        import faiss
+
+        n, D = Xn.shape
+        t0 = time.perf_counter()
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        self.ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
+        self.ivf.cp.seed = seed
+        self.ivf.train(Xn)
+        self.ivf.add(Xn)
+        self.ivf.nprobe = min(16, nlist)
+        self.ivf_build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.hnsw = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
+        self.hnsw.add(Xn)
+        self.hnsw_build_s = time.perf_counter() - t0
+        self.n = n
+
+    def postfilter(self, Q: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+        kp = int(min(self.n, np.ceil(k * self.n / len(pos))))
+        _, ids = self.ivf.search(Q, kp)
+        keep = np.isin(ids, pos)
+        out = np.full((len(Q), k), -1)
+        for i in range(len(Q)):
+            hit = ids[i][keep[i]][:k]
+            out[i, : len(hit)] = hit
+        return out
+
+    def hnsw_sel(self, Q: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+        import faiss
+
+        mask = np.zeros(self.n, bool)
+        mask[pos] = True
+        bits = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits))
+        _, ids = self.hnsw.search(Q, k, params=faiss.SearchParametersHNSW(sel=sel, efSearch=64))
+        return ids
+
+    def unfiltered_ivf(self, Q: np.ndarray, k: int) -> np.ndarray:
+        return self.ivf.search(Q, k)[1]
+
+
+def timed(fn, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN201
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
+
+
+def planned(src, ivf, pos, qs, k, host):  # noqa: ANN001, ANN201
+    """What `Query(...).where(...).nearest(..., recall=0.95)` runs after the filter (calibration cached)."""
+    cal = operator_costs(src, ivf, host)
+    cands, facts = plan_nearest(src, pos, qs, k, host=host, recall=0.95, ivf=ivf, calibration=cal)
+    c = choose(cands)
+    ids, _, _ = run_nearest(c.name, src, pos, qs, k, facts, ivf)
+    return ids, c.name, cands, facts
+
+
+def filter_columns(lab: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Metadata columns: ``u`` uniform (``u < s`` is uncorrelated with the vectors); ``v`` = (cluster's rank +
+    uniform) / clusters, so ``v < s`` holds whole clusters (correlated: queries are drawn from its rows)."""
+    rng = np.random.default_rng(seed)
+    cl, inv = np.unique(lab, return_inverse=True)
+    rank = rng.permutation(len(cl))[inv]
+    return rng.random(len(lab)), (rank + rng.random(len(lab))) / len(cl)
+
+
+def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, host, tmp: Path,
+                lance_python: str | None) -> list:
+    src = as_source(st)
+    sid, X = st.features()
+    order = np.argsort(sid)
+    Xn = norm(X)
+
+    def to_pos(ids: np.ndarray) -> np.ndarray:  # leanml returns store ids; the references use row positions
+        ids = np.asarray(ids)
+        return np.where(ids >= 0, order[np.searchsorted(sid[order], np.maximum(ids, 0))], -1)
+
+    ivf = IVF.build(src, nprobe=16)
+    operator_costs(src, ivf, host)  # once per source, before any timing (as a Query's first nearest does)
+    fld = Field(Xn)
+    u, v = filter_columns(lab)
+    rng = np.random.default_rng(1)
+    rows, k, cells = [], 10, {}
+    for kind, col in (("uncorrelated", u), ("correlated", v)):
+        for sel in SELECTIVITY:
+            pos = np.flatnonzero(col < sel)
+            if len(pos) == 0:
+                pos = np.array([int(np.argmin(col))])
+            pool = np.arange(len(X)) if kind == "uncorrelated" else pos
+            qi = rng.choice(pool, n_queries, replace=len(pool) < n_queries)
+            Q = norm(X[qi] + 0.3 * rng.standard_normal((n_queries, X.shape[1])).astype(np.float32))
+            cells[(kind, sel)] = (pos, Q)
+            kk = min(k, len(pos))
+            runs = {
+                "planned": (lambda q, pos, kk: to_pos(planned(src, ivf, pos, [q], kk, host)[0])),
+                "exact-filtered": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, pos, [q], kk,
+                                                                         {}, None)[0])),
+                "faiss-ivf-postfilter": fld.postfilter,
+                "faiss-hnsw-idselector": fld.hnsw_sel,
+                "unfiltered-exact": (lambda q, pos, kk: to_pos(run_nearest("exact-filtered", src, None, [q], k,
+                                                                           {}, None)[0])),
+                "unfiltered-ivf": (lambda q, pos, kk: fld.unfiltered_ivf(q, k)),
+            }
+            res: dict[str, dict] = {}
+            for i in range(n_queries):
+                q = Q[i : i + 1]
+                ref = brute(Xn, q, pos, kk)
+                for c, fn in runs.items():
+                    ids, dt = timed(fn, q, pos, kk)
+                    ids = np.asarray(ids)
+                    r = res.setdefault(c, {"t": [], "rec": [], "short": 0})
+                    r["t"].append(dt)
+                    want = brute(Xn, q, None, k) if c.startswith("unfiltered") else ref
+                    r["rec"].append(recall(ids, want))
+                    r["short"] += int((ids < 0).any() or ids.shape[-1] < want.shape[-1])
+            for c, r in res.items():
+                rows.append(_row(name, kind, sel, c, r["rec"], r["t"], r["short"]))
+    if lance_python:
+        rows += _lance(lance_python, tmp, name, X, u, v, cells, Xn)
+    for r in rows:
+        r["ivf_build_s"], r["hnsw_build_s"] = round(fld.ivf_build_s, 3), round(fld.hnsw_build_s, 3)
+    return rows
+
+
+def _row(name: str, kind: str, sel: float, c: str, rec: list, t: list, short: int) -> dict:
+    return {"data": name, "filter": kind, "selectivity": sel, "contender": c,
+            "recall_at_10": round(float(np.mean(rec)), 4), "p50_ms": round(1e3 * float(np.median(t[1:] or t)), 3),
+            "queries_short_of_k": short}
+
+
+def _lance(python: str, tmp: Path, name: str, X, u, v, cells: dict, Xn) -> list:  # noqa: ANN001
+    """LanceDB in its own environment (subprocess): post-filter and pre-filter, IVF_PQ index."""
+    import subprocess
+
+    arrays = {"X": X, "u": u, "v": v}
+    for (kind, sel), (_, Q) in cells.items():
+        arrays[f"q_{kind}_{sel}"] = Q
+    np.savez(tmp / "lance_in.npz", **arrays)
+    subprocess.run([python, str(Path(__file__).parent / "lance_contender.py"), str(tmp / "lance_in.npz"),
+                    str(tmp / "lance_out.json")], check=True, timeout=1800, capture_output=True)
+    out = json.loads((tmp / "lance_out.json").read_text())
+    rows = []
+    for key, cell in out["cells"].items():
+        mode, kind, sel = key.split("|")
+        pos, Q = cells[(kind, float(sel))]
+        kk = min(10, len(pos))
+        recs, short = [], 0
+        for q, ids in zip(Q, cell["ids"], strict=True):
+            ref = brute(Xn, q[None], pos, kk)[0]
+            recs.append(len(set(ids) & set(ref.tolist())) / kk)
+            short += int(len(ids) < kk)
+        row = _row(name, kind, float(sel), mode, recs, cell["t"], short)
+        row["lancedb_index_build_s"] = round(out["build_s"], 3)
+        rows.append(row)
+    return rows
+
+
+def planner_grid(tmp: Path, X: np.ndarray, lab: np.ndarray, host, quick: bool) -> list[dict]:
+    cells = []
+    rng = np.random.default_rng(2)
+    Xn = norm(X)
+    for codec in ("fp32", "int8"):
+        st = make_store(tmp / f"grid-{codec}", X, codec)
+        src = as_source(st)
+        ivf = IVF.build(src, nprobe=16)
+        operator_costs(src, ivf, host)
+        for kind in ("uncorrelated", "correlated"):
+            for sel in SELECTIVITY:
+                for k in (10, 100):
+                    for nq in (1, 32):
+                        qi = rng.choice(len(X), nq, replace=False)
+                        pos = filter_rows(lab, int(lab[qi[0]]), sel, kind, rng)
+                        qs = [norm(X[qi] + 0.3 * rng.standard_normal((nq, X.shape[1])).astype(np.float32))]
+                        kk = min(k, len(pos))
+                        ref = brute(Xn, qs[0], pos, kk)
+                        (ids, chosen, cands, facts), t_plan = timed(planned, src, ivf, pos, qs, kk, host)
+                        meas = {}
+                        for c in cands:
+                            if not c.runnable:
+                                continue
+                            best = np.inf
+                            for _ in range(3):
+                                (cid, _, _), dt = timed(run_nearest, c.name, src, pos, qs, kk, facts, ivf)
+                                best = min(best, dt)
+                            rec = recall(cid, ref)
+                            meas[c.name] = {"s": best, "recall": rec, "ok": rec >= 0.95 and (cid >= 0).all(),
+                                            "predicted_s": c.predicted_s}
+                        ok = [v["s"] for v in meas.values() if v["ok"]]
+                        best = min(ok) if ok else np.nan
+                        t_plan_only = min(timed(plan_nearest, src, pos, qs, kk, host=host, recall=0.95, ivf=ivf,
+                                                calibration=operator_costs(src, ivf, host))[1] for _ in range(3))
+                        cells.append({"codec": codec, "filter": kind, "selectivity": sel, "k": k, "queries": nq,
+                                      "chosen": chosen, "chosen_s": meas[chosen]["s"], "best_s": best,
+                                      "ratio": meas[chosen]["s"] / best, "planning_s": t_plan_only,
+                                      "planned_total_s": t_plan, "chosen_recall": recall(ids, ref),
+                                      "candidates": meas})
+    return cells
+
+
+def pushdown_section(st: GradientStore, X: np.ndarray, reps: int) -> dict:
+    rng = np.random.default_rng(3)
+    target = X[rng.choice(len(X), 256, replace=False)] + 0.2 * rng.standard_normal((256, X.shape[1]))
+    subtasks = [f"s{i % 8}" for i in range(256)]
+    st.add_task("val256", target.astype(np.float32)[None], subtasks=subtasks)
+    q = Query(st).score("less", target="val256").top_fraction(0.05)
+    times = {"naive": [], "pushdown": []}
+    sel = {}
+    for _ in range(reps):
+        for mode, rw in (("naive", False), ("pushdown", True)):
+            t, dt = timed(lambda rw=rw: q.run(rewrites=rw))
+            times[mode].append(dt)
+            sel[mode] = set(t.column("id").to_pylist())
+    nb, pb = min(times["naive"]), min(times["pushdown"])
+    return {"rows": st.n_rows(), "targets": 256, "subtasks": 8, "naive_s": nb, "pushdown_s": pb,
+            "speedup": nb / pb, "same_top5pct": sel["naive"] == sel["pushdown"]}
+
+
+def dedup_section(tmp: Path, m: int, d: int) -> dict:
+    rng = np.random.default_rng(4)
+    base, _ = clustered(m // 2, d, seed=5)
+    dup = base[rng.choice(len(base), m - len(base))] + 0.05 * rng.standard_normal((m - len(base), d))
+    st = make_store(tmp / "dedup", np.concatenate([base, dup]).astype(np.float32), "fp32")
+    (ex, te) = timed(lambda: Query(st).dedup(0.9).run())
+    (ap, ta) = timed(lambda: Query(st).dedup(0.9, approximate=True).run())
+    every = set(st.ids().tolist())
+    re_, ra = every - set(ex.column("id").to_pylist()), every - set(ap.column("id").to_pylist())
+    jac = len(re_ & ra) / max(1, len(re_ | ra))
+    return {"rows": m, "dim": d, "threshold": 0.9, "exact_s": te, "approx_s": ta, "speedup": te / ta,
+            "removed_exact": len(re_), "removed_approx": len(ra), "jaccard_removed": jac}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (same code path), < 1 min on 2 cores")
+    ap.add_argument("--host", default=None, help="cost-model device id (default: quick in-process calibration)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--lance-python", default=None, help="a Python with lancedb installed, to add LanceDB as a "
+                    "contender (run as a subprocess; e.g. /work/venvs/i12/bin/python)")
+    ap.add_argument("--rows", type=int, default=None, help="synthetic rows (default 2*10^4 quick, 10^5 full)")
+    ap.add_argument("--dim", type=int, default=None, help="synthetic dim (default 128 quick, 256 full)")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    if a.host is None:
+        from leanml.hw.calibrate import calibrate
+
+        host = calibrate(quick=True)
+    else:
+        from leanml.hw import get_device
+
+        host = get_device(a.host)
+    n, d = (20000, 128) if a.quick else (100000, 256)
+    n, d = a.rows or n, a.dim or d
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        X, lab = clustered(n, d)
+        st = make_store(tmp / "syn", X, "int8")
+        knn = knn_section(f"synthetic {n}x{d} int8", st, lab, 12 if a.quick else 32, host, tmp, a.lance_python)
+        from leanml.grads.recipes import ExtractSpec
+        from leanml.store.extract import extract
+
+        spec = ExtractSpec(dataset="digits", model="mlp", projector="dense", dim=64, batch_size=128, hidden=(32,))
+        real = extract(spec, tmp / "digits", codec="int8")
+        rlab = real.sql("select id, label from metadata")
+        lab_of = dict(zip(rlab["id"].to_pylist(), rlab["label"].to_pylist(), strict=True))
+        knn += knn_section("digits MLP grads 1348x64 int8", real, np.array([lab_of[int(i)] for i in real.ids()]),
+                           12 if a.quick else 32, host, tmp, a.lance_python)
+        gX, glab = clustered(n // 2 if a.quick else n, d // 2 if a.quick else d, seed=7)
+        grid = planner_grid(tmp, gX, glab, host, a.quick)
+        push = pushdown_section(st, X, 1 if a.quick else 3)
+        dd = dedup_section(tmp, 4000 if a.quick else 20000, 64)
+    ratios = np.array([c["ratio"] for c in grid if np.isfinite(c["ratio"])])
+    planned_rows = [r for r in knn if r["contender"] == "planned"]
+    table = [{k: r[k] for k in ("data", "filter", "selectivity", "contender", "recall_at_10", "p50_ms",
+                                "queries_short_of_k")} for r in knn]
+    print(f"{'data':<32} {'filter':<13} {'sel':>6} {'contender':<22} {'recall@10':>9} {'p50 ms':>9} {'short':>5}")
+    for r in table:
+        print(f"{r['data']:<32} {r['filter']:<13} {r['selectivity']:>6} {r['contender']:<22} "
+              f"{r['recall_at_10']:>9.3f} {r['p50_ms']:>9.3f} {r['queries_short_of_k']:>5}")
+    print(f"planner grid: {len(grid)} cells, choice within 10% of the best in {np.mean(ratios <= 1.1):.0%}, "
+          f"worst {ratios.max():.2f}x; planning itself p50 "
+          f"{1e3 * np.median([c['planning_s'] for c in grid]):.2f} ms")
+    print(f"LESS pushdown: {push}")
+    print(f"dedup: {dd}")
+    result = {
+        "min_recall_at_10": min(r["recall_at_10"] for r in planned_rows),
+        "planner_within_10pct_share": float(np.mean(ratios <= 1.1)),
+        "planner_worst_ratio": float(ratios.max()),
+        "planning_overhead_p50_ms": 1e3 * float(np.median([c["planning_s"] for c in grid])),
+        "pushdown_speedup": push["speedup"], "pushdown_same_top5pct": push["same_top5pct"],
+        "dedup_speedup": dd["speedup"], "dedup_jaccard": dd["jaccard_removed"],
+        "planned_always_k_rows": all(r["queries_short_of_k"] == 0 for r in planned_rows),
+        "contenders": table, "planner_grid": grid, "pushdown": push, "dedup": dd,
+        "lancedb": ("run in its own environment (lance_contender.py): IVF_PQ, cosine, num_partitions sqrt(n), "
+                    "num_sub_vectors d/8, post- and pre-filter" if a.lance_python else
+                    "not run: pass --lance-python (lancedb is not a leanml dependency)"),
+        "duckdb_vss": "not run: the vss extension downloads at run time "
+        "(INSTALL vss) and this machine is offline",
+        "quick": a.quick, "rows": n, "dim": d, "host": {"id": host.id, "name": host.name},
+        "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    out = a.out or RESULTS / ("query_bench_quick.json" if a.quick else "query_bench.json")
+    atomic_write_text(out, json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "planner_grid"}, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Relational and tensor steps: ``where`` and ``join`` in DuckDB, ``score`` through the store's scoring
+functions (`leanml.store.search`), ``top`` / ``sample``.
+
+``score`` is the one adapter to the scoring code: it hands `less_scores`, `score_all`, `trak_scores` /
+`trak_kernel_inverse` a `RowView` of the current rows, so a filter placed before it (or pushed below
+it by the rewrite) means only those rows are read, decoded and multiplied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from leanml.store.query.errors import QueryError
+from leanml.store.query.source import RowView, Source
+
+
+def where_ids(source: Source, sql: str, step: str) -> np.ndarray:
+    """Ids whose metadata row matches the predicate ``sql`` (DuckDB over the metadata)."""
+    import duckdb
+
+    if not source.has_metadata():
+        raise QueryError(step, f"{source.root}: the store has no metadata to filter on; add it with "
+                               "store.add_metadata({...})")
+    with source.duckdb() as con:
+        try:
+            t = con.sql(f"SELECT id FROM metadata WHERE {sql}").to_arrow_table()
+        except duckdb.BinderException as e:
+            cols = [r[0] for r in con.sql("DESCRIBE metadata").fetchall()]
+            raise QueryError(step, f"unknown column or bad reference in {sql!r}: {str(e).splitlines()[0]}; "
+                                   f"metadata columns: {cols}") from None
+        except duckdb.Error as e:
+            raise QueryError(step, f"SQL error in {sql!r}: {str(e).splitlines()[0]}") from None
+    col = t.column("id").combine_chunks()
+    return col.to_numpy(zero_copy_only=col.null_count == 0) if len(col) else np.zeros(0, np.int64)
+
+
+def join(rel: pa.Table, source: Source, other: Any, on: Any, how: str, step: str) -> pa.Table:
+    """``rel`` joined with a user table (Arrow, dict of columns, pandas) or ``"metadata"``, in ``rel``'s order."""
+    import duckdb
+
+    keys = [on] if isinstance(on, str) else list(on)
+    if how not in ("inner", "left"):
+        raise QueryError(step, f"how must be 'inner' or 'left', got {how!r}")
+    with source.duckdb() as con:
+        con.register("rel", rel.append_column("__pos", pa.array(np.arange(rel.num_rows))))
+        if isinstance(other, str):
+            if other != "metadata":
+                raise QueryError(step, f"table must be 'metadata' or a table object, got {other!r}")
+            if not source.has_metadata():
+                raise QueryError(step, "the store has no metadata to join with")
+            right = "metadata"
+        else:
+            try:
+                con.register("other_t", pa.table(other) if isinstance(other, dict) else other)
+            except (duckdb.Error, TypeError, ValueError) as e:
+                raise QueryError(step, f"table: not a table DuckDB can read ({e})") from None
+            right = "other_t"
+        right_cols = [r[0] for r in con.sql(f"DESCRIBE {right}").fetchall()]
+        missing = [c for c in keys if c not in rel.column_names or c not in right_cols]
+        if missing:
+            raise QueryError(step, f"unknown join column(s) {missing}: left has {rel.column_names}, right has "
+                                   f"{right_cols}")
+        extra = [c for c in right_cols if c not in keys and c not in rel.column_names]
+        sel = ", ".join(['r.*'] + [f'o."{c}"' for c in extra])
+        using = ", ".join(f'"{c}"' for c in keys)
+        try:
+            t = con.sql(f"SELECT {sel} FROM rel r {how.upper()} JOIN {right} o USING ({using}) "
+                        "ORDER BY r.__pos").to_arrow_table()
+        except duckdb.Error as e:
+            raise QueryError(step, f"SQL error in the join: {str(e).splitlines()[0]}") from None
+    return t.drop_columns(["__pos"])
+
+
+def _target(source: Source, target: Any, subtasks: Any, step: str) -> tuple[list[np.ndarray], Any]:
+    """Target features per checkpoint (a stored task's, or given) and subtask labels."""
+    from leanml.store.search import as_per_checkpoint
+
+    if isinstance(target, str):
+        from leanml.store.tasks import task_features
+
+        store = getattr(source, "store", None)
+        if store is None:
+            raise QueryError(step, f"target {target!r} names a stored task, but the source is not a store")
+        try:
+            feats, entry = task_features(store, target)
+        except Exception as e:  # StoreError: no such task
+            raise QueryError(step, str(e)) from None
+        return list(feats), subtasks if subtasks is not None else entry.get("subtasks")
+    try:
+        return as_per_checkpoint(RowView(source), target), subtasks
+    except ValueError as e:
+        raise QueryError(step, f"target: dimension mismatch: {e}") from None
+
+
+def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown: bool,
+          step: str, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, one score per row) for the rows at ``positions``; ``pushdown`` = aggregation pushdown on."""
+    from leanml.store.search import less_scores, score_all, trak_kernel_inverse, trak_scores
+
+    method, reduce = args["method"], args.get("reduce", "mean")
+    qs, subtasks = _target(source, args["target"], args.get("subtasks"), step)
+    view = RowView(source, positions)
+    br = int(args.get("block_rows", 65536))
+    if method == "less":
+        if pushdown:  # mean of cosines over a subtask = one dot product with the mean normalized target
+            return less_scores(view, qs, subtasks, block_rows=br, device=device)
+        ids, S = score_all(view, qs, metric="cosine", block_rows=br, device=device)
+        labels = np.zeros(S.shape[1], np.int64) if subtasks is None else np.asarray(subtasks)
+        per = np.stack([S[:, labels == u].mean(1) for u in np.unique(labels)], 1)
+        return ids, per.max(1)
+    if method == "inner":
+        if pushdown and reduce == "mean":  # mean of inner products = inner product with the mean target
+            return score_all(view, [q.mean(0, keepdims=True) for q in qs], metric="ip", reduce="max",
+                             block_rows=br, device=device)
+        return score_all(view, qs, metric="ip", reduce=reduce, block_rows=br, device=device)
+    # trak: the kernel (Φ^T Φ + λI)^-1 is over every stored row, whatever the filter
+    if positions is None:
+        ids, S = trak_scores(view, qs, block_rows=br, device=device)
+    else:
+        full = RowView(source)
+        pre = [q @ trak_kernel_inverse(full, c, block_rows=br).astype(np.float32).T
+               for q, c in zip(qs, source.checkpoint_names(), strict=True)]
+        w = np.full(len(pre), 1.0 / len(pre))
+        ids, S = score_all(view, pre, metric="ip", weights=w, block_rows=br, device=device)
+    return ids, (S.mean(1) if reduce == "mean" else S.max(1))
+
+
+def merge_column(rel: pa.Table, ids: np.ndarray, values: np.ndarray, name: str) -> pa.Table:
+    """``rel`` with column ``name`` set from (ids, values), matched by id."""
+    order = np.argsort(ids)
+    rid = rel.column("id").to_numpy()
+    j = order[np.searchsorted(ids[order], rid)]
+    col = pa.array(np.asarray(values)[j])
+    if name in rel.column_names:
+        return rel.set_column(rel.column_names.index(name), name, col)
+    return rel.append_column(name, col)
+
+
+def top(rel: pa.Table, n: int, step: str) -> pa.Table:
+    """The n rows of highest ``score`` (per query when the relation has a ``query`` column)."""
+    if "score" not in rel.column_names:
+        raise QueryError(step, "needs a score column: put score(...) or nearest(...) before top")
+    keys = [("query", "ascending")] if "query" in rel.column_names else []
+    t = rel.sort_by([*keys, ("score", "descending"), ("id", "ascending")])
+    if not keys:
+        return t.slice(0, n)
+    q = t.column("query").to_numpy()
+    first = np.searchsorted(q, q)
+    return t.filter(pa.array(np.arange(len(q)) - first < n))
+
+
+def filter_ids(rel: pa.Table, ids: np.ndarray) -> pa.Table:
+    return rel.filter(pc.is_in(rel.column("id"), value_set=pa.array(ids, pa.int64())))
+
+
+def score_columns(src: Source, a: dict, pushdown: bool) -> int:
+    """How many score columns the step multiplies: one per target example, or per subtask when pushed down."""
+    t = a["target"]
+    if isinstance(t, str):
+        store = getattr(src, "store", None)
+        entry = store.manifest.tasks.get(t, {}) if store is not None else {}
+        n, subs = int(entry.get("rows") or 1), entry.get("subtasks")
+    else:
+        n, subs = int(np.shape(t)[-2]) if np.ndim(t) >= 2 else 1, None
+    subs = a.get("subtasks") if a.get("subtasks") is not None else subs
+    if pushdown:
+        return 1 if a["method"] == "inner" else (len(set(np.asarray(subs).tolist())) if subs is not None else 1)
+    return n

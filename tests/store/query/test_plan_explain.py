@@ -1,0 +1,55 @@
+"""The plan text before and after a run, the per-operator calibration, and a few step semantics."""
+
+import numpy as np
+
+from leanml.store.query import IVF, Query, as_source
+from leanml.store.query.calibration import operator_costs
+
+
+def test_explain_before_and_after_run(digits_store, digits_feats):
+    _, X = digits_feats
+    q = Query(digits_store).score("inner", target=X[:4]).where("u < 0.3").top(5)
+    before = q.explain()
+    assert "not run yet" in before and "filter pushdown" in before and "selectivity" in before
+    q.run()
+    after = q.explain()
+    assert "not run yet" not in after and "ms" in after
+    assert all(r.measured_s is not None for r in q.records)
+    assert [r.rows_out for r in q.records][-1] == 5
+
+
+def test_calibration_gives_overhead_and_scale_per_runnable_candidate(digits_store):
+    src = as_source(digits_store)
+    ivf = IVF.build(src, nprobe=8)
+    cal = operator_costs(src, ivf, "dev_vm")
+    assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter"}
+    assert all(o >= 0 and 0.1 <= s <= 1000 for o, s in cal.values())
+    assert operator_costs(src, ivf, "dev_vm") is cal  # cached per source and index
+
+
+def test_where_after_nearest_post_filters(digits_store, digits_feats):
+    _, X = digits_feats
+    full = Query(digits_store).nearest(X[0], 20).run()
+    post = Query(digits_store).nearest(X[0], 20).where("u < 0.5").run()
+    keep = set(digits_store.sql("select id from metadata where u < 0.5")["id"].to_pylist())
+    assert post.column("id").to_pylist() == [i for i in full.column("id").to_pylist() if i in keep]
+
+
+def test_sample_and_multi_query_graph(digits_store, digits_feats):
+    _, X = digits_feats
+    a = Query(digits_store).sample(50, seed=1).run()
+    b = Query(digits_store).sample(50, seed=1).run()
+    assert a.column("id").to_pylist() == b.column("id").to_pylist() and a.num_rows == 50
+    t = Query(digits_store).nearest(X[:5], 30).dedup(0.95).run()  # several queries, then a graph step
+    assert len(set(t.column("id").to_pylist())) == t.num_rows and "query" not in t.column_names
+    assert len(np.unique(t.column("component").to_numpy())) == t.num_rows  # one row per component
+
+
+def test_joins_with_user_tables_in_sequence(digits_store, digits_feats):
+    """The source's DuckDB connection is reused; each join sees its own table."""
+    _, X = digits_feats
+    ids = digits_store.ids()[:30]
+    a = Query(digits_store).nearest(X[0], 30).join({"id": ids, "tag": ["a"] * 30}, on="id").run()
+    b = Query(digits_store).nearest(X[0], 30).join({"id": ids, "tag": ["b"] * 30}, on="id", how="left").run()
+    assert set(a.column("tag").to_pylist()) <= {"a"} and b.num_rows == 30
+    assert set(b.column("tag").to_pylist()) <= {"b", None}
