@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from leanml.store.manifest import Manifest
 
 
+@runtime_checkable
 class StoreView(Protocol):
     """The reading side of a gradient store, plus its one manifest-change hook."""
 

@@ -26,15 +26,17 @@ def _shard_positions(source: Any, positions: np.ndarray | None) -> list[np.ndarr
 def _task_nearest(root: str, positions: np.ndarray, qs: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     from leanml.store.query.source import RowView, as_source
     from leanml.store.search import topk
+    from leanml.store.store import GradientStore
 
-    return topk(RowView(as_source(root), positions), qs, min(k, len(positions)), device="cpu")
+    return topk(RowView(as_source(GradientStore.open(root)), positions), qs, min(k, len(positions)), device="cpu")
 
 
 def _task_score(root: str, positions: np.ndarray, args: dict) -> tuple[np.ndarray, np.ndarray]:
     from leanml.store.query import ops
     from leanml.store.query.source import as_source
+    from leanml.store.store import GradientStore
 
-    return ops.score(as_source(root), positions, args, pushdown=True, step="score (ray task)")
+    return ops.score(as_source(GradientStore.open(root)), positions, args, pushdown=True, step="score (ray task)")
 
 
 def _ray() -> Any:

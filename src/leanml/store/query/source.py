@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from leanml.store.query.errors import QueryError
+from leanml.store.view import StoreView
 
 
 @dataclass
@@ -252,16 +253,15 @@ _SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def as_source(obj: Any) -> Source:
-    """A `Source` for a `GradientStore`, a store path, or an existing `Source`."""
+    """A `Source` for an open gradient store (a `StoreView`, such as `GradientStore`) or an existing `Source`.
+
+    A path is not opened here: this module sits below ``store.py`` (whose ``explain``/``nshot`` are queries
+    on this layer), so callers open it with ``GradientStore.open(path)`` first."""
     if isinstance(obj, Source):
         return obj
     if isinstance(obj, str | Path):
-        from leanml.store.store import GradientStore
-
-        obj = GradientStore.open(obj)
-    from leanml.store.store import GradientStore
-
-    if isinstance(obj, GradientStore):
+        raise QueryError("source", f"got the path {str(obj)!r}: open it first with GradientStore.open(path)")
+    if isinstance(obj, StoreView):
         src = _SOURCES.get(obj)
         if src is None or src.manifest.generation != obj.manifest.generation:
             src = _SOURCES[obj] = StoreSource(obj)  # reused: its memmaps and DuckDB connection stay open
