@@ -158,3 +158,43 @@ def test_bad_inputs_give_clear_errors():
         predict_llm_phases("llama-7b", "a100_80gb", "fp8")
     fb = predict_llm_phases("llama-7b", "a100_80gb", "fp8", dtype_fallback="bf16")
     assert "FALLBACK" in fb.notes["dtype"]
+
+
+def test_reuse_distance_puts_streamed_weights_in_main_memory():
+    from leanml.hw import CostModel, trace_callable
+
+    ws = [torch.randn(512, 512) for _ in range(40)]  # 1 MiB each: fits L2/L3 alone, 40 MiB together does not
+    x = torch.randn(1, 512)
+
+    def stream():
+        for w in ws:
+            torch.nn.functional.linear(x, w)
+
+    prof = trace_callable(stream)
+    mm = [o for o in prof.ops if o.kind == "matmul"]
+    assert len(mm) == 40 and all(o.reuse_bytes >= 39 * 512 * 512 * 4 for o in mm)  # all the other weights between
+    dev = get_device("dev_vm")
+    m = CostModel(dev, overhead=False)
+    alone = trace_callable(lambda: torch.nn.functional.linear(x, ws[0])).ops
+    [one] = [o for o in alone if o.kind == "matmul"]
+    assert one.reuse_bytes == pytest.approx(one.bytes)  # repeated alone: its own bytes since the last call
+    assert dev.level_for(mm[0].spec().working_set).name == dev.main_memory.name
+    assert m.time(mm[0].spec()) > 2 * m.time(one.spec())  # streamed from DRAM, not served by the cache
+
+
+def test_embedding_reads_rows_not_table_and_module_calls_counted():
+    from leanml.hw import trace_inference
+    from leanml.models import build_mlp
+
+    emb = torch.nn.Embedding(50_000, 64)
+    ids = torch.randint(0, 50_000, (4, 8))
+    [op] = [o for o in trace_inference(emb, ids).ops if "embedding" in o.aten]
+    assert op.bytes == 2 * 4 * 8 * 64 * 4 + ids.numel() * 8  # gathered rows read + written, and the indices
+    prof = trace_inference(build_mlp(8, 2, (16, 16)), torch.randn(4, 8))
+    assert prof.module_calls == 1 + len(list(build_mlp(8, 2, (16, 16)).children()))
+    from dataclasses import replace
+
+    dev = replace(get_device("dev_vm"), module_overhead=1e-3)
+    p = predict(prof, dev)
+    assert p.by_kind["framework"] == pytest.approx(prof.module_calls * 1e-3)
+    assert predict(prof, dev, overhead=False).time_s < p.time_s - prof.module_calls * 1e-3 * 0.99

@@ -108,6 +108,9 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
         ests = [replace(e, time_s=e.time_s + dev.autograd_overhead, overhead_s=e.overhead_s + dev.autograd_overhead)
                 if e.op.kind != "view" else e for e in ests]
     t = sum(e.time_s for e in ests)
+    calls = profile.module_calls if isinstance(profile, Profile) else 0
+    framework = calls * dev.module_overhead if overhead else 0.0  # Python of each nn.Module call around its kernels
+    t += framework
     by_kind: dict[str, float] = defaultdict(float)
     by_module: dict[str, float] = defaultdict(float)
     by_bound: dict[str, float] = defaultdict(float)
@@ -117,11 +120,14 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
         by_module[m] += e.time_s
         by_bound[e.bound] += e.time_s
         busy += _utilization(dev, e) * e.time_s
+    if framework > 0:
+        by_kind["framework"] = framework
+        by_bound["overhead"] += framework
     util = busy / t if t > 0 else 0.0
     power = dev.power.at(util)
     return Prediction(
         device=dev.id, time_s=t, compute_s=sum(e.compute_s for e in ests), memory_s=sum(e.memory_s for e in ests),
-        overhead_s=sum(e.overhead_s for e in ests), bound=max(by_bound, key=by_bound.get),
+        overhead_s=sum(e.overhead_s for e in ests) + framework, bound=max(by_bound, key=by_bound.get),
         flops=sum(o.flops * o.count for o in specs), bytes=sum(o.bytes * o.count for o in specs),
         utilization=util, power_w=power, energy_j=power * t, by_kind=dict(by_kind), by_module=dict(by_module),
         notes={"energy_j": "estimate: (idle + utilization x (max - idle)) x time from the device's power model",
