@@ -209,10 +209,12 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     sync = torch.cuda.synchronize if cuda else None
     base = catalog_base_for_gpu(torch.cuda.get_device_name(0)) if cuda else None
     reps = 9 if quick else 21
-    # Peers first (subprocesses, each in its own venv), so they never share the CPU with a measurement.
-    peer = hw_peers.peer_table() if peers else {"tools": {"llm-analysis": "not run (--no-peers)",
-                                                           "genz": "not run (--no-peers)"}, "rows": []}
+    # Peers run (subprocesses, each in its own venv) while the cases are built (model loading, not timed) and
+    # are collected before any calibration or measurement, so they never share the CPU with a timing.
+    started = hw_peers.start_all() if peers else None
     built = [(case, case.build(dev)) for case in cases(quick, llm and not cuda)]
+    peer = hw_peers.peer_table(started) if peers else {"tools": {"llm-analysis": "not run (--no-peers)",
+                                                                   "genz": "not run (--no-peers)"}, "rows": []}
     memo, calib_s = TimingMemo(), 0.0
     measured: dict[str, float] = {}
     device = get_device(device_file) if device_file else None
@@ -256,11 +258,8 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     llm_err = [abs(r["pct_error"]) for r in rows if r["group"] == "llm"]
     ana_err = [abs(r["analytic_pct_error"]) for r in rows if "analytic_pct_error" in r]
     gpu_rows: list[dict] = []
-    if cuda:
-        from leanml.hw.calibrate import catalog_base_for_gpu as _base
-
-        gpu_id = _base(torch.cuda.get_device_name(0)).id if _base(torch.cuda.get_device_name(0)) else None
-        gpu_rows = hw_llm_cases.gpu_llm_rows(gpu_id, quick) if gpu_id else []
+    if cuda:  # LLM phases on the GPU: the in-process calibration (measured curves) and its catalog datasheet entry
+        gpu_rows = hw_llm_cases.gpu_llm_rows(device, base, quick)
     gpu_err = [abs(r["pct_error"]) for r in rows] + [abs(r["pct_error"]) for r in gpu_rows] if cuda else []
     hw_peers.print_table(peer)
     headline = {
@@ -309,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(out)
     atomic_write_text(RESULTS if not a.cuda else RESULTS.with_name("hw_accuracy_cuda.json"), text + "\n")
     summary = {k: v for k, v in out.items() if k not in ("cases", "gpu_cases", "peers")}
-    summary["peer_table"] = [{k: r.get(k) for k in ("model", "device", "phase", "leanml_s", "leanml_ideal_s",
-                                                    "llm-analysis_s", "genz_s", "disagreements_over_20pct")}
-                             for r in out["peers"]["rows"]]
+    keys = ("model", "device", "phase", "leanml_s", "leanml_no_launch_s", "leanml_ideal_s", "llm-analysis_s",
+            "genz_s", "disagreements_over_20pct")
+    summary["peer_table"] = [{k: r.get(k) for k in keys} for r in out["peers"]["rows"]]
     summary["peer_tools"] = out["peers"]["tools"]
     print(json.dumps(summary))
     return 0

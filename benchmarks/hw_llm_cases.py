@@ -165,7 +165,7 @@ def _train_step_fn(m, vocab: int, seq: int) -> Callable[[], object]:
     return step
 
 
-def _gpu_model_rows(name: str, device_id: str) -> list[dict]:
+def _gpu_model_rows(name: str, device) -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from leanml.hw.llm_ops import PRESETS
@@ -182,24 +182,37 @@ def _gpu_model_rows(name: str, device_id: str) -> list[dict]:
         with torch.no_grad():
             model(input_ids=ids, use_cache=True, logits_to_keep=1)
     rows = [{"case": f"{name} prefill 512", "measured_s": cuda_time(prefill),
-             "predicted_s": predict_prefill(name, device_id, "bf16", 1, 512).time_s}]
+             "predicted_s": predict_prefill(name, device, "bf16", 1, 512).time_s}]
     for b in (1, 16, 64):
         rows.append({"case": f"{name} decode b{b} ctx513",
                      "measured_s": cuda_time(_decode_step_fn(model, sh.vocab, b, 513)),
-                     "predicted_s": decode_step(name, device_id, "bf16", b, 513).time_s})
+                     "predicted_s": decode_step(name, device, "bf16", b, 513).time_s})
     model.train()
     rows.append({"case": f"{name} LoRA-r{LORA_RANK} train step s512",
                  "measured_s": cuda_time(_train_step_fn(model, sh.vocab, 512), reps=5),
-                 "predicted_s": predict_llm_train(name, device_id, "bf16", 1, 512, lora_rank=LORA_RANK).time_s})
+                 "predicted_s": predict_llm_train(name, device, "bf16", 1, 512, lora_rank=LORA_RANK).time_s})
     return rows
 
 
-def gpu_llm_rows(device_id: str, quick: bool) -> list[dict]:
-    """Measured (CUDA events) vs predicted LLM phases in bf16 on this GPU, random-initialised models."""
+def gpu_llm_rows(device, datasheet, quick: bool) -> list[dict]:
+    """Measured (CUDA events) vs predicted LLM phases in bf16 on this GPU, random-initialised models.
+
+    ``device``: this GPU calibrated in-process (measured curves); ``datasheet``: its catalog entry or None."""
     rows = []
     for name in ("smollm2-135m",) + (() if quick else ("llama-7b",)):
-        rows += _gpu_model_rows(name, device_id)
+        got = _gpu_model_rows(name, device)
+        if datasheet is not None:
+            for r, d in zip(got, _gpu_predictions(name, datasheet), strict=True):
+                r["predicted_datasheet_s"] = d
+        rows += got
         torch.cuda.empty_cache()
     for r in rows:
         r["pct_error"] = 100.0 * (r["predicted_s"] - r["measured_s"]) / r["measured_s"]
     return rows
+
+
+def _gpu_predictions(name: str, device) -> list[float]:
+    """The same cases' predictions on another device entry (order of `_gpu_model_rows`)."""
+    return ([predict_prefill(name, device, "bf16", 1, 512).time_s]
+            + [decode_step(name, device, "bf16", b, 513).time_s for b in (1, 16, 64)]
+            + [predict_llm_train(name, device, "bf16", 1, 512, lora_rank=LORA_RANK).time_s])

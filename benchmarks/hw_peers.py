@@ -5,7 +5,8 @@ plotting stack) through a JSON-in/JSON-out shim in benchmarks/peers/, so leanml'
 Every tool gets the same datasheet figures (leanml's catalog: dense bf16 peak, HBM bandwidth, capacity), so
 the comparison is of the cost models. leanml appears twice: as shipped (the catalog's assumed efficiencies
 and 5 us per kernel; nothing is calibrated on these GPUs) and "ideal" (efficiency 1, no launch overhead:
-the assumptions both peers make by default), which isolates formula differences from efficiency ones.
+the assumptions both peers make by default), which isolates formula differences from efficiency ones;
+"no launch" drops only the launch overhead (a CUDA-graph serving engine).
 """
 
 from __future__ import annotations
@@ -63,21 +64,42 @@ def _case(model: str, dev_id: str, phase: str) -> dict:
                     "mem_GB": d.main_memory.capacity / 1e9}}
 
 
-def run_peer(name: str, cases: list[dict], timeout_s: float = 600) -> tuple[str, dict[str, dict]]:
-    """(tool version or why it did not run, {case id: {"time_s"} or {"error"}})."""
+def start_peer(name: str, cases: list[dict]):
+    """Start a peer's shim (a subprocess in its own venv); None when its venv is missing."""
     py, shim = PEERS[name]
     if not Path(py).exists():
-        return f"not run: no virtual environment at {Path(py).parent.parent} (see docs/hw.md for the install)", {}
+        return None
+    proc = subprocess.Popen([py, str(shim)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+    return proc, json.dumps({"cases": cases})
+
+
+def finish_peer(name: str, started, timeout_s: float = 600) -> tuple[str, dict[str, dict]]:
+    """(tool version or exactly why it did not run, {case id: {"time_s"} or {"error"}})."""
+    if started is None:
+        return (f"not run: no virtual environment at {Path(PEERS[name][0]).parent.parent} "
+                "(see docs/hw.md for the install)"), {}
+    proc, payload = started
     try:
-        r = subprocess.run([py, str(shim)], input=json.dumps({"cases": cases}), capture_output=True, text=True,
-                           timeout=timeout_s, env={**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
+        out, err = proc.communicate(payload, timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        proc.kill()
         return f"not run: shim timed out after {timeout_s:.0f} s", {}
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not lines:
-        return f"not run: shim exited {r.returncode}: {(r.stderr or r.stdout)[-300:]}", {}
-    out = json.loads(lines[-1])
-    return out["tool"], {x["id"]: x for x in out["results"]}
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return f"not run: shim exited {proc.returncode}: {(err or out)[-300:]}", {}
+    res = json.loads(lines[-1])
+    return res["tool"], {x["id"]: x for x in res["results"]}
+
+
+def all_cases() -> list[dict]:
+    return [_case(m, d, p) for m in MODELS for d in DEVICES for p in PHASES]
+
+
+def start_all() -> dict:
+    """Start every peer on every case; pass the result to `peer_table` (lets the caller overlap setup work)."""
+    cases = all_cases()
+    return {"cases": cases, "procs": {name: start_peer(name, cases) for name in PEERS}}
 
 
 REASONS = {
@@ -110,17 +132,19 @@ def _why(model: str, phase: str, ratio_ideal: float, peer: str) -> list[str]:
     return codes + ["E", "O"]
 
 
-def peer_table(timeout_s: float = 600) -> dict:
-    cases = [_case(m, d, p) for m in MODELS for d in DEVICES for p in PHASES]
+def peer_table(started: dict | None = None, timeout_s: float = 600) -> dict:
+    started = started or start_all()
+    cases = started["cases"]
     tools, results = {}, {}
     for name in PEERS:
-        tools[name], results[name] = run_peer(name, cases, timeout_s)
+        tools[name], results[name] = finish_peer(name, started["procs"][name], timeout_s)
     rows = []
     for c in cases:
         model, dev_id, phase = c["id"].split("|")
         row = {"model": model, "device": dev_id, "phase": phase,
-               "leanml_s": _leanml(model, dev_id, phase), "leanml_ideal_s": _leanml(model, _ideal(dev_id), phase,
-                                                                                     overhead=False)}
+               "leanml_s": _leanml(model, dev_id, phase),
+               "leanml_no_launch_s": _leanml(model, dev_id, phase, overhead=False),
+               "leanml_ideal_s": _leanml(model, _ideal(dev_id), phase, overhead=False)}
         flags = []
         for name in PEERS:
             res = results[name].get(c["id"])
@@ -144,7 +168,8 @@ def peer_table(timeout_s: float = 600) -> dict:
             "settings": {"dtype": "bf16", "lora_rank": LORA_RANK, "lora_targets": "q,k,v,o",
                          "train_batch": TRAIN_BATCH, "seq": SEQ, "decode_context": CONTEXT + 1,
                          "peer_efficiency": "defaults (1.0)", "leanml": "catalog as shipped (datasheet peaks, "
-                         "assumed efficiencies, 5 us/kernel); leanml_ideal: efficiency 1, no overhead"},
+                         "assumed efficiencies, 5 us/kernel); leanml_no_launch: without launch overhead (CUDA graphs); "
+                         "leanml_ideal: efficiency 1, no overhead"},
             "reasons": REASONS}
 
 
@@ -154,13 +179,14 @@ def print_table(tbl: dict) -> None:
 
     t = Table(title="LLM phases in bf16: leanml vs llm-analysis vs GenZ (ms; same datasheet peaks/bandwidth)")
     t.add_column("model")
-    for col in ("device", "phase", "leanml", "leanml ideal", "llm-analysis", "GenZ", ">20% apart"):
+    for col in ("device", "phase", "leanml", "no launch", "leanml ideal", "llm-analysis", "GenZ", ">20% apart"):
         t.add_column(col, justify="left" if col in ("model", "device", "phase", ">20% apart") else "right")
 
     def ms(v):
         return f"{v * 1e3:.3f}" if v is not None else "n/a"
     for r in tbl["rows"]:
-        t.add_row(r["model"], r["device"], r["phase"], ms(r["leanml_s"]), ms(r["leanml_ideal_s"]),
+        t.add_row(r["model"], r["device"], r["phase"], ms(r["leanml_s"]), ms(r["leanml_no_launch_s"]),
+                  ms(r["leanml_ideal_s"]),
                   ms(r["llm-analysis_s"]), ms(r["genz_s"]),
                   "; ".join(r["disagreements_over_20pct"]) or "-")
     Console().print(t)
