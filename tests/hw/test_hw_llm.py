@@ -198,3 +198,23 @@ def test_embedding_reads_rows_not_table_and_module_calls_counted():
     p = predict(prof, dev)
     assert p.by_kind["framework"] == pytest.approx(prof.module_calls * 1e-3)
     assert predict(prof, dev, overhead=False).time_s < p.time_s - prof.module_calls * 1e-3 * 0.99
+
+
+def test_per_example_grads_of_frozen_base_skip_its_weight_gradients():
+    from leanml.hw import trace_per_example_grads
+    from leanml.models import build_mlp
+
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    model = build_mlp(64, 10, (256,))
+    full = trace_per_example_grads(model, x, y)
+    for p in model[0].parameters():  # freeze the first (largest) layer, as a LoRA base is frozen
+        p.requires_grad_(False)
+    part = trace_per_example_grads(model, x, y)
+    mm = lambda p: sum(o.flops for o in p.ops if o.kind == "matmul")  # noqa: E731
+    # gone: the first layer's per-example weight gradient (2 x 8 x 64 x 256) and, as nothing below the last
+    # layer is trained any more, the last layer's input gradient (2 x 8 x 256 x 10)
+    assert mm(full) - mm(part) == 2 * 8 * 64 * 256 + 2 * 8 * 256 * 10
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(HwError, match="requires_grad"):
+        trace_per_example_grads(model, x, y)

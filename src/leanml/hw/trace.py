@@ -321,12 +321,19 @@ def trace_train_step(module: torch.nn.Module, inputs: Any, targets: torch.Tensor
 def trace_per_example_grads(module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                             loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                             name: str = "model") -> Profile:
-    """Kernels of per-example gradients by ``torch.func.vmap(grad(loss))`` (batched, no batch-1 loop)."""
+    """Kernels of per-example gradients by ``torch.func.vmap(grad(loss))`` (batched, no batch-1 loop).
+
+    Only parameters with ``requires_grad`` get per-example gradients (LoRA: the adapters); frozen ones are
+    passed as constants, so the trace holds their forward and input-gradient kernels but no weight gradients."""
     from torch.func import functional_call, grad, vmap
 
     loss_fn = loss_fn or _default_loss
-    params = {k: v.detach() for k, v in module.named_parameters()}
-    buffers = {k: v.detach() for k, v in module.named_buffers()}
+    params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach() for k, v in module.named_parameters() if not v.requires_grad}
+    buffers = {**frozen, **{k: v.detach() for k, v in module.named_buffers()}}
+    if not params:
+        raise HwError("trace_per_example_grads: the module has no parameters with requires_grad "
+                      "(nothing to differentiate)")
 
     def one(p, xi, yi):
         out = functional_call(module, (p, buffers), (xi.unsqueeze(0),))
