@@ -191,13 +191,13 @@ def test_embedding_reads_rows_not_table_and_module_calls_counted():
     [op] = [o for o in trace_inference(emb, ids).ops if "embedding" in o.aten]
     assert op.bytes == 2 * 4 * 8 * 64 * 4 + ids.numel() * 8  # gathered rows read + written, and the indices
     prof = trace_inference(build_mlp(8, 2, (16, 16)), torch.randn(4, 8))
-    assert prof.module_calls == 1 + len(list(build_mlp(8, 2, (16, 16)).children()))
+    assert prof.module_calls == {"torch": 1 + len(list(build_mlp(8, 2, (16, 16)).children())), "library": 0}
     from dataclasses import replace
 
-    dev = replace(get_device("dev_vm"), module_overhead=1e-3)
+    dev = replace(get_device("dev_vm"), module_overhead=1e-3, library_module_overhead=1.0)
     p = predict(prof, dev)
-    assert p.by_kind["framework"] == pytest.approx(prof.module_calls * 1e-3)
-    assert predict(prof, dev, overhead=False).time_s < p.time_s - prof.module_calls * 1e-3 * 0.99
+    assert p.by_kind["framework"] == pytest.approx(prof.module_calls["torch"] * 1e-3)
+    assert predict(prof, dev, overhead=False).time_s < p.time_s - prof.module_calls["torch"] * 1e-3 * 0.99
 
 
 def test_per_example_grads_of_frozen_base_skip_its_weight_gradients():

@@ -108,8 +108,9 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
         ests = [replace(e, time_s=e.time_s + dev.autograd_overhead, overhead_s=e.overhead_s + dev.autograd_overhead)
                 if e.op.kind != "view" else e for e in ests]
     t = sum(e.time_s for e in ests)
-    calls = profile.module_calls if isinstance(profile, Profile) else 0
-    framework = calls * dev.module_overhead if overhead else 0.0  # Python of each nn.Module call around its kernels
+    calls = profile.module_calls if isinstance(profile, Profile) else {}
+    framework = (calls.get("torch", 0) * dev.module_overhead + calls.get("library", 0) * dev.library_module_overhead
+                 if overhead else 0.0)  # Python of each nn.Module call around its kernels
     t += framework
     by_kind: dict[str, float] = defaultdict(float)
     by_module: dict[str, float] = defaultdict(float)

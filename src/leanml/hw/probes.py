@@ -1,10 +1,12 @@
 """Framework-overhead probes for calibration: the Python time an nn.Module model spends around its kernels.
 
-A model's eager forward runs Python in every module call (argument handling, hooks, masks, cache
-bookkeeping in transformers' decoders) on top of each kernel's dispatch. At tiny widths the kernels cost
-nothing, so a tiny model's step time minus its kernels' dispatch overhead, divided by its module calls,
-is that per-call time. The probe is a tiny Llama-style decoder when transformers is installed (what the
-LLM workloads run), else a tiny ``torch.nn.TransformerEncoder``; which one is recorded in the device file.
+A model's eager forward runs Python in every module call (argument handling, hooks; in library modules
+also masks, cache bookkeeping, attention dispatch) on top of each kernel's dispatch. At tiny widths the
+kernels cost nothing, so a tiny model's step time minus its kernels' dispatch overhead, divided by its
+module calls, is that per-call time. Two families are measured, because they differ by an order of
+magnitude: torch.nn's own modules (a Sequential of Linear/ReLU/LayerNorm) and library modules (a tiny
+transformers Llama decoder, when transformers is installed; its torch.nn leaves are charged at the first
+figure). Which probes ran is recorded in the device file.
 """
 
 from __future__ import annotations
@@ -16,31 +18,40 @@ import torch
 from leanml.hw.timing import best_time
 
 
-def _tiny_model(dev: str) -> tuple[torch.nn.Module, Callable[[], object], str]:
-    torch.manual_seed(0)
-    try:
-        from transformers import LlamaConfig, LlamaForCausalLM
-    except ImportError:
-        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-        net = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).to(dev).eval()
-        x = torch.randn(1, 8, 16, device=dev)
-        return net, lambda: net(x), "torch.nn.TransformerEncoder (4 layers, width 16)"
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-                      num_key_value_heads=1, vocab_size=64, max_position_embeddings=64)
-    net = LlamaForCausalLM(cfg).to(dev).eval()
-    ids = torch.randint(0, 64, (1, 8), device=dev)
-    return net, lambda: net(input_ids=ids, use_cache=False), "transformers LlamaForCausalLM (4 layers, width 32)"
-
-
-def module_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float) -> tuple[float, str]:
-    """(seconds per nn.Module forward call beyond kernel dispatch, which probe measured it)."""
+def _per_call(fn: Callable[[], object], reps: int, sync, op_ovh: float, view_ovh: float,
+              torch_call: float | None) -> float:
+    """Seconds per module call of ``fn`` beyond kernel dispatch; with ``torch_call`` given, per library call
+    after charging the torch.nn calls at ``torch_call``."""
     from leanml.hw.trace import trace_callable
 
-    net, fn, what = _tiny_model(dev)
     with torch.no_grad():
         fn()
         prof = trace_callable(fn, "module probe")
         t = best_time(fn, reps, sync=sync)
     kernels = sum(1 for o in prof.ops if o.kind != "view")
-    views = len(prof.ops) - kernels
-    return max((t - kernels * op_ovh - views * view_ovh) / max(prof.module_calls, 1), 0.0), what
+    rest = t - kernels * op_ovh - (len(prof.ops) - kernels) * view_ovh
+    if torch_call is None:
+        return max(rest / max(sum(prof.module_calls.values()), 1), 0.0)
+    rest -= prof.module_calls.get("torch", 0) * torch_call
+    return max(rest / max(prof.module_calls.get("library", 0), 1), 0.0)
+
+
+def module_overheads(dev: str, reps: int, sync, op_ovh: float, view_ovh: float) -> tuple[float, float, str]:
+    """(seconds per torch.nn module call, per library module call, which probes measured them)."""
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(8):
+        layers += [torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers).to(dev).eval()
+    x = torch.randn(2, 8, device=dev)
+    plain = _per_call(lambda: net(x), reps, sync, op_ovh, view_ovh, None)
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        return plain, plain, "torch.nn Sequential (24 modules); no transformers: library modules at the same figure"
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=64, max_position_embeddings=64)
+    llama = LlamaForCausalLM(cfg).to(dev).eval()
+    ids = torch.randint(0, 64, (1, 8), device=dev)
+    lib = _per_call(lambda: llama(input_ids=ids, use_cache=False), reps, sync, op_ovh, view_ovh, plain)
+    return plain, lib, "torch.nn Sequential (24 modules); transformers LlamaForCausalLM (4 layers, width 32)"

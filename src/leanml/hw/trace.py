@@ -90,7 +90,9 @@ class Profile:
     mode: str  # "infer", "train", "per_example_grads", ...
     ops: list[OpRecord] = field(default_factory=list)
     param_bytes: int = 0
-    module_calls: int = 0  # nn.Module forward calls while tracing (each pays the framework's per-call Python time)
+    # nn.Module forward calls while tracing, by family: "torch" (torch.nn's own modules) and "library" (modules of
+    # other packages: transformers, peft, user code), whose forwards run more Python; each pays a per-call time.
+    module_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def flops(self) -> float:
@@ -120,7 +122,7 @@ class Profile:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Profile:
         return cls(d["name"], int(d["batch"]), d["mode"], [OpRecord(**o) for o in d["ops"]],
-                   int(d.get("param_bytes", 0)), int(d.get("module_calls", 0)))
+                   int(d.get("param_bytes", 0)), dict(d.get("module_calls", {})))
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
@@ -267,10 +269,10 @@ def _record(fn: Callable[[], Any], name: str, batch: int, mode: str, module: tor
             return "forward" if len(tracker.parents) > 1 else "other"
 
         rec = _Recorder(tracker, phase)
-        calls = [0]
+        calls = {"torch": 0, "library": 0}
 
-        def count(_m, _args):
-            calls[0] += 1
+        def count(m, _args):
+            calls["torch" if type(m).__module__.startswith("torch.") else "library"] += 1
         handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
         try:
             with rec:
@@ -278,7 +280,7 @@ def _record(fn: Callable[[], Any], name: str, batch: int, mode: str, module: tor
         finally:
             handle.remove()
     pb = sum(_nbytes(p) for p in module.parameters()) if module is not None else 0
-    return Profile(name, batch, mode, rec.reuse(), pb, calls[0])
+    return Profile(name, batch, mode, rec.reuse(), pb, calls)
 
 
 def trace_callable(fn: Callable[[], Any], name: str = "ops", batch: int = 1, mode: str = "ops") -> Profile:
