@@ -1,11 +1,13 @@
-"""How close is leanml.hw's calibrated cost model to measured time on this machine?
+"""How close is leanml.hw's calibrated cost model to measured time on this machine, and to its peers?
 
 Calibrates the device in-process (same threads as the measurements), then for >= 20 operation/size
-pairs and 3 whole models (MLP, CNN, MiniLM forward+backward) traces the exact callable, predicts its
-time with the roofline + efficiency-curve model and measures it (minimum wall time over repetitions:
-the machine is shared, so interference only ever adds time). Reports per-case and summary errors.
+pairs, 3 whole models (MLP, CNN, MiniLM forward+backward) and the LLM phases of SmolLM2-135M (LoRA r128
+training step, prefill, decode at three batch sizes; hw_llm_cases.py) traces the exact callable, predicts
+its time with the roofline + efficiency-curve model and measures it (minimum wall time over repetitions:
+the machine is shared, so interference only ever adds time). Reports per-case and summary errors, and a
+side-by-side of LLM phase predictions on A100/H100/H200 against llm-analysis and GenZ (hw_peers.py).
 
-    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--cuda] [--device-file FILE]
+    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--cuda] [--device-file FILE] [--no-peers]
 
 Published anchors for per-op / end-to-end error: LLMCompass ~10% per operator, 4.1% end to end;
 GenZ 5.8% geomean; Vidur < 9%.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,14 +34,20 @@ from leanml.hw.predict import predict
 from leanml.hw.trace import trace_callable
 from leanml.io import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).parent))
+import hw_llm_cases  # noqa: E402
+import hw_peers  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "hw_accuracy.json"
 
 
 @dataclass
 class Case:
     name: str
-    group: str  # "op" or "model"
+    group: str  # "op", "model" or "llm"
     build: Callable[[str], Callable[[], object]]  # device -> the callable to trace, time and predict
+    reps: int | None = None  # repetitions per round (None: the benchmark's default); LLM steps take seconds
+    analytic: Callable[[object], float] | None = None  # device -> shape-only prediction (leanml.hw.llm)
 
 
 def _mm(m: int, n: int, k: int):
@@ -140,7 +149,7 @@ def _minilm():
     return BertModel(cfg, add_pooling_layer=False)
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, llm: bool = True) -> list[Case]:
     from leanml.models import build_cnn, build_mlp
 
     s = 1 if quick else 2  # size multiplier
@@ -180,10 +189,11 @@ def cases(quick: bool) -> list[Case]:
              _train_step(_minilm, lambda d: {"input_ids": torch.randint(0, 30522, (lb, seq), device=d)},
                          lambda d: torch.zeros(1, device=d))),
     ]
-    return ops + models
+    return ops + models + ([] if not llm else hw_llm_cases.cpu_cases(quick, Case))
 
 
-def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, rounds: int) -> dict:
+def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, rounds: int, llm: bool = True,
+        peers: bool = True) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -196,7 +206,12 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     sync = torch.cuda.synchronize if cuda else None
     base = catalog_base_for_gpu(torch.cuda.get_device_name(0)) if cuda else None
     reps = 9 if quick else 21
-    built = [(case, case.build(dev)) for case in cases(quick)]
+    # Peers run (subprocesses, each in its own venv) while the cases are built (model loading, not timed) and
+    # are collected before any calibration or measurement, so they never share the CPU with a timing.
+    started = hw_peers.start_all() if peers else None
+    built = [(case, case.build(dev)) for case in cases(quick, llm and not cuda)]
+    peer = hw_peers.peer_table(started) if peers else {"tools": {"llm-analysis": "not run (--no-peers)",
+                                                                   "genz": "not run (--no-peers)"}, "rows": []}
     memo, calib_s = TimingMemo(), 0.0
     measured: dict[str, float] = {}
     device = get_device(device_file) if device_file else None
@@ -211,7 +226,7 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         for case, fn in built:
             if r == 0:
                 fn()  # warm up (allocator, kernel selection) before tracing and timing
-            t = best_time(fn, reps, sync=sync)
+            t = best_time(fn, case.reps or reps, sync=sync)
             measured[case.name] = min(t, measured.get(case.name, float("inf")))
     assert device is not None
     rows = []
@@ -220,18 +235,30 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         pred = predict(prof, device)
         meas = measured[case.name]
         err = 100.0 * (pred.time_s - meas) / meas
-        rows.append({"case": case.name, "group": case.group, "measured_s": meas, "predicted_s": pred.time_s,
-                     "pct_error": err, "bound": pred.bound, "kernels": len(prof.ops), "gflop": pred.flops / 1e9})
+        row = {"case": case.name, "group": case.group, "measured_s": meas, "predicted_s": pred.time_s,
+               "pct_error": err, "bound": pred.bound, "kernels": len(prof.ops), "gflop": pred.flops / 1e9}
+        if case.analytic is not None:
+            a = case.analytic(device)
+            row.update(analytic_s=a, analytic_pct_error=100.0 * (a - meas) / meas)
+        rows.append(row)
     t = Table(title=f"hw cost model vs measurement on {device.name} ({torch.get_num_threads()} threads)")
-    for c in ("case", "measured", "predicted", "error %", "bound", "kernels"):
+    for c in ("case", "measured", "predicted", "error %", "bound", "kernels", "shape-only err %"):
         t.add_column(c, justify="left" if c == "case" else "right")
     for r in rows:
         t.add_row(r["case"], f"{r['measured_s'] * 1e3:.3f} ms", f"{r['predicted_s'] * 1e3:.3f} ms",
-                  f"{r['pct_error']:+.1f}", r["bound"], str(r["kernels"]))
+                  f"{r['pct_error']:+.1f}", r["bound"], str(r["kernels"]),
+                  f"{r['analytic_pct_error']:+.1f}" if "analytic_pct_error" in r else "-")
     Console().print(t)
     abs_err = [abs(r["pct_error"]) for r in rows]
     ops_err = [abs(r["pct_error"]) for r in rows if r["group"] == "op"]
     mod_err = [abs(r["pct_error"]) for r in rows if r["group"] == "model"]
+    llm_err = [abs(r["pct_error"]) for r in rows if r["group"] == "llm"]
+    ana_err = [abs(r["analytic_pct_error"]) for r in rows if "analytic_pct_error" in r]
+    gpu_rows: list[dict] = []
+    if cuda:  # LLM phases on the GPU: the in-process calibration (measured curves) and its catalog datasheet entry
+        gpu_rows = hw_llm_cases.gpu_llm_rows(device, base, quick)
+    gpu_err = [abs(r["pct_error"]) for r in rows] + [abs(r["pct_error"]) for r in gpu_rows] if cuda else []
+    hw_peers.print_table(peer)
     headline = {
         "device": f"{device.id}: {device.name}, torch threads {torch.get_num_threads()}",
         "median_abs_pct_error": round(statistics.median(abs_err), 2),
@@ -240,12 +267,19 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         "n_ops": len(ops_err), "n_models": len(mod_err),
         "median_abs_pct_error_ops": round(statistics.median(ops_err), 2),
         "median_abs_pct_error_models": round(statistics.median(mod_err), 2),
-        "target_median_abs_pct_error": 15.0,
+        "n_llm": len(llm_err),
+        "median_abs_pct_error_llm": round(statistics.median(llm_err), 2) if llm_err else None,
+        "median_abs_pct_error_llm_shape_only": round(statistics.median(ana_err), 2) if ana_err else None,
+        "median_abs_pct_error_gpu": round(statistics.median(gpu_err), 2) if gpu_err else None,
+        "median_abs_pct_error_gpu_reason": None if gpu_err else "no GPU lent: not measured (run with --cuda on one)",
+        "target_median_abs_pct_error": 10.0, "target_max_abs_pct_error": 40.0, "target_median_abs_pct_error_gpu": 15.0,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "quick": quick, "rounds": rounds, "calibration_s": round(calib_s, 1),
         "timing": f"minimum over {rounds} rounds x {reps} repetitions of wall time (and, single-threaded, of the "
                   "thread CPU time): the machine is shared; calibration in-process, interleaved with the rounds",
         "published": {"LLMCompass": "4.1% end-to-end, ~10% per operator", "GenZ": "5.8% geomean", "Vidur": "< 9%"},
-        "cases": rows,
+        "cases": rows, "gpu_cases": gpu_rows,
+        "peers": peer,
     }
     return headline
 
@@ -257,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch CPU threads for calibration and measurement (default 1: the machine is shared)")
     ap.add_argument("--cuda", action="store_true", help="run on the GPU (calibrates it first)")
     ap.add_argument("--device-file", help="use this device TOML instead of calibrating in-process")
+    ap.add_argument("--no-llm", action="store_true", help="leave out the SmolLM2 LLM phase cases")
+    ap.add_argument("--no-peers", action="store_true", help="leave out the llm-analysis / GenZ side-by-side")
     ap.add_argument("--rounds", type=int, default=None,
                     help="calibrate+measure rounds, each quantity keeping its best (default 2 quick, 3 full)")
     a = ap.parse_args(argv)
@@ -265,10 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     if rounds < 1:
         ap.error("--rounds must be >= 1")
-    out = run(a.quick, a.threads, a.cuda, a.device_file, rounds)
+    out = run(a.quick, a.threads, a.cuda, a.device_file, rounds, llm=not a.no_llm, peers=not a.no_peers)
     text = json.dumps(out)
     atomic_write_text(RESULTS if not a.cuda else RESULTS.with_name("hw_accuracy_cuda.json"), text + "\n")
-    summary = {k: v for k, v in out.items() if k != "cases"}
+    summary = {k: v for k, v in out.items() if k not in ("cases", "gpu_cases", "peers")}
+    keys = ("model", "device", "phase", "leanml_s", "leanml_no_launch_s", "leanml_ideal_s", "llm-analysis_s",
+            "genz_s", "disagreements_over_20pct")
+    summary["peer_table"] = [{k: r.get(k) for k in keys} for r in out["peers"]["rows"]]
+    summary["peer_tools"] = out["peers"]["tools"]
     print(json.dumps(summary))
     return 0
 

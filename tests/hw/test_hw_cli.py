@@ -60,3 +60,23 @@ def test_calibrate_quick_writes_file(tmp_path):
 def test_collective():
     r = runner.invoke(app, ["collective", "--system", "hgx_h200_8", "--op", "all_reduce", "--bytes", "1e9"])
     assert r.exit_code == 0 and "ms" in r.output
+
+
+def test_predict_llm_phases_dtype_and_lora_options():
+    r = runner.invoke(app, ["predict", "--model", "llama-7b", "--device", "h200", "--mode", "decode", "--batch", "1",
+                            "--prompt-len", "256", "--gen-len", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output.strip().splitlines()[-1])
+    assert d["source"] == "predicted" and d["decode_bound"] == "memory" and d["tpot_s"] > 0
+    assert d["calibration"].startswith("datasheet")
+    r = runner.invoke(app, ["predict", "--model", "llama-7b", "--device", "h100_sxm", "--mode", "train", "--batch",
+                            "1", "--seq", "128", "--lora-rank", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "LoRA r16" in json.loads(r.output.strip().splitlines()[-1])["notes"]["training"]
+    bad = [(["--dtype", "fp7"], "unknown dtype 'fp7'"), (["--lora-rank", "0", "--mode", "train"], "--lora-rank"),
+           (["--dtype", "fp8", "--device", "a100_80gb"], "no fp8 peak"),
+           (["--prompt-len", "4096", "--gen-len", "10"], "maximum context")]
+    for extra, msg in bad:
+        args = ["predict", "--model", "llama-7b", "--device", "h200", "--mode", "decode"] + extra
+        r = runner.invoke(app, args, env={"COLUMNS": "300"})
+        assert r.exit_code == 2 and msg in r.output.replace("\n", ""), (extra, r.output)

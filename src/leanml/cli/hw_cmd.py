@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True)
-_MODELS = ("mlp", "cnn", "minilm", "smollm2")
-_MODES = ("infer", "train", "grads")
+_MODELS = ("mlp", "cnn", "minilm", "smollm2", "llama-7b")
+_MODES = ("infer", "train", "grads", "prefill", "decode")
+_LLM_MODES = ("prefill", "decode")
 
 
 def _fail(msg: str) -> None:
@@ -224,38 +225,118 @@ def build_workload(model: str, batch: int, seq: int):
         return m, {"input_ids": ids}, torch.randint(0, cfg.vocab_size, (batch, seq))
 
 
+def _lora_module(module, rank: int, targets: list[str]):
+    """Wrap a (meta-device) model with PEFT LoRA adapters; the base is frozen, as in LoRA fine-tuning."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(module, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets))
+
+
+def _llm_shape(model: str):
+    from leanml.hw.llm_ops import PRESETS, LLMShape
+
+    return PRESETS["llama-7b"] if model == "llama-7b" else LLMShape.from_config(_smollm2_config(), "smollm2-135m")
+
+
+def _print_phases(c, as_json: bool) -> None:
+    from leanml.hw.units import fmt_si
+
+    if as_json:
+        print(json.dumps(c.to_dict()))
+        return
+    t = Table(title=f"{c.model} on {c.device}: {c.dtype}, batch {c.batch}, prompt {c.prompt_len}, "
+                    f"generate {c.gen_len} ({c.source})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for k, v in (("time to first token (prefill)", fmt_si(c.ttft_s, "s")),
+                 ("time per output token", fmt_si(c.tpot_s, "s")), ("tokens/s (batch)", f"{c.tokens_per_s:.4g}"),
+                 ("bound (decode / prefill)", f"[bold]{c.decode_bound}[/bold] / {c.prefill_bound}"),
+                 ("KV cache at the end", fmt_si(c.kv_cache_bytes, "B")), ("weights", fmt_si(c.weight_bytes, "B")),
+                 ("source", c.source), ("calibration", c.calibration)):
+        t.add_row(k, v)
+    for k, v in c.notes.items():
+        t.add_row(f"  {k}", v)
+    Console().print(t)
+
+
 @app.command("predict")
 def predict_cmd(
-    model: str = typer.Option(..., "--model", help="mlp, cnn, minilm or smollm2"),
+    model: str = typer.Option(..., "--model", help="mlp, cnn, minilm, smollm2, or llama-7b (shape only)"),
     device: str = typer.Option("local", "--device", help="catalog device id (see `leanml hw list`) or a TOML file"),
     batch: int = typer.Option(32, "--batch", help="examples (sequences) per batch"),
-    mode: str = typer.Option("infer", "--mode", help="infer, train (forward+backward) or grads (per-example)"),
-    seq: int = typer.Option(128, "--seq", help="sequence length for minilm/smollm2"),
+    mode: str = typer.Option("infer", "--mode", help="infer, train (forward+backward), grads (per-example), "
+                             "prefill or decode (LLMs: TTFT, time per output token, tokens/s)"),
+    seq: int = typer.Option(128, "--seq", help="sequence length for minilm/smollm2 (infer, train)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="cost the run in fp32, tf32, bf16, fp16, fp8 or int8 "
+                                     "(GEMMs at that peak); default: as traced (fp32), bf16 for prefill/decode"),
+    dtype_fallback: str | None = typer.Option(None, "--dtype-fallback",
+                                              help="peak to use (stated in the output) if the device lacks --dtype's"),
+    lora_rank: int | None = typer.Option(None, "--lora-rank", help="train LoRA adapters of this rank only "
+                                         "(frozen base: forward + input-gradient backward)"),
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", "--lora-targets",
+                                     help="comma-separated projections that get adapters"),
+    prompt_len: int = typer.Option(512, "--prompt-len", help="prefill/decode: prompt tokens per sequence"),
+    gen_len: int = typer.Option(128, "--gen-len", help="prefill/decode: tokens generated per sequence"),
+    unfused: bool = typer.Option(False, "--unfused-attention", help="prefill/decode: attention without a fused kernel"),
+    no_overhead: bool = typer.Option(False, "--no-overhead", help="leave out per-kernel launch overhead"),
     as_json: bool = typer.Option(False, "--json", help="print the prediction as JSON"),
 ) -> None:
-    """Predicted time, energy (estimate) and bound of a model's batch on a device."""
+    """Predicted time, energy (estimate) and bound of a model's batch on a device; for LLMs (--mode prefill or
+    decode) TTFT, time per output token and tokens/s. Always a prediction from the device entry: measured
+    curves where `leanml hw calibrate` ran on it, datasheet figures otherwise (the output says which)."""
     from leanml.hw import get_device, predict, trace_inference, trace_per_example_grads, trace_train_step
+    from leanml.hw.errors import HwError
+    from leanml.hw.predict import calibration_source
     from leanml.hw.units import fmt_si
 
     if mode not in _MODES:
         _fail(f"--mode must be one of {list(_MODES)}, got {mode!r}")
+    targets = [t.strip() for t in lora_targets.split(",") if t.strip()]
     try:
         dev = get_device(device)
-    except Exception as e:
+        if lora_rank is not None and lora_rank < 1:
+            raise HwError(f"--lora-rank must be >= 1, got {lora_rank}")
+        if mode in _LLM_MODES or model == "llama-7b":
+            if model not in ("smollm2", "llama-7b"):
+                _fail(f"--mode {mode} needs an LLM: --model smollm2 or llama-7b")
+            from leanml.hw.llm import predict_llm_phases, predict_llm_train
+
+            shape = _llm_shape(model)
+            if mode in _LLM_MODES:
+                c = predict_llm_phases(shape, dev, dtype or "bf16", batch, prompt_len, gen_len if mode == "decode"
+                                       else 1, fused_attention=not unfused, overhead=not no_overhead,
+                                       dtype_fallback=dtype_fallback)
+                return _print_phases(c, as_json)
+            if mode != "train":
+                _fail("--model llama-7b is costed from its shape: use --mode train, prefill or decode")
+            p = predict_llm_train(shape, dev, dtype or "bf16", batch, seq, lora_rank=lora_rank,
+                                  lora_targets=tuple(targets), fused_attention=not unfused, overhead=not no_overhead,
+                                  dtype_fallback=dtype_fallback)
+            prof = None
+        else:
+            module, x, y = build_workload(model, batch, seq)
+            if lora_rank is not None:
+                if model != "smollm2" or mode == "infer":
+                    _fail("--lora-rank applies to --model smollm2 with --mode train or grads")
+                module = _lora_module(module, lora_rank, targets)
+            if mode == "infer":
+                prof = trace_inference(module, x, name=model)
+            elif mode == "train":
+                prof = trace_train_step(module, x, y, name=model)
+            else:
+                if isinstance(x, dict):
+                    _fail("--mode grads is supported for mlp and cnn (per-example gradients of a token model need "
+                          "a per-sequence loss; use leanml.hw.trace_per_example_grads with your own loss)")
+                prof = trace_per_example_grads(module, x, y, name=model)
+            p = predict(prof, dev, dtype=dtype, dtype_fallback=dtype_fallback, overhead=not no_overhead)
+            if lora_rank is not None:
+                p.notes["training"] = (f"LoRA r{lora_rank} on {','.join(targets)} (PEFT adapters, traced): frozen "
+                                       "base runs forward + input-gradient backward only")
+    except (HwError, ValueError) as e:
         _fail(str(e))
-    module, x, y = build_workload(model, batch, seq)
-    if mode == "infer":
-        prof = trace_inference(module, x, name=model)
-    elif mode == "train":
-        prof = trace_train_step(module, x, y, name=model)
-    else:
-        if isinstance(x, dict):
-            _fail("--mode grads is supported for mlp and cnn (per-example gradients of a token model need a "
-                  "per-sequence loss; use leanml.hw.trace_per_example_grads with your own loss)")
-        prof = trace_per_example_grads(module, x, y, name=model)
-    p = predict(prof, dev)
     if as_json:
-        print(json.dumps({"model": model, "device": dev.id, "batch": batch, "mode": mode, **p.to_dict()}))
+        print(json.dumps({"model": model, "device": dev.id, "batch": batch, "mode": mode, "source": "predicted",
+                          **p.to_dict()}))
         return
     t = Table(title=f"{model} {mode} batch {batch}" + (f" seq {seq}" if model in ("minilm", "smollm2") else "")
               + f" on {dev.id} ({dev.name})")
@@ -266,11 +347,15 @@ def predict_cmd(
     t.add_row("energy (estimate)", f"{p.energy_j:.4g} J at {p.power_w:.1f} W")
     t.add_row("FLOPs", f"{p.flops:.4g}")
     t.add_row("bytes moved", fmt_si(p.bytes, "B"))
-    t.add_row("kernels", str(len(prof.ops)))
+    t.add_row("kernels", str(len(prof.ops)) if prof is not None else f"{len(p.by_module)} per-op classes (shape)")
     t.add_row("compute / memory / overhead", " / ".join(fmt_si(v, "s") for v in (p.compute_s, p.memory_s,
                                                                                   p.overhead_s)))
     for k, v in sorted(p.by_kind.items(), key=lambda kv: -kv[1]):
         t.add_row(f"  time in {k}", fmt_si(v, "s"))
+    for k in ("dtype", "training"):
+        if k in p.notes:
+            t.add_row(k, p.notes[k])
+    t.add_row("calibration", calibration_source(dev))
     Console().print(t)
 
 

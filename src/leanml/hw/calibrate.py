@@ -120,7 +120,7 @@ def _vector_efficiencies(dev: str, reps: int, sync, peak: float) -> dict[str, Ef
     return out
 
 
-def _autograd_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float) -> float:
+def _autograd_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float, mod_ovh: float = 0.0) -> float:
     """Extra time per kernel of a tiny training step (8 Linear+ReLU layers on 2x4 inputs) beyond dispatch."""
     from leanml.hw.trace import trace_callable
 
@@ -141,7 +141,8 @@ def _autograd_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float
     kernels = sum(1 for o in prof.ops if o.kind != "view")
     views = len(prof.ops) - kernels
     t = best_time(step, reps, sync=sync)
-    return max((t - kernels * op_ovh - views * view_ovh) / max(kernels, 1), 0.0)
+    calls = sum(prof.module_calls.values())
+    return max((t - kernels * op_ovh - views * view_ovh - calls * mod_ovh) / max(kernels, 1), 0.0)
 
 
 def _first_touch(quick: bool, reps: int) -> tuple[float, float]:
@@ -250,7 +251,12 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
     eff["attention"] = fit_efficiency([f for f, _ in attn_rows], [t for _, t in attn_rows], peaks["fp32"], op_ovh,
                                       "calibrated scaled_dot_product_attention fp32")
     eff.update(_vector_efficiencies(device, plan.reps, sync, peaks["fp32"]))
-    ag_ovh = _autograd_overhead(device, plan.reps, sync, op_ovh, view_ovh)
+    from leanml.hw.probes import module_overheads
+
+    mod_ovh, lib_ovh, mod_probe = module_overheads(device, plan.reps, sync, op_ovh, view_ovh)
+    ag_ovh = _autograd_overhead(device, plan.reps, sync, op_ovh, view_ovh, mod_ovh)
+    log(f"module overhead {mod_ovh * 1e6:.2f} us per torch.nn call, {lib_ovh * 1e6:.2f} us per library call "
+        f"({mod_probe})")
     log(f"conv eff max {eff['conv'].max:.2f}, attention eff max {eff['attention'].max:.2f}, vector eff "
         f"{eff['vector_transcendental'].max:.4f}/{eff['vector_pool'].max:.4f}/{eff['vector_sort'].max:.4f} "
         f"(transcendental/pool/sort), autograd overhead {ag_ovh * 1e6:.2f} us/kernel")
@@ -275,7 +281,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         "reps": plan.reps, "seconds": round(time.perf_counter() - started, 1),
         "measured_peak_flops": {k: float(v) for k, v in measured_peak.items()},
         "unsupported": unsupported,
-        "stream": stream_meta,
+        "stream": stream_meta, "module_overhead_probe": mod_probe,
     }
     if theo:
         calib["theoretical_peak_flops_per_core"] = {k: float(v) for k, v in theo.items()}
@@ -292,7 +298,9 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         id=device_id, name=name, cls="cpu" if device == "cpu" else "gpu", compute_units=units,
         peak_flops={k: float(v) for k, v in peaks.items()}, memory=tuple(levels), functions=tuple(functions),
         power=power, efficiency=eff, op_overhead=float(op_ovh), view_overhead=float(view_ovh),
-        autograd_overhead=float(ag_ovh), host_link=host, fresh_alloc_threshold=fresh_thr,
+        autograd_overhead=float(ag_ovh), module_overhead=float(mod_ovh),
+        library_module_overhead=float(lib_ovh), host_link=host,
+        fresh_alloc_threshold=fresh_thr,
         first_touch_bandwidth=touch_bw,
         peak_source="datasheet" if base is not None else "measured", calibration=calib,
     )

@@ -150,6 +150,9 @@ def device_to_toml(dev: Device, header: str = "") -> str:
               f"functions = {_fmt(list(dev.functions))}", f"op_overhead = {_fmt(float(dev.op_overhead))}",
               f"view_overhead = {_fmt(float(dev.view_overhead))}",
               f"autograd_overhead = {_fmt(float(dev.autograd_overhead))}",
+              *([f"module_overhead = {_fmt(float(dev.module_overhead))}"] if dev.module_overhead else []),
+              *([f"library_module_overhead = {_fmt(float(dev.library_module_overhead))}"]
+                if dev.library_module_overhead else []),
               *([f"fresh_alloc_threshold = {_fmt(float(dev.fresh_alloc_threshold))}"]
                 if dev.fresh_alloc_threshold is not None else []),
               *([f"first_touch_bandwidth = {_fmt(float(dev.first_touch_bandwidth))}"]

@@ -109,10 +109,10 @@ class CostModel:
 
     def _peak(self, op: OpSpec) -> float:
         dev, dt = self.device, op.dtype
+        if op.kind not in COMPUTE_KINDS and "fp32" in dev.peak_flops:
+            return dev.peak_flops["fp32"]  # elementwise/reduction work runs on the vector units, not tensor cores
         if dt in dev.peak_flops:
             return dev.peak_flops[dt]
-        if op.kind not in COMPUTE_KINDS and "fp32" in dev.peak_flops:
-            return dev.peak_flops["fp32"]  # non-GEMM integer/low-precision arithmetic: vector-unit rate
         raise HwError(f"device {dev.id} has no {dt} rate (it has {sorted(dev.peak_flops)}); "
                       f"cannot cost a {dt} {op.kind}")
 

@@ -17,6 +17,7 @@ from typing import Any
 from leanml.hw.catalog import get_device
 from leanml.hw.costmodel import COMPUTE_KINDS, CostModel, OpEstimate, OpSpec
 from leanml.hw.errors import HwError
+from leanml.hw.precision import cast_ops, resolve_dtype
 from leanml.hw.schema import Device
 from leanml.hw.trace import Profile
 
@@ -49,6 +50,16 @@ def estimate_ops(ops: list[OpSpec], device: str | Device, *, overhead: bool = Tr
     return [model.estimate(o) for o in ops]
 
 
+def calibration_source(dev: Device) -> str:
+    """Where the device's efficiency curves come from: "measured" (``hw calibrate`` ran on it) or "datasheet"."""
+    cal = sorted(k for k, e in dev.efficiency.items() if e.source.startswith("calibrated"))
+    if cal:
+        when = dev.calibration.get("date", "")
+        return f"measured: calibrated curves ({', '.join(cal[:4])}{', ...' if len(cal) > 4 else ''}) {when}".strip()
+    return (f"datasheet: {dev.peak_source} peaks and bandwidths with assumed efficiencies "
+            f"(run `leanml hw calibrate` on a {dev.id} to measure them)")
+
+
 def _utilization(dev: Device, est: OpEstimate) -> float:
     """Fraction of the binding roof an op keeps busy while it runs (0 during pure overhead)."""
     if est.time_s <= 0:
@@ -63,8 +74,14 @@ def _utilization(dev: Device, est: OpEstimate) -> float:
 
 
 def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: bool = True,
-            modules: list[str] | None = None) -> Prediction:
-    """Predicted time, bound and energy estimate of a traced workload on ``device``."""
+            modules: list[str] | None = None, dtype: str | None = None,
+            dtype_fallback: str | None = None) -> Prediction:
+    """Predicted time, bound and energy estimate of a traced workload on ``device``.
+
+    ``dtype`` re-costs the workload as run in that precision (`leanml.hw.precision.cast_ops`: GEMMs at the
+    device's ``dtype`` peak, activations in its storage dtype); None keeps each kernel's traced dtype. A
+    device without that peak raises, unless ``dtype_fallback`` names the peak to use (stated in ``notes``).
+    """
     dev = get_device(device)
     autograd = False
     if isinstance(profile, Profile):
@@ -74,12 +91,27 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
         specs, mods = list(profile), modules or ["(ops)"] * len(profile)
     if not specs:
         raise HwError("predict: the profile has no operations")
+    dtype_note = "as traced: " + ", ".join(sorted({o.dtype for o in specs if o.kind in COMPUTE_KINDS})
+                                            or ["no GEMM kernels"])
+    if dtype is not None:
+        gemm_dt, dtype_note = resolve_dtype(dev, dtype, dtype_fallback)
+        specs = cast_ops(specs, dtype, gemm_dt)
+    elif dtype_fallback is not None:
+        raise HwError("dtype_fallback: only meaningful together with dtype (the precision to cost the run in)")
+    else:  # traced dtypes must still have a peak: a bf16 GEMM on a device without one is an error, not fp32
+        for o in specs:
+            if o.kind in COMPUTE_KINDS and o.flops > 0:
+                resolve_dtype(dev, o.dtype)
     ests = estimate_ops(specs, dev, overhead=overhead)
     if autograd and overhead and dev.autograd_overhead > 0:
         # A training step pays autograd's graph recording and backward-engine scheduling per kernel.
         ests = [replace(e, time_s=e.time_s + dev.autograd_overhead, overhead_s=e.overhead_s + dev.autograd_overhead)
                 if e.op.kind != "view" else e for e in ests]
     t = sum(e.time_s for e in ests)
+    calls = profile.module_calls if isinstance(profile, Profile) else {}
+    framework = (calls.get("torch", 0) * dev.module_overhead + calls.get("library", 0) * dev.library_module_overhead
+                 if overhead else 0.0)  # Python of each nn.Module call around its kernels
+    t += framework
     by_kind: dict[str, float] = defaultdict(float)
     by_module: dict[str, float] = defaultdict(float)
     by_bound: dict[str, float] = defaultdict(float)
@@ -89,15 +121,19 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
         by_module[m] += e.time_s
         by_bound[e.bound] += e.time_s
         busy += _utilization(dev, e) * e.time_s
+    if framework > 0:
+        by_kind["framework"] = framework
+        by_bound["overhead"] += framework
     util = busy / t if t > 0 else 0.0
     power = dev.power.at(util)
     return Prediction(
         device=dev.id, time_s=t, compute_s=sum(e.compute_s for e in ests), memory_s=sum(e.memory_s for e in ests),
-        overhead_s=sum(e.overhead_s for e in ests), bound=max(by_bound, key=by_bound.get),
+        overhead_s=sum(e.overhead_s for e in ests) + framework, bound=max(by_bound, key=by_bound.get),
         flops=sum(o.flops * o.count for o in specs), bytes=sum(o.bytes * o.count for o in specs),
         utilization=util, power_w=power, energy_j=power * t, by_kind=dict(by_kind), by_module=dict(by_module),
         notes={"energy_j": "estimate: (idle + utilization x (max - idle)) x time from the device's power model",
-               "peaks": f"{dev.peak_source} peaks of {dev.id}"},
+               "peaks": f"{dev.peak_source} peaks of {dev.id}", "dtype": dtype_note,
+               "calibration": calibration_source(dev)},
     )
 
 

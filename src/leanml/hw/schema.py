@@ -94,6 +94,8 @@ class Device:
     op_overhead: float = 0.0  # seconds of framework dispatch / kernel launch per operation
     view_overhead: float = 0.0  # seconds per metadata-only op (view, transpose, detach)
     autograd_overhead: float = 0.0  # extra seconds per kernel of a step that records and runs autograd
+    module_overhead: float = 0.0  # seconds of Python per torch.nn module forward call (around its kernels)
+    library_module_overhead: float = 0.0  # the same for modules of other packages (transformers, peft, user code)
     # Outputs at least this large get fresh pages from the OS every call (glibc mmaps big blocks), paid at
     # first_touch_bandwidth on top of the kernel (page faults + zeroing); None = not modelled.
     fresh_alloc_threshold: float | None = None
@@ -232,7 +234,9 @@ def _efficiency(d: Any, path: str) -> Efficiency:
 
 
 _DEVICE_FIELDS = {"name", "class", "compute_units", "peak_flops", "memory", "functions", "power",
-                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "host_link", "peak_source",
+                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "module_overhead",
+                  "library_module_overhead", "host_link",
+                  "peak_source",
                   "fresh_alloc_threshold", "first_touch_bandwidth",
                   "calibration"}
 
@@ -306,6 +310,10 @@ def parse_device(dev_id: str, d: Any, path: str | None = None) -> Device:
         view_overhead=_qty(d, "view_overhead", path, "time", optional=True, default=0.0, positive=False),  # type: ignore[arg-type]
         autograd_overhead=_qty(d, "autograd_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
                                positive=False),
+        module_overhead=_qty(d, "module_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
+                             positive=False),
+        library_module_overhead=_qty(d, "library_module_overhead", path, "time", optional=True,  # type: ignore[arg-type]
+                                     default=0.0, positive=False),
         fresh_alloc_threshold=_qty(d, "fresh_alloc_threshold", path, "bytes", optional=True),
         first_touch_bandwidth=_qty(d, "first_touch_bandwidth", path, "bandwidth", optional=True),
         host_link=host, peak_source=peak_source, calibration=dict(calib),

@@ -29,6 +29,7 @@ _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "_int_mm", "_scaled_mm", "addmv", "m
 _CONV = {"convolution", "_convolution", "convolution_backward", "mkldnn_convolution", "_slow_conv2d_forward",
          "_slow_conv2d_backward", "cudnn_convolution", "convolution_overrideable"}
 _COPY = {"copy_", "_to_copy", "clone", "contiguous", "_copy_from"}
+_GATHER = {"embedding", "index_select"}
 _FREE = {"empty", "empty_like", "empty_strided", "detach", "alias", "lift_fresh", "_local_scalar_dense",
          "set_", "resize_", "scalar_tensor"}
 
@@ -72,10 +73,12 @@ class OpRecord:
     phase: str  # "forward", "backward" or "other" (loss, optimizer)
     vclass: str = ""  # vector class of elementwise/reduction kernels: "", "transcendental", "pool"
     alloc_bytes: float = 0.0  # largest newly allocated output
+    reuse_bytes: float | None = None  # bytes touched since its inputs were last used (see `_reuse_distances`)
 
     def spec(self) -> OpSpec:
+        ws = max(self.bytes, self.reuse_bytes) if self.reuse_bytes is not None else None
         return OpSpec(self.kind, self.flops, self.bytes, self.dtype, self.aten, vclass=self.vclass,
-                      alloc_bytes=self.alloc_bytes)
+                      alloc_bytes=self.alloc_bytes, working_set=ws)
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Profile:
     mode: str  # "infer", "train", "per_example_grads", ...
     ops: list[OpRecord] = field(default_factory=list)
     param_bytes: int = 0
+    # nn.Module forward calls while tracing, by family: "torch" (torch.nn's own modules) and "library" (modules of
+    # other packages: transformers, peft, user code), whose forwards run more Python; each pays a per-call time.
+    module_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def flops(self) -> float:
@@ -111,12 +117,12 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "batch": self.batch, "mode": self.mode, "param_bytes": self.param_bytes,
-                "ops": [o.__dict__ for o in self.ops]}
+                "module_calls": self.module_calls, "ops": [o.__dict__ for o in self.ops]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Profile:
         return cls(d["name"], int(d["batch"]), d["mode"], [OpRecord(**o) for o in d["ops"]],
-                   int(d.get("param_bytes", 0)))
+                   int(d.get("param_bytes", 0)), dict(d.get("module_calls", {})))
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
@@ -162,11 +168,53 @@ def _attention_flops(name: str, args: tuple) -> float:
     return per_mm * (5 if "backward" in name else 2)
 
 
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return int(t.untyped_storage()._cdata)
+    except (RuntimeError, NotImplementedError, AttributeError):  # functorch-batched or other storage-less tensors
+        return None
+
+
+def _reuse_distances(accesses: list[list[tuple[int, int, float]]], total: float) -> list[float | None]:
+    """Per op, the bytes-weighted mean reuse distance of its inputs: the bytes all kernels touched between the
+    previous use of an input's storage and this one (LRU stack distance, counted with repeats).
+
+    The traced callable is taken as one period of a loop (a training or decode step repeated, a benchmark's
+    repetitions), so a storage first used at this op was last used in the previous period. This is what puts
+    a decode step's weights in main memory: each weight fits a cache on its own, but the whole model does
+    not, and everything else runs through the cache before the weight is read again.
+    """
+    last: dict[int, float] = {}
+    for op in accesses:  # the last access of each storage in the period
+        for key, _, pos in op:
+            last[key] = pos
+    seen: dict[int, float] = {}
+    out: list[float | None] = []
+    for op in accesses:
+        num = den = 0.0
+        for key, nbytes, pos in op:
+            prev = seen.get(key)
+            dist = pos - prev if prev is not None else total - last[key] + pos
+            num, den = num + nbytes * dist, den + nbytes
+            seen[key] = pos
+        out.append(num / den if den > 0 else None)
+    return out
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self, tracker: ModuleTracker, phase_fn: Callable[[], str]) -> None:
         super().__init__()
         self.tracker, self.phase_fn = tracker, phase_fn
         self.ops: list[OpRecord] = []
+        self.accesses: list[list[tuple[int, int, float]]] = []  # per op: (storage, bytes, position) of inputs
+        self.pos = 0.0  # bytes touched so far
+
+    def reuse(self) -> list[OpRecord]:
+        """The ops with their inputs' reuse distances filled in."""
+        from dataclasses import replace
+
+        dists = _reuse_distances(self.accesses, self.pos)
+        return [replace(o, reuse_bytes=d) for o, d in zip(self.ops, dists, strict=True)]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -180,6 +228,8 @@ class _Recorder(TorchDispatchMode):
             by = float(sum(_nbytes(t) for t in ins) + sum(_nbytes(t) for t in outs))
             packet = func._overloadpacket
             name = packet.__name__
+            if name in _GATHER:  # a lookup reads the rows it gathers (= its output) and the indices, not the table
+                by = float(sum(2 * _nbytes(t) for t in outs) + sum(_nbytes(t) for t in ins[1:]))
             if packet in flop_registry:
                 flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
             elif kind == "attention":
@@ -198,7 +248,15 @@ class _Recorder(TorchDispatchMode):
         vc = vector_class(func._overloadpacket.__name__) if kind in ("elementwise", "reduction") else ""
         in_ids = {id(t) for t in ins}
         alloc = float(max((_nbytes(t) for t in outs if id(t) not in in_ids), default=0)) if kind != "view" else 0.0
+        acc = []
+        if kind != "view":
+            for t in ins:
+                key = _storage_key(t)
+                if key is not None:
+                    acc.append((key, _nbytes(t), self.pos))
+            self.pos += by
         self.ops.append(OpRecord(str(func), kind, flops, by, dtype, module, self.phase_fn(), vc, alloc))
+        self.accesses.append(acc)
         return out
 
 
@@ -211,10 +269,18 @@ def _record(fn: Callable[[], Any], name: str, batch: int, mode: str, module: tor
             return "forward" if len(tracker.parents) > 1 else "other"
 
         rec = _Recorder(tracker, phase)
-        with rec:
-            fn()
+        calls = {"torch": 0, "library": 0}
+
+        def count(m, _args):
+            calls["torch" if type(m).__module__.startswith("torch.") else "library"] += 1
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            with rec:
+                fn()
+        finally:
+            handle.remove()
     pb = sum(_nbytes(p) for p in module.parameters()) if module is not None else 0
-    return Profile(name, batch, mode, rec.ops, pb)
+    return Profile(name, batch, mode, rec.reuse(), pb, calls)
 
 
 def trace_callable(fn: Callable[[], Any], name: str = "ops", batch: int = 1, mode: str = "ops") -> Profile:
@@ -257,12 +323,19 @@ def trace_train_step(module: torch.nn.Module, inputs: Any, targets: torch.Tensor
 def trace_per_example_grads(module: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                             loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                             name: str = "model") -> Profile:
-    """Kernels of per-example gradients by ``torch.func.vmap(grad(loss))`` (batched, no batch-1 loop)."""
+    """Kernels of per-example gradients by ``torch.func.vmap(grad(loss))`` (batched, no batch-1 loop).
+
+    Only parameters with ``requires_grad`` get per-example gradients (LoRA: the adapters); frozen ones are
+    passed as constants, so the trace holds their forward and input-gradient kernels but no weight gradients."""
     from torch.func import functional_call, grad, vmap
 
     loss_fn = loss_fn or _default_loss
-    params = {k: v.detach() for k, v in module.named_parameters()}
-    buffers = {k: v.detach() for k, v in module.named_buffers()}
+    params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach() for k, v in module.named_parameters() if not v.requires_grad}
+    buffers = {**frozen, **{k: v.detach() for k, v in module.named_buffers()}}
+    if not params:
+        raise HwError("trace_per_example_grads: the module has no parameters with requires_grad "
+                      "(nothing to differentiate)")
 
     def one(p, xi, yi):
         out = functional_call(module, (p, buffers), (xi.unsqueeze(0),))
