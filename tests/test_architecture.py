@@ -43,30 +43,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # ``leanml.serve`` itself (its __init__) is the assembler on top.
 SERVE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("types",),
-    ("config",),
+    ("policy",),  # the Policy/ControlSurface contracts and the policy registry
     ("variants",),
+    ("config",),
     ("workload",),
     ("dataplane",),
     ("control",),
-    ("builder",),  # config -> profiled variants, used by control and sim
+    ("builder",),  # config -> profiled variants -> a runtime
+    ("ray_backend",),  # the same runtimes as Ray Serve deployments
     ("sim",),
     ("demo",),
 )
-
-# ---- allowance: the serving circles, being broken in parallel (issue 18, serve half) ---------------
-# Each entry is a frozenset of the modules of one known cycle (a strongly connected component) or one
-# known upward edge (importer, imported). The lead deletes this block, and its two uses below marked
-# KNOWN_SERVE, at merge once the serve half lands; the check is then strict for serve too.
-KNOWN_SERVE_CYCLES: set[frozenset[str]] = {
-    frozenset({"leanml.serve.variants.llm", "leanml.serve.variants.prototypes"}),
-}
-KNOWN_SERVE_UPWARD: set[tuple[str, str]] = {
-    ("leanml.serve.config", "leanml.serve.dataplane.routing"),
-    ("leanml.serve.config", "leanml.serve.variants.prototypes"),
-    ("leanml.serve.dataplane.runtime", "leanml.serve.builder"),
-    ("leanml.serve.dataplane.runtime", "leanml.serve.control.profiles"),
-}
-# ---- end of allowance ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -211,8 +198,7 @@ def upward(edges: list[Edge]) -> list[str]:
             if e.dst == "leanml.serve":
                 bad.append(f"{e.src} -> leanml.serve ({e.kind}, line {e.line}): a serve module imports the "
                            "package's assembler")
-        elif sa is not None and sb is not None and sa[1] != sb[1] and sb[0] >= sa[0] \
-                and (e.src, e.dst) not in KNOWN_SERVE_UPWARD:  # KNOWN_SERVE
+        elif sa is not None and sb is not None and sa[1] != sb[1] and sb[0] >= sa[0]:
             bad.append(f"{e.src} -> {e.dst} ({e.kind} import, line {e.line}): serve layer {sa[1]!r} "
                        f"may not import {sb[1]!r}")
     return bad
@@ -240,7 +226,7 @@ def test_graph_sees_the_package(edges):
 
 
 def test_no_import_cycles(edges):
-    found = [c for c in cycles(edges, {"top", "function"}) if frozenset(c) not in KNOWN_SERVE_CYCLES]  # KNOWN_SERVE
+    found = cycles(edges, {"top", "function"})
     assert not found, "import circles (break them: see docs/architecture.md):\n" + "\n".join(
         describe_cycle(c, edges) for c in found)
 
