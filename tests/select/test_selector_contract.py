@@ -132,9 +132,8 @@ def test_missing_input_is_named(method):
     """Without the target, texts, holdout or learner a method needs: a SelectionError that says which."""
     cls = _REGISTRY[method]
     bare = Pool(_SPLIT[0][:N_POOL], None, name="bare")  # no labels, learner, texts, holdout or target
-    if not cls.needs and not cls.needs_target:
-        assert get_selector(method).applicable(bare, None) is None
-        return
+    if not cls.needs and not cls.needs_target and get_selector(method).applicable(bare, None) is None:
+        return  # needs nothing a bare pool lacks; one that needs "features or a learner" must say so below
     with pytest.raises(SelectionError) as e:
         get_selector(method).select(bare, K)
     msg = str(e.value)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from leanml.store.store import GradientStore
+    from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
 BLOCK_ROWS = 16384
 RIDGE = 1e-3
@@ -310,12 +310,17 @@ def mean_q(blk: Block, dev: torch.device) -> torch.Tensor | None:
 
 
 def trak(feats: FeatureBlocks, target: np.ndarray | Sequence[np.ndarray], *, ridge: float = RIDGE,
-         block_rows: int = BLOCK_ROWS, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+         block_rows: int = BLOCK_ROWS, device: str | None = None,
+         kernel_feats: FeatureBlocks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """TRAK attributions (ids ``[N]``, ``[N, T]``): the predicted change of each target's output (the function
-    its features differentiate) from including each row; see the module docstring for the estimator."""
+    its features differentiate) from including each row; see the module docstring for the estimator.
+
+    ``kernel_feats``: the rows the kernel ``Phi^T Phi`` spans when they are more than the rows scored (a filtered
+    query scores a subset, but the training set, and so the kernel, is every stored row); default ``feats``."""
     dev = _device(device)
     ts = _targets(feats, target)
-    Ks = kernels(feats, ridge=ridge, block_rows=block_rows, device=device)
+    Ks = kernels(kernel_feats if kernel_feats is not None else feats, ridge=ridge, block_rows=block_rows,
+                 device=device)
     try:
         M = [torch.linalg.solve(K, _t(t, dev).T) for K, t in zip(Ks, ts, strict=True)]  # [d, T]
     except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError

@@ -159,14 +159,17 @@ def trak_kernel_inverse(store: GradientStore, checkpoint: str, *, ridge: float =
 
 
 def trak_scores(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], *, ridge: float = scoring.RIDGE,
-                block_rows: int = scoring.BLOCK_ROWS, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                block_rows: int = scoring.BLOCK_ROWS, device: str | None = None,
+                kernel_store: GradientStore | None = None) -> tuple[np.ndarray, np.ndarray]:
     """TRAK attribution scores (ids ``[N]``, scores ``[N, nq]``) by `leanml.store.scoring.trak`.
 
     ``mean_c[φ_c(i)ᵀ (Φ_cᵀΦ_c + λI)^-1 φ_c(q)] * mean_c[1 - p_c(i)]`` (Park et al., 2023, eq. 11), with the
     store's per-row ``1 - p`` (stores created with ``one_minus_p=True``; others use Q = 1 and warn).
+    ``kernel_store``: the rows Φ spans when ``store`` is a filtered view of them (default: ``store``).
     """
+    kf = None if kernel_store is None else scoring.StoreBlocks(kernel_store)
     return scoring.trak(scoring.StoreBlocks(store), as_per_checkpoint(store, queries), ridge=ridge,
-                        block_rows=block_rows, device=device)
+                        block_rows=block_rows, device=device, kernel_feats=kf)
 
 
 def dsdm_scores(store: GradientStore, loss_queries: np.ndarray | Sequence[np.ndarray], *,

@@ -1,9 +1,9 @@
 """Relational and tensor steps: ``where`` and ``join`` in DuckDB, ``score`` through the store's scoring
 functions (`leanml.store.search`), ``top`` / ``sample``.
 
-``score`` is the one adapter to the scoring code: it hands `less_scores`, `score_all`, `trak_scores` /
-`trak_kernel_inverse` a `RowView` of the current rows, so a filter placed before it (or pushed below
-it by the rewrite) means only those rows are read, decoded and multiplied.
+``score`` is the one adapter to the scoring code: it hands `less_scores`, `score_all` and `trak_scores` a
+`RowView` of the current rows, so a filter placed before it (or pushed below it by the rewrite) means only
+those rows are read, decoded and multiplied (TRAK's kernel still spans every stored row: ``kernel_store``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _target(source: Source, target: Any, subtasks: Any, step: str) -> tuple[list
 def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown: bool,
           step: str, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(ids, one score per row) for the rows at ``positions``; ``pushdown`` = aggregation pushdown on."""
-    from leanml.store.search import less_scores, score_all, trak_kernel_inverse, trak_scores
+    from leanml.store.search import less_scores, score_all, trak_scores
 
     method, reduce = args["method"], args.get("reduce", "mean")
     qs, subtasks = _target(source, args["target"], args.get("subtasks"), step)
@@ -118,14 +118,8 @@ def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown:
                              block_rows=br, device=device)
         return score_all(view, qs, metric="ip", reduce=reduce, block_rows=br, device=device)
     # trak: the kernel (Φ^T Φ + λI)^-1 is over every stored row, whatever the filter
-    if positions is None:
-        ids, S = trak_scores(view, qs, block_rows=br, device=device)
-    else:
-        full = RowView(source)
-        pre = [q @ trak_kernel_inverse(full, c, block_rows=br).astype(np.float32).T
-               for q, c in zip(qs, source.checkpoint_names(), strict=True)]
-        w = np.full(len(pre), 1.0 / len(pre))
-        ids, S = score_all(view, pre, metric="ip", weights=w, block_rows=br, device=device)
+    kernel = None if positions is None else RowView(source)
+    ids, S = trak_scores(view, qs, block_rows=br, device=device, kernel_store=kernel)
     return ids, (S.mean(1) if reduce == "mean" else S.max(1))
 
 

@@ -69,6 +69,10 @@ class Source:
     def bytes_per_row(self) -> int:
         raise NotImplementedError
 
+    def one_minus_p(self, checkpoint: str) -> np.ndarray | None:
+        """Each row's stored ``1 - p`` (TRAK's Q weights) at ``checkpoint``, by position; None when not stored."""
+        return None
+
     _con: Any = None
 
     @contextmanager
@@ -114,6 +118,7 @@ class StoreSource(Source):
         self._ids = store.ids()
         self._offsets = {c: np.cumsum([0] + [s.rows for s in m.shards_of(c)]) for c in store.checkpoint_names()}
         self._open: dict[str, list] = {}
+        self._q: dict[str, np.ndarray | None] = {}
 
     def checkpoint_names(self) -> list[str]:
         return self.store.checkpoint_names()
@@ -126,6 +131,11 @@ class StoreSource(Source):
 
     def bytes_per_row(self) -> int:
         return self.store.codec.bytes_per_row(self.manifest.dim)
+
+    def one_minus_p(self, checkpoint: str) -> np.ndarray | None:
+        if checkpoint not in self._q:
+            self._q[checkpoint] = self.store.one_minus_p(checkpoint)  # manifest shard order = position order
+        return self._q[checkpoint]
 
     def _shards(self, checkpoint: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """Every shard's memmapped (ids, codes, aux), opened once per source (file opens dominate small scans)."""
@@ -164,7 +174,8 @@ class ArraySource(Source):
     """In-memory features ``[C, n, d]`` (or ``[n, d]``) with ids, checkpoint weights and optional metadata."""
 
     def __init__(self, features: np.ndarray, ids: np.ndarray | None = None, *, weights: Any = None,
-                 metadata: pa.Table | dict | None = None, name: str = "arrays") -> None:
+                 metadata: pa.Table | dict | None = None, name: str = "arrays",
+                 one_minus_p: np.ndarray | None = None) -> None:
         x = np.asarray(features, dtype=np.float32)
         x = x[None] if x.ndim == 2 else x
         if x.ndim != 3 or x.shape[1] == 0:
@@ -178,6 +189,10 @@ class ArraySource(Source):
             raise QueryError("source", f"{x.shape[0]} checkpoints but {len(self._w)} weights")
         self.meta = pa.table(metadata) if isinstance(metadata, dict) else metadata
         self.root, self.manifest = name, _Manifest(x.shape[2], "fp32", None)
+        self._q = None if one_minus_p is None else np.asarray(one_minus_p, dtype=np.float64).reshape(x.shape[0], -1)
+        if self._q is not None and self._q.shape[1] != x.shape[1]:
+            raise QueryError("source", f"one_minus_p must be [C, n] = [{x.shape[0]}, {x.shape[1]}], "
+                                       f"got {np.shape(one_minus_p)}")
 
     def checkpoint_names(self) -> list[str]:
         return [f"c{i}" for i in range(self.x.shape[0])]
@@ -190,6 +205,9 @@ class ArraySource(Source):
 
     def bytes_per_row(self) -> int:
         return 4 * self.manifest.dim
+
+    def one_minus_p(self, checkpoint: str) -> np.ndarray | None:
+        return None if self._q is None else self._q[self.checkpoint_names().index(checkpoint)]
 
     def _c(self, checkpoint: str) -> np.ndarray:
         return self.x[self.checkpoint_names().index(checkpoint)]
@@ -229,6 +247,14 @@ class RowView:
     def ids(self, checkpoint: str | None = None) -> np.ndarray:
         all_ids = self.source.ids()
         return all_ids if self.positions is None else all_ids[self.positions]
+
+    def has_one_minus_p(self) -> bool:
+        return self.source.one_minus_p(self.checkpoint_names()[0]) is not None
+
+    def one_minus_p(self, checkpoint: str | None = None) -> np.ndarray | None:
+        """The source's ``1 - p`` over these positions, in `iter_blocks` order (None when not stored)."""
+        q = self.source.one_minus_p(checkpoint or self.checkpoint_names()[0])
+        return q if q is None or self.positions is None else q[self.positions]
 
     def iter_blocks(self, checkpoint: str | None = None,
                     block_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
