@@ -21,8 +21,8 @@ ALL_ARRAY_METHODS = ("full", "random", "random-balanced", "loss", "el2n", "dlis"
                      "less-dedup")
 TEXT_METHODS = ("embedding", "bm25")
 # What each LESS variant is, for tables: the paper's rule is the reference, the rest are named as what they change.
-VARIANTS = {"less": "reference: max over subtasks", "less-balanced": "balanced: round-robin over subtasks",
-            "less-zmax": "ablation: z-scored, then max", "less-single": "ablation: one task (mean)"}
+VARIANTS = {"less": "reference (max)", "less-balanced": "balanced (round-robin)",
+            "less-zmax": "ablation: z-scored max", "less-single": "ablation: one task"}
 
 
 def less_params(**p: object) -> dict[str, dict[str, object]]:
