@@ -50,13 +50,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import attribution_peers as peers  # noqa: E402
-
 from leanml.grads.lds import lds, retrain_outputs, subset_masks  # noqa: E402
 from leanml.io import atomic_write, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution_quality.json"
 DIM = 512
-RIDGES = (1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0)  # TRAK damping grid, relative to the kernel's mean diagonal
+RIDGES = (1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0)  # TRAK damping grid, relative to the kernel's mean diagonal
 
 
 @dataclass
@@ -84,17 +83,18 @@ def build_setup(name: str, quick: bool, n_test: int) -> Setup:
         return Setup(name, lr, tr.X, tr.y, te.X[:n_test], te.y[:n_test], te.X[n_test : 2 * n_test],
                      te.y[n_test : 2 * n_test], "logistic regression 64->10, Adam lr 0.05, 8 epochs, batch 64")
     if name == "cifar10-cnn":
-        n = 300 if quick else 1000
+        n = 200 if quick else 1000
         tr, te = load("cifar10", "train"), load("cifar10", "test")
         rng = np.random.default_rng(0)
         itr = np.sort(rng.choice(len(tr), n, replace=False))
         ite = rng.choice(len(te), 2 * n_test, replace=False)
         ite, iva = np.sort(ite[:n_test]), np.sort(ite[n_test:])
-        epochs = 4 if quick else 8
+        epochs = 3 if quick else 8
         lr = TorchClassifier(lambda s: build_cnn(10, 3, width=8, seed=0), 10,
                              TrainConfig(epochs=epochs, batch_size=64, lr=3e-3))
         return Setup(name, lr, np.asarray(tr.X[itr], np.float32), tr.y[itr], np.asarray(te.X[ite], np.float32),
-                     te.y[ite], np.asarray(te.X[iva], np.float32), te.y[iva], f"build_cnn(width=8), {n} train, Adam lr 3e-3, {epochs} epochs, batch 64")
+                     te.y[ite], np.asarray(te.X[iva], np.float32), te.y[iva],
+                     f"build_cnn(width=8), {n} train, Adam lr 3e-3, {epochs} epochs, batch 64")
     raise SystemExit(f"--setups: unknown setup {name!r}; choose from digits-logreg, cifar10-cnn")
 
 
@@ -108,7 +108,8 @@ def margins(learner: Any, model: torch.nn.Module, X: np.ndarray, y: np.ndarray) 
 
 
 def ground_truth(s: Setup, masks: np.ndarray, cache: bool) -> tuple[np.ndarray, bool, float]:
-    """Margins ``(M, T + V)`` (test, then validation examples) of models retrained on each subset (cached by setup, data and masks)."""
+    """Margins ``(M, T + V)`` (test, then validation examples) of models retrained on each subset
+    (cached by setup, data and masks)."""
     from leanml.data.root import cache_dir
 
     key = hashlib.sha1(b"".join([s.desc.encode(), masks.tobytes(), s.Xtr[:50].tobytes(), s.yte.tobytes(),
@@ -234,8 +235,10 @@ def run_setup(name: str, a: argparse.Namespace) -> dict[str, Any]:
             "n_subsets": a.subsets, "n_checkpoints": len(cks), "proj_dim": DIM,
             "ground_truth_cached": cached, "ground_truth_seconds": gt_secs, "rows": rows,
             "lds_leanml": ours["lds"], "lds_leanml_ci95": ours["ci95"], "leanml_method": ours["method"],
-            "lds_leanml_default_ridge": default["lds"], "validation_lds_by_ridge": {str(k): v for k, v in val_lds.items()},
-            "lds_traker": by.get("traker TRAKer", {}).get("lds"), "lds_traker_ci95": by.get("traker TRAKer", {}).get("ci95"),
+            "lds_leanml_default_ridge": default["lds"],
+            "validation_lds_by_ridge": {str(k): v for k, v in val_lds.items()},
+            "lds_traker": by.get("traker TRAKer", {}).get("lds"),
+            "lds_traker_ci95": by.get("traker TRAKer", {}).get("ci95"),
             "lds_best_peer": None if best is None else best["lds"],
             "lds_best_peer_ci95": None if best is None else best["ci95"],
             "best_peer": None if best is None else best["method"],
@@ -244,15 +247,15 @@ def run_setup(name: str, a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="20 subsets, 40 held-out examples, smaller CIFAR subset")
+    ap.add_argument("--quick", action="store_true", help="10 subsets, 20 held-out examples, 200 CIFAR images")
     ap.add_argument("--setups", default="digits-logreg,cifar10-cnn")
     ap.add_argument("--subsets", type=int, default=None, help="retrained models per setup (default 50; quick 20)")
     ap.add_argument("--n-test", type=int, default=None, help="held-out examples (default 100; quick 40)")
     ap.add_argument("--no-cache", action="store_true", help="retrain the ground-truth models even when cached")
     ap.add_argument("--results", type=Path, default=RESULTS)
     a = ap.parse_args()
-    a.subsets = a.subsets or (20 if a.quick else 50)
-    a.n_test = a.n_test or (40 if a.quick else 100)
+    a.subsets = a.subsets or (10 if a.quick else 50)
+    a.n_test = a.n_test or (20 if a.quick else 100)
     if a.subsets < 2 or a.n_test < 2:
         raise SystemExit("--subsets and --n-test must be >= 2")
     t0 = time.time()
@@ -264,8 +267,8 @@ def main() -> None:
             lv = "n/a" if r["lds"] is None else f"{r['lds']:.3f}"
             sec = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
             print(f"{st['setup']:>14} | {r['method']:>46} | {lv:>7} | {ci:>17} | {sec:>8} | {r['note']}")
-    keys = ("lds_leanml", "lds_leanml_ci95", "leanml_method", "lds_leanml_default_ridge", "lds_traker", "lds_traker_ci95", "lds_best_peer", "lds_best_peer_ci95",
-            "best_peer")
+    keys = ("lds_leanml", "lds_leanml_ci95", "leanml_method", "lds_leanml_default_ridge", "lds_traker",
+            "lds_traker_ci95", "lds_best_peer", "lds_best_peer_ci95", "best_peer")
     head = {"benchmark": "attribution_quality", "quick": a.quick,
             "per_setup": {st["setup"]: {k: st[k] for k in keys} for st in setups}}
     result = {**head, "setups": setups, "seconds": time.time() - t0, "command": " ".join(sys.argv),
