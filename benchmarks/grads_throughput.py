@@ -166,9 +166,10 @@ def interleaved(contenders: dict[str, Any], batches: list[dict], dev: str, round
     return {name: {"method": name, "examples": n, "ex_per_s": n / t[name], "extrapolated": False} for name in names}
 
 
-def peers_config(n: int, bs: int, dev: str, rank: int = 32) -> list[dict]:
+def peers_config(n: int, bs: int, dev: str, rank: int = 32, ekfac_batches: int = 2) -> list[dict]:
     """LoGra features of MiniLM's q/k/v/o weights (24 x 384 x 384), r x r per layer, no second stage:
-    leanml factorized, LogIX, bergson and the fwd+bwd floor, interleaved on the same batches."""
+    leanml factorized, LogIX, bergson and the fwd+bwd floor, interleaved on the same batches; then EK-FAC
+    influence (factors + scores) by kronfluence and by leanml on the first ``ekfac_batches`` batches."""
     import grads_peers as gp
     from leanml.grads import FactorizedProjector
     from leanml.models.text import load_minilm_lora
@@ -195,10 +196,11 @@ def peers_config(n: int, bs: int, dev: str, rank: int = 32) -> list[dict]:
     rows = list(interleaved(contenders, batches, dev).values())
     rows += [{"method": m, "examples": 0, "ex_per_s": None, "extrapolated": False, "note": why}
              for m, why in notes.items()]
-    rows.append({"method": "kronfluence (EK-FAC factors + scores)", "examples": 0, "ex_per_s": None,
-                 "extrapolated": False, "note": "not timed yet: its output is EK-FAC factors and pairwise scores (the "
-                 "counterpart of leanml.grads.EKFAC.fit + scoring), not per-example features; imports here "
-                 "with --no-deps"})
+    try:  # EK-FAC influence end to end: kronfluence against leanml.grads.EKFAC on the same layers
+        rows += gp.ekfac_vs_kronfluence(model, loss, batches[:ekfac_batches], n_query=8, rank=rank)
+    except gp.PeerUnavailable as e:
+        rows.append({"method": "kronfluence EK-FAC fit + scores", "examples": 0, "ex_per_s": None,
+                     "extrapolated": False, "note": str(e)})
     base = {"model": "minilm", "rank": f"qkvo-r{rank}", "k": len(names) * rank * rank,
             "lora_params": sum(model.get_submodule(nm).weight.numel() for nm in names), "batch_size": bs}
     return [{**base, "peak_mib": None, **r} for r in rows]
@@ -349,7 +351,8 @@ def main() -> None:
         rows += new
         print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s", file=sys.stderr)
     t0 = time.time()
-    peer_rows = peers_config(n, bs, dev)
+    peer_n = a.n or (48 if a.quick else 256)  # enough timed batches for the interleaved comparison
+    peer_rows = peers_config(peer_n, bs, dev, ekfac_batches=1 if a.quick else 4)
     rows += peer_rows
     print(f"# peers (MiniLM q/k/v/o LoGra): {time.time() - t0:.0f} s", file=sys.stderr)
     hdr = ["model", "rank", "k", "method", "ex_per_s", "peak_mib", "extrapolated"]
@@ -370,7 +373,11 @@ def main() -> None:
                 "best_peer": None if best_peer is None else best_peer["method"],
                 "best_peer_floor_ratio": None if best_peer is None else fl / best_peer["ex_per_s"] - 1,
                 "overhead_vs_floor": fl / ours - 1, "leanml_ex_per_s": ours}
-    head = ratios(peer_rows, ("LogIX", "bergson"))
+    head = ratios([r for r in peer_rows if "EK" not in r["method"]], ("LogIX", "bergson"))
+    ek = {r["method"].split()[0]: r for r in peer_rows if "EK" in r["method"] and r["ex_per_s"]}
+    head["ekfac_speedup_vs_kronfluence"] = (ek["leanml"]["ex_per_s"] / ek["kronfluence"]["ex_per_s"]
+                                            if {"leanml", "kronfluence"} <= set(ek) else None)
+    head["ekfac_agreement_with_kronfluence"] = ek.get("leanml", {}).get("agreement_with_kronfluence")
     per_config = {f"{m}-r{r}": ratios([x for x in rows if x["model"] == m and x["rank"] == r],
                                       ("LESS", "batched grads + traker")) for m, r, _ in configs}
     result = {
@@ -387,7 +394,8 @@ def main() -> None:
     a.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_best_peer", "best_peer",
-                                             "overhead_vs_floor", "headline_config", "per_config")}, default=float))
+                                             "overhead_vs_floor", "ekfac_speedup_vs_kronfluence",
+                                             "headline_config", "per_config")}, default=float))
 
 
 if __name__ == "__main__":
