@@ -188,7 +188,8 @@ def ekfac_vs_kronfluence(model: nn.Module, loss: Any, batches: list[dict[str, to
              "spearman": float(spearmanr(ours.ravel(), theirs.ravel()).statistic),
              "pearson_off_diagonal": float(np.corrcoef(ours[off], theirs[off])[0, 1]),
              "spearman_off_diagonal": float(spearmanr(ours[off], theirs[off]).statistic),
-             "spearman_per_query_mean": float(np.mean([spearmanr(a, b).statistic for a, b in zip(ours, theirs, strict=True)]))}
+             "spearman_per_query_mean": float(np.mean([spearmanr(a, b).statistic
+                                                       for a, b in zip(ours, theirs, strict=True)]))}
     n = len(train_rows)
     note = f"{n} train x {n_query} queries, end to end"
     return [{"method": "leanml EKFAC (projected 32x32) fit + scores", "examples": n, "ex_per_s": n / t_ours,
