@@ -1,28 +1,27 @@
-"""How fast does leanml extract per-example gradient features, against a LESS-style loop and the fwd+bwd floor?
+"""How fast does leanml extract per-example gradient features, against the peer libraries and the fwd+bwd floor?
 
-Side by side, on the same examples, per model and LoRA configuration:
-  (a) LESS-style: batch 1, full LoRA gradient (``p.grad`` concatenated), dense projection with
-      ``traker``'s ``BasicProjector`` (the projector TRAK and LESS fall back to without ``fast_jl``;
-      installed with ``pip install traker --no-deps``; if absent, an equivalent block-wise projector
-      written here is used and the table says so);
-  (b) leanml dense (batched per-example gradients, block-generated JL projection);
+Peer comparison (the headline), MiniLM-L6 on SST-2, LoGra features of the q/k/v/o weights (24 layers
+of 384 x 384, 32 x 32 per layer, no second stage), every contender on its own copy of the model and
+the same batches, interleaved batch by batch with a rotating order (benchmarks/grads_peers.py):
+  leanml factorized | LogIX's LoGra logging (logix-ai) | bergson's InMemoryCollector | floor.
+Then EK-FAC influence end to end (factors, then query x train scores): kronfluence against
+leanml.grads.EKFAC, with the agreement of their scores.
+Per LoRA configuration (MiniLM; SmolLM2-135M on 128-token T0 sequences with --models smollm2):
+  (a) LESS-style: batch 1, full LoRA gradient, dense projection with ``traker``'s ``BasicProjector``
+      (the projector TRAK and LESS fall back to without ``fast_jl``; the row names its projector);
+  (b) leanml dense, and the same batched gradients through traker's projector;
   (c) leanml factorized (LoGra-style, per layer, then a sparse JL stage to k);
   (d) floor: plain forward+backward of the same batches to the same parameters, no features.
-(c) and (d) run interleaved, batch by batch, so that other load on the machine hits both alike.
-Models: MiniLM-L6 + LoRA on SST-2, SmolLM2-135M + LoRA on 128-token T0 sequences, at LESS's
-defaults (rank 128 on q/k/v/o, k = 8192) and at rank 8.
+Where a dense projection is too large to generate within the run (``D*k`` numbers per call), its
+projection time is measured at a smaller k' and scaled by k/k' (rows marked ``extrapolated``).
 
-Where a dense projection is too large to generate within the run on this device (the matrix has
-``D*k`` entries; regenerated per call by both (a) and (b)), its projection time is measured at a
-smaller k' and scaled by k/k' (projection time is linear in k); such rows are marked
-``extrapolated``. The per-example gradient part is always measured in full.
+    python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init] [--models minilm,smollm2]
 
-    python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init]
-
-On a GPU, ``--random-init`` (the default there) builds a randomly initialised Llama of SmolLM2's shape,
-since the packaged weights may not be installable there. Headline keys: ``device``,
-``speedup_vs_less`` (leanml's best over (a) at LESS's defaults), ``overhead_vs_floor`` (leanml's best
-time over (d), minus 1, at the same configuration).
+Peers: ``pip install --no-deps --ignore-requires-python logix-ai bergson kronfluence`` then the
+``peers-grads`` extra (see pyproject.toml); a peer that does not import becomes a row saying why.
+Headline keys: ``speedup_vs_best_peer`` (leanml factorized over the fastest of LogIX and bergson),
+``overhead_vs_floor`` (leanml's time over the floor's, minus 1), ``ekfac_speedup_vs_kronfluence``;
+``per_config`` gives the same ratios against the LESS-style and traker-projector rows.
 """
 
 from __future__ import annotations
