@@ -379,8 +379,12 @@ def main() -> None:
     head["ekfac_agreement_with_kronfluence"] = ek.get("leanml", {}).get("agreement_with_kronfluence")
     # dense-projection features: leanml dense against the LESS-style loop and traker's projector on the
     # same batched gradients (leanml factorized is another kind of feature; its floor ratio is in the rows)
-    per_config = {f"{m}-r{r}": ratios([x for x in rows if x["model"] == m and x["rank"] == r],
-                                      ("LESS", "batched grads + traker"), "leanml dense") for m, r, _ in configs}
+    per_config = {}
+    for m, r, _ in configs:
+        rs = [x for x in rows if x["model"] == m and x["rank"] == r]
+        per_config[f"{m}-r{r}"] = {**ratios(rs, ("LESS", "batched grads + traker"), "leanml dense"),
+                                   "factorized_overhead_vs_floor": ratios(rs, (), "leanml factorized")[
+                                       "overhead_vs_floor"]}
     result = {
         "benchmark": "grads_throughput", "quick": a.quick,
         "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
