@@ -318,7 +318,8 @@ def run_config(model_name: str, rank: int, k: int, n: int, bs: int, less_n: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="MiniLM only, small k and few examples, then the peer comparison (about 1 min of compute).")
+    ap.add_argument("--quick", action="store_true",
+                    help="MiniLM only, small k and few examples, then the peer comparison (about 1 min of compute).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--random-init", action="store_true", help="SmolLM2-shaped Llama with random weights.")
     ap.add_argument("--models", default="minilm,smollm2")
