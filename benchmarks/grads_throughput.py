@@ -1,28 +1,27 @@
-"""How fast does leanml extract per-example gradient features, against a LESS-style loop and the fwd+bwd floor?
+"""How fast does leanml extract per-example gradient features, against the peer libraries and the fwd+bwd floor?
 
-Side by side, on the same examples, per model and LoRA configuration:
-  (a) LESS-style: batch 1, full LoRA gradient (``p.grad`` concatenated), dense projection with
-      ``traker``'s ``BasicProjector`` (the projector TRAK and LESS fall back to without ``fast_jl``;
-      installed with ``pip install traker --no-deps``; if absent, an equivalent block-wise projector
-      written here is used and the table says so);
-  (b) leanml dense (batched per-example gradients, block-generated JL projection);
+Peer comparison (the headline), MiniLM-L6 on SST-2, LoGra features of the q/k/v/o weights (24 layers
+of 384 x 384, 32 x 32 per layer, no second stage), every contender on its own copy of the model and
+the same batches, interleaved batch by batch with a rotating order (benchmarks/grads_peers.py):
+  leanml factorized | LogIX's LoGra logging (logix-ai) | bergson's InMemoryCollector | floor.
+Then EK-FAC influence end to end (factors, then query x train scores): kronfluence against
+leanml.grads.EKFAC, with the agreement of their scores.
+Per LoRA configuration (MiniLM; SmolLM2-135M on 128-token T0 sequences with --models smollm2):
+  (a) LESS-style: batch 1, full LoRA gradient, dense projection with ``traker``'s ``BasicProjector``
+      (the projector TRAK and LESS fall back to without ``fast_jl``; the row names its projector);
+  (b) leanml dense, and the same batched gradients through traker's projector;
   (c) leanml factorized (LoGra-style, per layer, then a sparse JL stage to k);
   (d) floor: plain forward+backward of the same batches to the same parameters, no features.
-(c) and (d) run interleaved, batch by batch, so that other load on the machine hits both alike.
-Models: MiniLM-L6 + LoRA on SST-2, SmolLM2-135M + LoRA on 128-token T0 sequences, at LESS's
-defaults (rank 128 on q/k/v/o, k = 8192) and at rank 8.
+Where a dense projection is too large to generate within the run (``D*k`` numbers per call), its
+projection time is measured at a smaller k' and scaled by k/k' (rows marked ``extrapolated``).
 
-Where a dense projection is too large to generate within the run on this device (the matrix has
-``D*k`` entries; regenerated per call by both (a) and (b)), its projection time is measured at a
-smaller k' and scaled by k/k' (projection time is linear in k); such rows are marked
-``extrapolated``. The per-example gradient part is always measured in full.
+    python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init] [--models minilm,smollm2]
 
-    python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init]
-
-On a GPU, ``--random-init`` (the default there) builds a randomly initialised Llama of SmolLM2's shape,
-since the packaged weights may not be installable there. Headline keys: ``device``,
-``speedup_vs_less`` (leanml's best over (a) at LESS's defaults), ``overhead_vs_floor`` (leanml's best
-time over (d), minus 1, at the same configuration).
+Peers: ``pip install --no-deps --ignore-requires-python logix-ai bergson kronfluence`` then the
+``peers-grads`` extra (see pyproject.toml); a peer that does not import becomes a row saying why.
+Headline keys: ``speedup_vs_best_peer`` (leanml factorized over the fastest of LogIX and bergson),
+``overhead_vs_floor`` (leanml's time over the floor's, minus 1), ``ekfac_speedup_vs_kronfluence``;
+``per_config`` gives the same ratios against the LESS-style and traker-projector rows.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
 from leanml.grads import CausalLMLoss, ClassificationLoss, GradientComputer
 from leanml.io import atomic_write_text
 
@@ -143,6 +143,68 @@ def leanml_and_floor(gc: GradientComputer, batches: list[dict], dev: str, rounds
              "peak_mib": peak["floor"], "extrapolated": False}]
 
 
+def interleaved(contenders: dict[str, Any], batches: list[dict], dev: str, rounds: int = 2) -> dict[str, dict]:
+    """Time each contender's ``step(batch)`` on every batch, rotating the order per batch so that other
+    load on the machine hits all alike; one warm-up step each on the first batch (not timed)."""
+    for c in contenders.values():
+        c(batches[0])
+    timed = batches[1:] if len(batches) > 1 else batches
+    names = list(contenders)
+    t = dict.fromkeys(names, 0.0)
+    n = 0
+    for r in range(rounds):
+        for i, b in enumerate(timed):
+            k = (i + r) % len(names)
+            for name in names[k:] + names[:k]:
+                _sync(dev)
+                t0 = time.perf_counter()
+                contenders[name](b)
+                _sync(dev)
+                t[name] += time.perf_counter() - t0
+            n += len(next(iter(b.values())))
+    return {name: {"method": name, "examples": n, "ex_per_s": n / t[name], "extrapolated": False} for name in names}
+
+
+def peers_config(n: int, bs: int, dev: str, rank: int = 32, ekfac_batches: int = 2) -> list[dict]:
+    """LoGra features of MiniLM's q/k/v/o weights (24 x 384 x 384), r x r per layer, no second stage:
+    leanml factorized, LogIX, bergson and the fwd+bwd floor, interleaved on the same batches; then EK-FAC
+    influence (factors + scores) by kronfluence and by leanml on the first ``ekfac_batches`` batches."""
+    import grads_peers as gp
+    from leanml.grads import FactorizedProjector
+    from leanml.models.text import load_minilm_lora
+
+    torch.manual_seed(0)
+    model, tok = load_minilm_lora(rank=8)
+    model.to(dev)
+    batches = data("minilm", tok, n, bs)
+    loss = ClassificationLoss()
+    names = gp.base_layer_names(model)
+    # leanml selects whole modules, so its features also hold the biases' r numbers per layer (LogIX and
+    # bergson watch weights only): 1,056 numbers per layer against their 1,024
+    layers = {nm: (model.get_submodule(nm).in_features, model.get_submodule(nm).out_features, True) for nm in names}
+    proj = FactorizedProjector(layers, dim=10**9, layer_dims={nm: (rank, rank) for nm in names})
+    gc = GradientComputer(model, loss, params=names, projector=proj, device=dev)
+    contenders: dict[str, Any] = {"leanml factorized": gc.features, "floor: fwd+bwd, no features": gc.floor}
+    notes = {}
+    for cls, args in ((gp.LogIXContender, (model, loss, rank)), (gp.BergsonContender, (model, loss, rank, n))):
+        try:
+            c = cls(*args)
+            contenders[c.name] = c.step
+        except gp.PeerUnavailable as e:
+            notes[cls.name] = str(e)
+    rows = list(interleaved(contenders, batches, dev).values())
+    rows += [{"method": m, "examples": 0, "ex_per_s": None, "extrapolated": False, "note": why}
+             for m, why in notes.items()]
+    try:  # EK-FAC influence end to end: kronfluence against leanml.grads.EKFAC on the same layers
+        rows += gp.ekfac_vs_kronfluence(model, loss, batches[:ekfac_batches], n_query=8, rank=rank)
+    except gp.PeerUnavailable as e:
+        rows.append({"method": "kronfluence EK-FAC fit + scores", "examples": 0, "ex_per_s": None,
+                     "extrapolated": False, "note": str(e)})
+    base = {"model": "minilm", "rank": f"qkvo-r{rank}", "k": len(names) * rank * rank,
+            "lora_params": sum(model.get_submodule(nm).weight.numel() for nm in names), "batch_size": bs}
+    return [{**base, "peak_mib": None, **r} for r in rows]
+
+
 def dense_run(model: torch.nn.Module, loss: Any, batches: list[dict], k: int, dev: str) -> dict:
     """leanml dense; projection measured at k' <= k and scaled when D*k is over the generation budget."""
     probe = GradientComputer(model, loss, params="lora", projector="factorized", dim=16, device=dev)
@@ -169,8 +231,21 @@ def dense_run(model: torch.nn.Module, loss: Any, batches: list[dict], k: int, de
         t_grad += t1 - t0
         n += len(next(iter(b.values())))
     per_ex = (t_grad + t_proj * k / k_run) / n
-    return {"method": "leanml dense", "examples": n, "ex_per_s": 1 / per_ex, "peak_mib": _peak(dev),
+    ours = {"method": "leanml dense", "examples": n, "ex_per_s": 1 / per_ex, "peak_mib": _peak(dev),
             "extrapolated": k_run != k, "k_measured": k_run}
+    # the same batched per-example gradients, projected by traker's projector (its CPU BasicProjector)
+    tp, what = make_trak_projector(D, k_run, dev)
+    t_tp = 0.0
+    for b in batches[1:] if len(batches) > 1 else batches:
+        g = torch.cat(gc.per_example_grads(b), dim=1)
+        _sync(dev)
+        t0 = time.perf_counter()
+        tp.project(g, model_id=0)
+        _sync(dev)
+        t_tp += time.perf_counter() - t0
+    per_tp = (t_grad + t_tp * k / k_run) / n
+    return [ours, {"method": "batched grads + traker projector", "examples": n, "ex_per_s": 1 / per_tp,
+                   "peak_mib": None, "extrapolated": k_run != k, "k_measured": k_run, "projector": what}]
 
 
 def data(model_name: str, tok: Any, n: int, bs: int) -> list[dict]:
@@ -234,7 +309,7 @@ def run_config(model_name: str, rank: int, k: int, n: int, bs: int, less_n: int,
     rows = []
     base = {"model": model_name, "rank": rank, "k": k, "lora_params": D, "batch_size": bs}
     rows.append({**base, **less_loop(model, loss, batches, names, k, dev, less_n)})
-    rows.append({**base, **dense_run(model, loss, batches, k, dev)})
+    rows += [{**base, **r} for r in dense_run(model, loss, batches, k, dev)]
     gf = GradientComputer(model, loss, params="lora", projector="factorized", dim=k, device=dev)
     rows += [{**base, **r} for r in leanml_and_floor(gf, batches, dev)]
     del model
@@ -243,7 +318,8 @@ def run_config(model_name: str, rank: int, k: int, n: int, bs: int, less_n: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="MiniLM only, small k and few examples (< 1 min of compute).")
+    ap.add_argument("--quick", action="store_true",
+                    help="MiniLM only, small k and few examples, then the peer comparison (about 1 min of compute).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--random-init", action="store_true", help="SmolLM2-shaped Llama with random weights.")
     ap.add_argument("--models", default="minilm,smollm2")
@@ -273,30 +349,49 @@ def main() -> None:
         t0 = time.time()
         new = run_config(model_name, rank, k, n, bs, less_n, dev, random_init)
         rows += new
-        print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s; "
-              + "; ".join(f"{r['method']}: {r['ex_per_s']:.4g} ex/s" for r in new), file=sys.stderr)
+        print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s", file=sys.stderr)
+    t0 = time.time()
+    peer_n = a.n or (48 if a.quick else 256)  # enough timed batches for the interleaved comparison
+    peer_rows = peers_config(peer_n, bs, dev, ekfac_batches=1 if a.quick else 4)
+    rows += peer_rows
+    print(f"# peers (MiniLM q/k/v/o LoGra): {time.time() - t0:.0f} s", file=sys.stderr)
     hdr = ["model", "rank", "k", "method", "ex_per_s", "peak_mib", "extrapolated"]
-    print(" | ".join(f"{h:>28}" if h == "method" else f"{h:>10}" for h in hdr))
+    print(" | ".join(f"{h:>38}" if h == "method" else f"{h:>10}" for h in hdr) + " | note")
     for r in rows:
-        print(" | ".join(f"{r[h]:>28}" if h == "method"
-                         else (f"{r[h]:>10.3f}" if isinstance(r[h], float) else f"{r[h]!s:>10}") for h in hdr))
+        note = r.get("note") or (f"projector: {r['projector']}" if r.get("projector") else "")
+        print(" | ".join(f"{r[h]:>38}" if h == "method"
+                         else (f"{r[h]:>10.3f}" if isinstance(r[h], float) else f"{r[h]!s:>10}") for h in hdr)
+              + f" | {note}")
 
-    def best(model_name: str, rank: int) -> tuple[float, float, float]:
-        rs = [r for r in rows if r["model"] == model_name and r["rank"] == rank]
-        less = next(r for r in rs if r["method"].startswith("LESS"))["ex_per_s"]
-        ours = max(r["ex_per_s"] for r in rs if r["method"].startswith("leanml"))
+    def ratios(rs: list[dict], peers: tuple[str, ...], ours_method: str) -> dict[str, Any]:
+        """leanml (``ours_method``) over the fastest peer of the same feature kind, and over the fwd+bwd floor."""
+        ours = next(r["ex_per_s"] for r in rs if r["method"] == ours_method)
         fl = next(r for r in rs if r["method"].startswith("floor"))["ex_per_s"]
-        return ours / less, fl / ours - 1, ours
-    head_cfg = next(((m, r) for m, r, k in configs if r == 128 and k == 8192), configs[0][:2])
-    sp, ov, _ = best(*head_cfg)
+        ran = [r for r in rs if r["ex_per_s"] and r["method"].startswith(peers)]
+        best_peer = max(ran, key=lambda r: r["ex_per_s"]) if ran else None
+        return {"speedup_vs_best_peer": None if best_peer is None else ours / best_peer["ex_per_s"],
+                "best_peer": None if best_peer is None else best_peer["method"],
+                "best_peer_floor_ratio": None if best_peer is None else fl / best_peer["ex_per_s"] - 1,
+                "overhead_vs_floor": fl / ours - 1, "leanml_ex_per_s": ours}
+    head = ratios([r for r in peer_rows if "EK" not in r["method"]], ("LogIX", "bergson"), "leanml factorized")
+    ek = {r["method"].split()[0]: r for r in peer_rows if "EK" in r["method"] and r["ex_per_s"]}
+    head["ekfac_speedup_vs_kronfluence"] = (ek["leanml"]["ex_per_s"] / ek["kronfluence"]["ex_per_s"]
+                                            if {"leanml", "kronfluence"} <= set(ek) else None)
+    head["ekfac_agreement_with_kronfluence"] = ek.get("leanml", {}).get("agreement_with_kronfluence")
+    # dense-projection features: leanml dense against the LESS-style loop and traker's projector on the
+    # same batched gradients (leanml factorized is another kind of feature; its floor ratio is in the rows)
+    per_config = {}
+    for m, r, _ in configs:
+        rs = [x for x in rows if x["model"] == m and x["rank"] == r]
+        per_config[f"{m}-r{r}"] = {**ratios(rs, ("LESS", "batched grads + traker"), "leanml dense"),
+                                   "factorized_overhead_vs_floor": ratios(rs, (), "leanml factorized")[
+                                       "overhead_vs_floor"]}
     result = {
         "benchmark": "grads_throughput", "quick": a.quick,
         "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
-        "headline_config": {"model": head_cfg[0], "rank": head_cfg[1],
-                            "k": next(k for m, r, k in configs if (m, r) == head_cfg)},
-        "speedup_vs_less": sp, "overhead_vs_floor": ov,
-        "per_config": {f"{m}-r{r}": dict(zip(("speedup_vs_less", "overhead_vs_floor", "leanml_ex_per_s"), best(m, r),
-                                             strict=True)) for m, r, _ in configs},
+        "headline_config": {"model": "minilm", "layers": "q/k/v/o base weights", "features": "LoGra 32x32 per layer",
+                            "k": peer_rows[0]["k"]},
+        **head, "per_config": per_config,
         "rows": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "torch": torch.__version__, "threads": torch.get_num_threads()},
         "random_init": random_init, "n": n, "less_n": less_n, "gen_budget": GEN_BUDGET[dev.split(":")[0]],
@@ -304,7 +399,8 @@ def main() -> None:
     }
     a.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
-    print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_less", "overhead_vs_floor",
+    print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_best_peer", "best_peer",
+                                             "overhead_vs_floor", "ekfac_speedup_vs_kronfluence",
                                              "headline_config", "per_config")}, default=float))
 
 

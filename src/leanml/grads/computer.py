@@ -212,21 +212,33 @@ class GradientComputer:
         return self.projector.project(torch.cat(grads, dim=1))  # type: ignore[attr-defined]
 
     def _factorized(self, batch: Batch) -> torch.Tensor:
-        assert self.linear is not None and isinstance(self.projector, FactorizedProjector)
+        assert isinstance(self.projector, FactorizedProjector)
+        return self.projector.combine([f for f, _ in self.factorized_layers(batch)])
+
+    def factorized_layers(self, batch: Batch, *, sides: bool = False
+                          ) -> list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]]:
+        """Per layer (``projector.layers`` order) of the factorized projector: the first-stage features
+        ``[B, k_out*k_in (+k_out)]`` and, with ``sides=True``, each call's projected ``(x', g')`` pair
+        (``[B, T, k_in]``, ``[B, T, k_out]``), which EK-FAC's covariance factors need."""
+        if self.linear is None or not isinstance(self.projector, FactorizedProjector):
+            raise ValueError("GradientComputer.factorized_layers: needs projector='factorized'")
         self.model.eval()
         batch = to_device(batch, self.device)
         mods = {n: m for n, (m, _, _) in self.linear.items()}
         with _requires_grad(self.params), _Capture(mods) as cap:
             loss = self.loss_fn.loss(self.model, batch).sum()
             calls = cap.output_grads(loss)
-        feats = []
+        out = []
         for name in self.projector.layers:
-            f = None
+            f, kept = None, []
             for x, g in calls[name]:
-                t = self.projector.project_layer(name, x, g)
+                xp, gp = self.projector.project_sides(name, x, g)
+                t = self.projector.layer_features(name, xp, gp)
                 f = t if f is None else f + t
-            feats.append(f)
-        return self.projector.combine(feats)
+                if sides:
+                    kept.append((xp.detach(), gp.detach()))
+            out.append((f, kept if sides else None))
+        return out
 
     def floor(self, batch: Batch) -> None:
         """Plain forward+backward of the same batch to the same parameters, no features: the speed floor."""

@@ -116,10 +116,18 @@ class FactorizedProjector(Projector):
 
     def project_layer(self, name: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Features ``[B, k_out*k_in (+k_out)]`` from inputs ``x`` [B, T, d_in] and output grads ``g`` [B, T, d_out]."""
+        return self.layer_features(name, *self.project_sides(name, x, g))
+
+    def project_sides(self, name: str, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x P_in, g P_out)``: the projected inputs ``[B, T, k_in]`` and output gradients ``[B, T, k_out]``."""
         p_in, p_out = self.matrix(name, "in", x.device), self.matrix(name, "out", x.device)
         xp = x.float() if p_in is None else x.float() @ p_in
         gp = g.float() if p_out is None else g.float() @ p_out
-        feats = torch.einsum("bto,bti->boi", gp, xp).reshape(x.shape[0], -1)
+        return xp, gp
+
+    def layer_features(self, name: str, xp: torch.Tensor, gp: torch.Tensor) -> torch.Tensor:
+        """``sum_t g'_t x'_t^T`` flattened (row-major ``k_out x k_in``), then ``sum_t g'_t`` for a selected bias."""
+        feats = torch.einsum("bto,bti->boi", gp, xp).reshape(xp.shape[0], -1)
         if self.layers[name][2]:
             feats = torch.cat([feats, gp.sum(1)], dim=1)
         return feats
