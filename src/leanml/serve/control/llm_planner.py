@@ -1,0 +1,311 @@
+"""The LLM planner: per request class, a variant, knobs (KV cap, max-new-tokens reservation) and a batch /
+token budget, chosen by a MILP (scipy.optimize.milp, HiGHS) to maximize goodput under TTFT/TPOT SLOs,
+an accuracy floor (per request) and target (mean), and an energy budget.
+
+The deployment has ``engines`` continuous-batching engines (one per core here: each runs one variant).
+An *option* o = (variant v, KV cap c, batch B, prefill chunk C, utilization tier rho): an engine of o
+admits at most B running sequences, and each iteration is one decode token for every running sequence
+plus up to C prompt tokens of prefill (Sarathi-Serve's chunked prefill, token budget B + C).
+
+For class k (mean prompt P, p99 prompt P99, declared output O, its bound Omax) on option o, costed from
+`LLMProfile`:
+
+* prompt kept P' = min(P, c - Omax) under a KV cap c (the prompt cut from the left), else P;
+* KV reservation (P99' + Omax) x bytes/token; B reservations must fit the engine's KV budget;
+* iteration at a full batch: it = step(B, P' + O/2) + prefill(min(C, B P'/O)) (the prefill the batch needs
+  per iteration to stay full; the option is infeasible for k when that exceeds C);
+* TPOT = it;  slot time per request R = (ceil(P'/C) + O) it;
+* TTFT p99 = W99 + ceil(P'/C) it_C, with it_C the iteration with a whole chunk, W99 the p99 wait for a
+  slot: B slots serving R at slot utilization rho (Allen-Cunneen G/G/B: Erlang C x (ca^2 + 1)/2, its tail
+  exponential), ca the class's measured CV of inter-arrivals;
+* accuracy = the profile's figure at cap c if c cuts the class's prompt, else at full context.
+
+Variables: z[k,o] >= 0 requests/s of k served by o within its SLOs (goodput), n[o] integer engines.
+maximize sum z (ties: less slot time per request, i.e. headroom) subject to
+sum_o z[k,o] <= rate_k; sum_k z[k,o] R_k(o) <= 1000 B rho n[o]; sum n <= engines;
+sum (acc - A) z >= 0 (mean target); sum (e - E) z <= 0 (energy budget, only if every energy is measured).
+Pairs (k, o) violating k's TTFT, TPOT, KV or accuracy floor are left out, which keeps the LP relaxation
+a tight facility-location shape (no big-M rows).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from leanml.serve.control.llm_profiles import FULL, LLMProfile
+from leanml.serve.control.queueing import erlang_c
+
+
+@dataclass(frozen=True)
+class LLMClass:
+    """A stream of generation requests with one SLO: its rate, lengths and needs."""
+
+    name: str
+    rate_rps: float
+    prompt_tokens: float  # mean
+    output_tokens: float  # mean declared (max_new_tokens) length
+    ttft_ms: float
+    tpot_ms: float
+    prompt_p99: float | None = None
+    output_max: int | None = None  # the bound the KV reservation uses (default: ceil(output_tokens))
+    min_accuracy: float | None = None  # per-request floor
+    cv: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in ("rate_rps", "prompt_tokens", "output_tokens", "ttft_ms", "tpot_ms"):
+            v = getattr(self, f)
+            if not (math.isfinite(v) and v >= 0) or (f in ("ttft_ms", "tpot_ms") and v <= 0):
+                kind = "positive" if "ms" in f else "non-negative"
+                raise ValueError(f"LLMClass {self.name}: {f} must be a finite {kind} number, got {v}")
+
+    @property
+    def p99(self) -> float:
+        return float(self.prompt_p99 if self.prompt_p99 is not None else self.prompt_tokens)
+
+    @property
+    def omax(self) -> int:
+        return int(self.output_max if self.output_max is not None else math.ceil(self.output_tokens))
+
+
+@dataclass
+class LLMPlannerConfig:
+    """Knobs of the LLM planner (validated)."""
+
+    engines: int = 2
+    kv_budget_bytes: float = 1 << 30  # per engine
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    chunk_tokens: tuple[int, ...] = (128, 512, 2048)
+    utilization: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85)
+    kv_caps: tuple[int, ...] | None = None  # None: every cap with measured quality (FULL = 0 = no cap)
+    accuracy_target: float | None = None  # mean over served requests
+    energy_budget_j: float | None = None  # mean per request
+    time_limit_s: float = 2.0
+    mip_rel_gap: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.engines < 1:
+            raise ValueError(f"engines must be >= 1, got {self.engines}")
+        if self.kv_budget_bytes <= 0:
+            raise ValueError(f"kv_budget_bytes must be positive, got {self.kv_budget_bytes}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.chunk_tokens or min(self.chunk_tokens) < 1:
+            raise ValueError("batch_sizes and chunk_tokens must be non-empty positive integers")
+        if not self.utilization or not all(0 < u < 1 for u in self.utilization):
+            raise ValueError(f"utilization tiers must be in (0, 1), got {self.utilization}")
+
+
+@dataclass(frozen=True)
+class LLMOption:
+    variant: str
+    kv_cap: int  # FULL = 0: no cap
+    batch: int
+    chunk: int
+    rho: float
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How class k fares on option o (predicted)."""
+
+    ttft_ms: float
+    tpot_ms: float
+    slot_ms: float  # R: slot time per request
+    accuracy: float
+    energy_j: float | None
+    prompt_kept: float
+
+
+@dataclass
+class LLMPlan:
+    """Engines per option, and per class the share of its requests each option serves."""
+
+    engines: dict[LLMOption, int]
+    routes: dict[str, dict[LLMOption, float]]  # class -> option -> requests/s (goodput)
+    fits: dict[tuple[str, LLMOption], Fit]
+    goodput_rps: float
+    demand_rps: float
+    mean_accuracy: float
+    status: str
+    solve_s: float
+    classes: list[LLMClass] = field(default_factory=list)
+
+    def fractions(self, k: str) -> dict[LLMOption, float]:
+        """Routing fractions of class k over options (of its planned goodput)."""
+        r = self.routes.get(k, {})
+        s = sum(r.values())
+        return {o: v / s for o, v in r.items()} if s > 0 else {}
+
+    def summary(self) -> dict[str, Any]:
+        return {"goodput_rps": round(self.goodput_rps, 4), "demand_rps": round(self.demand_rps, 4),
+                "mean_accuracy": round(self.mean_accuracy, 5), "status": self.status, "solve_s": round(self.solve_s, 3),
+                "engines": {f"{o.variant}/cap{o.kv_cap}/B{o.batch}/C{o.chunk}/rho{o.rho}": n
+                            for o, n in self.engines.items() if n}}
+
+
+def wait_p99_ms(slots: int, rho: float, slot_ms: float, ca: float, q: float = 0.99) -> float:
+    """p99 wait for one of ``slots`` slots held ``slot_ms`` each, at slot utilization ``rho`` (Allen-Cunneen)."""
+    pw = erlang_c(slots, rho * slots)
+    if pw <= 1 - q:
+        return 0.0
+    mean_w = pw * slot_ms / (slots * (1 - rho)) * (ca * ca + 1.0) / 2.0
+    return (mean_w / pw) * math.log(pw / (1 - q))
+
+
+def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | None:
+    """Predicted TTFT/TPOT/slot time/accuracy of class k on option o; None if its KV need cannot fit."""
+    omax = k.omax
+    if o.kv_cap and o.kv_cap <= omax:
+        return None
+    cuts = bool(o.kv_cap) and k.p99 + omax > o.kv_cap
+    kept = min(k.prompt_tokens, o.kv_cap - omax) if cuts else k.prompt_tokens
+    kept99 = min(k.p99, o.kv_cap - omax) if cuts else k.p99
+    if o.batch * p.kv_bytes(kept99 + omax) > kv_budget:
+        return None
+    out = max(1.0, k.output_tokens)
+    need = o.batch * kept / out  # prompt tokens per iteration that keep the batch full
+    if need > o.chunk:
+        return None
+    step = p.step_ms(o.batch, kept + out / 2)
+    it = step + p.prefill_time_ms(need)
+    it_chunk = step + p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
+    chunks = math.ceil(max(kept, 1.0) / o.chunk)
+    slot = (chunks + out) * it
+    ttft = wait_p99_ms(o.batch, o.rho, slot, k.cv) + chunks * it_chunk
+    try:
+        acc = p.accuracy(o.kv_cap if cuts else FULL)
+    except KeyError:
+        return None
+    e = None if p.energy_j_per_token is None else p.energy_j_per_token * (kept + out)
+    return Fit(ttft, it, slot, acc, e, kept)
+
+
+def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMPlannerConfig) -> LLMPlan:
+    """Solve the MILP (module docstring); an empty plan (status says why) when nothing is feasible."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import lil_matrix
+
+    t0 = time.perf_counter()
+    if not profiles:
+        raise ValueError("plan_llm: profiles is empty")
+    if cfg.energy_budget_j is not None and any(p.energy_j_per_token is None for p in profiles.values()):
+        raise ValueError("plan_llm: energy_budget_j is set but some variant's energy is unmeasured "
+                         "(energy_j_per_token None); drop the budget or measure energy")
+    opts: list[LLMOption] = []
+    pairs: list[tuple[int, int, Fit]] = []
+    for v, p in profiles.items():
+        caps = cfg.kv_caps if cfg.kv_caps is not None else tuple(p.kv_caps())
+        for c in caps:
+            for b in cfg.batch_sizes:
+                for ch in cfg.chunk_tokens:
+                    for rho in cfg.utilization:
+                        o = LLMOption(v, int(c), int(b), int(ch), float(rho))
+                        mine = []
+                        for ki, k in enumerate(classes):
+                            f = fit(k, p, o, cfg.kv_budget_bytes)
+                            if f is None or f.ttft_ms > k.ttft_ms or f.tpot_ms > k.tpot_ms:
+                                continue
+                            if k.min_accuracy is not None and f.accuracy < k.min_accuracy:
+                                continue
+                            mine.append((ki, len(opts), f))
+                        if mine:
+                            opts.append(o)
+                            pairs += mine
+    demand = sum(k.rate_rps for k in classes)
+    if not pairs:
+        return LLMPlan({}, {}, {}, 0.0, demand, float("nan"), "infeasible: no option meets any class's SLO",
+                       time.perf_counter() - t0, list(classes))
+    nz, no = len(pairs), len(opts)
+    nv = nz + no
+    max_w = max(f.slot_ms / opts[oi].batch for _, oi, f in pairs)
+    c = np.zeros(nv)
+    for j, (_, oi, f) in enumerate(pairs):
+        c[j] = -(1.0 - 1e-3 * (f.slot_ms / opts[oi].batch) / max_w)
+    rows: list[tuple[dict[int, float], float, float]] = []
+    for ki, k in enumerate(classes):
+        rows.append(({j: 1.0 for j, (kk, _, _) in enumerate(pairs) if kk == ki}, -np.inf, k.rate_rps))
+    for oi, o in enumerate(opts):
+        r = {j: f.slot_ms for j, (_, oo, f) in enumerate(pairs) if oo == oi}
+        r[nz + oi] = -1000.0 * o.batch * o.rho
+        rows.append((r, -np.inf, 0.0))
+    rows.append(({nz + oi: 1.0 for oi in range(no)}, -np.inf, float(cfg.engines)))
+    if cfg.accuracy_target is not None:
+        rows.append(({j: f.accuracy - cfg.accuracy_target for j, (_, _, f) in enumerate(pairs)}, 0.0, np.inf))
+    if cfg.energy_budget_j is not None:
+        rows.append(({j: float(f.energy_j) - cfg.energy_budget_j for j, (_, _, f) in enumerate(pairs)},  # type: ignore[arg-type]
+                     -np.inf, 0.0))
+    a = lil_matrix((len(rows), nv))
+    for i, (r, _, _) in enumerate(rows):
+        for j, v in r.items():
+            a[i, j] = v
+    cons = LinearConstraint(a.tocsr(), [lo for _, lo, _ in rows], [hi for _, _, hi in rows])
+    integ = np.r_[np.zeros(nz), np.ones(no)]
+    ub = np.r_[[classes[k].rate_rps for k, _, _ in pairs], np.full(no, float(cfg.engines))]
+    res = milp(c, constraints=cons, integrality=integ, bounds=Bounds(np.zeros(nv), ub),
+               options={"time_limit": cfg.time_limit_s, "mip_rel_gap": cfg.mip_rel_gap})
+    solve_s = time.perf_counter() - t0
+    if res.x is None:
+        return LLMPlan({}, {}, {}, 0.0, demand, float("nan"), f"no solution: {res.message}", solve_s, list(classes))
+    x = res.x
+    engines = {opts[oi]: int(round(x[nz + oi])) for oi in range(no) if round(x[nz + oi]) > 0}
+    routes: dict[str, dict[LLMOption, float]] = {}
+    fits: dict[tuple[str, LLMOption], Fit] = {}
+    acc_sum = good = 0.0
+    for j, (ki, oi, f) in enumerate(pairs):
+        fits[(classes[ki].name, opts[oi])] = f
+        if x[j] > 1e-9:
+            routes.setdefault(classes[ki].name, {})[opts[oi]] = float(x[j])
+            good += x[j]
+            acc_sum += x[j] * f.accuracy
+    _spread_spare(engines, routes, fits, cfg.engines)
+    return LLMPlan(engines, routes, fits, good, demand, acc_sum / good if good > 0 else float("nan"),
+                   f"milp: {res.message}", solve_s, list(classes))
+
+
+def _spread_spare(engines: dict[LLMOption, int], routes: dict[str, dict[LLMOption, float]],
+                  fits: dict[tuple[str, LLMOption], Fit], total: int) -> None:
+    """Hand idle engines to the chosen option with the most slot time per engine (more headroom, same plan)."""
+    spare = total - sum(engines.values())
+    while spare > 0 and engines:
+        def load(o: LLMOption) -> float:
+            return sum(r.get(o, 0.0) * fits[(k, o)].slot_ms for k, r in routes.items()) / engines[o]
+        busiest = max(engines, key=load)
+        engines[busiest] += 1
+        spare -= 1
+
+
+def check_llm_plan(plan: LLMPlan, profiles: dict[str, LLMProfile], cfg: LLMPlannerConfig) -> list[str]:
+    """Every constraint re-verified from scratch; the list of violations (empty when the plan is valid)."""
+    bad = []
+    by = {k.name: k for k in plan.classes}
+    if sum(plan.engines.values()) > cfg.engines:
+        bad.append(f"{sum(plan.engines.values())} engines > {cfg.engines}")
+    load: dict[LLMOption, float] = {}
+    acc = good = 0.0
+    for kn, r in plan.routes.items():
+        k = by[kn]
+        if sum(r.values()) > k.rate_rps * (1 + 1e-6) + 1e-9:
+            bad.append(f"{kn}: served {sum(r.values())} > rate {k.rate_rps}")
+        for o, z in r.items():
+            f = fit(k, profiles[o.variant], o, cfg.kv_budget_bytes)
+            if f is None:
+                bad.append(f"{kn} on {o}: KV or chunk infeasible")
+                continue
+            if f.ttft_ms > k.ttft_ms:
+                bad.append(f"{kn} on {o}: TTFT {f.ttft_ms:.0f} > {k.ttft_ms}")
+            if f.tpot_ms > k.tpot_ms:
+                bad.append(f"{kn} on {o}: TPOT {f.tpot_ms:.0f} > {k.tpot_ms}")
+            if k.min_accuracy is not None and f.accuracy < k.min_accuracy - 1e-12:
+                bad.append(f"{kn} on {o}: accuracy {f.accuracy} < floor {k.min_accuracy}")
+            load[o] = load.get(o, 0.0) + z * f.slot_ms
+            acc += z * f.accuracy
+            good += z
+    for o, ms in load.items():
+        if ms > 1000.0 * o.batch * o.rho * plan.engines.get(o, 0) * (1 + 1e-6) + 1e-6:
+            bad.append(f"{o}: slot load {ms:.0f} ms/s > capacity")
+    if cfg.accuracy_target is not None and good > 0 and acc / good < cfg.accuracy_target - 1e-9:
+        bad.append(f"mean accuracy {acc / good:.4f} < target {cfg.accuracy_target}")
+    return bad
