@@ -3,26 +3,30 @@ token budget, chosen by a MILP (scipy.optimize.milp, HiGHS) to maximize goodput 
 an accuracy floor (per request) and target (mean), and an energy budget.
 
 The deployment has ``engines`` continuous-batching engines (one per core here: each runs one variant).
-An *option* o = (variant v, KV cap c, batch B, prefill chunk C, utilization tier rho): an engine of o
-admits at most B running sequences, and each iteration is one decode token for every running sequence
-plus up to C prompt tokens of prefill (Sarathi-Serve's chunked prefill, token budget B + C).
+An *option* o = (variant v, KV cap c, batch cap B, prefill chunk C, utilization tier u): an engine of o
+admits at most B running sequences, each iteration is one decode token for every running sequence plus
+up to C prompt tokens (Sarathi-Serve's chunked prefill, token budget B + C), and its engine time is kept
+at most a fraction u busy.
 
-For class k (mean prompt P, p99 prompt P99, declared output O, its bound Omax) on option o, costed from
-`LLMProfile`:
+For class k (mean prompt P, p99 prompt P99, mean declared output O, its bound Omax) on option o, costed
+from `LLMProfile` (continuous batching behaves like processor sharing: every admitted sequence advances
+each iteration, so the number running N is about geometric, P(N >= n) = u^n):
 
 * prompt kept P' = min(P, c - Omax) under a KV cap c (the prompt cut from the left), else P;
-* KV reservation (P99' + Omax) x bytes/token; B reservations must fit the engine's KV budget;
-* iteration at a full batch: it = step(B, P' + O/2) + prefill(min(C, B P'/O)) (the prefill the batch needs
-  per iteration to stay full; the option is infeasible for k when that exceeds C);
-* TPOT = it;  slot time per request R = (ceil(P'/C) + O) it;
-* TTFT p99 = W99 + ceil(P'/C) it_C, with it_C the iteration with a whole chunk, W99 the p99 wait for a
-  slot: B slots serving R at slot utilization rho (Allen-Cunneen G/G/B: Erlang C x (ca^2 + 1)/2, its tail
-  exponential), ca the class's measured CV of inter-arrivals;
+* KV reservation (P99' + Omax) x bytes/token; B reservations must fit the engine's KV budget, and
+  u^B <= 1% (the cap rarely binds, so admission rarely waits for a slot);
+* engine time per request t = prefill(P') + O step(n) / n at the mean batch n = u / (1 - u) (capped at B);
+* TPOT = step(n99) + prefill(n99 P' / O), at the 99th-percentile batch n99 = ln 0.01 / ln u (capped at B),
+  with the prefill such a batch needs per iteration (the option is infeasible for k when that exceeds C);
+* TTFT p99 = W99 + ceil(P'/C) (step(n99) + prefill(min(C, P'))): the p99 wait for the prefill queued
+  ahead (a G/G/1 queue of prefill work served at the speed decoding leaves, 1 - u_decode: Kingman
+  u_p/(1-u_p) (ca^2 + 1)/2 S, its tail exponential; ca the class's measured CV of inter-arrivals) plus
+  its own prefill chunks, each carrying a decode step;
 * accuracy = the profile's figure at cap c if c cuts the class's prompt, else at full context.
 
 Variables: z[k,o] >= 0 requests/s of k served by o within its SLOs (goodput), n[o] integer engines.
-maximize sum z (ties: less slot time per request, i.e. headroom) subject to
-sum_o z[k,o] <= rate_k; sum_k z[k,o] R_k(o) <= 1000 B rho n[o]; sum n <= engines;
+maximize sum z (ties: less engine time per request, i.e. headroom) subject to
+sum_o z[k,o] <= rate_k; sum_k z[k,o] t_k(o) <= 1000 u n[o]; sum n <= engines;
 sum (acc - A) z >= 0 (mean target); sum (e - E) z <= 0 (energy budget, only if every energy is measured).
 Pairs (k, o) violating k's TTFT, TPOT, KV or accuracy floor are left out, which keeps the LP relaxation
 a tight facility-location shape (no big-M rows).
@@ -38,7 +42,6 @@ from typing import Any
 import numpy as np
 
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
-from leanml.serve.control.queueing import erlang_c
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class Fit:
 
     ttft_ms: float
     tpot_ms: float
-    slot_ms: float  # R: slot time per request
+    cost_ms: float  # engine time per request
     accuracy: float
     energy_j: float | None
     prompt_kept: float
@@ -146,19 +149,21 @@ class LLMPlan:
                             for o, n in self.engines.items() if n}}
 
 
-def wait_p99_ms(slots: int, rho: float, slot_ms: float, ca: float, q: float = 0.99) -> float:
-    """p99 wait for one of ``slots`` slots held ``slot_ms`` each, at slot utilization ``rho`` (Allen-Cunneen)."""
-    pw = erlang_c(slots, rho * slots)
-    if pw <= 1 - q:
+def wait_p99_ms(rho: float, service_ms: float, ca: float, q: float = 0.99) -> float:
+    """p99 wait (ms) of a G/G/1 queue of engine work at utilization ``rho``: Kingman's mean
+    rho/(1-rho) (ca^2 + 1)/2 S, given a wait (probability rho) exponential; 0 when P(wait) <= 1 - q."""
+    if rho <= 1 - q:
         return 0.0
-    mean_w = pw * slot_ms / (slots * (1 - rho)) * (ca * ca + 1.0) / 2.0
-    return (mean_w / pw) * math.log(pw / (1 - q))
+    mean_w = rho / (1 - rho) * (ca * ca + 1.0) / 2.0 * service_ms
+    return (mean_w / rho) * math.log(rho / (1 - q))
 
 
 def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | None:
-    """Predicted TTFT/TPOT/slot time/accuracy of class k on option o; None if its KV need cannot fit."""
+    """Predicted TTFT/TPOT/engine time/accuracy of class k on option o; None if infeasible (KV, slots, chunk)."""
     omax = k.omax
     if o.kv_cap and o.kv_cap <= omax:
+        return None
+    if o.rho ** o.batch > 0.01:  # P(N >= B) under processor sharing: the batch cap would bind too often
         return None
     cuts = bool(o.kv_cap) and k.p99 + omax > o.kv_cap
     kept = min(k.prompt_tokens, o.kv_cap - omax) if cuts else k.prompt_tokens
@@ -166,21 +171,28 @@ def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | Non
     if o.batch * p.kv_bytes(kept99 + omax) > kv_budget:
         return None
     out = max(1.0, k.output_tokens)
-    need = o.batch * kept / out  # prompt tokens per iteration that keep the batch full
+    ctx = kept + out / 2
+    n_mean = min(o.batch, max(1.0, o.rho / (1 - o.rho)))
+    n99 = min(o.batch, max(1, math.ceil(math.log(0.01) / math.log(o.rho))))
+    need = n99 * kept / out  # prompt tokens per iteration that keep n99 sequences running
     if need > o.chunk:
         return None
-    step = p.step_ms(o.batch, kept + out / 2)
-    it = step + p.prefill_time_ms(need)
-    it_chunk = step + p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
-    chunks = math.ceil(max(kept, 1.0) / o.chunk)
-    slot = (chunks + out) * it
-    ttft = wait_p99_ms(o.batch, o.rho, slot, k.cv) + chunks * it_chunk
+    s_pre = p.prefill_time_ms(kept)
+    s_dec = out * p.step_ms(round(n_mean), ctx) / round(n_mean)
+    cost = s_pre + s_dec
+    tpot = p.step_ms(n99, ctx) + p.prefill_time_ms(need)
+    it_chunk = p.step_ms(n99, ctx) + p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
+    # prefill waits behind the prefill queued ahead, served at the speed decode leaves (1 - u_decode)
+    lam = o.rho * 1000.0 / cost
+    speed = 1.0 - lam * s_dec / 1000.0
+    s_eff = s_pre / speed
+    ttft = wait_p99_ms(lam * s_eff / 1000.0, s_eff, k.cv) + math.ceil(max(kept, 1.0) / o.chunk) * it_chunk
     try:
         acc = p.accuracy(o.kv_cap if cuts else FULL)
     except KeyError:
         return None
     e = None if p.energy_j_per_token is None else p.energy_j_per_token * (kept + out)
-    return Fit(ttft, it, slot, acc, e, kept)
+    return Fit(ttft, tpot, cost, acc, e, kept)
 
 
 def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMPlannerConfig) -> LLMPlan:
@@ -220,16 +232,16 @@ def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMP
                        time.perf_counter() - t0, list(classes))
     nz, no = len(pairs), len(opts)
     nv = nz + no
-    max_w = max(f.slot_ms / opts[oi].batch for _, oi, f in pairs)
+    max_w = max(f.cost_ms for _, _, f in pairs)
     c = np.zeros(nv)
-    for j, (_, oi, f) in enumerate(pairs):
-        c[j] = -(1.0 - 1e-3 * (f.slot_ms / opts[oi].batch) / max_w)
+    for j, (_, _, f) in enumerate(pairs):
+        c[j] = -(1.0 - 1e-3 * f.cost_ms / max_w)
     rows: list[tuple[dict[int, float], float, float]] = []
     for ki, k in enumerate(classes):
         rows.append(({j: 1.0 for j, (kk, _, _) in enumerate(pairs) if kk == ki}, -np.inf, k.rate_rps))
     for oi, o in enumerate(opts):
-        r = {j: f.slot_ms for j, (_, oo, f) in enumerate(pairs) if oo == oi}
-        r[nz + oi] = -1000.0 * o.batch * o.rho
+        r = {j: f.cost_ms for j, (_, oo, f) in enumerate(pairs) if oo == oi}
+        r[nz + oi] = -1000.0 * o.rho
         rows.append((r, -np.inf, 0.0))
     rows.append(({nz + oi: 1.0 for oi in range(no)}, -np.inf, float(cfg.engines)))
     if cfg.accuracy_target is not None:
@@ -267,11 +279,11 @@ def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMP
 
 def _spread_spare(engines: dict[LLMOption, int], routes: dict[str, dict[LLMOption, float]],
                   fits: dict[tuple[str, LLMOption], Fit], total: int) -> None:
-    """Hand idle engines to the chosen option with the most slot time per engine (more headroom, same plan)."""
+    """Hand idle engines to the chosen option with the most engine time per engine (more headroom, same plan)."""
     spare = total - sum(engines.values())
     while spare > 0 and engines:
         def load(o: LLMOption) -> float:
-            return sum(r.get(o, 0.0) * fits[(k, o)].slot_ms for k, r in routes.items()) / engines[o]
+            return sum(r.get(o, 0.0) * fits[(k, o)].cost_ms for k, r in routes.items()) / engines[o]
         busiest = max(engines, key=load)
         engines[busiest] += 1
         spare -= 1
@@ -300,12 +312,12 @@ def check_llm_plan(plan: LLMPlan, profiles: dict[str, LLMProfile], cfg: LLMPlann
                 bad.append(f"{kn} on {o}: TPOT {f.tpot_ms:.0f} > {k.tpot_ms}")
             if k.min_accuracy is not None and f.accuracy < k.min_accuracy - 1e-12:
                 bad.append(f"{kn} on {o}: accuracy {f.accuracy} < floor {k.min_accuracy}")
-            load[o] = load.get(o, 0.0) + z * f.slot_ms
+            load[o] = load.get(o, 0.0) + z * f.cost_ms
             acc += z * f.accuracy
             good += z
     for o, ms in load.items():
-        if ms > 1000.0 * o.batch * o.rho * plan.engines.get(o, 0) * (1 + 1e-6) + 1e-6:
-            bad.append(f"{o}: slot load {ms:.0f} ms/s > capacity")
+        if ms > 1000.0 * o.rho * plan.engines.get(o, 0) * (1 + 1e-6) + 1e-6:
+            bad.append(f"{o}: engine load {ms:.0f} ms/s > capacity")
     if cfg.accuracy_target is not None and good > 0 and acc / good < cfg.accuracy_target - 1e-9:
         bad.append(f"mean accuracy {acc / good:.4f} < target {cfg.accuracy_target}")
     return bad
