@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     reps, steps = (1, 3) if a.quick else (2, 5)
     prefill_grid = ((1, 128), (1, 512), (1, 1024), (4, 128), (4, 512))  # (batch, prompt tokens)
     dec_batches, contexts = (1, 4, 16), (128, 1024)
-    caps = [128, 256]
+    caps = [128, 256, 512]
     kv_elems = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     build = {"fp32": lambda: base, "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
              "int8": lambda: quantize_dynamic_int8(base)}
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "step_ms_b16_c1024": round(p.step_ms(16, 1024), 1),
                      "acc": round(q[0]["next_token_accuracy"].value, 4), "ppl": round(q[0]["perplexity"].value, 3),
                      "acc_cap256": round(q[256]["next_token_accuracy"].value, 4),
-                     "acc_cap128": round(q[128]["next_token_accuracy"].value, 4)})
+                     "acc_cap128": round(q[128]["next_token_accuracy"].value, 4),
+                     "acc_cap512": round(q[512]["next_token_accuracy"].value, 4)})
         print(json.dumps(rows[-1]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     save_llm_profiles(a.out, profiles, {"machine": machine_info(), "quick": a.quick})

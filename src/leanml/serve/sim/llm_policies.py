@@ -18,7 +18,10 @@ accuracy need ``target``; how they read it differs, as in their papers:
   knobs are variant, allocation and batch; it does not prune context (KV cap fixed to none).
 * ``adaptive``: the LLM planner (`leanml.serve.control.llm_planner`) per request class (prompt x
   declared-output buckets), with KV caps, measured CV of inter-arrivals, the larger of the period's and
-  the last 30 s rate, and re-planning at once when the rate or the class mix drifts.
+  the last 30 s rate, and re-planning at once when the rate or the class mix drifts. Its router keeps an
+  accuracy ledger: an option is skipped when routing there would bring the mean accuracy of everything
+  routed so far below the target (the plan's mix is a mean over *planned* traffic; refusals and
+  fall-throughs under bursts would otherwise skew the realized mix toward the cheap options).
 
 Planned policies route a class by the plan's fractions (smooth weighted round-robin), within an option to
 the engine with the least predicted TTFT, and refuse early (429) what no planned engine is predicted to
@@ -148,12 +151,14 @@ class _Planned(LLMPolicy):
     """Plan-following routing shared by Proteus and adaptive (subclasses say how classes and rates are read)."""
 
     recent_s = 30.0
+    ledger = False  # adaptive: never route so that the mean accuracy of routed requests falls below the target
 
     def setup(self, sim):
         self.hist: deque[LLMRequest] = deque()
         self.plan: LLMPlan | None = None
         self.last_plan_s = 0.0
         self.credit: dict[tuple[str, LLMOption], float] = {}
+        self.acc_sum, self.acc_n = 0.0, 0  # accuracy of what was routed (the ledger, when enforced)
         self._replan(sim, 0.0, [replace(self.s.prior, name=self.classify(int(self.s.prior.prompt_tokens),
                                                                          int(self.s.prior.output_tokens)))])
 
@@ -191,6 +196,9 @@ class _Planned(LLMPolicy):
         return replace(self.s.planner, accuracy_target=self.s.accuracy_target)
 
     def route(self, sim, req):
+        """The class's planned options, by its fractions (the plan's mean accuracy holds over them); a class
+        the plan has not seen may use any engine whose accuracy for this request meets the target on its own
+        (so unplanned traffic never pulls the mean below it)."""
         k = self.classify(req.prompt, req.output)
         fr = self.plan.fractions(k) if self.plan else {}
         if fr:  # smooth weighted round-robin over the class's options
@@ -200,16 +208,22 @@ class _Planned(LLMPolicy):
             self.credit[(k, o)] -= 1.0
             order = [o, *sorted(fr, key=lambda x: -fr[x])]
         else:
-            order = list(self.opt_engines)
+            order = [o for o in self.opt_engines
+                     if self.profiles[o.variant].accuracy(o.kv_cap if sim.kept(req, o.kv_cap) < req.prompt else FULL)
+                     >= self.s.accuracy_target]
         for o in order:
             cap = o.kv_cap
             kept = sim.kept(req, cap)
             eng = self.opt_engines.get(o, [])
             if not eng:
                 continue
+            acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
+            if self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target:
+                continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
             ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept))
             if (sim.predict_ttft_ms(ei, kept) <= req.ttft_ms
                     and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
+                self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
                 return ei, cap
         return None
 
@@ -240,6 +254,7 @@ OUTPUT_EDGES = (32, 128)
 
 class AdaptivePolicy(_Planned):
     name = "adaptive"
+    ledger = True
 
     def classify(self, prompt, output):
         p = int(np.searchsorted(PROMPT_EDGES, prompt, side="right"))
