@@ -119,3 +119,28 @@ def test_overload_planned_and_greedy_beat_static_accurate():
         res[pol.name] = summarize(outs, reqs[-1].arrival_s)["goodput_rps"]
     assert res["infaas"] > res["static-accurate"]
     assert res["adaptive"] > res["static-accurate"]
+
+
+def test_adaptive_replans_when_rate_and_length_mix_drift():
+    """Short prompts at 0.5 req/s for 120 s, then long prompts at 2 req/s: adaptive re-plans within a tick or
+    two of the change (not only at its 60 s period), and its classes follow the new mix; Proteus waits."""
+    from leanml.serve.sim.llm_policies import AdaptivePolicy, ProteusPolicy
+
+    rng = np.random.default_rng(0)
+    t1 = np.cumsum(rng.exponential(2.0, 60))
+    t1 = t1[t1 < 120]
+    t2 = 120 + np.cumsum(rng.exponential(0.5, 200))
+    t2 = t2[t2 < 240]
+    reqs = [LLMRequest(i, float(t), 300 if t < 120 else 3000, 20, 8000.0, 400.0)
+            for i, t in enumerate(np.r_[t1, t2])]
+    s = settings(0.55)
+    s.period_s = 60.0
+    logs = {}
+    for pol in (AdaptivePolicy(PROFILES, s), ProteusPolicy(PROFILES, s)):
+        sim = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=0)
+        sim.run(pol, reqs, tick_s=5.0)
+        logs[pol.name] = sim.log
+    after = [e for e in logs["adaptive"] if 120 < e["t"] <= 135]
+    assert after, "adaptive did not re-plan within 15 s of the drift"
+    assert any(name.startswith("p3") for name, _ in after[-1]["classes"])  # the 2048-4096 prompt bucket
+    assert not [e for e in logs["proteus"] if 120 < e["t"] < 180]  # period-only: next plan at 180 s
