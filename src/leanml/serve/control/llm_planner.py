@@ -16,8 +16,9 @@ each iteration, so the number running N is about geometric, P(N >= n) = u^n):
 * KV reservation (P99' + Omax) x bytes/token; B reservations must fit the engine's KV budget, and
   u^B <= 1% (the cap rarely binds, so admission rarely waits for a slot);
 * engine time per request t = prefill(P') + O step(n) / n at the mean batch n = u / (1 - u) (capped at B);
-* TPOT = step(n99) + prefill(n99 P' / O), at the 99th-percentile batch n99 = ln 0.01 / ln u (capped at B),
+* TPOT = step(n90) + prefill(n90 P' / O), at the 90th-percentile batch n90 = ln 0.1 / ln u (capped at B),
   with the prefill such a batch needs per iteration (the option is infeasible for k when that exceeds C);
+  a request's TPOT averages its O iterations, so its spread is narrower than one iteration's batch;
 * TTFT p99 = W99 + ceil(P'/C) (step(n99) + prefill(min(C, P'))): the p99 wait for the prefill queued
   ahead (a G/G/1 queue of prefill work served at the speed decoding leaves, 1 - u_decode: Kingman
   u_p/(1-u_p) (ca^2 + 1)/2 S, its tail exponential; ca the class's measured CV of inter-arrivals) plus
@@ -174,13 +175,14 @@ def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | Non
     ctx = kept + out / 2
     n_mean = min(o.batch, max(1.0, o.rho / (1 - o.rho)))
     n99 = min(o.batch, max(1, math.ceil(math.log(0.01) / math.log(o.rho))))
-    need = n99 * kept / out  # prompt tokens per iteration that keep n99 sequences running
+    n90 = min(o.batch, max(1, math.ceil(math.log(0.1) / math.log(o.rho))))
+    need = n90 * kept / out  # prompt tokens per iteration that keep n90 sequences running
     if need > o.chunk:
         return None
     s_pre = p.prefill_time_ms(kept)
     s_dec = out * p.step_ms(round(n_mean), ctx) / round(n_mean)
     cost = s_pre + s_dec
-    tpot = p.step_ms(n99, ctx) + p.prefill_time_ms(need)
+    tpot = p.step_ms(n90, ctx) + p.prefill_time_ms(need)
     it_chunk = p.step_ms(n99, ctx) + p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
     # prefill waits behind the prefill queued ahead, served at the speed decode leaves (1 - u_decode)
     lam = o.rho * 1000.0 / cost
@@ -198,7 +200,7 @@ def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | Non
 def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMPlannerConfig) -> LLMPlan:
     """Solve the MILP (module docstring); an empty plan (status says why) when nothing is feasible."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    from scipy.sparse import coo_matrix
 
     t0 = time.perf_counter()
     if not profiles:
@@ -236,24 +238,32 @@ def plan_llm(profiles: dict[str, LLMProfile], classes: list[LLMClass], cfg: LLMP
     c = np.zeros(nv)
     for j, (_, _, f) in enumerate(pairs):
         c[j] = -(1.0 - 1e-3 * f.cost_ms / max_w)
-    rows: list[tuple[dict[int, float], float, float]] = []
-    for ki, k in enumerate(classes):
-        rows.append(({j: 1.0 for j, (kk, _, _) in enumerate(pairs) if kk == ki}, -np.inf, k.rate_rps))
-    for oi, o in enumerate(opts):
-        r = {j: f.cost_ms for j, (_, oo, f) in enumerate(pairs) if oo == oi}
-        r[nz + oi] = -1000.0 * o.rho
-        rows.append((r, -np.inf, 0.0))
-    rows.append(({nz + oi: 1.0 for oi in range(no)}, -np.inf, float(cfg.engines)))
+    kidx = np.array([k for k, _, _ in pairs])
+    oidx = np.array([o for _, o, _ in pairs])
+    cost = np.array([f.cost_ms for _, _, f in pairs])
+    accs = np.array([f.accuracy for _, _, f in pairs])
+    zj = np.arange(nz)
+    # rows: demand per class (nk), engine time per option (no), engines (1), accuracy (1), energy (1)
+    nk = len(classes)
+    ri = [kidx, nk + oidx, nk + np.arange(no), np.full(no, nk + no)]
+    ci = [zj, zj, nz + np.arange(no), nz + np.arange(no)]
+    vals = [np.ones(nz), cost, -1000.0 * np.array([o.rho for o in opts]), np.ones(no)]
+    lo = [-np.inf] * (nk + no + 1)
+    hi = [k.rate_rps for k in classes] + [0.0] * no + [float(cfg.engines)]
     if cfg.accuracy_target is not None:
-        rows.append(({j: f.accuracy - cfg.accuracy_target for j, (_, _, f) in enumerate(pairs)}, 0.0, np.inf))
+        ri.append(np.full(nz, len(lo)))
+        ci.append(zj)
+        vals.append(accs - cfg.accuracy_target)
+        lo.append(0.0)
+        hi.append(np.inf)
     if cfg.energy_budget_j is not None:
-        rows.append(({j: float(f.energy_j) - cfg.energy_budget_j for j, (_, _, f) in enumerate(pairs)},  # type: ignore[arg-type]
-                     -np.inf, 0.0))
-    a = lil_matrix((len(rows), nv))
-    for i, (r, _, _) in enumerate(rows):
-        for j, v in r.items():
-            a[i, j] = v
-    cons = LinearConstraint(a.tocsr(), [lo for _, lo, _ in rows], [hi for _, _, hi in rows])
+        ri.append(np.full(nz, len(lo)))
+        ci.append(zj)
+        vals.append(np.array([float(f.energy_j) for _, _, f in pairs]) - cfg.energy_budget_j)  # type: ignore[arg-type]
+        lo.append(-np.inf)
+        hi.append(0.0)
+    a = coo_matrix((np.concatenate(vals), (np.concatenate(ri), np.concatenate(ci))), shape=(len(lo), nv))
+    cons = LinearConstraint(a.tocsr(), lo, hi)
     integ = np.r_[np.zeros(nz), np.ones(no)]
     ub = np.r_[[classes[k].rate_rps for k, _, _ in pairs], np.full(no, float(cfg.engines))]
     res = milp(c, constraints=cons, integrality=integ, bounds=Bounds(np.zeros(nv), ub),

@@ -112,14 +112,16 @@ class LLMProfile:
                 raise ValueError(f"LLMProfile {self.name}: {label} holds a batch < 1 or a negative/non-finite time")
         if self.kv_bytes_per_token <= 0:
             raise ValueError(f"LLMProfile {self.name}: kv_bytes_per_token must be positive")
+        # ms per prompt token by batch and length (what prefill_time_ms interpolates; not a field)
+        self._per_token = {int(b): {int(L): ms / (int(b) * int(L)) for L, ms in row.items()}
+                           for b, row in self.prefill_ms.items()}
 
     # ------------------------------------------------------------------ costs
     def prefill_time_ms(self, tokens: float, seqs: int = 1) -> float:
         """ms to prefill ``seqs`` sequences of ``tokens`` prompt tokens each, in one forward pass."""
         if tokens <= 0:
             return 0.0
-        per_token = _grid({b: {L: ms / (b * L) for L, ms in row.items()} for b, row in self.prefill_ms.items()},
-                          max(1, seqs), tokens)
+        per_token = _grid(self._per_token, max(1, seqs), tokens)
         return per_token * tokens * max(1, seqs)
 
     def step_ms(self, batch: int, context: float) -> float:

@@ -17,7 +17,8 @@ accuracy need ``target``; how they read it differs, as in their papers:
   accuracy target as a *mean* (accuracy scaling: less accurate variants mixed in as load grows). Its
   knobs are variant, allocation and batch; it does not prune context (KV cap fixed to none).
 * ``adaptive``: the LLM planner (`leanml.serve.control.llm_planner`) per request class (prompt x
-  declared-output buckets), with KV caps, measured CV of inter-arrivals, the larger of the period's and
+  declared-output buckets), with KV caps, measured CV of inter-arrivals (clipped to 1-3: beyond 3 the
+  exponential-tail Kingman bound rules out every option and the plan would be empty), the larger of the period's and
   the last 30 s rate, and re-planning at once when the rate or the class mix drifts. Its router keeps an
   accuracy ledger: an option is skipped when routing there would bring the mean accuracy of everything
   routed so far below the target (the plan's mix is a mean over *planned* traffic; refusals and
@@ -248,8 +249,8 @@ class ProteusPolicy(_Planned):
                                         output_max=int(max(r.output for r in win)), cv=1.0)])
 
 
-PROMPT_EDGES = (512, 1024, 2048, 4096)
-OUTPUT_EDGES = (32, 128)
+PROMPT_EDGES = (1024, 3072)
+OUTPUT_EDGES = (32,)
 
 
 class AdaptivePolicy(_Planned):
@@ -268,6 +269,7 @@ class AdaptivePolicy(_Planned):
         scale = max(1.0, (len(recent) / self.recent_s) / (len(win) / self.s.period_s))
         gaps = np.diff([r.arrival_s for r in win])
         cv = float(np.std(gaps) / np.mean(gaps)) if len(gaps) > 1 and np.mean(gaps) > 0 else 1.0
+        cv = min(3.0, max(1.0, cv))
         groups: dict[str, list[LLMRequest]] = {}
         for r in win:
             groups.setdefault(self.classify(r.prompt, r.output), []).append(r)
@@ -276,7 +278,7 @@ class AdaptivePolicy(_Planned):
                         prompt_tokens=float(np.mean([r.prompt for r in rs])),
                         prompt_p99=float(np.percentile([r.prompt for r in rs], 99)),
                         output_tokens=float(np.mean([r.output for r in rs])),
-                        output_max=int(max(r.output for r in rs)), cv=max(1.0, cv)) for k, rs in groups.items()]
+                        output_max=int(max(r.output for r in rs)), cv=cv) for k, rs in groups.items()]
 
     def tick(self, sim, now):
         classes = self.classes_now(now)
