@@ -13,8 +13,8 @@ Setting, fixed before the run:
   trace with the largest 2-minute rate swing, its clock kept, thinned to ``load`` x the capacity of the
   most accurate variant (its engine time per request at the window's mean prompt and output, a batch of
   4, on all engines). Each request prefills its trace ``ContextTokens`` and generates ``GeneratedTokens``.
-* SLOs per request: TTFT <= max(1 s, 2 x fp32's lone prefill of its prompt); TPOT <= 2 x fp32's decode
-  step at batch 1 and 1,024 tokens of context. Accuracy: best variant's next-token accuracy - 1 point,
+* SLOs per request: TTFT <= max(1 s, 3 x the most accurate variant's lone prefill of its prompt); TPOT <=
+  3 x its decode step at batch 1 and 1,024 tokens of context (``--slo-x`` changes the 3). Accuracy: best variant's next-token accuracy - 1 point,
   a per-request floor for INFaaS, a mean for Proteus and adaptive.
 * Goodput: requests per second (of trace time) answered within both SLOs.
 
@@ -41,7 +41,7 @@ NOT_LIVE = ("no live continuous-batching LLM server in this branch (i13a builds 
             "simulator only")
 
 
-def setting(profiles, trace, load: float, engines: int, kv_bytes: float, window_s: float, seed: int):
+def setting(profiles, trace, load: float, engines: int, kv_bytes: float, window_s: float, seed: int, slo_x: float):
     from leanml.serve.control.llm_planner import LLMClass, LLMPlannerConfig
     from leanml.serve.control.llm_profiles import FULL
     from leanml.serve.sim.llm_policies import PolicySettings, most_accurate, request_cost_ms
@@ -55,12 +55,12 @@ def setting(profiles, trace, load: float, engines: int, kv_bytes: float, window_
     p_mean, o_mean = float(np.mean(w.context_tokens)), float(np.mean(np.maximum(w.generated_tokens, 1)))
     capacity = engines * 1000.0 / request_cost_ms(pb, p_mean, o_mean, batch=4)
     scaled, rep = real_timescale(trace, load * capacity, window_s=window_s, bin_s=120.0, start_s=start, seed=seed)
-    tpot = 2.0 * pb.step_ms(1, 1024)
-    reqs = [LLMRequest(i, float(t), int(p), int(max(o, 1)), max(1000.0, 2.0 * pb.prefill_time_ms(int(p))), tpot)
+    tpot = slo_x * pb.step_ms(1, 1024)
+    reqs = [LLMRequest(i, float(t), int(p), int(max(o, 1)), max(1000.0, slo_x * pb.prefill_time_ms(int(p))), tpot)
             for i, (t, p, o) in enumerate(zip(scaled.arrival_s, scaled.context_tokens, scaled.generated_tokens,
                                               strict=True))]
     target = pb.accuracy(FULL) - 0.01
-    prior = LLMClass("prior", load * capacity, p_mean, o_mean, ttft_ms=max(1000.0, 2.0 * pb.prefill_time_ms(p_mean)),
+    prior = LLMClass("prior", load * capacity, p_mean, o_mean, ttft_ms=max(1000.0, slo_x * pb.prefill_time_ms(p_mean)),
                      tpot_ms=tpot, prompt_p99=float(np.percentile(w.context_tokens, 99)),
                      output_max=int(np.max(w.generated_tokens)))
     cfg = LLMPlannerConfig(engines=engines, kv_budget_bytes=kv_bytes, time_limit_s=1.0)
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--engines", type=int, default=2)
     ap.add_argument("--kv-gib", type=float, default=1.0, help="KV-cache budget per engine (GiB)")
     ap.add_argument("--load", type=float, default=1.0, help="headline load x the most accurate variant's capacity")
+    ap.add_argument("--slo-x", type=float, default=3.0, help="SLOs as this multiple of lone-request TTFT/TPOT")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_llm_replay.json")
     a = ap.parse_args(argv)
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.profiles.exists():
         sys.exit(f"--profiles: {a.profiles} does not exist; measure it with "
                  "`python benchmarks/llm_profiles_measure.py` (or pass another LLM profile file)")
-    if a.engines < 1 or a.kv_gib <= 0 or a.load <= 0:
-        sys.exit("--engines must be >= 1, --kv-gib and --load positive")
+    if a.engines < 1 or a.kv_gib <= 0 or a.load <= 0 or a.slo_x <= 0:
+        sys.exit("--engines must be >= 1; --kv-gib, --load and --slo-x positive")
     profiles = load_llm_profiles(a.profiles)
     trace = load_trace(a.trace)
     if trace.context_tokens is None or trace.generated_tokens is None:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     loads = [a.load] if a.quick else sorted({0.5, a.load, 2.0, 4.0})
     grid, head_res, head_rep = [], None, None
     for load in loads:
-        reqs, rep, s, cap = setting(profiles, trace, load, a.engines, kv, window_s, a.seed)
+        reqs, rep, s, cap = setting(profiles, trace, load, a.engines, kv, window_s, a.seed, a.slo_x)
         for slack in ([0.01] if a.quick else [0.01, 0.03]):
             s2 = replace(s, accuracy_target=best_acc - slack)
             span = rep.window_s / (rep.factor if rep.method == "time-compression" else 1.0)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             if load == a.load and slack == 0.01:
                 head_res, head_rep = h, rep
     out = {**head_res, "sim_p99_error": None, "sim_p99_error_reason": NOT_LIVE, "headline_load": a.load,
-           "timescale": head_rep.to_json(), "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib,
+           "timescale": head_rep.to_json(), "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib, "slo_x": a.slo_x,
            "quick": a.quick, "grid": grid}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
