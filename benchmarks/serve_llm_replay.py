@@ -14,8 +14,9 @@ Setting, fixed before the run:
   most accurate variant (its engine time per request at the window's mean prompt and output, a batch of
   4, on all engines). Each request prefills its trace ``ContextTokens`` and generates ``GeneratedTokens``.
 * SLOs per request: TTFT <= max(1 s, 3 x the most accurate variant's lone prefill of its prompt); TPOT <=
-  3 x its decode step at batch 1 and 1,024 tokens of context (``--slo-x`` changes the 3). Accuracy: best variant's next-token accuracy - 1 point,
-  a per-request floor for INFaaS, a mean for Proteus and adaptive.
+  3 x its decode step at batch 1 and 1,024 tokens of context (``--slo-x`` changes the 3).
+  Accuracy: best variant's next-token accuracy - 1 point, a per-request floor for INFaaS, a mean
+  for Proteus and adaptive.
 * Goodput: requests per second (of trace time) answered within both SLOs.
 
 Live replay: the continuous-batching HTTP server is i13a's part and is not in this branch, so only the
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
             if load == a.load and slack == 0.01:
                 head_res, head_rep = h, rep
     out = {**head_res, "sim_p99_error": None, "sim_p99_error_reason": NOT_LIVE, "headline_load": a.load,
-           "timescale": head_rep.to_json(), "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib, "slo_x": a.slo_x,
-           "quick": a.quick, "grid": grid}
+           "timescale": head_rep.to_json(), "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib,
+           "slo_x": a.slo_x, "quick": a.quick, "grid": grid}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
     last = {k: out[k] for k in ("goodput_vs_infaas", "goodput_vs_static_accurate", "accuracy_gap_points",
