@@ -106,7 +106,9 @@ def test_every_policy_answers_and_respects_its_accuracy_rule(policy: str):
         assert served == {"int8"}
     if policy == "infaas":
         assert "int8" not in served  # a per-request floor of 0.59: int8 (0.40) never
-    if policy in ("proteus", "adaptive"):
+    if policy == "adaptive-nocap":
+        assert all(o.kv_cap == 0 for o in outs if o.status == "ok")
+    if policy in ("proteus", "adaptive", "adaptive-nocap"):
         assert summ["mean_accuracy"] >= 0.59 - 0.01  # a mean target, met over what was served
 
 

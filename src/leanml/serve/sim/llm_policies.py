@@ -295,10 +295,19 @@ class AdaptivePolicy(_Planned):
             self._replan(sim, now, classes)
 
 
+class AdaptiveNoCapPolicy(AdaptivePolicy):
+    """Ablation: adaptive without context pruning (KV cap fixed to none), to separate the knob's share."""
+
+    name = "adaptive-nocap"
+
+    def planner_cfg(self):
+        return replace(self.s.planner, accuracy_target=self.s.accuracy_target, kv_caps=(FULL,))
+
+
 def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
-    """The five compared policies, in report order."""
+    """The five compared policies and the adaptive ablation, in report order."""
     fast = cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)
     return [StaticPolicy(profiles, s, most_accurate(profiles), "static-accurate"),
             StaticPolicy(profiles, s, fast, "static-fast"), InfaasPolicy(profiles, s),
-            ProteusPolicy(profiles, s), AdaptivePolicy(profiles, s)]
+            ProteusPolicy(profiles, s), AdaptivePolicy(profiles, s), AdaptiveNoCapPolicy(profiles, s)]
 
