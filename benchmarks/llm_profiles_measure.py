@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "acc_cap128": round(q[128]["next_token_accuracy"].value, 4),
                      "acc_cap512": round(q[512]["next_token_accuracy"].value, 4)})
         print(json.dumps(rows[-1]), flush=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    save_llm_profiles(a.out, profiles, {"machine": machine_info(), "quick": a.quick})
+        a.out.parent.mkdir(parents=True, exist_ok=True)  # saved after each variant: a long run keeps what it has
+        save_llm_profiles(a.out, profiles, {"machine": machine_info(), "quick": a.quick,
+                                            "load_average": os.getloadavg()[0]})
     print("| " + " | ".join(rows[0]) + " |")
     for r in rows:
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
