@@ -1,0 +1,315 @@
+"""LLM serving policies for `leanml.serve.sim.llm_sim`: static, INFaaS-style greedy, Proteus-style, adaptive.
+
+Every policy sees the same engines (one per core), KV budget and request SLOs (TTFT, TPOT), and the same
+accuracy need ``target``; how they read it differs, as in their papers:
+
+* ``static-accurate`` / ``static-fast``: every engine on the most accurate / cheapest variant, its batch
+  cap and chunk chosen offline from the profile (`offline_batching`: the largest whose full iteration
+  meets the TPOT SLO); join-shortest-queue by outstanding tokens; never refuses (FIFO, the TTFT deadline
+  drops what waited too long).
+* ``infaas`` (INFaaS, Romero et al., USENIX ATC'21): per request, the variants meeting the request's
+  accuracy *on their own* (a floor), cheapest first; the first whose running instance is predicted to
+  meet the latency SLO (here TTFT and TPOT) gets it; else an idle engine is switched to the cheapest
+  such variant (INFaaS's scale-up / variant upgrade); else refused. Batch cap and chunk per variant by
+  `offline_batching` (INFaaS picks batch from profiles offline).
+* ``proteus`` (Proteus, Ahmad et al., ASPLOS'24): every ``period_s`` a MILP allocation of variants to
+  engines and routing from the last period's mean rate, one request class, Poisson arrivals (CV 1), the
+  accuracy target as a *mean* (accuracy scaling: less accurate variants mixed in as load grows). Its
+  knobs are variant, allocation and batch; it does not prune context (KV cap fixed to none).
+* ``adaptive``: the LLM planner (`leanml.serve.control.llm_planner`) per request class (prompt x
+  declared-output buckets), with KV caps, measured CV of inter-arrivals (clipped to 1-3: beyond 3 the
+  exponential-tail Kingman bound rules out every option and the plan would be empty), the larger of the period's and
+  the last 30 s rate, and re-planning at once when the rate or the class mix drifts. Its router keeps an
+  accuracy ledger: an option is skipped when routing there would bring the mean accuracy of everything
+  routed so far below the target (the plan's mix is a mean over *planned* traffic; refusals and
+  fall-throughs under bursts would otherwise skew the realized mix toward the cheap options).
+
+Planned policies route a class by the plan's fractions (smooth weighted round-robin), within an option to
+the engine with the least predicted TTFT, and refuse early (429) what no planned engine is predicted to
+answer within the SLOs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from leanml.serve.control.llm_planner import LLMClass, LLMOption, LLMPlan, LLMPlannerConfig, plan_llm
+from leanml.serve.control.llm_profiles import FULL, LLMProfile
+from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMSimulator
+
+
+def most_accurate(profiles: dict[str, LLMProfile]) -> str:
+    """The variant with the best full-context accuracy; ties go to the cheaper one (prefill of 1,024 tokens
+    plus 16 decode steps at batch 1)."""
+    return max(profiles, key=lambda v: (profiles[v].accuracy(FULL), -request_cost_ms(profiles[v], 1024, 16, 1)))
+
+
+def request_cost_ms(p: LLMProfile, prompt: float, output: float, batch: int = 8) -> float:
+    """Engine time per request at a running batch: its prefill plus its share of ``output`` decode steps."""
+    return p.prefill_time_ms(prompt) + output * p.step_ms(batch, prompt + output / 2) / batch
+
+
+def offline_batching(p: LLMProfile, s: PolicySettings) -> tuple[int, int]:
+    """(batch cap, chunk) chosen offline from the profile: the largest batch of the planner's grid, then the
+    largest chunk, whose full iteration (a decode step at that batch plus a whole chunk of prefill, at the
+    prior's prompt length) meets the prior's TPOT SLO; (1, smallest chunk) if none does."""
+    pr = s.prior
+    ok = [(b, c) for b in s.planner.batch_sizes for c in s.planner.chunk_tokens
+          if p.step_ms(b, pr.prompt_tokens) + p.prefill_time_ms(c) <= pr.tpot_ms]
+    return max(ok, default=(1, min(s.planner.chunk_tokens)))
+
+
+def cheapest(profiles: dict[str, LLMProfile], prompt: float, output: float) -> str:
+    return min(profiles, key=lambda v: request_cost_ms(profiles[v], prompt, output))
+
+
+@dataclass
+class PolicySettings:
+    """What every policy is told: the accuracy need, fixed batching for the unplanned ones, the planner's
+    grids, the re-plan period, and the operator's prior load (the first plan, before any history)."""
+
+    accuracy_target: float
+    planner: LLMPlannerConfig
+    prior: LLMClass
+    period_s: float = 60.0
+
+
+class LLMPolicy(ABC):
+    """A routing policy over the simulator's engines."""
+
+    name: str = "policy"
+
+    def __init__(self, profiles: dict[str, LLMProfile], s: PolicySettings) -> None:
+        self.profiles, self.s = profiles, s
+
+    @abstractmethod
+    def setup(self, sim: LLMSimulator) -> None:
+        """Configure every engine (`LLMSimulator.configure`)."""
+
+    @abstractmethod
+    def route(self, sim: LLMSimulator, req: LLMRequest) -> tuple[int, int] | None:
+        """(engine, KV cap) for ``req``, or None to refuse it (429)."""
+
+    def observe(self, sim: LLMSimulator, req: LLMRequest) -> None:
+        """Sees every arrival before it is routed (the planned policies' window statistics); default: nothing."""
+        return None
+
+    def tick(self, sim: LLMSimulator, now: float) -> None:
+        """Called every simulator tick (re-planning); default: nothing."""
+        return None
+
+
+def _jsq(sim: LLMSimulator, engines: list[int]) -> int:
+    return min(engines, key=sim.outstanding)
+
+
+class StaticPolicy(LLMPolicy):
+    def __init__(self, profiles, s, variant: str, name: str) -> None:
+        super().__init__(profiles, s)
+        self.variant, self.name = variant, name
+
+    def setup(self, sim):
+        b, c = offline_batching(self.profiles[self.variant], self.s)
+        sim.configure([EngineConfig(self.variant, b, c)] * sim.n_engines)
+
+    def route(self, sim, req):
+        return _jsq(sim, list(range(sim.n_engines))), FULL
+
+
+class InfaasPolicy(LLMPolicy):
+    name = "infaas"
+
+    def setup(self, sim):
+        pr = self.s.prior
+        self.cands = sorted((v for v, p in self.profiles.items() if p.accuracy(FULL) >= self.s.accuracy_target),
+                            key=lambda v: request_cost_ms(self.profiles[v], pr.prompt_tokens, pr.output_tokens))
+        if not self.cands:
+            raise ValueError(f"infaas: no variant meets accuracy {self.s.accuracy_target} on its own")
+        self.cfg = {v: EngineConfig(v, *offline_batching(self.profiles[v], self.s)) for v in self.cands}
+        sim.configure([self.cfg[self.cands[0]]] * sim.n_engines)
+
+    def route(self, sim, req):
+        for v in self.cands:
+            mine = [i for i, e in enumerate(sim.engines) if e.target.variant == v]
+            if mine:
+                ei = min(mine, key=lambda i: sim.predict_ttft_ms(i, req.prompt))
+                if (sim.predict_ttft_ms(ei, req.prompt) <= req.ttft_ms
+                        and sim.predict_tpot_ms(ei, req.prompt, req.output) <= req.tpot_ms):
+                    return ei, FULL
+        idle = [i for i, e in enumerate(sim.engines) if not e.running and not e.waiting and not e.busy]
+        for v in self.cands:
+            for i in idle:
+                if sim.engines[i].target.variant != v:
+                    sim.configure([self.cfg[v] if j == i else e.target
+                                   for j, e in enumerate(sim.engines)])
+                    return i, FULL
+        return None
+
+
+class _Planned(LLMPolicy):
+    """Plan-following routing shared by Proteus and adaptive (subclasses say how classes and rates are read)."""
+
+    recent_s = 30.0
+    ledger = False  # adaptive: never route so that the mean accuracy of routed requests falls below the target
+
+    def setup(self, sim):
+        self.hist: deque[LLMRequest] = deque()
+        self.plan: LLMPlan | None = None
+        self.last_plan_s = 0.0
+        self.credit: dict[tuple[str, LLMOption], float] = {}
+        self.acc_sum, self.acc_n = 0.0, 0  # accuracy of what was routed (the ledger, when enforced)
+        self._replan(sim, 0.0, [replace(self.s.prior, name=self.classify(int(self.s.prior.prompt_tokens),
+                                                                         int(self.s.prior.output_tokens)))])
+
+    def classify(self, prompt: int, output: int) -> str:
+        return "all"
+
+    def observe(self, sim, req):
+        self.hist.append(req)
+        while self.hist and self.hist[0].arrival_s < req.arrival_s - max(self.s.period_s, self.recent_s):
+            self.hist.popleft()
+
+    def classes_now(self, now: float) -> list[LLMClass]:
+        raise NotImplementedError
+
+    def _replan(self, sim: LLMSimulator, now: float, classes: list[LLMClass]) -> None:
+        cfg = self.planner_cfg()
+        pl = plan_llm(self.profiles, classes, cfg)
+        self.plan, self.last_plan_s = pl, now
+        self.opt_engines: dict[LLMOption, list[int]] = {}
+        configs: list[EngineConfig] = []
+        for o, n in sorted(pl.engines.items(), key=lambda kv: -kv[1]):
+            for _ in range(n):
+                self.opt_engines.setdefault(o, []).append(len(configs))
+                configs.append(EngineConfig(o.variant, o.batch, o.chunk))
+        best = most_accurate(self.profiles)
+        fb = EngineConfig(best, *offline_batching(self.profiles[best], self.s))
+        for _ in range(sim.n_engines - len(configs)):  # engines the plan left idle: best effort, admission-checked
+            self.opt_engines.setdefault(LLMOption(best, FULL, fb.batch, fb.chunk, 0.0), []).append(len(configs))
+            configs.append(fb)
+        sim.configure(configs[: sim.n_engines])
+        sim.log.append({"t": now, "policy": self.name, "plan": pl.summary(),
+                        "classes": [(k.name, round(k.rate_rps, 3)) for k in classes]})
+
+    def planner_cfg(self) -> LLMPlannerConfig:
+        return replace(self.s.planner, accuracy_target=self.s.accuracy_target)
+
+    def route(self, sim, req):
+        """The class's planned options, by its fractions (the plan's mean accuracy holds over them); a class
+        the plan has not seen may use any engine whose accuracy for this request meets the target on its own
+        (so unplanned traffic never pulls the mean below it)."""
+        k = self.classify(req.prompt, req.output)
+        fr = self.plan.fractions(k) if self.plan else {}
+        if fr:  # smooth weighted round-robin over the class's options
+            for o, f in fr.items():
+                self.credit[(k, o)] = self.credit.get((k, o), 0.0) + f
+            o = max(fr, key=lambda o: self.credit[(k, o)])
+            self.credit[(k, o)] -= 1.0
+            order = [o, *sorted(fr, key=lambda x: -fr[x])]
+        else:
+            order = [o for o in self.opt_engines
+                     if self.profiles[o.variant].accuracy(o.kv_cap if sim.kept(req, o.kv_cap) < req.prompt else FULL)
+                     >= self.s.accuracy_target]
+        for o in order:
+            cap = o.kv_cap
+            kept = sim.kept(req, cap)
+            eng = self.opt_engines.get(o, [])
+            if not eng:
+                continue
+            acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
+            if self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target:
+                continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
+            ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept))
+            if (sim.predict_ttft_ms(ei, kept) <= req.ttft_ms
+                    and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
+                self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
+                return ei, cap
+        return None
+
+
+class ProteusPolicy(_Planned):
+    name = "proteus"
+
+    def planner_cfg(self):
+        return replace(self.s.planner, accuracy_target=self.s.accuracy_target, kv_caps=(FULL,))
+
+    def tick(self, sim, now):
+        if now - self.last_plan_s < self.s.period_s - 1e-9:
+            return
+        win = [r for r in self.hist if r.arrival_s >= now - self.s.period_s]
+        if not win:
+            return
+        pr = self.s.prior
+        self._replan(sim, now, [replace(pr, name="all", rate_rps=len(win) / self.s.period_s,
+                                        prompt_tokens=float(np.mean([r.prompt for r in win])),
+                                        prompt_p99=float(np.percentile([r.prompt for r in win], 99)),
+                                        output_tokens=float(np.mean([r.output for r in win])),
+                                        output_max=int(max(r.output for r in win)), cv=1.0)])
+
+
+PROMPT_EDGES = (1024, 3072)
+OUTPUT_EDGES = (32,)
+
+
+class AdaptivePolicy(_Planned):
+    name = "adaptive"
+    ledger = True
+
+    def classify(self, prompt, output):
+        p = int(np.searchsorted(PROMPT_EDGES, prompt, side="right"))
+        return f"p{p}o{int(np.searchsorted(OUTPUT_EDGES, output, side='right'))}"
+
+    def classes_now(self, now):
+        win = [r for r in self.hist if r.arrival_s >= now - self.s.period_s]
+        recent = [r for r in win if r.arrival_s >= now - self.recent_s]
+        if len(win) < 2:
+            return []
+        scale = max(1.0, (len(recent) / self.recent_s) / (len(win) / self.s.period_s))
+        gaps = np.diff([r.arrival_s for r in win])
+        cv = float(np.std(gaps) / np.mean(gaps)) if len(gaps) > 1 and np.mean(gaps) > 0 else 1.0
+        cv = min(3.0, max(1.0, cv))
+        groups: dict[str, list[LLMRequest]] = {}
+        for r in win:
+            groups.setdefault(self.classify(r.prompt, r.output), []).append(r)
+        pr = self.s.prior
+        return [replace(pr, name=k, rate_rps=scale * len(rs) / self.s.period_s,
+                        prompt_tokens=float(np.mean([r.prompt for r in rs])),
+                        prompt_p99=float(np.percentile([r.prompt for r in rs], 99)),
+                        output_tokens=float(np.mean([r.output for r in rs])),
+                        output_max=int(max(r.output for r in rs)), cv=cv) for k, rs in groups.items()]
+
+    def tick(self, sim, now):
+        classes = self.classes_now(now)
+        if not classes:
+            return
+        due = now - self.last_plan_s >= self.s.period_s - 1e-9
+        if not due and self.plan is not None:  # drift: rate or class mix moved since the plan
+            planned = {k.name: k.rate_rps for k in self.plan.classes}
+            tot_p, tot_n = sum(planned.values()), sum(k.rate_rps for k in classes)
+            mix = 0.5 * sum(abs(planned.get(k.name, 0) / max(tot_p, 1e-12) - k.rate_rps / max(tot_n, 1e-12))
+                            for k in classes) if tot_p > 0 else 1.0
+            due = not 0.7 <= tot_n / max(tot_p, 1e-12) <= 1.4 or mix > 0.25
+        if due:
+            self._replan(sim, now, classes)
+
+
+class AdaptiveNoCapPolicy(AdaptivePolicy):
+    """Ablation: adaptive without context pruning (KV cap fixed to none), to separate the knob's share."""
+
+    name = "adaptive-nocap"
+
+    def planner_cfg(self):
+        return replace(self.s.planner, accuracy_target=self.s.accuracy_target, kv_caps=(FULL,))
+
+
+def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
+    """The five compared policies and the adaptive ablation, in report order."""
+    fast = cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)
+    return [StaticPolicy(profiles, s, most_accurate(profiles), "static-accurate"),
+            StaticPolicy(profiles, s, fast, "static-fast"), InfaasPolicy(profiles, s),
+            ProteusPolicy(profiles, s), AdaptivePolicy(profiles, s), AdaptiveNoCapPolicy(profiles, s)]
+

@@ -1,0 +1,295 @@
+"""Discrete-event simulator of an LLM server with continuous batching (iteration-level, as in Orca/vLLM).
+
+The deployment is ``engines`` engines (one per core here), each running one variant with a running-batch
+cap B, a prefill chunk C (Sarathi-Serve: every iteration carries one decode token for each running
+sequence plus up to C prompt tokens, so prefill never stalls running decodes for a whole prompt) and a KV
+budget. A request joins an engine's FIFO queue; it is admitted between iterations when fewer than B run
+and its KV reservation (kept prompt + max_new_tokens, times bytes/token) fits the free budget; a request
+still waiting past its TTFT SLO is dropped (it can no longer meet it: 503, as the runtime's deadlines).
+An iteration costs ``step_ms(decoders, mean context) + prefill_time_ms(chunk tokens)`` from the variant's
+`LLMProfile`, times a lognormal noise factor (CV ``noise_cv``, seeded). A request's first token comes at
+the end of the iteration that finishes its prefill, then one token per iteration; TPOT is
+(finish - first token) / (output - 1). Goodput counts requests with TTFT and TPOT within their SLOs.
+
+Policies (`leanml.serve.sim.llm_policies`) configure engines, route each request (engine and KV cap) or
+refuse it (429), and may re-plan every ``tick_s``. Simplifications, stated: switching an engine's variant
+waits until it has no running sequence and costs no load time (every variant stays in memory); KV
+cache is reserved, not paged; the noise is independent per iteration.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from leanml.serve.control.llm_profiles import FULL, LLMProfile
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    variant: str
+    batch: int
+    chunk: int
+
+
+@dataclass
+class LLMRequest:
+    i: int
+    arrival_s: float
+    prompt: int
+    output: int
+    ttft_ms: float
+    tpot_ms: float
+
+
+@dataclass
+class _Run:
+    req: LLMRequest
+    kept: int  # prompt tokens kept (KV cap)
+    reserve: float  # KV bytes reserved
+    kv_cap: int
+    prefilled: int = 0
+    generated: int = 0
+    first_s: float | None = None
+
+
+@dataclass
+class Engine:
+    cfg: EngineConfig
+    kv_budget: float
+    pending: EngineConfig | None = None
+    waiting: deque = field(default_factory=deque)
+    running: list[_Run] = field(default_factory=list)
+    kv_used: float = 0.0
+    busy: bool = False
+    busy_until: float = 0.0
+
+    @property
+    def target(self) -> EngineConfig:
+        return self.pending or self.cfg
+
+
+@dataclass
+class Outcome:
+    i: int
+    arrival_s: float
+    prompt: int
+    output: int
+    status: str  # "ok" | "refused" | "expired"
+    variant: str | None = None
+    kv_cap: int = FULL
+    ttft_ms: float = float("nan")
+    tpot_ms: float = float("nan")
+    accuracy: float = float("nan")
+    good: bool = False
+
+
+class LLMSimulator:
+    """Runs a policy over arrivals (see module docstring); `run` returns one `Outcome` per request."""
+
+    def __init__(self, profiles: dict[str, LLMProfile], *, engines: int, kv_budget_bytes: float,
+                 noise_cv: float = 0.05, seed: int = 0) -> None:
+        if engines < 1:
+            raise ValueError(f"engines must be >= 1, got {engines}")
+        self.profiles = profiles
+        self.n_engines, self.kv_budget = int(engines), float(kv_budget_bytes)
+        self.sigma = math.sqrt(math.log(1 + noise_cv**2)) if noise_cv > 0 else 0.0
+        self.rng = np.random.default_rng(seed)
+        self.engines: list[Engine] = []
+        self.now = 0.0
+        self.log: list[dict[str, Any]] = []  # policy events (re-plans)
+
+    # ---------------------------------------------------------------- engine configuration (policies)
+    def configure(self, configs: list[EngineConfig]) -> None:
+        """Set every engine's target configuration; a variant change waits until the engine drains."""
+        if len(configs) != self.n_engines:
+            raise ValueError(f"configure: {len(configs)} configs for {self.n_engines} engines")
+        for cfg in configs:
+            if cfg.variant not in self.profiles:
+                raise ValueError(f"configure: unknown variant {cfg.variant!r} (profiled: {sorted(self.profiles)})")
+        if not self.engines:
+            self.engines = [Engine(c, self.kv_budget) for c in configs]
+            return
+        for e, c in zip(self.engines, configs, strict=True):
+            if c == e.cfg:
+                e.pending = None
+            elif c.variant == e.cfg.variant or not e.running:
+                e.cfg, e.pending = c, None  # batch/chunk changes apply at the next iteration
+            else:
+                e.pending = c
+
+    # ---------------------------------------------------------------- predictions (routing rules)
+    def predict_ttft_ms(self, ei: int, prompt_kept: int) -> float:
+        """Predicted TTFT (ms) of a request joining engine ``ei`` now: the engine's current iteration, the
+        prefill ahead of it and its own, in chunks, each chunk iteration carrying the running decodes, and
+        (when its batch is full) the wait for enough running sequences to finish."""
+        e = self.engines[ei]
+        cfg = e.target
+        p = self.profiles[cfg.variant]
+        n_run = len(e.running)
+        ctx = np.mean([r.kept + r.generated for r in e.running]) if e.running else prompt_kept
+        step = p.step_ms(max(1, min(n_run, cfg.batch)), float(ctx))
+        pre = sum(r.kept - r.prefilled for r in e.running) + sum(r.kept for r in e.waiting) + prompt_kept
+        t = math.ceil(pre / cfg.chunk) * step + p.prefill_time_ms(pre)
+        over = n_run + len(e.waiting) + 1 - cfg.batch
+        if over > 0:
+            left = sorted(r.req.output - r.generated for r in e.running)
+            t += (left[over - 1] if over <= len(left) else max(left, default=0) * 2 + 1) * step
+        return max(0.0, (e.busy_until - self.now) * 1000) + t
+
+    def predict_tpot_ms(self, ei: int, prompt_kept: int, output: int) -> float:
+        """Predicted TPOT (ms) of a request joining engine ``ei``: a decode step at the batch it joins, plus the
+        prefill each iteration carries to keep such a batch full (n x prompt / output tokens, at most a chunk)."""
+        e = self.engines[ei]
+        cfg = e.target
+        n = min(len(e.running) + len(e.waiting) + 1, cfg.batch)
+        ctx = float(np.mean([r.kept + r.generated for r in e.running] + [prompt_kept]))
+        p = self.profiles[cfg.variant]
+        return p.step_ms(n, ctx) + p.prefill_time_ms(min(cfg.chunk, n * prompt_kept / max(1, output)))
+
+    def outstanding(self, ei: int) -> int:
+        """Tokens of work queued or running at engine ``ei`` (join-shortest-queue key)."""
+        e = self.engines[ei]
+        return (sum(r.kept - r.prefilled + r.req.output - r.generated for r in e.running)
+                + sum(r.kept + r.req.output for r in e.waiting))
+
+    def kept(self, req: LLMRequest, kv_cap: int) -> int:
+        return min(req.prompt, kv_cap - req.output) if kv_cap and kv_cap > req.output else req.prompt
+
+    # ---------------------------------------------------------------- the event loop
+    def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[Outcome]:
+        """Simulate ``requests`` (sorted by arrival) under ``policy`` (an `LLMPolicy`)."""
+        self.engines, self.now, self.log = [], 0.0, []
+        policy.setup(self)
+        if len(self.engines) != self.n_engines:
+            raise ValueError(f"policy {policy.name}: setup must configure {self.n_engines} engines")
+        out: dict[int, Outcome] = {}
+        ev: list[tuple[float, int, str, Any]] = []
+        seq = 0
+        for r in requests:
+            ev.append((r.arrival_s, seq, "arrive", r))
+            seq += 1
+        end = requests[-1].arrival_s if requests else 0.0
+        t = tick_s
+        while t < end:
+            ev.append((t, seq, "tick", None))
+            seq += 1
+            t += tick_s
+        heapq.heapify(ev)
+        while ev:
+            self.now, _, kind, data = heapq.heappop(ev)
+            if kind == "tick":
+                policy.tick(self, self.now)
+                for ei in range(self.n_engines):
+                    seq = self._start(ei, ev, seq, out)
+            elif kind == "arrive":
+                policy.observe(self, data)
+                dec = policy.route(self, data)
+                if dec is None:
+                    out[data.i] = Outcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                    continue
+                ei, cap = dec
+                kept = self.kept(data, cap)
+                p = self.profiles[self.engines[ei].target.variant]
+                reserve = p.kv_bytes(kept + data.output)
+                if reserve > self.kv_budget:
+                    out[data.i] = Outcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                    continue
+                self.engines[ei].waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
+                seq = self._start(ei, ev, seq, out)
+            else:  # iteration end
+                seq = self._finish_iteration(data, ev, seq, out)
+        return [out[r.i] for r in requests]
+
+    def _start(self, ei: int, ev: list, seq: int, out: dict[int, Outcome]) -> int:
+        e = self.engines[ei]
+        if e.busy:
+            return seq
+        if e.pending is not None and not e.running:
+            e.cfg, e.pending = e.pending, None
+        while e.waiting and e.pending is None and len(e.running) < e.cfg.batch:
+            r = e.waiting[0]
+            if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
+                e.waiting.popleft()
+                out[r.req.i] = Outcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
+                continue
+            r.reserve = self.profiles[e.cfg.variant].kv_bytes(r.kept + r.req.output)
+            if e.kv_used + r.reserve > e.kv_budget:
+                break
+            e.waiting.popleft()
+            e.kv_used += r.reserve
+            e.running.append(r)
+        if not e.running:
+            return seq
+        p = self.profiles[e.cfg.variant]
+        dec = [r for r in e.running if r.prefilled >= r.kept]
+        dec_ids = {id(r) for r in dec}
+        budget, chunk = e.cfg.chunk, {}
+        for r in e.running:
+            if r.prefilled < r.kept and budget > 0:
+                take = min(budget, r.kept - r.prefilled)
+                chunk[id(r)] = take
+                budget -= take
+        ms = 0.0
+        if dec:
+            ms += p.step_ms(len(dec), float(np.mean([r.kept + r.generated for r in dec])))
+        if chunk:
+            ms += p.prefill_time_ms(sum(chunk.values()) / len(chunk), len(chunk))
+        if self.sigma:
+            ms *= float(self.rng.lognormal(-self.sigma**2 / 2, self.sigma))
+        e.busy, e.busy_until = True, self.now + ms / 1000
+        heapq.heappush(ev, (e.busy_until, seq, "iter", (ei, dec_ids, chunk)))
+        return seq + 1
+
+    def _finish_iteration(self, data: tuple, ev: list, seq: int, out: dict[int, Outcome]) -> int:
+        ei, dec, chunk = data
+        e = self.engines[ei]
+        e.busy = False
+        p = self.profiles[e.cfg.variant]
+        done = []
+        for r in e.running:
+            if id(r) in chunk:
+                r.prefilled += chunk[id(r)]
+                if r.prefilled >= r.kept:  # the prefill's last logits give the first token
+                    r.generated, r.first_s = 1, self.now
+            elif id(r) in dec:
+                r.generated += 1
+            if r.generated >= r.req.output:
+                done.append(r)
+        for r in done:
+            e.running.remove(r)
+            e.kv_used -= r.reserve
+            q = r.req
+            ttft = (r.first_s - q.arrival_s) * 1000
+            tpot = (self.now - r.first_s) * 1000 / (q.output - 1) if q.output > 1 else 0.0
+            out[q.i] = Outcome(q.i, q.arrival_s, q.prompt, q.output, "ok", e.cfg.variant, r.kv_cap, ttft, tpot,
+                               p.accuracy(r.kv_cap), ttft <= q.ttft_ms and tpot <= q.tpot_ms)
+        return self._start(ei, ev, seq, out)
+
+
+def summarize(outcomes: list[Outcome], duration_s: float) -> dict[str, Any]:
+    """Goodput (requests/s within both SLOs), SLO attainment, mean accuracy of answered requests, tails."""
+    ok = [o for o in outcomes if o.status == "ok"]
+    good = sum(o.good for o in outcomes)
+    tt = np.array([o.ttft_ms for o in ok]) if ok else np.array([np.nan])
+    tp = np.array([o.tpot_ms for o in ok if o.output > 1]) if ok else np.array([np.nan])
+    by_variant: dict[str, int] = {}
+    for o in ok:
+        key = o.variant if not o.kv_cap else f"{o.variant}@kv{o.kv_cap}"
+        by_variant[key] = by_variant.get(key, 0) + 1
+    return {
+        "requests": len(outcomes), "goodput_rps": good / duration_s if duration_s > 0 else float("nan"),
+        "slo_attainment": good / len(outcomes) if outcomes else float("nan"),
+        "answered": len(ok), "refused": sum(o.status == "refused" for o in outcomes),
+        "expired": sum(o.status == "expired" for o in outcomes),
+        "mean_accuracy": float(np.mean([o.accuracy for o in ok])) if ok else float("nan"),
+        "ttft_p50_ms": float(np.nanpercentile(tt, 50)), "ttft_p99_ms": float(np.nanpercentile(tt, 99)),
+        "tpot_p50_ms": float(np.nanpercentile(tp, 50)) if tp.size else float("nan"),
+        "tpot_p99_ms": float(np.nanpercentile(tp, 99)) if tp.size else float("nan"),
+        "served_by": by_variant,
+    }
