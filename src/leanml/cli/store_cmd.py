@@ -38,8 +38,8 @@ def _query(store, task: str | None, row: int, query_file: Path | None):  # noqa:
 
 def _features(store, query):  # noqa: ANN001, ANN202
     """Query features per checkpoint: a task row, or a file's [d], [n, d] or [C, n, d] array."""
+    from leanml.store.query.lookups import query_features as task_row
     from leanml.store.search import as_per_checkpoint
-    from leanml.store.tasks import _query as task_row
 
     if isinstance(query, tuple):
         return list(task_row(store, query)[0])

@@ -44,8 +44,6 @@ from leanml.store.metadata import sql as _sql
 from leanml.store.plan import planned_search as _planned_search
 from leanml.store.search import topk as _topk
 from leanml.store.tasks import add_task as _add_task
-from leanml.store.tasks import explain as _explain
-from leanml.store.tasks import nshot as _nshot
 from leanml.store.tasks import select as _select
 from leanml.store.view import check_name as _check_name
 
@@ -430,10 +428,14 @@ class GradientStore:
         return _topk(self, queries, k, **kw) if plan is None else _planned_search(self, queries, k, plan, **kw)
 
     def explain(self, example: Any, k: int = 10, **kw: Any) -> list[dict[str, Any]]:
-        return _explain(self, example, k, **kw)
+        from leanml.store.query.lookups import explain  # the query layer sits above this façade
+
+        return explain(self, example, k, **kw)
 
     def nshot(self, query: Any, k: int = 4, **kw: Any) -> list[dict[str, Any]]:
-        return _nshot(self, query, k, **kw)
+        from leanml.store.query.lookups import nshot
+
+        return nshot(self, query, k, **kw)
 
     def add_task(self, name: str, features: Any, **kw: Any) -> dict[str, Any]:
         return _add_task(self, name, features, **kw)

@@ -16,7 +16,6 @@ import numpy as np
 
 from leanml.io import atomic_write_bytes
 from leanml.store.manifest import StoreError, StoreMismatchError
-from leanml.store.metadata import lookup
 from leanml.store.search import as_per_checkpoint, less_balanced, less_scores
 from leanml.store.view import check_name
 
@@ -97,51 +96,3 @@ def select(store: GradientStore, task: str, budget: int | float, *, method: str 
                               device=device)
     order = np.argsort(-scores, kind="stable")[:n]
     return ids[order], scores[order]
-
-
-def _query(store: GradientStore, query: Any) -> tuple[np.ndarray, int | None]:
-    """A query given as features ([d] or [C, d]) or as (task name, row) -> ([C, 1, d], its id if known)."""
-    if isinstance(query, tuple) and len(query) == 2 and isinstance(query[0], str):
-        feats, t = task_features(store, query[0])
-        row = int(query[1])
-        if not 0 <= row < feats.shape[1]:
-            raise ValueError(f"query row {row} is out of range for task {query[0]!r} ({feats.shape[1]} rows)")
-        qid = t["ids"][row] if t.get("ids") else None
-        return feats[:, row : row + 1], qid
-    q = np.asarray(query, dtype=np.float32)
-    C = len(store.checkpoint_names())
-    if q.ndim == 1:
-        q = np.broadcast_to(q, (C, q.shape[0])) if C == 1 else q[None]
-    return q.reshape(C, 1, -1), None
-
-
-def explain(store: GradientStore, example: Any, k: int = 10, *, metric: str = "cosine",
-            device: str | None = None) -> list[dict[str, Any]]:
-    """The k training examples most influential on ``example`` (features or ``(task, row)``): scores, metadata."""
-    from leanml.store.query import Query
-
-    q, _ = _query(store, example)
-    t = Query(store, device=device).nearest(q, k, metric=metric).run()  # a thin query: exact top-k
-    rows = lookup(store, t.column("id").to_numpy())
-    return [{**r, "rank": i + 1, "score": float(s)}
-            for i, (r, s) in enumerate(zip(rows, t.column("score").to_numpy(), strict=True))]
-
-
-def nshot(store: GradientStore, query: Any, k: int = 4, *, exclude_ids: Sequence[int] | None = None,
-          device: str | None = None) -> list[dict[str, Any]]:
-    """Examples to put in a prompt for ``query``: the k most gradient-similar, ordered least to most similar.
-
-    The most similar example comes last, right before the query (the order Liu et al., 2022, found best
-    for similarity-chosen in-context examples). The query's own id is excluded when it is known.
-    """
-    from leanml.store.query import Query
-
-    q, qid = _query(store, query)
-    excl = set(int(i) for i in exclude_ids or []) | ({int(qid)} if qid is not None else set())
-    # a thin query: over-fetch by the number excluded, so k rows remain after dropping them
-    t = Query(store, device=device).nearest(q, k + len(excl)).run()
-    keep = [i for i, v in enumerate(t.column("id").to_pylist()) if v not in excl][:k]
-    t = t.take(keep)
-    rows = lookup(store, t.column("id").to_numpy())
-    out = [{**r, "score": float(s)} for r, s in zip(rows, t.column("score").to_numpy(), strict=True)]
-    return out[::-1]
