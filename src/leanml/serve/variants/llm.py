@@ -89,8 +89,7 @@ class CausalLM(GeneratorModel):
         """Greedy continuations of tokenized prompts, each cut after its first end-of-sequence (kept)."""
         import torch
 
-        ids = [t[-max(1, int(cap) - int(m)):] if cap is not None else t
-               for t, m, cap in zip(ids, max_new_tokens, kv_cache_cap, strict=True)]
+        ids = [cut_prompt(t, m, cap) for t, m, cap in zip(ids, max_new_tokens, kv_cache_cap, strict=True)]
         width = max(len(t) for t in ids)
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in ids])
@@ -125,6 +124,12 @@ class CausalLM(GeneratorModel):
         with torch.inference_mode():
             logits = self.model(input_ids=ids).logits[0, -1].float()
         return logits[cand].numpy()
+
+
+def cut_prompt(ids: list[int], max_new_tokens: int, kv_cache_cap: int | None) -> list[int]:
+    """The prompt cut from the left so that prompt + ``max_new_tokens`` fits ``kv_cache_cap`` (context pruning:
+    the most recent tokens are kept, at least one)."""
+    return ids[-max(1, int(kv_cache_cap) - int(max_new_tokens)):] if kv_cache_cap is not None else ids
 
 
 def min_new_tokens_processor(start: int, min_new: list[int], eos_ids: list[int]):
