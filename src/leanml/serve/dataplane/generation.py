@@ -112,6 +112,17 @@ class ContinuousBatcher:
             return False
         return self.kv_budget_tokens is None or self.reserved + need <= self.kv_budget_tokens
 
+    def admit_now(self, seqs: list[Sequence]) -> bool:
+        """Start ``seqs`` (one request's prompts) now if their rows and KV reservation fit; else change nothing."""
+        if not self.fits_now(sum(s.reserve for s in seqs), len(seqs)):
+            return False
+        now = time.perf_counter()
+        for s in seqs:
+            self.reserved += s.reserve
+            s.admitted_s = now
+            self.prefilling.append(s)
+        return True
+
     def add(self, seqs: list[Sequence]) -> None:
         """Queue sequences (FIFO); they start when a row and their KV reservation are free."""
         for s in seqs:
@@ -120,11 +131,8 @@ class ContinuousBatcher:
             self.waiting.append(s)
 
     def _admit(self) -> None:
-        while self.waiting and self.fits_now(self.waiting[0].reserve):
-            s = self.waiting.popleft()
-            self.reserved += s.reserve
-            s.admitted_s = time.perf_counter()
-            self.prefilling.append(s)
+        while self.waiting and self.admit_now([self.waiting[0]]):
+            self.waiting.popleft()
 
     @property
     def idle(self) -> bool:
@@ -186,9 +194,9 @@ class ContinuousBatcher:
             s.cache = DynamicCache()
         a, b = s.prefilled, min(len(s.prompt), s.prefilled + self.prefill_chunk)
         out = self.model(input_ids=torch.tensor([s.prompt[a:b]]), attention_mask=torch.ones(1, b, dtype=torch.long),
-                         position_ids=torch.arange(a, b).unsqueeze(0), past_key_values=s.cache, use_cache=True,
+                         position_ids=torch.arange(a, b).unsqueeze(0), cache=s.cache, use_cache=True,
                          logits_to_keep=1)
-        s.cache = out.past_key_values
+        s.cache = out.cache
         s.prefilled = b
         self.prefill_passes += 1
         if b < len(s.prompt):
@@ -203,9 +211,9 @@ class ContinuousBatcher:
         ids = torch.tensor([[s.tokens[-1]] for s in self.rows])
         pos = torch.tensor([[len(s.prompt) + len(s.tokens) - 1] for s in self.rows])
         self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
                          use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = out.cache
         self.steps += 1
         now = time.perf_counter()
         for s, t in zip(self.rows, self._choose(out.logits[:, -1].float(), self.rows), strict=True):

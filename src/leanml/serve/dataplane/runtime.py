@@ -129,7 +129,12 @@ class Runtime:
         return dep
 
     def _worker(self, dep: str, v: Variant, batching: Batching) -> VariantWorker:
-        w = VariantWorker(dep, v, batching, self.slots, on_batch=self._on_batch)
+        if batching.continuous and v.kind == "generate":  # iteration-level batching, same interface
+            from leanml.serve.dataplane.generation_worker import GenerationWorker
+
+            w = GenerationWorker(dep, v, batching, self.slots, on_batch=self._on_batch, metrics=self.metrics)
+        else:
+            w = VariantWorker(dep, v, batching, self.slots, on_batch=self._on_batch)
         if self.started:
             w.start()
         return w
