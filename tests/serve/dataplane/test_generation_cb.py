@@ -20,7 +20,8 @@ def test_continuous_batching_returns_exactly_the_tokens_of_generating_alone(smol
     lm = smollm2_lm
     limits = [(6, None, None), (3, None, None), (8, 4, None), (5, None, 20), (4, None, None)]  # (max, min, cap)
     ids = [lm._ids(p) for p in PROMPTS]
-    alone = [lm.generate_ids([i], [m], [cap], [mn] if mn else None)[0] for i, (m, mn, cap) in zip(ids, limits, strict=True)]
+    alone = [lm.generate_ids([i], [m], [cap], [mn] if mn else None)[0]
+             for i, (m, mn, cap) in zip(ids, limits, strict=True)]
     # 2 rows for 5 requests: the later ones join the running batch as earlier ones leave;
     # a 7-token prefill chunk splits every prompt into several passes
     cb = ContinuousBatcher(lm, max_batch=2, prefill_chunk=7)
