@@ -243,7 +243,7 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
 
     metric, split, seed = str(p["eval_metric"]), str(p["eval_split"]), int(p["seed"])
     if metric not in ("mmlu", "fp32_token_agreement"):
-        raise ValueError(f"smollm2: eval_metric must be 'mmlu' or 'fp32_token_agreement', got {metric!r}")
+        raise ValueError(f"smollm2: eval_metric must be 'sst2', 'mmlu' or 'fp32_token_agreement', got {metric!r}")
     recs = load("mmlu", split).records
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(recs))]
     n_tok, batch = int(p["default_max_new_tokens"]), 8
@@ -310,6 +310,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
         variants["bf16"] = Variant("bf16", CausalLM(copy.deepcopy(base).to(torch.bfloat16), tok, mnt), "bf16")
     if "int8" in wanted:
         variants["int8"] = Variant("int8", CausalLM(quantize_dynamic_int8(base), tok, mnt), "int8")
+    if "int8_sq" in wanted:
+        from leanml.serve.variants.llm_quant import calibration_texts, smoothquant_int8
+
+        a, keep = float(p["sq_alpha"]), tuple(p["sq_keep_float"])
+        variants["int8_sq"] = Variant("int8_sq", CausalLM(smoothquant_int8(base, tok, calibration_texts(
+            int(p["calib_n"])), alpha=a, keep_float=keep), tok, mnt), "int8",
+            {"smoothquant_alpha": a, "weights": "per-channel int8", "activations": "dynamic int8 per tensor",
+             "float_layers": list(keep), "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
     if "pruned" in wanted:
         s = float(p["prune_sparsity"])
         variants["pruned"] = Variant("pruned", CausalLM(prune_linear_layers(base, s), tok, mnt), "prune",
@@ -317,7 +325,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
     if p["eval_task"] != "mmlu":
         raise ValueError(f"smollm2: eval_task must be 'mmlu', got {p['eval_task']!r}")
     details: dict[str, dict[str, Any]] = {}
-    evaluate = mmlu_evaluator(p, reference, details)
+    if p["eval_metric"] == "sst2":
+        from leanml.serve.variants.llm_quality import quality_evaluator
+
+        fidelity = mmlu_evaluator({**p, "eval_metric": "fp32_token_agreement"}, reference, {}) \
+            if int(p["eval_n"]) > 0 else None
+        evaluate = quality_evaluator(p, reference, details, fidelity)
+    else:
+        evaluate = mmlu_evaluator(p, reference, details)
 
     def sample(n: int, seed: int = 0) -> list[Any]:
         """Prompts as a trace replay sends them: MMLU dev questions (seeded draw)."""
