@@ -6,10 +6,11 @@ One `ContinuousBatcher` drives one causal LM. Its unit of work is one *iteration
    reserves ``prompt + max_new_tokens`` tokens of KV cache up front (the most it can ever hold: its
    ``kv_cache_cap`` has already cut the prompt), so a running sequence never runs out of KV memory and
    nothing is ever evicted or recomputed;
-2. **one prefill chunk** of at most ``prefill_chunk`` prompt tokens, for the oldest sequence still in
-   prefill (Sarathi-Serve, OSDI 2024: a long prompt is split so that it delays the running decodes by
-   one chunk per iteration, not by its whole prefill). A sequence whose prompt is complete gets its
-   first token from that pass and joins the running batch;
+2. **prefill chunks** of at most ``prefill_chunk`` prompt tokens in all (Sarathi-Serve's per-iteration
+   token budget, OSDI 2024), oldest sequence first, one forward pass per sequence: a long prompt is split
+   so that it delays the running decodes by one chunk per iteration, not by its whole prefill, and short
+   prompts share the budget. A sequence whose prompt is complete gets its first token from that pass and
+   joins the running batch;
 3. **one decode step** for every running sequence at once (one token each); a sequence that reaches
    end-of-sequence or its ``max_new_tokens`` leaves the batch right away and frees its row and KV.
 
@@ -152,11 +153,14 @@ class ContinuousBatcher:
         self._admit()
         done: list[Sequence] = []
         with torch.inference_mode():
-            if self.prefilling:
+            budget = self.prefill_chunk  # prompt tokens this iteration (Sarathi's token budget), oldest first
+            while self.prefilling and budget > 0:
                 s = self.prefilling[0]
-                if self._prefill_chunk(s):
-                    self.prefilling.popleft()
-                    (done if s.finished else self._join_list).append(s)
+                budget -= self._prefill_chunk(s, budget)
+                if s.prefilled < len(s.prompt):
+                    break
+                self.prefilling.popleft()
+                (done if s.finished else self._join_list).append(s)
             # decode first for the rows already running, then let the new sequence join (its first token
             # is already chosen): the joiner waits for no decode step beyond the one in this iteration
             if self.rows:
@@ -185,24 +189,24 @@ class ContinuousBatcher:
         if tok in self.eos or len(s.tokens) >= s.max_new_tokens:
             s.done_s = now
 
-    def _prefill_chunk(self, s: Sequence) -> bool:
-        """Run the next chunk of ``s``'s prompt; True when the prompt is complete (first token chosen)."""
+    def _prefill_chunk(self, s: Sequence, budget: int) -> int:
+        """Run the next chunk (at most ``budget`` tokens) of ``s``'s prompt; the tokens it took. When the prompt
+        is complete, its first token is chosen."""
         import torch
         from transformers import DynamicCache
 
         if s.cache is None:
             s.cache = DynamicCache()
-        a, b = s.prefilled, min(len(s.prompt), s.prefilled + self.prefill_chunk)
+        a, b = s.prefilled, min(len(s.prompt), s.prefilled + budget)
         out = self.model(input_ids=torch.tensor([s.prompt[a:b]]), attention_mask=torch.ones(1, b, dtype=torch.long),
                          position_ids=torch.arange(a, b).unsqueeze(0), cache=s.cache, use_cache=True,
                          logits_to_keep=1)
         s.cache = out.cache
         s.prefilled = b
         self.prefill_passes += 1
-        if b < len(s.prompt):
-            return False
-        self._append(s, self._choose(out.logits[:, -1].float(), [s])[0], time.perf_counter())
-        return True
+        if b == len(s.prompt):
+            self._append(s, self._choose(out.logits[:, -1].float(), [s])[0], time.perf_counter())
+        return b - a
 
     def _decode(self) -> list[Sequence]:
         import torch
