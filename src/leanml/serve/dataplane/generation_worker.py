@@ -157,11 +157,8 @@ class GenerationWorker:
                 if self._stop and not self.queue and self.engine.idle:
                     return
                 self._admit_locked()
-            if self.engine.idle:
-                with self._cv:  # the head waits for memory that only finishing requests free: none run
-                    self._cv.wait(0.01)
-                continue
-            self._iterate()
+            if not self.engine.idle:
+                self._iterate()
 
     def _admit_locked(self) -> None:
         now = time.perf_counter()
@@ -179,6 +176,12 @@ class GenerationWorker:
             self.queued_examples -= len(g.seqs)
             self.in_flight_examples += len(g.seqs)
             self.active.add(g)
+        if self.queue and self.engine.idle:  # limits lowered (update_batching) below what the head needs
+            g = self.queue.popleft()
+            self.queued_examples -= len(g.seqs)
+            self._answer(g.pending, Outcome(503, variant=self.name, outcome="refused_kv",
+                                            reason="the request no longer fits the variant's batch or KV "
+                                                   "budget (limits were lowered while it waited)"))
 
     def _iterate(self) -> None:
         if self.slots is not None:
