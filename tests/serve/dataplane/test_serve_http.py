@@ -206,6 +206,10 @@ def test_bad_requests_get_4xx(digits_server, digits_X):
             "unknown deployment": post("/v1/predict/nope", json=ok),
             "wrong endpoint kind": post("/v1/generate/digits", json={"prompt": "hi"}),
             "oversized": post(content=b"[" + b"1," * 150_000 + b"1]", headers={"content-type": "application/json"}),
+            # labels for online profiling: one per input, each one of the model's 10 classes
+            "label count": post(json={"inputs": [digits_X[0].tolist()] * 2, "label": [1]}),
+            "label class": post(json={**ok, "label": [10]}),
+            "negative label": post(json={**ok, "label": [-1]}),
         }
         for name, r in cases.items():
             assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
@@ -213,6 +217,9 @@ def test_bad_requests_get_4xx(digits_server, digits_X):
         assert cases["unknown deployment"].status_code == 404
         assert cases["oversized"].status_code == 413
         assert cases["wrong shape"].status_code == 422 and "shape" in cases["wrong shape"].json()["detail"]
+        for name in ("label count", "label class", "negative label"):
+            assert cases[name].status_code == 422 and "label" in cases[name].json()["detail"], name
+        assert post(json={**ok, "label": [3]}).status_code == 200  # a valid label is taken
 
         # a streamed (chunked, no Content-Length) oversized body is refused too
         def chunks():

@@ -72,6 +72,11 @@ class GenerateRequest(BaseModel):
 class GenerateResponse(BaseModel):
     request_variant: str
     texts: list[str]
+    new_tokens: list[int] | None = Field(None, description="tokens generated per prompt (continuous batching)")
+    ttft_ms: float | None = Field(None, description="time to first token, arrival to the first token of every "
+                                  "prompt (continuous batching)")
+    tpot_ms: float | None = Field(None, description="mean time per output token after the first (continuous "
+                                  "batching)")
     queue_ms: float
     model_ms: float
     batch_size: int

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -32,6 +33,12 @@ class ServeMetrics:
         self.energy = Counter("leanml_serve_energy_joules", "Energy of answered requests, estimated from the "
                               "variant's profiled J/request (absent where energy is not measurable)",
                               ["deployment", "variant"], registry=r)
+        self.ttft = Histogram("leanml_serve_ttft_seconds", "Time to first token of generate requests (arrival to "
+                              "the first token of every prompt; continuously batched variants)",
+                              ["deployment", "variant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("leanml_serve_tpot_seconds", "Time per output token after the first, per generate "
+                              "request (continuously batched variants)", ["deployment", "variant"],
+                              buckets=TPOT_BUCKETS, registry=r)
         self.config_generation = Gauge("leanml_serve_config_generation", "Configuration version (bumps on every "
                                        "successful PUT /v1/config)", registry=r)
 

@@ -74,6 +74,23 @@ def merge_slo(req: SLO | None, default: SLO) -> SLO:
                req.max_energy_j if req.max_energy_j is not None else default.max_energy_j)
 
 
+def check_labels(label: Any, n: int, model: Any) -> None:
+    """Ground-truth labels sent for online profiling: one per input, each one of the model's classes.
+
+    Wrong labels would feed the online profiler's accuracy silently, so they are refused (InputError: 422).
+    """
+    from leanml.serve.variants.base import ClassifierModel
+
+    labels = label if isinstance(label, list) else [label]
+    if len(labels) != n:
+        raise InputError(f"label has {len(labels)} entries for {n} inputs: send one label per input")
+    if isinstance(model, ClassifierModel):
+        bad = [y for y in labels if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < model.n_classes]
+        if bad:
+            raise InputError(f"label {bad[0]!r} is not a class of this model: labels are integers in "
+                             f"[0, {model.n_classes - 1}]")
+
+
 class Runtime:
     """Serves several deployments; every accepted request gets exactly one `Outcome`."""
 
@@ -114,7 +131,12 @@ class Runtime:
         return dep
 
     def _worker(self, dep: str, v: Variant, batching: Batching) -> VariantWorker:
-        w = VariantWorker(dep, v, batching, self.slots, on_batch=self._on_batch)
+        if batching.continuous and v.kind == "generate":  # iteration-level batching, same interface
+            from leanml.serve.dataplane.generation_worker import GenerationWorker
+
+            w = GenerationWorker(dep, v, batching, self.slots, on_batch=self._on_batch, metrics=self.metrics)
+        else:
+            w = VariantWorker(dep, v, batching, self.slots, on_batch=self._on_batch)
         if self.started:
             w.start()
         return w
@@ -175,6 +197,8 @@ class Runtime:
         if n > dep.batching.max_batch:
             raise InputError(f"request has {n} examples but deployment {deployment!r} takes at most "
                              f"{dep.batching.max_batch} per request (its max_batch): split it")
+        if label is not None:
+            check_labels(label, n, first.variant.model)
         eff = merge_slo(slo, dep.slo)
         req = Request(next(self._ids), deployment, inputs, eff, arrival, request_class, label, n, dict(knobs or {}))
         pol = dep.policy

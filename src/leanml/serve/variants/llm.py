@@ -33,12 +33,49 @@ GGUF_FILE = SMOLLM2_GGUF  # one definition, in leanml.models.weights
 
 
 def load_smollm2():
-    """(model, tokenizer) in float32, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) in float32, eval mode.
+
+    The first load dequantizes the GGUF file (20 s idle, minutes on a loaded machine) and saves the
+    float32 model under the serve cache (config, tokenizer and safetensors weights, written to a temporary folder,
+    then renamed); later loads read that copy (seconds). The copy is keyed by the GGUF file's size and mtime.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from leanml.data import cache_dir
 
     d = weights_dir("smollm2")
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF_FILE).eval()
+    st = (d / GGUF_FILE).stat()
+    saved = cache_dir("serve") / f"smollm2-fp32-{st.st_size}-{int(st.st_mtime)}"
+    model = None
+    if (saved / "model.safetensors").exists():
+        try:
+            tok = AutoTokenizer.from_pretrained(saved)
+            model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+        except (OSError, ValueError, RuntimeError):
+            shutil.rmtree(saved, ignore_errors=True)  # a broken copy is rebuilt, never trusted
+            model = None
+    if model is None:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF_FILE).eval()
+        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=saved.name + ".tmp"))
+        try:  # the GGUF-loaded model refuses save_pretrained (it counts as quantized): config + state dict
+            cfg = model.config.to_dict()
+            cfg.pop("quantization_config", None)
+            AutoConfig.for_model(**cfg).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            from safetensors.torch import save_model  # handles the tied embedding / lm_head
+
+            save_model(model, str(tmp / "model.safetensors"))
+            shutil.rmtree(saved, ignore_errors=True)
+            os.replace(tmp, saved)
+        except (OSError, ValueError, TypeError):
+            shutil.rmtree(tmp, ignore_errors=True)  # caching is an optimisation; serving goes on
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -76,8 +113,7 @@ class CausalLM(GeneratorModel):
         """Greedy continuations of tokenized prompts, each cut after its first end-of-sequence (kept)."""
         import torch
 
-        ids = [t[-max(1, int(cap) - int(m)):] if cap is not None else t
-               for t, m, cap in zip(ids, max_new_tokens, kv_cache_cap, strict=True)]
+        ids = [cut_prompt(t, m, cap) for t, m, cap in zip(ids, max_new_tokens, kv_cache_cap, strict=True)]
         width = max(len(t) for t in ids)
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(t)) + t for t in ids])
@@ -112,6 +148,12 @@ class CausalLM(GeneratorModel):
         with torch.inference_mode():
             logits = self.model(input_ids=ids).logits[0, -1].float()
         return logits[cand].numpy()
+
+
+def cut_prompt(ids: list[int], max_new_tokens: int, kv_cache_cap: int | None) -> list[int]:
+    """The prompt cut from the left so that prompt + ``max_new_tokens`` fits ``kv_cache_cap`` (context pruning:
+    the most recent tokens are kept, at least one)."""
+    return ids[-max(1, int(kv_cache_cap) - int(max_new_tokens)):] if kv_cache_cap is not None else ids
 
 
 def min_new_tokens_processor(start: int, min_new: list[int], eos_ids: list[int]):
@@ -188,7 +230,7 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
 
     metric, split, seed = str(p["eval_metric"]), str(p["eval_split"]), int(p["seed"])
     if metric not in ("mmlu", "fp32_token_agreement"):
-        raise ValueError(f"smollm2: eval_metric must be 'mmlu' or 'fp32_token_agreement', got {metric!r}")
+        raise ValueError(f"smollm2: eval_metric must be 'sst2', 'mmlu' or 'fp32_token_agreement', got {metric!r}")
     recs = load("mmlu", split).records
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(recs))]
     n_tok, batch = int(p["default_max_new_tokens"]), 8
@@ -255,6 +297,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
         variants["bf16"] = Variant("bf16", CausalLM(copy.deepcopy(base).to(torch.bfloat16), tok, mnt), "bf16")
     if "int8" in wanted:
         variants["int8"] = Variant("int8", CausalLM(quantize_dynamic_int8(base), tok, mnt), "int8")
+    if "int8_sq" in wanted:
+        from leanml.serve.variants.llm_quant import calibration_texts, smoothquant_int8
+
+        a, keep = float(p["sq_alpha"]), tuple(p["sq_keep_float"])
+        variants["int8_sq"] = Variant("int8_sq", CausalLM(smoothquant_int8(base, tok, calibration_texts(
+            int(p["calib_n"])), alpha=a, keep_float=keep), tok, mnt), "int8",
+            {"smoothquant_alpha": a, "weights": "per-channel int8", "activations": "dynamic int8 per tensor",
+             "float_layers": list(keep), "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
     if "pruned" in wanted:
         s = float(p["prune_sparsity"])
         variants["pruned"] = Variant("pruned", CausalLM(prune_linear_layers(base, s), tok, mnt), "prune",
@@ -262,7 +312,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
     if p["eval_task"] != "mmlu":
         raise ValueError(f"smollm2: eval_task must be 'mmlu', got {p['eval_task']!r}")
     details: dict[str, dict[str, Any]] = {}
-    evaluate = mmlu_evaluator(p, reference, details)
+    if p["eval_metric"] == "sst2":
+        from leanml.serve.variants.llm_quality import quality_evaluator
+
+        fidelity = mmlu_evaluator({**p, "eval_metric": "fp32_token_agreement"}, reference, {}) \
+            if int(p["eval_n"]) > 0 else None
+        evaluate = quality_evaluator(p, reference, details, fidelity)
+    else:
+        evaluate = mmlu_evaluator(p, reference, details)
 
     def sample(n: int, seed: int = 0) -> list[Any]:
         """Prompts as a trace replay sends them: MMLU dev questions (seeded draw)."""

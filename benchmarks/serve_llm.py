@@ -1,0 +1,205 @@
+"""LLM serving on this CPU: continuous batching against one-at-a-time, and every SmolLM2 variant's quality vs speed.
+
+1. **Batching** (same model, SmolLM2-135M float32, same requests, the same runtime path: admission,
+   queue, metrics): ``n`` requests (MMLU-dev questions as chat prompts, seeded; ``max_new_tokens`` drawn
+   from a range, end-of-sequence suppressed until then so every system generates the same tokens) arrive
+   at once, with the same SLO (no deadline: nothing is dropped; every figure counts every request):
+
+   * ``one_at_a_time``: the iteration-level engine with one row (`batching.max_batch = 1`): each request
+     prefills and decodes alone; it reports TTFT and TPOT like the CB run, so the two are comparable;
+   * ``hf_sequential``: the runtime's classic path, transformers ``generate`` one request per call;
+   * ``hf_static_8``: the classic path with dynamic batching (up to 8 requests per ``generate`` call,
+     left-padded; the batch runs until its longest request is done): the strongest baseline available
+     here (transformers' own generate; vLLM/TGI do not run on this CPU-only machine);
+   * ``continuous_8``: continuous batching, 8 rows, chunked prefill (64 tokens).
+
+   Tokens/s = generated tokens / (last answer - first arrival). TTFT and TPOT per request (CB engine
+   runs; the ``generate`` paths only return whole answers: e2e latency only). ``cb_speedup`` =
+   continuous_8 tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
+2. **Variants**: for fp32, bf16, int8 (dynamic, per-tensor), int8_sq (SmoothQuant + per-channel int8)
+   and pruned (30% magnitude): perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by
+   choice log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one
+   decode step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose
+   perplexity is within 2% of fp32's; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct``
+   its perplexity increase.
+
+    OMP_NUM_THREADS=1 flock /tmp/leanml-bench.lock python benchmarks/serve_llm.py [--quick]
+
+One torch thread (``torch.set_num_threads(1)``): the machine's 2 cores are shared. The last line is the
+headline JSON, also written to benchmarks/results/serve_llm.json (atomic). Replay keys (goodput_*,
+sim_p99_error) are added by the replay benchmark, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanml.io import atomic_write_text
+
+RESULTS = Path(__file__).parent / "results" / "serve_llm.json"
+
+
+def _pct(x: list[float], q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 2) if x else None
+
+
+def _requests(n: int, lo: int, hi: int, seed: int = 0) -> list[tuple[str, int]]:
+    from leanml.data import load
+
+    qs = [r["question"] for r in load("mmlu", "dev").records]
+    rng = np.random.default_rng(seed)
+    return [(qs[int(i)], int(m)) for i, m in zip(rng.integers(0, len(qs), n), rng.integers(lo, hi + 1, n),
+                                                    strict=True)]
+
+
+async def _serve(variant, batching, reqs) -> dict[str, Any]:
+    from leanml.serve.dataplane.runtime import Runtime
+
+    rt = Runtime(threads=1)
+    rt.add_deployment("lm", {variant.name: variant}, "static", {"variant": variant.name}, batching=batching)
+    await rt.start()
+    t0 = time.perf_counter()
+    outs = await asyncio.gather(*[rt.submit("lm", p, knobs={"max_new_tokens": m, "min_new_tokens": m})
+                                  for p, m in reqs])
+    wall = time.perf_counter() - t0
+    await rt.stop()
+    ok = [o for o in outs if o.status == 200]
+    ttft = [o.output["ttft_ms"] for o in ok if "ttft_ms" in o.output]
+    tpot = [o.output["tpot_ms"] for o in ok if o.output.get("tpot_ms") is not None]
+    e2e = [o.queue_ms + o.model_ms for o in ok]
+    toks = sum(m for (_, m), o in zip(reqs, outs, strict=True) if o.status == 200)
+    return {"requests": len(reqs), "answered": len(ok), "tokens": toks, "wall_s": round(wall, 2),
+            "tokens_per_s": round(toks / wall, 2), "ttft_p50_ms": _pct(ttft, 50), "ttft_p99_ms": _pct(ttft, 99),
+            "tpot_p50_ms": _pct(tpot, 50), "tpot_p99_ms": _pct(tpot, 99), "e2e_p50_ms": _pct(e2e, 50),
+            "e2e_p99_ms": _pct(e2e, 99), "max_batch_seen": max((o.batch_size for o in ok), default=0)}
+
+
+def batching_section(fp32, n: int, lo: int, hi: int) -> dict[str, dict[str, Any]]:
+    from leanml.serve.config import Batching
+
+    reqs = _requests(n, lo, hi)
+    setups = {"one_at_a_time": Batching(max_batch=1, continuous=True, max_queue=4096),
+              "hf_sequential": Batching(max_batch=1, max_queue=4096),
+              "hf_static_8": Batching(max_batch=8, max_queue=4096),
+              "continuous_8": Batching(max_batch=8, continuous=True, prefill_chunk=64, max_queue=4096)}
+    out = {}
+    for name, b in setups.items():
+        out[name] = asyncio.run(_serve(fp32, b, reqs))
+        print(f"  {name}: {out[name]}", file=sys.stderr, flush=True)
+    return out
+
+
+def decode_step_ms(lm, rows: int, tokens: int = 12) -> float:
+    """Mean time of one decode step of the CB engine with ``rows`` running sequences (after their prefill)."""
+    from leanml.serve.dataplane.generation import ContinuousBatcher
+
+    cb = ContinuousBatcher(lm, max_batch=rows, prefill_chunk=512)
+    ids = lm._ids("Tell me about the history of Rome and its emperors.")
+    cb.add([cb.sequence(ids, tokens, min_new_tokens=tokens) for _ in range(rows)])
+    while len(cb.rows) < rows:
+        cb.step()
+    t0, k = time.perf_counter(), 0
+    while not cb.idle:
+        cb.step()
+        k += 1
+    return (time.perf_counter() - t0) / k * 1000.0
+
+
+def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """Quality and speed of every variant; the results so far are saved after each one (a long variant,
+    such as bf16 prefill on a CPU without native bf16, then never costs the others' figures)."""
+    rows: dict[str, dict[str, Any]] = {}
+    partial["variants"] = rows
+    for name, v in fam.variants.items():
+        t0 = time.perf_counter()
+        fam.evaluate(v, None)
+        d = dict(fam.info["eval_details"][name])
+        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1), 2)
+        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8), 2)
+        d["tokens_per_s_b8"] = round(8000.0 / d["decode_step_ms_b8"], 1)
+        d["technique"], d["params"] = v.technique, v.params
+        d["size_mb"] = round((v.model.size_bytes() or 0) / 2**20, 1)
+        d["measure_s"] = round(time.perf_counter() - t0, 1)
+        rows[name] = d
+        atomic_write_text(path, json.dumps(partial, indent=1, default=float) + "\n")
+        print(f"  {name}: {d}", file=sys.stderr, flush=True)
+    base = rows["fp32"]
+    for d in rows.values():
+        d["speedup_b1"] = round(base["decode_step_ms_b1"] / d["decode_step_ms_b1"], 3)
+        d["speedup_b8"] = round(base["decode_step_ms_b8"] / d["decode_step_ms_b8"], 3)
+        d["ppl_increase_pct"] = round(100.0 * (d["perplexity"] / base["perplexity"] - 1.0), 3)
+        d["sst2_delta_points"] = round(100.0 * (d["sst2_accuracy"] - base["sst2_accuracy"]), 2)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, same code path (about 3 min on 2 cores)")
+    ap.add_argument("--variants", default="fp32,int8,int8_sq,pruned,bf16", help="SmolLM2 variants to table")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    a = ap.parse_args(argv)
+    import torch
+
+    from leanml.serve.variants import build_family
+
+    torch.set_num_threads(1)
+    q = a.quick
+    params = {"eval_metric": "sst2", "eval_sst2_n": 50 if q else 300, "eval_ppl_n": 8 if q else 32,
+              "eval_n": 8 if q else 32, "eval_split": "test", "default_max_new_tokens": 16 if q else 32,
+              "calib_n": 16 if q else 32}
+    wanted = [v for v in a.variants.split(",") if v]
+    if "fp32" not in wanted:
+        ap.error("--variants: must include fp32 (the reference)")
+    t0 = time.perf_counter()
+    fam = build_family("smollm2", params, wanted)
+    print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    print("batching:", file=sys.stderr)
+    bat = batching_section(fam.variants["fp32"], 12 if q else 32, 8 if q else 16, 24 if q else 64)
+    print("variants:", file=sys.stderr)
+    var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, a.results)
+
+    print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for k, r in bat.items():
+        print(f"| {k} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['tpot_p50_ms']} / "
+              f"{r['tpot_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {r['max_batch_seen']} |")
+    print("\n| variant | perplexity (95% CI) | KL to fp32 | SST-2 acc (95% CI, n) | fidelity | step ms b1 / b8 "
+          "| speedup b1 / b8 | size MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for k, d in var.items():
+        print(f"| {k} | {d['perplexity']:.3f} ({d['perplexity_ci'][0]:.3f}-{d['perplexity_ci'][1]:.3f}) | "
+              f"{d['kl_to_fp32']:.4f} | {d['sst2_accuracy']:.3f} ({d['sst2_accuracy_ci'][0]:.3f}-"
+              f"{d['sst2_accuracy_ci'][1]:.3f}, {d['sst2_n']}) | {d.get('fp32_token_agreement')} | "
+              f"{d['decode_step_ms_b1']} / {d['decode_step_ms_b8']} | {d['speedup_b1']} / {d['speedup_b8']} | "
+              f"{d['size_mb']} |")
+    ok = [k for k, d in var.items() if k != "fp32" and d["ppl_increase_pct"] <= 2.0]
+    best = max(ok, key=lambda k: var[k]["speedup_b8"]) if ok else None
+    cb, seq = bat["continuous_8"], bat["one_at_a_time"]
+    result = {
+        "benchmark": "serve_llm", "quick": q, "machine": platform.processor() or platform.machine(),
+        "torch_threads": 1, "cb_speedup": round(cb["tokens_per_s"] / seq["tokens_per_s"], 3),
+        "cb_speedup_vs_hf_static": round(cb["tokens_per_s"] / bat["hf_static_8"]["tokens_per_s"], 3),
+        "cb_ttft_p99_ms": cb["ttft_p99_ms"], "one_at_a_time_ttft_p99_ms": seq["ttft_p99_ms"],
+        "best_variant": best, "best_variant_rule": "fastest at 8 rows with perplexity within 2% of fp32",
+        "best_variant_speedup": var[best]["speedup_b8"] if best else None,
+        "best_variant_ppl_increase_pct": var[best]["ppl_increase_pct"] if best else None,
+        "best_variant_sst2_delta_points": var[best]["sst2_delta_points"] if best else None,
+        "batching": bat, "variants": var, "gpu": None, "gpu_note": "no GPU on this machine",
+    }
+    line = json.dumps({k: v for k, v in result.items() if k not in ("batching", "variants")}, default=float)
+    atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Continuous batching for generation: iteration-level scheduling (Orca, OSDI 2022; vLLM, SOSP 2023).
+
+One `ContinuousBatcher` drives one causal LM. Its unit of work is one *iteration*, not one request:
+
+1. **admission**: waiting sequences start as soon as a batch row and their KV memory are free. Each
+   reserves ``prompt + max_new_tokens`` tokens of KV cache up front (the most it can ever hold: its
+   ``kv_cache_cap`` has already cut the prompt), so a running sequence never runs out of KV memory and
+   nothing is ever evicted or recomputed;
+2. **prefill chunks** of at most ``prefill_chunk`` prompt tokens in all (Sarathi-Serve's per-iteration
+   token budget, OSDI 2024), oldest sequence first, one forward pass per sequence: a long prompt is split
+   so that it delays the running decodes by one chunk per iteration, not by its whole prefill, and short
+   prompts share the budget. A sequence whose prompt is complete gets its first token from that pass and
+   joins the running batch;
+3. **one decode step** for every running sequence at once (one token each); a sequence that reaches
+   end-of-sequence or its ``max_new_tokens`` leaves the batch right away and frees its row and KV.
+
+The running batch is one transformers ``DynamicCache`` whose rows are left-padded to a common length,
+with a 2-D attention mask and explicit per-row position ids, so that every row computes what it would
+compute alone (greedy decoding returns the same tokens as generating the request by itself; tested).
+Joining pads the shorter side on the left; leaving selects the remaining rows and drops the leading
+columns that are padding in every row. Prefill chunks run as their own forward pass, not fused into the
+decode pass: fusing would pad every decode row to the chunk's length in an eager HF model.
+
+The batcher is synchronous and single-threaded (`step`); `leanml.serve.dataplane.generation_worker`
+runs it on a thread behind the runtime's queue, admission, deadlines and metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from leanml.serve.variants.llm import CausalLM, cut_prompt
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One prompt being generated: its (cut) prompt ids, limits, the tokens so far and their times."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    tag: Any = None  # the caller's handle (the worker's request group)
+    tokens: list[int] = field(default_factory=list)
+    prefilled: int = 0
+    admitted_s: float | None = None
+    first_token_s: float | None = None
+    done_s: float | None = None
+    cache: Any = None  # its own DynamicCache while in prefill
+
+    @property
+    def reserve(self) -> int:
+        """KV tokens reserved at admission: the most this sequence can ever hold."""
+        return len(self.prompt) + self.max_new_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.done_s is not None
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of K and V one token occupies over all layers (config shapes x the cache dtype)."""
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    dtype = model.get_input_embeddings().weight.dtype
+    import torch
+
+    return int(c.num_hidden_layers * 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size())
+
+
+class ContinuousBatcher:
+    """Iteration-level scheduler over one `CausalLM`; call `step` until `idle`."""
+
+    def __init__(self, lm: CausalLM, *, max_batch: int = 8, kv_budget_tokens: int | None = None,
+                 prefill_chunk: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if kv_budget_tokens is not None and kv_budget_tokens < 2:
+            raise ValueError(f"kv_budget_tokens must be >= 2 or None (unbounded), got {kv_budget_tokens}")
+        self.lm, self.model = lm, lm.model
+        self.max_batch, self.prefill_chunk, self.kv_budget_tokens = max_batch, prefill_chunk, kv_budget_tokens
+        self.eos = list(lm.eos_ids)
+        self.pad = lm.tok.pad_token_id if lm.tok.pad_token_id is not None else 0
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: deque[Sequence] = deque()
+        self.rows: list[Sequence] = []  # the running batch, one row per sequence
+        self.cache = None  # DynamicCache of the running batch (left-padded)
+        self.mask = None  # (rows, cache length) long tensor: 1 = real token
+        self.reserved = 0  # KV tokens reserved by admitted sequences
+        self.steps = self.prefill_passes = 0
+        self._join_list: list[Sequence] = []  # prefilled in this iteration, join after its decode step
+
+    # ---- admission ----------------------------------------------------------------------------------
+    def sequence(self, prompt_ids: list[int], max_new_tokens: int, kv_cache_cap: int | None = None,
+                 min_new_tokens: int | None = None, tag: Any = None) -> Sequence:
+        """A sequence for a tokenized prompt, its prompt cut to ``kv_cache_cap`` exactly as `CausalLM` cuts it."""
+        m = int(max_new_tokens)
+        return Sequence(cut_prompt(prompt_ids, m, kv_cache_cap), m, min(int(min_new_tokens or 0), m), tag)
+
+    def fits_ever(self, need: int) -> bool:
+        """Whether ``need`` KV tokens fit the budget at all (when nothing else runs)."""
+        return self.kv_budget_tokens is None or need <= self.kv_budget_tokens
+
+    def fits_now(self, need: int, n_rows: int = 1) -> bool:
+        """Whether sequences needing ``need`` KV tokens and ``n_rows`` rows could start now."""
+        active = len(self.rows) + len(self.prefilling)
+        if active + n_rows > self.max_batch:
+            return False
+        return self.kv_budget_tokens is None or self.reserved + need <= self.kv_budget_tokens
+
+    def admit_now(self, seqs: list[Sequence]) -> bool:
+        """Start ``seqs`` (one request's prompts) now if their rows and KV reservation fit; else change nothing."""
+        if not self.fits_now(sum(s.reserve for s in seqs), len(seqs)):
+            return False
+        now = time.perf_counter()
+        for s in seqs:
+            self.reserved += s.reserve
+            s.admitted_s = now
+            self.prefilling.append(s)
+        return True
+
+    def add(self, seqs: list[Sequence]) -> None:
+        """Queue sequences (FIFO); they start when a row and their KV reservation are free."""
+        for s in seqs:
+            if not self.fits_ever(s.reserve):
+                raise ValueError(f"sequence needs {s.reserve} KV tokens; the budget is {self.kv_budget_tokens}")
+            self.waiting.append(s)
+
+    def _admit(self) -> None:
+        while self.waiting and self.admit_now([self.waiting[0]]):
+            self.waiting.popleft()
+
+    @property
+    def idle(self) -> bool:
+        return not (self.waiting or self.prefilling or self.rows)
+
+    @property
+    def kv_tokens_held(self) -> int:
+        """KV tokens held now (real tokens only; padding columns excluded)."""
+        held = int(self.mask.sum()) if self.mask is not None else 0
+        return held + sum(s.prefilled for s in self.prefilling)
+
+    # ---- one iteration ------------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """Admit, run one prefill chunk, one decode step; the sequences that finished in this iteration."""
+        import torch
+
+        self._admit()
+        done: list[Sequence] = []
+        with torch.inference_mode():
+            budget = self.prefill_chunk  # prompt tokens this iteration (Sarathi's token budget), oldest first
+            while self.prefilling and budget > 0:
+                s = self.prefilling[0]
+                budget -= self._prefill_chunk(s, budget)
+                if s.prefilled < len(s.prompt):
+                    break
+                self.prefilling.popleft()
+                (done if s.finished else self._join_list).append(s)
+            # decode first for the rows already running, then let the new sequence join (its first token
+            # is already chosen): the joiner waits for no decode step beyond the one in this iteration
+            if self.rows:
+                done += self._decode()
+            if self._join_list:
+                self._join(self._join_list)
+                self._join_list = []
+        for s in done:
+            self.reserved -= s.reserve
+        return done
+
+    def _choose(self, logits, seqs: list[Sequence]):
+        """Greedy next token per row, end-of-sequence banned in rows short of their ``min_new_tokens``."""
+        import torch
+
+        ban = [i for i, s in enumerate(seqs) if len(s.tokens) < s.min_new_tokens]
+        if ban and self.eos:
+            logits = logits.clone()
+            logits[torch.tensor(ban).unsqueeze(1), torch.tensor(self.eos).unsqueeze(0)] = -float("inf")
+        return torch.argmax(logits, dim=-1).tolist()
+
+    def _append(self, s: Sequence, tok: int, now: float) -> None:
+        s.tokens.append(tok)
+        if s.first_token_s is None:
+            s.first_token_s = now
+        if tok in self.eos or len(s.tokens) >= s.max_new_tokens:
+            s.done_s = now
+
+    def _prefill_chunk(self, s: Sequence, budget: int) -> int:
+        """Run the next chunk (at most ``budget`` tokens) of ``s``'s prompt; the tokens it took. When the prompt
+        is complete, its first token is chosen."""
+        import torch
+        from transformers import DynamicCache
+
+        if s.cache is None:
+            s.cache = DynamicCache()
+        a, b = s.prefilled, min(len(s.prompt), s.prefilled + budget)
+        out = self.model(input_ids=torch.tensor([s.prompt[a:b]]), attention_mask=torch.ones(1, b, dtype=torch.long),
+                         position_ids=torch.arange(a, b).unsqueeze(0), cache=s.cache, use_cache=True,
+                         logits_to_keep=1)
+        s.cache = out.cache
+        s.prefilled = b
+        self.prefill_passes += 1
+        if b == len(s.prompt):
+            self._append(s, self._choose(out.logits[:, -1].float(), [s])[0], time.perf_counter())
+        return b - a
+
+    def _decode(self) -> list[Sequence]:
+        import torch
+
+        B = len(self.rows)
+        ids = torch.tensor([[s.tokens[-1]] for s in self.rows])
+        pos = torch.tensor([[len(s.prompt) + len(s.tokens) - 1] for s in self.rows])
+        self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
+                         use_cache=True)
+        self.cache = out.cache
+        self.steps += 1
+        now = time.perf_counter()
+        for s, t in zip(self.rows, self._choose(out.logits[:, -1].float(), self.rows), strict=True):
+            self._append(s, t, now)
+        done = [s for s in self.rows if s.finished]
+        if done:
+            self._keep([i for i, s in enumerate(self.rows) if not s.finished])
+        return done
+
+    # ---- batch surgery ------------------------------------------------------------------------------
+    def _layers(self, cache) -> list[tuple[Any, Any]]:
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _keep(self, keep: list[int]) -> None:
+        """Drop finished rows, then the leading columns that are padding in every remaining row."""
+        import torch
+        from transformers import DynamicCache
+
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = None
+            return
+        idx = torch.tensor(keep)
+        mask = self.mask[idx]
+        start = int((mask.sum(0) > 0).nonzero()[0])
+        self.mask = mask[:, start:].contiguous()
+        self.cache = DynamicCache(ddp_cache_data=[(k[idx, :, start:], v[idx, :, start:])
+                                                  for k, v in self._layers(self.cache)])
+
+    def _join(self, new: list[Sequence]) -> None:
+        """Add prefilled sequences to the running batch, left-padding whichever side is shorter."""
+        import torch
+        from transformers import DynamicCache
+
+        parts = [(self._layers(self.cache), self.mask)] if self.rows else []
+        for s in new:
+            n = s.prefilled
+            parts.append((self._layers(s.cache), torch.ones(1, n, dtype=torch.long)))
+            # the first token was chosen but its K/V is not cached yet: it is the next decode input
+            s.cache = None
+        width = max(m.shape[1] for _, m in parts)
+
+        def lpad(x, dim_len: int, total: int):
+            if dim_len == total:
+                return x
+            shape = list(x.shape)
+            shape[-2 if x.dim() == 4 else -1] = total - dim_len
+            return torch.cat([x.new_zeros(shape), x], dim=-2 if x.dim() == 4 else -1)
+
+        layers = []
+        for li in range(len(parts[0][0])):
+            ks = [lpad(p[0][li][0], p[1].shape[1], width) for p in parts]
+            vs = [lpad(p[0][li][1], p[1].shape[1], width) for p in parts]
+            layers.append((torch.cat(ks), torch.cat(vs)))
+        self.mask = torch.cat([lpad(m, m.shape[1], width) for _, m in parts])
+        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.rows = self.rows + new
+
+    # ---- offline use --------------------------------------------------------------------------------
+    def run(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Generate ``seqs`` to completion (all queued now); returns them in order."""
+        self.add(seqs)
+        while not self.idle:
+            self.step()
+        return seqs
