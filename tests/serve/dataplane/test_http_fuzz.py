@@ -28,13 +28,14 @@ def fuzz_server(digits_builder):
     from serve_helpers import digits_config
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from leanml.models.weights import weights_dir
+    from leanml.serve.builder import build_runtime
     from leanml.serve.config import Batching
     from leanml.serve.dataplane.http import BackgroundServer, build_app
-    from leanml.serve.dataplane.runtime import Runtime
     from leanml.serve.variants.base import Variant
-    from leanml.serve.variants.llm import GGUF_FILE, CausalLM, smollm2_dir
+    from leanml.serve.variants.llm import GGUF_FILE, CausalLM
 
-    tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE)
+    tok = AutoTokenizer.from_pretrained(weights_dir("smollm2"), gguf_file=GGUF_FILE)
     tok.pad_token = tok.pad_token or tok.eos_token
     torch.manual_seed(0)
     tiny = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
@@ -42,7 +43,7 @@ def fuzz_server(digits_builder):
                                         max_position_embeddings=4096, eos_token_id=tok.eos_token_id,
                                         bos_token_id=tok.bos_token_id)).eval()
     cfg = digits_config()
-    rt = Runtime.from_config(cfg, {"session": digits_builder.measured}, measure_missing=False)
+    rt = build_runtime(cfg, {"session": digits_builder.measured}, measure_missing=False)
     rt.add_deployment("lm", {"tiny": Variant("tiny", CausalLM(tiny, tok, default_max_new_tokens=4))}, "static",
                       {"variant": "tiny"}, batching=Batching(max_batch=4, max_queue=8, continuous=True,
                                                              kv_cache_mb=0.05, prefill_chunk=32))

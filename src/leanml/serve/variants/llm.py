@@ -22,6 +22,7 @@ Accuracy (`mmlu_evaluator`), by the prototype parameter ``eval_metric``:
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
