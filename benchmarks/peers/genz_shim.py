@@ -2,12 +2,9 @@
 llm_analysis_shim.py. GenZ models inference only (prefill, decode): training cases are reported as
 unsupported. Peaks and bandwidths come from the caller; GenZ's efficiencies stay at its default (1.0)."""
 
-import contextlib
-import io
-import json
-import sys
 import warnings
-from importlib.metadata import version
+
+from shim_protocol import serve  # the shims' folder is on sys.path when run as scripts
 
 
 def run(case):
@@ -33,15 +30,7 @@ def run(case):
 
 def main():
     warnings.simplefilter("ignore")
-    cases = json.loads(sys.stdin.read())["cases"]
-    out = []
-    for c in cases:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                out.append({"id": c["id"], "time_s": float(run(c))})
-        except Exception as e:  # reported per case in the benchmark's table
-            out.append({"id": c["id"], "error": f"{type(e).__name__}: {e}"[:300]})
-    print(json.dumps({"tool": f"genz-llm {version('genz-llm')}", "results": out}))
+    serve(run, "genz-llm")
 
 
 if __name__ == "__main__":

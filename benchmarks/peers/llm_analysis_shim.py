@@ -9,12 +9,9 @@ Peaks and bandwidths come from the caller (leanml's catalog) so the comparison i
 datasheets; llm-analysis's own efficiencies are left at its defaults (1.0: ideal roofline).
 """
 
-import contextlib
-import io
-import json
 import logging
-import sys
-from importlib.metadata import version
+
+from shim_protocol import serve  # the shims' folder is on sys.path when run as scripts
 
 
 def run(case):
@@ -46,15 +43,7 @@ def run(case):
 
 def main():
     logging.disable(logging.CRITICAL)
-    cases = json.loads(sys.stdin.read())["cases"]
-    out = []
-    for c in cases:
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                out.append({"id": c["id"], "time_s": float(run(c))})
-        except Exception as e:  # reported per case in the benchmark's table
-            out.append({"id": c["id"], "error": f"{type(e).__name__}: {e}"[:300]})
-    print(json.dumps({"tool": f"llm-analysis {version('llm-analysis')}", "results": out}))
+    serve(run, "llm-analysis")
 
 
 if __name__ == "__main__":
