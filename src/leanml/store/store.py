@@ -27,6 +27,7 @@ import numpy as np
 
 from leanml.io import atomic_write_bytes
 from leanml.store.codecs import get_codec
+from leanml.store.hygiene import merged_shards, remove_temp_manifests, remove_unlisted_part_files
 from leanml.store.manifest import (
     MANIFEST,
     Checkpoint,
@@ -277,27 +278,13 @@ class GradientStore:
             write_manifest(self._part_path(), pm)
 
     def remove_uncommitted(self) -> list[Path]:
-        """Delete what a killed writer of this part left: shard files no manifest lists, their temporary
-        files, and temporary manifests (``.manifest.json.*.tmp``, removed under the manifest lock, which every
-        manifest write holds, so no live writer's file is touched). Called on resume and by ``create``."""
+        """Delete what a killed writer of this part left (`leanml.store.hygiene`); called on resume and by
+        ``create``. Temporary manifests go under the manifest lock, which every manifest write holds."""
         with locked(self.root):
-            removed = [p for p in self.root.glob(f".{MANIFEST}.*.tmp")]
-            for p in removed:
-                p.unlink(missing_ok=True)
-            self.manifest.shards = _merged_shards(self.manifest, read_manifest(self.root / MANIFEST))
-        if (self.root / "parts").exists():
-            for p in (self.root / "parts").glob(f".{self.part}.json.*.tmp"):
-                p.unlink(missing_ok=True)
-                removed.append(p)
+            removed = remove_temp_manifests(self.root)
+            self.manifest.shards = merged_shards(self.manifest, read_manifest(self.root / MANIFEST))
         listed = {self.root / f for s in self.manifest.shards for f in s.files.values()}
-        for p in (self.root / "shards").glob(f"*/{self.part}-*") if (self.root / "shards").exists() else []:
-            if p not in listed:
-                p.unlink(missing_ok=True)
-                removed.append(p)
-        for p in (self.root / "shards").glob(f"*/.{self.part}-*.tmp") if (self.root / "shards").exists() else []:
-            p.unlink(missing_ok=True)
-            removed.append(p)
-        return removed
+        return removed + remove_unlisted_part_files(self.root, self.part, listed)
 
     # ---- reading -------------------------------------------------------------------------------
     def checkpoint_names(self) -> list[str]:
@@ -448,11 +435,6 @@ class GradientStore:
 
     def sql(self, query: str) -> Any:
         return _sql(self, query)
-
-
-def _merged_shards(mine: Manifest, committed: Manifest) -> list[Shard]:
-    """Shards listed by this writer's view or by the committed manifest (a file either lists is kept)."""
-    return mine.shards + [s for s in committed.shards if s not in mine.shards]
 
 
 def pid_part() -> str:
