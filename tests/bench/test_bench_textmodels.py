@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.llm, pytest.mark.slow]
 def test_minilm_lora_learner_trains_and_gives_projected_lora_gradients():
     from leanml.bench.textfeatures import MiniLMLoraClassifier, tokenize_ids
     from leanml.select import TorchClassifierLearner, TrainConfig
-    from leanml.select.features import Checkpoint, Featurizer
+    from leanml.select.features import Featurizer, WarmupCheckpoint
 
     torch.set_num_threads(1)
     texts = ["a great and moving film", "dull , boring and far too long", "wonderful acting", "a mess"]
@@ -28,7 +28,7 @@ def test_minilm_lora_learner_trains_and_gives_projected_lora_gradients():
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     err, h = L.last_layer(model, ids, y)
     assert err.shape == (4, 2) and h.shape == (4, 384)
-    ck = Checkpoint(res.checkpoints[-1]["model"], res.checkpoints[-1]["optimizer"], 1.0)
+    ck = WarmupCheckpoint(res.checkpoints[-1]["model"], res.checkpoints[-1]["optimizer"], 1.0)
     f1 = Featurizer(L, dim=32, seed=0).features(model, [ck], ids, y, kind="adam")
     f2 = Featurizer(L, dim=32, seed=0).features(model, [ck], ids, y, kind="adam")
     assert f1.rows(0).shape == (4, 32) and np.allclose(f1.rows(0), f2.rows(0))

@@ -104,7 +104,7 @@ class MatrixFeatures(GradientFeatures):
 
 
 @dataclass
-class Checkpoint:
+class WarmupCheckpoint:
     """Model (and optimizer) state at one point of a warm-up, with the learning rate there."""
 
     model_state: dict
@@ -112,7 +112,7 @@ class Checkpoint:
     lr: float
 
 
-def load_checkpoint(model: torch.nn.Module, ck: Checkpoint) -> None:
+def load_checkpoint(model: torch.nn.Module, ck: WarmupCheckpoint) -> None:
     """Load a checkpoint's weights; a partial state (trainable parameters only, e.g. LoRA) is allowed
     when every trainable parameter is in it."""
     state = ck.model_state
@@ -123,7 +123,7 @@ def load_checkpoint(model: torch.nn.Module, ck: Checkpoint) -> None:
     model.load_state_dict(state, strict=len(state) == len(model.state_dict()))
 
 
-def optimizer_param_names(model: torch.nn.Module, ck: Checkpoint) -> list[str]:
+def optimizer_param_names(model: torch.nn.Module, ck: WarmupCheckpoint) -> list[str]:
     """Names of the parameters the checkpoint's optimizer was built over, in its order: every parameter
     (``Adam(model.parameters())``, frozen ones included) or only the trainable ones."""
     n_opt = sum(len(g["params"]) for g in ck.optimizer_state["param_groups"])
@@ -136,9 +136,9 @@ def optimizer_param_names(model: torch.nn.Module, ck: Checkpoint) -> list[str]:
                          f"({len(trainable)} trainable): cannot match its Adam moments to parameters")
 
 
-def checkpoints_of(fit_result: Any) -> list[Checkpoint]:
+def checkpoints_of(fit_result: Any) -> list[WarmupCheckpoint]:
     """The checkpoints `leanml.models.fit(keep_checkpoints=True)` saved at epoch ends."""
-    cks = [Checkpoint(c["model"], c.get("optimizer"), float(c.get("lr", 1.0))) for c in fit_result.checkpoints]
+    cks = [WarmupCheckpoint(c["model"], c.get("optimizer"), float(c.get("lr", 1.0))) for c in fit_result.checkpoints]
     if not cks:
         raise SelectionError("warm-up kept no checkpoints (fit(..., keep_checkpoints=True))")
     return cks
@@ -164,7 +164,7 @@ class Featurizer:
     projection: str = "rademacher"
     chunk: int = 256
 
-    def features(self, model: torch.nn.Module, checkpoints: list[Checkpoint], X: Any, y: Any, *,
+    def features(self, model: torch.nn.Module, checkpoints: list[WarmupCheckpoint], X: Any, y: Any, *,
                  kind: str = "sgd", output: str = "loss") -> MatrixFeatures:
         """Features of (X, y) at every checkpoint; ``kind`` is LESS's gradient type."""
         from leanml.meter import stage
@@ -172,7 +172,7 @@ class Featurizer:
         with stage("grads"):  # the study projects this stage with a per-example-gradient profile
             return self._features(model, checkpoints, X, y, kind=kind, output=output)
 
-    def _features(self, model: torch.nn.Module, checkpoints: list[Checkpoint], X: Any, y: Any, *,
+    def _features(self, model: torch.nn.Module, checkpoints: list[WarmupCheckpoint], X: Any, y: Any, *,
                   kind: str, output: str) -> MatrixFeatures:
         from leanml.grads import AdamState, GradientComputer
 
@@ -212,7 +212,7 @@ class Featurizer:
 class StoreFeatures(GradientFeatures):
     """Pool features read from a gradient store (`leanml.store.GradientStore`), in pool order.
 
-    ``ids`` are the pool's example ids (``Pool.ids``); every one must be in the store. Checkpoint
+    ``ids`` are the pool's example ids (``Pool.ids``); every one must be in the store. WarmupCheckpoint
     weights and the model/projection fingerprint come from the store's manifest. This adapter and
     `StoreTaskFeatures` are the only places the selectors touch the store.
     """

@@ -7,7 +7,7 @@ import pytest
 
 from leanml.serve.control.llm_planner import LLMClass, LLMPlannerConfig
 from leanml.serve.control.llm_profiles import LLMProfile, QualityFigure
-from leanml.serve.sim.llm_policies import LLMPolicy, PolicySettings, StaticPolicy, make_policies
+from leanml.serve.sim.llm_policies import LLMPolicy, LLMStaticPolicy, PolicySettings, make_policies
 from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMSimulator, summarize
 
 
@@ -26,7 +26,7 @@ def settings(target: float, **kw) -> PolicySettings:
                           period_s=20.0, **kw)
 
 
-class One(StaticPolicy):
+class One(LLMStaticPolicy):
     """One variant at batch cap 8 and chunk 512 (explicit, so the timings below are known)."""
 
     def setup(self, sim):
@@ -126,7 +126,7 @@ def test_overload_planned_and_greedy_beat_static_accurate():
 def test_adaptive_replans_when_rate_and_length_mix_drift():
     """Short prompts at 0.5 req/s for 120 s, then long prompts at 2 req/s: adaptive re-plans within a tick or
     two of the change (not only at its 60 s period), and its classes follow the new mix; Proteus waits."""
-    from leanml.serve.sim.llm_policies import AdaptivePolicy, ProteusPolicy
+    from leanml.serve.sim.llm_policies import LLMAdaptivePolicy, LLMProteusPolicy
 
     rng = np.random.default_rng(0)
     t1 = np.cumsum(rng.exponential(2.0, 60))
@@ -138,7 +138,7 @@ def test_adaptive_replans_when_rate_and_length_mix_drift():
     s = settings(0.55)
     s.period_s = 60.0
     logs = {}
-    for pol in (AdaptivePolicy(PROFILES, s), ProteusPolicy(PROFILES, s)):
+    for pol in (LLMAdaptivePolicy(PROFILES, s), LLMProteusPolicy(PROFILES, s)):
         sim = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=0)
         sim.run(pol, reqs, tick_s=5.0)
         logs[pol.name] = sim.log

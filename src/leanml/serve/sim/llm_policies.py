@@ -107,7 +107,7 @@ def _jsq(sim: LLMSimulator, engines: list[int]) -> int:
     return min(engines, key=sim.outstanding)
 
 
-class StaticPolicy(LLMPolicy):
+class LLMStaticPolicy(LLMPolicy):
     def __init__(self, profiles, s, variant: str, name: str) -> None:
         super().__init__(profiles, s)
         self.variant, self.name = variant, name
@@ -120,7 +120,7 @@ class StaticPolicy(LLMPolicy):
         return _jsq(sim, list(range(sim.n_engines))), FULL
 
 
-class InfaasPolicy(LLMPolicy):
+class LLMInfaasPolicy(LLMPolicy):
     name = "infaas"
 
     def setup(self, sim):
@@ -231,7 +231,7 @@ class _Planned(LLMPolicy):
         return None
 
 
-class ProteusPolicy(_Planned):
+class LLMProteusPolicy(_Planned):
     name = "proteus"
 
     def planner_cfg(self):
@@ -255,7 +255,7 @@ PROMPT_EDGES = (1024, 3072)
 OUTPUT_EDGES = (32,)
 
 
-class AdaptivePolicy(_Planned):
+class LLMAdaptivePolicy(_Planned):
     name = "adaptive"
     ledger = True
 
@@ -297,7 +297,7 @@ class AdaptivePolicy(_Planned):
             self._replan(sim, now, classes)
 
 
-class AdaptiveNoCapPolicy(AdaptivePolicy):
+class AdaptiveNoCapPolicy(LLMAdaptivePolicy):
     """Ablation: adaptive without context pruning (KV cap fixed to none), to separate the knob's share."""
 
     name = "adaptive-nocap"
@@ -309,7 +309,7 @@ class AdaptiveNoCapPolicy(AdaptivePolicy):
 def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
     """The five compared policies and the adaptive ablation, in report order."""
     fast = cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)
-    return [StaticPolicy(profiles, s, most_accurate(profiles), "static-accurate"),
-            StaticPolicy(profiles, s, fast, "static-fast"), InfaasPolicy(profiles, s),
-            ProteusPolicy(profiles, s), AdaptivePolicy(profiles, s), AdaptiveNoCapPolicy(profiles, s)]
+    return [LLMStaticPolicy(profiles, s, most_accurate(profiles), "static-accurate"),
+            LLMStaticPolicy(profiles, s, fast, "static-fast"), LLMInfaasPolicy(profiles, s),
+            LLMProteusPolicy(profiles, s), LLMAdaptivePolicy(profiles, s), AdaptiveNoCapPolicy(profiles, s)]
 

@@ -75,7 +75,7 @@ class Engine:
 
 
 @dataclass
-class Outcome:
+class LLMOutcome:
     i: int
     arrival_s: float
     prompt: int
@@ -90,7 +90,7 @@ class Outcome:
 
 
 class LLMSimulator:
-    """Runs a policy over arrivals (see module docstring); `run` returns one `Outcome` per request."""
+    """Runs a policy over arrivals (see module docstring); `run` returns one `LLMOutcome` per request."""
 
     def __init__(self, profiles: dict[str, LLMProfile], *, engines: int, kv_budget_bytes: float,
                  noise_cv: float = 0.05, seed: int = 0) -> None:
@@ -162,13 +162,13 @@ class LLMSimulator:
         return min(req.prompt, kv_cap - req.output) if kv_cap and kv_cap > req.output else req.prompt
 
     # ---------------------------------------------------------------- the event loop
-    def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[Outcome]:
+    def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[LLMOutcome]:
         """Simulate ``requests`` (sorted by arrival) under ``policy`` (an `LLMPolicy`)."""
         self.engines, self.now, self.log = [], 0.0, []
         policy.setup(self)
         if len(self.engines) != self.n_engines:
             raise ValueError(f"policy {policy.name}: setup must configure {self.n_engines} engines")
-        out: dict[int, Outcome] = {}
+        out: dict[int, LLMOutcome] = {}
         ev: list[tuple[float, int, str, Any]] = []
         seq = 0
         for r in requests:
@@ -191,14 +191,14 @@ class LLMSimulator:
                 policy.observe(self, data)
                 dec = policy.route(self, data)
                 if dec is None:
-                    out[data.i] = Outcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
                     continue
                 ei, cap = dec
                 kept = self.kept(data, cap)
                 p = self.profiles[self.engines[ei].target.variant]
                 reserve = p.kv_bytes(kept + data.output)
                 if reserve > self.kv_budget:
-                    out[data.i] = Outcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
                     continue
                 self.engines[ei].waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
                 seq = self._start(ei, ev, seq, out)
@@ -206,7 +206,7 @@ class LLMSimulator:
                 seq = self._finish_iteration(data, ev, seq, out)
         return [out[r.i] for r in requests]
 
-    def _start(self, ei: int, ev: list, seq: int, out: dict[int, Outcome]) -> int:
+    def _start(self, ei: int, ev: list, seq: int, out: dict[int, LLMOutcome]) -> int:
         e = self.engines[ei]
         if e.busy:
             return seq
@@ -216,7 +216,7 @@ class LLMSimulator:
             r = e.waiting[0]
             if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
                 e.waiting.popleft()
-                out[r.req.i] = Outcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
+                out[r.req.i] = LLMOutcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
                 continue
             r.reserve = self.profiles[e.cfg.variant].kv_bytes(r.kept + r.req.output)
             if e.kv_used + r.reserve > e.kv_budget:
@@ -246,7 +246,7 @@ class LLMSimulator:
         heapq.heappush(ev, (e.busy_until, seq, "iter", (ei, dec_ids, chunk)))
         return seq + 1
 
-    def _finish_iteration(self, data: tuple, ev: list, seq: int, out: dict[int, Outcome]) -> int:
+    def _finish_iteration(self, data: tuple, ev: list, seq: int, out: dict[int, LLMOutcome]) -> int:
         ei, dec, chunk = data
         e = self.engines[ei]
         e.busy = False
@@ -267,12 +267,12 @@ class LLMSimulator:
             q = r.req
             ttft = (r.first_s - q.arrival_s) * 1000
             tpot = (self.now - r.first_s) * 1000 / (q.output - 1) if q.output > 1 else 0.0
-            out[q.i] = Outcome(q.i, q.arrival_s, q.prompt, q.output, "ok", e.cfg.variant, r.kv_cap, ttft, tpot,
+            out[q.i] = LLMOutcome(q.i, q.arrival_s, q.prompt, q.output, "ok", e.cfg.variant, r.kv_cap, ttft, tpot,
                                p.accuracy(r.kv_cap), ttft <= q.ttft_ms and tpot <= q.tpot_ms)
         return self._start(ei, ev, seq, out)
 
 
-def summarize(outcomes: list[Outcome], duration_s: float) -> dict[str, Any]:
+def summarize(outcomes: list[LLMOutcome], duration_s: float) -> dict[str, Any]:
     """Goodput (requests/s within both SLOs), SLO attainment, mean accuracy of answered requests, tails."""
     ok = [o for o in outcomes if o.status == "ok"]
     good = sum(o.good for o in outcomes)

@@ -9,9 +9,9 @@ See docs/query.md.
 
 from leanml.store.query.errors import QueryError
 from leanml.store.query.physical import IVF
-from leanml.store.query.plan import OpRecord, Query, default_host
-from leanml.store.query.source import ArraySource, RowView, Source, StoreSource, as_source
+from leanml.store.query.plan import Query, QueryOpRecord, default_host
+from leanml.store.query.source import ArraySource, QuerySource, RowView, StoreSource, as_source
 from leanml.store.query.steps import STEP_KINDS, Step, load_spec
 
-__all__ = ["IVF", "STEP_KINDS", "ArraySource", "OpRecord", "Query", "QueryError", "RowView", "Source", "Step",
+__all__ = ["IVF", "STEP_KINDS", "ArraySource", "QueryOpRecord", "Query", "QueryError", "RowView", "QuerySource", "Step",
            "StoreSource", "as_source", "default_host", "load_spec"]

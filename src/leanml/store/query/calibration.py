@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.store.query.source import Source
+from leanml.store.query.source import QuerySource
 
 _CACHE: dict[tuple, dict[str, tuple[float, float]]] = {}
 
@@ -30,7 +30,7 @@ def _time(fn: Any, *args: Any, reps: int = 3) -> float:
     return best
 
 
-def operator_costs(source: Source, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, tuple[float, float]]:
+def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, tuple[float, float]]:
     """{candidate: (overhead_s, scale)} measured on ``source`` (see module docstring)."""
     from leanml.store.query.physical import plan_nearest, run_nearest
 

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from leanml.store.query.source import RowView, Source
+from leanml.store.query.source import QuerySource, RowView
 
 
 @dataclass
@@ -41,7 +41,7 @@ def need_faiss(step: str):  # noqa: ANN201
     return faiss
 
 
-def combined_rows(source: Source, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def combined_rows(source: QuerySource, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, rows as ``[sqrt(w_c) x̂_c]_c``): inner products of these rows are combined cosines."""
     from leanml.store.ann import _combined
 
@@ -50,7 +50,7 @@ def combined_rows(source: Source, positions: np.ndarray | None) -> tuple[np.ndar
     return feats[0][0], _combined([f[1] for f in feats], source.weights())
 
 
-def build_graph(source: Source, positions: np.ndarray | None, *, k: int | None, threshold: float | None,
+def build_graph(source: QuerySource, positions: np.ndarray | None, *, k: int | None, threshold: float | None,
                 approximate: bool = False, nprobe: int = 8, seed: int = 0) -> Graph:
     faiss = need_faiss("knn_graph")
 

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from leanml.store.query.errors import QueryError
-from leanml.store.query.source import RowView, Source
+from leanml.store.query.source import QuerySource, RowView
 
 
-def where_ids(source: Source, sql: str, step: str) -> np.ndarray:
+def where_ids(source: QuerySource, sql: str, step: str) -> np.ndarray:
     """Ids whose metadata row matches the predicate ``sql`` (DuckDB over the metadata)."""
     import duckdb
 
@@ -38,7 +38,7 @@ def where_ids(source: Source, sql: str, step: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=col.null_count == 0) if len(col) else np.zeros(0, np.int64)
 
 
-def join(rel: pa.Table, source: Source, other: Any, on: Any, how: str, step: str) -> pa.Table:
+def join(rel: pa.Table, source: QuerySource, other: Any, on: Any, how: str, step: str) -> pa.Table:
     """``rel`` joined with a user table (Arrow, dict of columns, pandas) or ``"metadata"``, in ``rel``'s order."""
     import duckdb
 
@@ -75,7 +75,7 @@ def join(rel: pa.Table, source: Source, other: Any, on: Any, how: str, step: str
     return t.drop_columns(["__pos"])
 
 
-def _target(source: Source, target: Any, subtasks: Any, step: str) -> tuple[list[np.ndarray], Any]:
+def _target(source: QuerySource, target: Any, subtasks: Any, step: str) -> tuple[list[np.ndarray], Any]:
     """Target features per checkpoint (a stored task's, or given) and subtask labels."""
     from leanml.store.search import as_per_checkpoint
 
@@ -96,7 +96,7 @@ def _target(source: Source, target: Any, subtasks: Any, step: str) -> tuple[list
         raise QueryError(step, f"target: dimension mismatch: {e}") from None
 
 
-def score(source: Source, positions: np.ndarray | None, args: dict, *, pushdown: bool,
+def score(source: QuerySource, positions: np.ndarray | None, args: dict, *, pushdown: bool,
           step: str, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(ids, one score per row) for the rows at ``positions``; ``pushdown`` = aggregation pushdown on."""
     from leanml.store.search import less_scores, score_all, trak_scores
@@ -151,7 +151,7 @@ def filter_ids(rel: pa.Table, ids: np.ndarray) -> pa.Table:
     return rel.filter(pc.is_in(rel.column("id"), value_set=pa.array(ids, pa.int64())))
 
 
-def score_columns(src: Source, a: dict, pushdown: bool) -> int:
+def score_columns(src: QuerySource, a: dict, pushdown: bool) -> int:
     """How many score columns the step multiplies: one per target example, or per subtask when pushed down."""
     t = a["target"]
     if isinstance(t, str):

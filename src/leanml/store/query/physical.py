@@ -32,7 +32,7 @@ import numpy as np
 
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
-from leanml.store.query.source import RowView, Source
+from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
 APPROX = ("ivf-bitmap", "ivf-postfilter")
@@ -61,7 +61,7 @@ class IVF:
     build_s: float
 
     @classmethod
-    def build(cls, source: Source, nprobe: int = 16, seed: int = 0) -> IVF:
+    def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0) -> IVF:
         from leanml.store.query.graph import need_faiss
 
         faiss = need_faiss("with_index")
@@ -98,7 +98,7 @@ class IVF:
         return self._centroids
 
 
-def combined_queries(source: Source, qs: list[np.ndarray]) -> np.ndarray:
+def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:
     """Queries as the IVF index holds rows: concatenated ``sqrt(w_c) q̂_c`` (inner product = combined cosine)."""
     from leanml.store.ann import _combined
 
@@ -131,7 +131,7 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
     return sum(model.time(o) for o in ops)
 
 
-def plan_nearest(source: Source, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
+def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
                  recall: float | None, ivf: IVF | None, block_rows: int = 65536,
                  metric: str = "cosine", calibration: dict | None = None) -> tuple[list[Candidate], dict]:
     """Every candidate with its predicted time; the planning facts (m, n, coarse assignment) in a dict.
@@ -238,7 +238,7 @@ def _preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, Dq: np.ndarr
 
 
 # ---- execution -------------------------------------------------------------------------------------
-def run_nearest(name: str, source: Source, positions: np.ndarray | None, qs: list[np.ndarray], k: int,
+def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int,
                 facts: dict, ivf: IVF | None, block_rows: int = 65536, *, metric: str = "cosine",
                 device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
     """Run one candidate: (ids [nq, k'], scores [nq, k'], info); k' = min(k, matches); -1/-inf never returned."""

@@ -28,7 +28,7 @@ from leanml.store.query import ops
 from leanml.store.query.errors import QueryError
 from leanml.store.query.physical import IVF, choose, plan_nearest, run_nearest
 from leanml.store.query.rewrites import rewrite
-from leanml.store.query.source import RowView, Source, as_source
+from leanml.store.query.source import QuerySource, RowView, as_source
 from leanml.store.query.steps import Step, check
 
 
@@ -40,7 +40,7 @@ def default_host() -> str:
 
 
 @dataclass
-class OpRecord:
+class QueryOpRecord:
     """One operator of the physical plan: what ran, on how many rows, predicted and measured seconds."""
 
     step: str
@@ -70,14 +70,14 @@ class Query:
         (``"cpu"``; None = CUDA when present). ``index``: a prebuilt `IVF` (else `with_index`). ``calibrate``:
         time nearest's candidates once on this source to correct the roofline (`calibration`)."""
         self.calibrate = calibrate
-        self.source: Source = as_source(source)
+        self.source: QuerySource = as_source(source)
         self.device = device
         self.host = default_host() if host is None else host
         self.index, self.block_rows = index, int(block_rows)
         self.steps: list[Step] = []
         self.results: list[pa.Table] = []
-        self.records: list[OpRecord] | None = None
-        self._explained: list[OpRecord] | None = None
+        self.records: list[QueryOpRecord] | None = None
+        self._explained: list[QueryOpRecord] | None = None
         self.notes: list[str] = []
 
     # ---- building --------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Query:
             recs = self._explained = self._execute(dry=True, rewrites=rewrites)
         return render(self, recs, ran=self.records is not None)
 
-    def _execute(self, *, dry: bool, rewrites: bool) -> list[OpRecord]:
+    def _execute(self, *, dry: bool, rewrites: bool) -> list[QueryOpRecord]:
         if not self.steps:
             raise QueryError("0", "the query has no steps; add where/nearest/score/... first")
         steps, notes, push = rewrite(self.steps) if rewrites else (list(self.steps), [], set())
@@ -158,7 +158,7 @@ class Query:
         recs, results = [], []
         for i, s in enumerate(steps, 1):
             label = f"{i} {s.kind}"
-            rec = OpRecord(label, s.label(), st.est_rows)
+            rec = QueryOpRecord(label, s.label(), st.est_rows)
             t0 = time.perf_counter()
             self._step(s, st, rec, dry=dry, pushdown=id(s) in push)
             if not dry:
@@ -189,7 +189,7 @@ class Query:
     def _m(self, st: _State) -> int:
         return len(self.source.ids()) if st.positions is None else len(st.positions)
 
-    def _step(self, s: Step, st: _State, rec: OpRecord, *, dry: bool, pushdown: bool) -> None:
+    def _step(self, s: Step, st: _State, rec: QueryOpRecord, *, dry: bool, pushdown: bool) -> None:
         a, label, src = s.args, rec.step, self.source
         D = src.manifest.dim * len(src.checkpoint_names())
         model = cm.CostModel(host_device(self.host))
@@ -269,7 +269,7 @@ class Query:
         self._set_rel(st, t)
         return t
 
-    def _nearest(self, s: Step, st: _State, rec: OpRecord, *, dry: bool) -> None:
+    def _nearest(self, s: Step, st: _State, rec: QueryOpRecord, *, dry: bool) -> None:
         from leanml.store.search import as_per_checkpoint
 
         a, label, src = s.args, rec.step, self.source
@@ -320,7 +320,7 @@ class Query:
         self._set_rel(st, pa.table({"query": np.repeat(np.arange(nq), kk), "rank": np.tile(np.arange(1, kk + 1), nq),
                                     "id": ids.ravel().astype(np.int64), "score": sc.ravel()}))
 
-    def _graph_step(self, s: Step, st: _State, rec: OpRecord, *, dry: bool, model: cm.CostModel, D: int) -> None:
+    def _graph_step(self, s: Step, st: _State, rec: QueryOpRecord, *, dry: bool, model: cm.CostModel, D: int) -> None:
         a, label = s.args, rec.step
         m = st.est_rows
         if s.kind in ("knn_graph", "dedup"):

@@ -42,7 +42,7 @@ class _Manifest:
     generation: int | None
 
 
-class Source:
+class QuerySource:
     """Rows by position: ``ids`` (int64, one per row), ``read(checkpoint, positions)`` float32 rows."""
 
     root: Any
@@ -108,7 +108,7 @@ class Source:
         return np.unique(self._order[j[hit]])
 
 
-class StoreSource(Source):
+class StoreSource(QuerySource):
     """A `GradientStore`: positions run over each checkpoint's shards in manifest order."""
 
     def __init__(self, store: Any) -> None:
@@ -170,7 +170,7 @@ class StoreSource(Source):
             con.execute(f"CREATE VIEW metadata AS SELECT * FROM read_parquet('{path}')")
 
 
-class ArraySource(Source):
+class ArraySource(QuerySource):
     """In-memory features ``[C, n, d]`` (or ``[n, d]``) with ids, checkpoint weights and optional metadata."""
 
     def __init__(self, features: np.ndarray, ids: np.ndarray | None = None, *, weights: Any = None,
@@ -231,7 +231,7 @@ class ArraySource(Source):
 class RowView:
     """The read side of a `GradientStore` over ``positions`` of ``source`` (None = every row)."""
 
-    def __init__(self, source: Source, positions: np.ndarray | None = None) -> None:
+    def __init__(self, source: QuerySource, positions: np.ndarray | None = None) -> None:
         self.source, self.root, self.manifest = source, source.root, source.manifest
         self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
 
@@ -278,12 +278,12 @@ class RowView:
 _SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def as_source(obj: Any) -> Source:
-    """A `Source` for an open gradient store (a `StoreView`, such as `GradientStore`) or an existing `Source`.
+def as_source(obj: Any) -> QuerySource:
+    """A `QuerySource` for an open gradient store (a `StoreView`, such as `GradientStore`) or an existing `QuerySource`.
 
     A path is not opened here: this module sits below ``store.py`` (whose ``explain``/``nshot`` are queries
     on this layer), so callers open it with ``GradientStore.open(path)`` first."""
-    if isinstance(obj, Source):
+    if isinstance(obj, QuerySource):
         return obj
     if isinstance(obj, str | Path):
         raise QueryError("source", f"got the path {str(obj)!r}: open it first with GradientStore.open(path)")
