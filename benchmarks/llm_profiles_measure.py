@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variants", default="fp32,bf16,int8")
     ap.add_argument("--docs", type=int, default=None, help="held-out documents for quality (default 16, quick 6)")
     ap.add_argument("--out", type=Path, default=OUT / "smollm2.llm_profile.json")
+    ap.add_argument("--keep-quality", type=Path, default=None,
+                    help="re-measure costs only; take each variant's quality from this profile file (quality does "
+                         "not depend on machine load, costs do)")
     a = ap.parse_args(argv)
     import torch
 
@@ -148,6 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
     kv_elems = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     build = {"fp32": lambda: base, "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
              "int8": lambda: quantize_dynamic_int8(base)}
+    kept = None
+    if a.keep_quality is not None:
+        from leanml.serve.control.llm_profiles import load_llm_profiles
+
+        if not a.keep_quality.exists():
+            raise SystemExit(f"--keep-quality: {a.keep_quality} does not exist")
+        kept = load_llm_profiles(a.keep_quality)
     profiles, rows = {}, []
     for name in a.variants.split(","):
         if name not in build:
@@ -155,12 +165,16 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         m = build[name]().eval()
         pre, dec = measure_costs(m, text, prefill_grid, dec_batches, contexts, reps, steps)
-        q = measure_quality(m, docs, caps)
+        if kept is not None and name not in kept:
+            raise SystemExit(f"--keep-quality: {a.keep_quality} has no variant {name!r} (it has {sorted(kept)})")
+        q = measure_quality(m, docs, caps) if kept is None else kept[name].quality
         elem = 2 if name == "bf16" else 4  # dynamic int8 keeps float32 activations, hence its KV cache
         profiles[name] = LLMProfile(
             name, pre, dec, kv_elems * elem, q, memory_bytes=sum(p.numel() * p.element_size() for p in m.parameters()),
             energy_j_per_token=None,
             extra={"energy_note": "CPU energy counters (RAPL) unavailable here", "threads": 1,
+                   "load_average": round(os.getloadavg()[0], 2),
+                   "quality_from": str(a.keep_quality) if kept is not None else "measured in this run",
                    "quality_text": f"T0 multi_news_summarize, {len(docs)} docs, last {SCORED} of {DOC_TOKENS} tokens",
                    "measure_s": round(time.time() - t0, 1)})
         p = profiles[name]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -38,34 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_PROFILES = RESULTS / "llm_profiles" / "smollm2.llm_profile.json"
-NOT_LIVE = ("no live continuous-batching LLM server in this branch (i13a builds dataplane/generation.py); "
-            "simulator only")
-
-
-def setting(profiles, trace, load: float, engines: int, kv_bytes: float, window_s: float, seed: int, slo_x: float):
-    from leanml.serve.control.llm_planner import LLMClass, LLMPlannerConfig
-    from leanml.serve.control.llm_profiles import FULL
-    from leanml.serve.sim.llm_policies import PolicySettings, most_accurate, request_cost_ms
-    from leanml.serve.sim.llm_sim import LLMRequest
-    from leanml.serve.workload.timescale import drift_window, real_timescale
-
-    best = most_accurate(profiles)
-    pb = profiles[best]
-    start = drift_window(trace, window_s, 120.0)
-    w = trace.window(start, window_s)
-    p_mean, o_mean = float(np.mean(w.context_tokens)), float(np.mean(np.maximum(w.generated_tokens, 1)))
-    capacity = engines * 1000.0 / request_cost_ms(pb, p_mean, o_mean, batch=4)
-    scaled, rep = real_timescale(trace, load * capacity, window_s=window_s, bin_s=120.0, start_s=start, seed=seed)
-    tpot = slo_x * pb.step_ms(1, 1024)
-    reqs = [LLMRequest(i, float(t), int(p), int(max(o, 1)), max(1000.0, slo_x * pb.prefill_time_ms(int(p))), tpot)
-            for i, (t, p, o) in enumerate(zip(scaled.arrival_s, scaled.context_tokens, scaled.generated_tokens,
-                                              strict=True))]
-    target = pb.accuracy(FULL) - 0.01
-    prior = LLMClass("prior", load * capacity, p_mean, o_mean, ttft_ms=max(1000.0, slo_x * pb.prefill_time_ms(p_mean)),
-                     tpot_ms=tpot, prompt_p99=float(np.percentile(w.context_tokens, 99)),
-                     output_max=int(np.max(w.generated_tokens)))
-    cfg = LLMPlannerConfig(engines=engines, kv_budget_bytes=kv_bytes, time_limit_s=1.0)
-    return reqs, rep, PolicySettings(target, cfg, prior, period_s=60.0), capacity
+LIVE_POLICIES = ("static-accurate", "static-fast")  # single-variant policies: one live engine serves them as simulated
 
 
 def run_setting(profiles, reqs, s, engines: int, kv_bytes: float, seed: int, duration_s: float):
@@ -105,21 +79,129 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def pooled(per_seed: list[dict], num: str, den: str, key: str = "goodput_rps", seed: int = 0) -> dict:
+    """Ratio of summed ``key`` of policy ``num`` over ``den`` across seeds, per seed, and a 95% bootstrap CI
+    over seeds (seeds resampled with replacement)."""
+    a = np.array([r[num][key] for r in per_seed])
+    b = np.array([r[den][key] for r in per_seed])
+    rng = np.random.default_rng(seed)
+    boot = [a[i].sum() / b[i].sum() for i in (rng.integers(0, len(a), len(a)) for _ in range(2000)) if b[i].sum() > 0]
+    return {"ratio": round(float(a.sum() / b.sum()), 3) if b.sum() > 0 else None,
+            "ci95": [round(float(np.percentile(boot, 2.5)), 3), round(float(np.percentile(boot, 97.5)), 3)]
+            if boot else None,
+            "per_seed": [round(float(x / y), 3) if y > 0 else None for x, y in zip(a, b, strict=True)]}
+
+
+def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> dict:
+    from leanml.serve.sim.replay_inputs import llm_replay_inputs
+
+    per_seed, reps = [], []
+    for seed in range(a.seeds):
+        inp = llm_replay_inputs(profiles, trace, load=load, engines=a.engines, kv_bytes=kv, window_s=window_s,
+                                seed=seed, slo_x=a.slo_x, accuracy_slack=slack, start_s=start)
+        per_seed.append(run_setting(profiles, inp.requests, inp.settings, a.engines, kv, seed, inp.span_s))
+        reps.append(inp)
+    names = list(per_seed[0])
+    agg = {n: {"requests": sum(r[n]["requests"] for r in per_seed),
+               "goodput_rps": float(np.mean([r[n]["goodput_rps"] for r in per_seed])),
+               "mean_accuracy": float(np.average([r[n]["mean_accuracy"] for r in per_seed],
+                                                 weights=[max(1, r[n]["answered"]) for r in per_seed])),
+               "slo_attainment": float(np.mean([r[n]["slo_attainment"] for r in per_seed]))} for n in names}
+    gi, gs = pooled(per_seed, "adaptive", "infaas"), pooled(per_seed, "adaptive", "static-accurate")
+    acc_gap = round(100 * (best_acc - agg["adaptive"]["mean_accuracy"]), 3)
+    return {"load": load, "accuracy_target": round(best_acc - slack, 5), "slack_points": slack * 100,
+            "capacity_rps": round(reps[0].capacity_rps, 4), "seeds": a.seeds,
+            "requests_per_seed": [len(r.requests) for r in reps], "timescale_seed0": reps[0].timescale.to_json(),
+            "goodput_vs_infaas": gi["ratio"], "goodput_vs_infaas_ci95": gi["ci95"],
+            "goodput_vs_infaas_per_seed": gi["per_seed"], "goodput_vs_static_accurate": gs["ratio"],
+            "goodput_vs_static_accurate_ci95": gs["ci95"], "goodput_vs_static_accurate_per_seed": gs["per_seed"],
+            "accuracy_gap_points": acc_gap,
+            "nocap_vs_infaas": pooled(per_seed, "adaptive-nocap", "infaas")["ratio"],
+            "pooled": agg, "policies_seed0": per_seed[0], "_rep0": reps[0]}
+
+
+def busiest_start(trace, start: float, window_s: float, live_s: float) -> float:
+    """Start of the ``live_s`` stretch of the window at ``start`` holding the most requests (30 s grid)."""
+    offs = np.arange(0.0, window_s - live_s + 1e-9, 30.0)
+    n = [len(trace.window(start + o, live_s)) for o in offs]
+    return float(start + offs[int(np.argmax(n))])
+
+
+def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
+    """The live loopback replay of ``LIVE_POLICIES`` and the simulator on the very same requests."""
+    from leanml.serve.sim.llm_live import p99_errors, replay_live_llm, trace_prompts
+    from leanml.serve.sim.llm_policies import LLMStaticPolicy, cheapest, most_accurate, offline_batching
+    from leanml.serve.sim.llm_sim import LLMSimulator, summarize
+    from leanml.serve.sim.replay_inputs import llm_replay_inputs
+    from leanml.serve.variants.base import Variant
+    from leanml.serve.variants.llm import CausalLM, load_smollm2
+    from leanml.serve.variants.torch_variants import quantize_dynamic_int8
+
+    live_start = busiest_start(trace, start, window_s, a.live_seconds)
+    inp = llm_replay_inputs(profiles, trace, load=a.live_load, engines=1, kv_bytes=kv, window_s=a.live_seconds,
+                            seed=a.seed, slo_x=a.slo_x, start_s=live_start, token_scale=a.live_token_scale,
+                            max_output=a.live_max_output)
+    base, tok = load_smollm2()
+    build = {"fp32": lambda: base, "int8": lambda: quantize_dynamic_int8(base)}
+    s = inp.settings
+    names = {"static-accurate": most_accurate(profiles),
+             "static-fast": cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)}
+    lm0 = CausalLM(base, tok)
+    texts, got = trace_prompts(lm0, [r.prompt for r in inp.requests], seed=a.seed)
+    reqs = [replace(r, prompt=n) for r, n in zip(inp.requests, got, strict=True)]  # what was actually sent
+    out = {"window_start_s": live_start, "window_s": a.live_seconds, "token_scale": a.live_token_scale,
+           "max_output": a.live_max_output, "load": a.live_load, "engines": 1, "timescale": inp.timescale.to_json(),
+           "requests": len(reqs), "prompt_tokens_mean": round(float(np.mean(got)), 1),
+           "output_tokens_mean": round(float(np.mean([r.output for r in reqs])), 1), "policies": {}}
+    print(f"\n## live on loopback: {inp.timescale.text()}; prompts x{a.live_token_scale}, outputs <= "
+          f"{a.live_max_output}; {len(reqs)} requests, one engine", flush=True)
+    for pol in a.live_policies.split(","):
+        v = names[pol]
+        if v not in build:
+            print(f"  {pol}: variant {v} has no live build here; skipped")
+            continue
+        b, c = offline_batching(profiles[v], s)
+        variant = Variant(v, CausalLM(build[v]().eval(), tok), v)
+        t0 = time.perf_counter()
+        live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
+        wall = time.perf_counter() - t0
+        sim = LLMSimulator(profiles, engines=1, kv_budget_bytes=kv, seed=a.seed)
+        simo = sim.run(LLMStaticPolicy(profiles, s, v, pol), reqs, tick_s=10.0)
+        err = p99_errors(simo, live)
+        out["policies"][pol] = {"variant": v, "batch": b, "chunk": c, "live_wall_s": round(wall, 1), **err,
+                                "live": summarize(live, inp.span_s), "sim": summarize(simo, inp.span_s)}
+        print(f"  {pol} ({v}, batch {b}, chunk {c}): {json.dumps(err)}", flush=True)
+    errs = [e for p in out["policies"].values() for e in (p["ttft_p99_error"], p["e2e_p99_error"]) if e is not None]
+    out["sim_p99_error"] = round(max(errs), 4) if errs else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one load, a 10-minute window (same code path)")
+    ap.add_argument("--quick", action="store_true", help="one load, a 10-minute window, 2 seeds, 40 s live")
     ap.add_argument("--profiles", type=Path, default=DEFAULT_PROFILES)
     ap.add_argument("--trace", default="azure_llm_code")
     ap.add_argument("--engines", type=int, default=2)
     ap.add_argument("--kv-gib", type=float, default=1.0, help="KV-cache budget per engine (GiB)")
     ap.add_argument("--load", type=float, default=1.0, help="headline load x the most accurate variant's capacity")
     ap.add_argument("--slo-x", type=float, default=3.0, help="SLOs as this multiple of lone-request TTFT/TPOT")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=None, help="thinning/noise seeds per setting (default 10, quick 2)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the live window")
+    ap.add_argument("--no-live", action="store_true", help="simulate only")
+    ap.add_argument("--live-seconds", type=float, default=None, help="live window (default 150 s, quick 40 s)")
+    ap.add_argument("--live-load", type=float, default=1.0, help="live load x one engine's capacity")
+    ap.add_argument("--live-token-scale", type=float, default=0.125, help="live prompts = trace prompts x this")
+    ap.add_argument("--live-max-output", type=int, default=48, help="live outputs clipped to this many tokens")
+    ap.add_argument("--live-policies", default=",".join(LIVE_POLICIES))
+    ap.add_argument("--device", default=None,
+                    help="a leanml.hw catalog device id (e.g. h100_sxm): costs predicted by leanml.hw.llm for it, "
+                         "quality from --profiles; simulator only (default: the measured profiles of this machine)")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_llm_replay.json")
     a = ap.parse_args(argv)
     from leanml.io import atomic_write_text
-    from leanml.serve.control.llm_profiles import FULL, load_llm_profiles
+    from leanml.serve.control.llm_profiles import FULL, load_llm_profiles, profiles_for_device
     from leanml.serve.sim.llm_policies import most_accurate
+    from leanml.serve.workload.timescale import drift_window
     from leanml.serve.workload.traces import load_trace
 
     if not a.profiles.exists():
@@ -127,42 +209,60 @@ def main(argv: list[str] | None = None) -> dict:
                  "`python benchmarks/llm_profiles_measure.py` (or pass another LLM profile file)")
     if a.engines < 1 or a.kv_gib <= 0 or a.load <= 0 or a.slo_x <= 0:
         sys.exit("--engines must be >= 1; --kv-gib, --load and --slo-x positive")
-    profiles = load_llm_profiles(a.profiles)
+    a.seeds = a.seeds or (2 if a.quick else 10)
+    a.live_seconds = a.live_seconds or (40.0 if a.quick else 150.0)
+    if a.seeds < 1 or a.live_seconds <= 0 or not 0 < a.live_token_scale <= 1 or a.live_max_output < 1:
+        sys.exit("--seeds >= 1, --live-seconds > 0, --live-token-scale in (0, 1], --live-max-output >= 1")
+    try:
+        profiles = profiles_for_device(load_llm_profiles(a.profiles), a.device)
+    except (KeyError, ValueError) as e:  # an unknown catalog id names the known ones
+        sys.exit(f"--device {a.device}: {e}")
+    if a.device is not None:
+        a.no_live = True  # the live engine runs on this machine only
     trace = load_trace(a.trace)
     if trace.context_tokens is None or trace.generated_tokens is None:
         sys.exit(f"--trace {a.trace}: needs prompt and generated token counts per request")
     best_acc = profiles[most_accurate(profiles)].accuracy(FULL)
     kv = a.kv_gib * (1 << 30)
     window_s = 600.0 if a.quick else 1200.0
+    start = drift_window(trace, window_s, 120.0)
     for n, p in profiles.items():
-        print(f"profile {n}: accuracy by KV cap {({c: round(p.accuracy(c), 4) for c in p.kv_caps()})}, "
-              f"prefill {p.prefill_time_ms(512) / 512:.3f} ms/token at 512, decode step {p.step_ms(1, 1024):.1f} ms "
-              f"(batch 1) / {p.step_ms(16, 1024):.1f} ms (batch 16) at 1,024 tokens of context")
+        print(f"profile {n} ({p.source} on {p.device}; costs: {p.extra.get('cost_source', 'measured')}): "
+              "accuracy by KV cap "
+              f"{({c: round(p.accuracy(c), 4) for c in p.kv_caps()})}, prefill {p.prefill_time_ms(512) / 512:.3f} "
+              f"ms/token at 512, decode step {p.step_ms(1, 1024):.1f} ms (batch 1) / {p.step_ms(16, 1024):.1f} ms "
+              "(batch 16) at 1,024 tokens of context")
     loads = [a.load] if a.quick else sorted({0.5, a.load, 2.0})
-    grid, head_res, head_rep = [], None, None
+    grid, head = [], None
     for load in loads:
-        reqs, rep, s, cap = setting(profiles, trace, load, a.engines, kv, window_s, a.seed, a.slo_x)
         for slack in ([0.01] if a.quick else [0.01, 0.03]):
-            s2 = replace(s, accuracy_target=best_acc - slack)
-            span = rep.window_s / (rep.factor if rep.method == "time-compression" else 1.0)
-            res = run_setting(profiles, reqs, s2, a.engines, kv, a.seed, span)
-            h = headline(res, best_acc)
-            grid.append({"load": load, "accuracy_target": round(best_acc - slack, 5), "slack_points": slack * 100,
-                         "capacity_rps": round(cap, 4), "timescale": rep.to_json(), **h,
-                         "policies": res})
-            print(f"\n## load {load} x capacity ({cap:.3f} req/s), accuracy target best - {slack * 100:.0f} point(s)")
-            print(rep.text())
-            print(table(res))
-            print(json.dumps(h))
+            cell = sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start)
+            rep = cell.pop("_rep0")
+            print(f"\n## load {load} x capacity ({cell['capacity_rps']:.3f} req/s), accuracy target best - "
+                  f"{slack * 100:.0f} point(s), {a.seeds} seeds ({sum(cell['requests_per_seed'])} requests)")
+            print("seed 0: " + rep.timescale.text())
+            print(table(cell["policies_seed0"]))
+            print(json.dumps({k: cell[k] for k in ("goodput_vs_infaas", "goodput_vs_infaas_ci95",
+                                                   "goodput_vs_static_accurate", "goodput_vs_static_accurate_ci95",
+                                                   "accuracy_gap_points", "nocap_vs_infaas")}))
+            grid.append(cell)
             if load == a.load and slack == 0.01:
-                head_res, head_rep = h, rep
-    out = {**head_res, "sim_p99_error": None, "sim_p99_error_reason": NOT_LIVE, "headline_load": a.load,
-           "timescale": head_rep.to_json(), "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib,
-           "slo_x": a.slo_x, "quick": a.quick, "grid": grid}
+                head = cell
+    live = None if a.no_live else live_section(profiles, trace, a, kv, start, window_s)
+    out = {k: head[k] for k in ("goodput_vs_infaas", "goodput_vs_infaas_ci95", "goodput_vs_static_accurate",
+                                "goodput_vs_static_accurate_ci95", "accuracy_gap_points")}
+    out.update({"sim_p99_error": live["sim_p99_error"] if live else None,
+                "sim_p99_error_reason": None if live else (
+                    f"--device {a.device}: predicted costs, no live engine there" if a.device else "--no-live"),
+                "device": a.device or "local", "profile_source": {n: p.source for n, p in profiles.items()},
+                "headline_load": a.load, "seeds": a.seeds, "requests_headline": sum(head["requests_per_seed"]),
+                "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib, "slo_x": a.slo_x,
+                "quick": a.quick, "load_average": [round(x, 2) for x in os.getloadavg()], "live": live, "grid": grid})
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
     last = {k: out[k] for k in ("goodput_vs_infaas", "goodput_vs_static_accurate", "accuracy_gap_points",
-                                "sim_p99_error", "sim_p99_error_reason", "headline_load")}
+                                "sim_p99_error", "headline_load", "seeds", "requests_headline", "device",
+                                "profile_source")}
     print(json.dumps(last))
     return out
 

@@ -160,8 +160,50 @@ class LLMProfile:
         (measured elsewhere), costs are the callable's at each batch size and length."""
         pre = {b: {L: float(cost_fn("prefill", b, L)) for L in lengths} for b in batches}
         dec = {b: {L: float(cost_fn("decode", b, L)) for L in lengths} for b in batches}
-        return cls(name, pre, dec, kv_bytes_per_token, quality, device=device,
-                   extra={"cost_source": "cost_fn"}, **kw)
+        extra = {"cost_source": "cost_fn", **kw.pop("extra", {})}
+        return cls(name, pre, dec, kv_bytes_per_token, quality, device=device, extra=extra, **kw)
+
+    @property
+    def source(self) -> str:
+        """``"measured"`` (profiled on its device) or ``"predicted"`` (costs from a hardware model)."""
+        return str(self.extra.get("source", "measured"))
+
+
+# the dtype each profiled SmolLM2 variant computes in, for the hardware model (int8: weights and GEMMs)
+VARIANT_DTYPE = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "int8_sq": "int8", "pruned": "fp32"}
+
+
+def predicted_profile(measured: LLMProfile, device: str, *, model: str = "smollm2-135m",
+                      dtype: str | None = None) -> LLMProfile:
+    """``measured``'s variant on a catalog ``device`` it was never profiled on: prefill and decode-step times
+    per batch and length from `leanml.hw.llm` (a roofline prediction from the catalog entry), quality and
+    KV bytes per token the measured variant's own (the same weights compute the same tokens). The profile
+    says ``source = "predicted"`` and which model, dtype and calibration its costs come from."""
+    from leanml.hw.llm import decode_step, predict_prefill
+
+    dt = dtype or VARIANT_DTYPE.get(measured.name)
+    if dt is None:
+        raise ValueError(f"predicted_profile: no dtype known for variant {measured.name!r}; pass dtype= "
+                         f"(one of fp32, bf16, int8; known variants: {sorted(VARIANT_DTYPE)})")
+
+    def cost(phase: str, batch: int, tokens: int) -> float:
+        fn = predict_prefill if phase == "prefill" else decode_step
+        return 1000.0 * fn(model, device, dt, batch, tokens).time_s
+
+    return LLMProfile.from_cost_fn(
+        measured.name, cost, kv_bytes_per_token=measured.kv_bytes_per_token, quality=measured.quality,
+        device=device, lengths=(128, 512, 1024, 2048, 8192), accuracy_metric=measured.accuracy_metric,
+        memory_bytes=measured.memory_bytes,
+        extra={"source": "predicted", "cost_source": f"leanml.hw.llm ({model}, {dt}) on {device}",
+               "quality_from": f"measured on {measured.device}"})
+
+
+def profiles_for_device(measured: dict[str, LLMProfile], device: str | None) -> dict[str, LLMProfile]:
+    """The profiles a planner or simulator uses on ``device``: the measured ones where ``device`` is None or
+    the device they were measured on, else each predicted for that catalog device (`predicted_profile`)."""
+    if device is None or all(p.device == device for p in measured.values()):
+        return measured
+    return {n: predicted_profile(p, device) for n, p in measured.items()}
 
 
 # ------------------------------------------------------------------ files

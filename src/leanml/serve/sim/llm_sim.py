@@ -87,6 +87,11 @@ class LLMOutcome:
     tpot_ms: float = float("nan")
     accuracy: float = float("nan")
     good: bool = False
+    e2e_ms: float = float("nan")  # arrival to the last token (simulated: TTFT + (output - 1) x TPOT)
+
+    def __post_init__(self) -> None:
+        if self.status == "ok" and not np.isfinite(self.e2e_ms):
+            self.e2e_ms = self.ttft_ms + max(0, self.output - 1) * self.tpot_ms
 
 
 class LLMSimulator:
@@ -291,5 +296,6 @@ def summarize(outcomes: list[LLMOutcome], duration_s: float) -> dict[str, Any]:
         "ttft_p50_ms": float(np.nanpercentile(tt, 50)), "ttft_p99_ms": float(np.nanpercentile(tt, 99)),
         "tpot_p50_ms": float(np.nanpercentile(tp, 50)) if tp.size else float("nan"),
         "tpot_p99_ms": float(np.nanpercentile(tp, 99)) if tp.size else float("nan"),
+        "e2e_p99_ms": float(np.nanpercentile([o.e2e_ms for o in ok], 99)) if ok else float("nan"),
         "served_by": by_variant,
     }

@@ -56,7 +56,8 @@ async def _replay_async(
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 row.update(variant=body.get("request_variant"), batch_size=body.get("batch_size"),
                            queue_ms=body.get("queue_ms"), model_ms=body.get("model_ms"),
-                           reason=body.get("reason") or body.get("detail"))
+                           reason=body.get("reason") or body.get("detail"),
+                           ttft_ms=body.get("ttft_ms"), tpot_ms=body.get("tpot_ms"))  # generate answers only
                 if r.status_code == 200 and p.label is not None and "labels" in body:
                     lab = p.label if isinstance(p.label, list) else [p.label]
                     row["correct"] = float(np.mean([a == b for a, b in zip(body["labels"], lab, strict=False)]))

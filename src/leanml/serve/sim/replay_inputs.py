@@ -102,3 +102,75 @@ def replay_payloads(val: str, trace: Trace, kind: str, cap: int = 32, *, deploym
         return Payload(f"/v1/predict/{deployment_path}", {"inputs": [X[j].tolist()]}, label=int(y[j]))
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------- LLM replays
+@dataclass
+class LLMReplayInputs:
+    """An LLM replay's inputs: the requests (arrival, prompt and output tokens, SLOs), what was done to the
+    trace, what every policy is told, and the capacity the rate was fitted to."""
+
+    requests: list[Any]  # leanml.serve.sim.llm_sim.LLMRequest, sorted by arrival
+    timescale: Any  # leanml.serve.workload.timescale.TimescaleReport
+    settings: Any  # leanml.serve.sim.llm_policies.PolicySettings
+    capacity_rps: float
+    token_scale: float = 1.0
+    max_output: int | None = None
+
+    @property
+    def span_s(self) -> float:
+        """Seconds of replay time the requests cover (the window, after any time compression)."""
+        r = self.timescale
+        return r.window_s / (r.factor if r.method == "time-compression" else 1.0)
+
+
+def llm_replay_inputs(profiles: dict[str, Any], trace: Trace, *, load: float, engines: int, kv_bytes: float,
+                      window_s: float, seed: int = 0, slo_x: float = 3.0, accuracy_slack: float = 0.01,
+                      start_s: float | None = None, token_scale: float = 1.0,
+                      max_output: int | None = None) -> LLMReplayInputs:
+    """The one builder of an LLM replay (`benchmarks/serve_llm_replay.py`, simulated and live, and `leanml demo`).
+
+    The window of ``trace`` starting at ``start_s`` (default: its drift window, `timescale.drift_window`),
+    thinned on its own clock to ``load`` x the capacity of the most accurate variant (its engine time per
+    request at the window's mean prompt and output, a running batch of 4, on all ``engines``). Each request
+    prefills its trace prompt and generates its trace output, times ``token_scale`` (prompt) and clipped to
+    ``max_output`` (a live window on one CPU core cannot prefill the trace's 1,500-token median prompts at
+    a useful rate; the report states the scale). SLOs: TTFT <= max(1 s, ``slo_x`` x the most accurate
+    variant's lone prefill of the prompt); TPOT <= ``slo_x`` x its decode step at batch 1 and 1,024 tokens
+    of context. Accuracy target: the best variant's full-context accuracy - ``accuracy_slack``."""
+    from leanml.serve.control.llm_planner import LLMClass, LLMPlannerConfig
+    from leanml.serve.control.llm_profiles import FULL
+    from leanml.serve.sim.llm_policies import PolicySettings, most_accurate, request_cost_ms
+    from leanml.serve.sim.llm_sim import LLMRequest
+    from leanml.serve.workload.timescale import drift_window, real_timescale
+
+    if trace.context_tokens is None or trace.generated_tokens is None:
+        raise ValueError(f"trace '{trace.name}': an LLM replay needs prompt and generated token counts per request")
+    if load <= 0 or engines < 1 or kv_bytes <= 0 or slo_x <= 0 or not 0 < token_scale <= 1:
+        raise ValueError(f"llm_replay_inputs: load, kv_bytes and slo_x must be > 0, engines >= 1 and token_scale in "
+                         f"(0, 1] (got {load}, {kv_bytes}, {slo_x}, {engines}, {token_scale})")
+    best = most_accurate(profiles)
+    pb = profiles[best]
+    start = drift_window(trace, max(600.0, min(window_s, 1800.0)), 120.0) if start_s is None else float(start_s)
+
+    def lengths(ctx: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = np.maximum(8, np.round(np.asarray(ctx, dtype=np.float64) * token_scale)).astype(np.int64)
+        o = np.maximum(np.asarray(gen, dtype=np.int64), 1)
+        return p, (np.minimum(o, max_output) if max_output else o)
+
+    win = trace.window(start, window_s)
+    wp, wo = lengths(win.context_tokens, win.generated_tokens)
+    p_mean, o_mean = float(np.mean(wp)), float(np.mean(wo))
+    capacity = engines * 1000.0 / request_cost_ms(pb, p_mean, o_mean, batch=4)
+    scaled, rep = real_timescale(trace, load * capacity, window_s=window_s, bin_s=min(120.0, window_s / 2),
+                                 start_s=start, seed=seed)
+    tpot = slo_x * pb.step_ms(1, 1024)
+    ps, os_ = lengths(scaled.context_tokens, scaled.generated_tokens)
+    reqs = [LLMRequest(i, float(t), int(p), int(o), max(1000.0, slo_x * pb.prefill_time_ms(int(p))), tpot)
+            for i, (t, p, o) in enumerate(zip(scaled.arrival_s, ps, os_, strict=True))]
+    prior = LLMClass("prior", load * capacity, p_mean, o_mean, ttft_ms=max(1000.0, slo_x * pb.prefill_time_ms(p_mean)),
+                     tpot_ms=tpot, prompt_p99=float(np.percentile(wp, 99)), output_max=int(np.max(wo)))
+    cfg = LLMPlannerConfig(engines=engines, kv_budget_bytes=kv_bytes, time_limit_s=1.0)
+    target = pb.accuracy(FULL) - accuracy_slack
+    return LLMReplayInputs(reqs, rep, PolicySettings(target, cfg, prior, period_s=60.0), capacity, token_scale,
+                           max_output)
