@@ -53,7 +53,7 @@ def run_setting(profiles, reqs, s, engines: int, kv_bytes: float, seed: int, dur
         res = summarize(sim.run(pol, reqs, tick_s=10.0), duration_s)
         res["replans"] = len(sim.log)
         res["sim_s"] = round(time.perf_counter() - t0, 2)
-        out[pol.name] = res
+        out[pol.label] = res
     return out
 
 
@@ -166,7 +166,7 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
         live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
         wall = time.perf_counter() - t0
         sim = LLMSimulator(profiles, engines=1, kv_budget_bytes=kv, seed=a.seed)
-        simo = sim.run(LLMStaticPolicy(profiles, s, v, pol), reqs, tick_s=10.0)
+        simo = sim.run(LLMStaticPolicy(list(profiles), profiles=profiles, settings=s, variant=v), reqs, tick_s=10.0)
         err = p99_errors(simo, live)
         out["policies"][pol] = {"variant": v, "batch": b, "chunk": c, "live_wall_s": round(wall, 1), **err,
                                 "live": summarize(live, inp.span_s), "sim": summarize(simo, inp.span_s)}

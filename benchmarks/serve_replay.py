@@ -61,34 +61,18 @@ def measured_variants(proto: str, quick: bool, cache: bool) -> tuple[dict, dict]
     return variants, {"profile_file": str(path), "reused_profiles": not b.measured}
 
 
-def _test_split(proto: str) -> tuple[np.ndarray, np.ndarray]:
-    from leanml.data import load
-
-    split = load("adult" if proto == "adult" else "cifar10", "test")
-    return split.X.astype(np.float32), split.y
-
-
 def payloads(proto: str):
-    """Real test examples with their labels (the label stays client-side: it measures delivered accuracy)."""
-    from leanml.serve.sim.replay import Payload
+    """Real test examples with their labels (the label stays client-side: it measures delivered accuracy):
+    `leanml.serve.sim.replay_inputs.replay_payloads`, the one builder of live replay requests."""
+    from leanml.serve.sim.replay_inputs import replay_payloads
 
-    X, y = _test_split(proto)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(X))
-
-    def make(i: int) -> Payload:
-        j = int(order[i % len(order)])
-        return Payload("/v1/predict/study", {"inputs": [X[j].tolist()]}, label=int(y[j]))
-
-    return make
-
-
-def capacity_rps(p, cores: int, sizes=(1, 4, 16, 32)) -> float:
-    return cores * max(b / (p.latency.at(b, "p50") / 1e3) for b in sizes)
+    return replay_payloads(f"{'adult' if proto == 'adult' else 'cifar10'}/test", None, "classify",
+                           deployment_path="study")
 
 
 def study(proto: str, a: argparse.Namespace) -> dict:
-    from leanml.serve.sim.replay_study import POLICIES, most_accurate, run_live_subprocess, simulate, summarize
+    from leanml.serve.sim.replay_inputs import replay_inputs
+    from leanml.serve.sim.replay_study import POLICIES, run_live_subprocess, simulate, summarize
     from leanml.serve.workload.describe import describe
     from leanml.serve.workload.traces import load_trace, scale_to_rate
 
@@ -96,15 +80,13 @@ def study(proto: str, a: argparse.Namespace) -> dict:
     variants, pinfo = measured_variants(proto, a.quick, cache=a.quick or a.reuse_profiles)
     profiles = {n: v.profile for n, v in variants.items()}
     t_prof = time.perf_counter() - t0
-    best = most_accurate(profiles)
-    target = profiles[best].accuracy - a.accuracy_slack
-    cap = capacity_rps(profiles[best], a.cores)
     trace = load_trace("azure_llm_code")
     # mean load = a.load x the best variant's capacity; the planners' period scales with the trace's
     # compression so they re-plan as often, in trace time, as Proteus does (every 5 s of a real-time trace
-    # compressed to 5 minutes)
-    sim_tr = scale_to_rate(trace, a.load * cap).window(0.0, a.sim_seconds)
-    period = float(np.clip(5.0 * sim_tr.duration_s / 300.0, 0.01, 5.0))
+    # compressed to 5 minutes): all from the one replay-input builder
+    inp = replay_inputs(profiles, trace, accuracy_slack=a.accuracy_slack, load=a.load, cores=a.cores,
+                        window_s=a.sim_seconds)
+    best, target, cap, sim_tr, period = inp.best, inp.accuracy_target, inp.capacity_rps, inp.sim_trace, inp.period_s
     runs = {"sim": {}, "live": {}, "sim-of-live": {}}
     recs = {"sim": {}, "live": {}, "sim-of-live": {}}
     summ = {"sim": {}, "live": {}, "sim-of-live": {}}
@@ -202,13 +184,14 @@ def study(proto: str, a: argparse.Namespace) -> dict:
 def load_sweep(proto: str, profiles: dict, trace, cap: float, target: float, a: argparse.Namespace) -> dict:
     """Every policy, simulated, at each mean load of the fixed grid ``--sweep-loads`` (x the most accurate
     variant's capacity): the headline stays at ``--load``; this shows how the comparison moves with load."""
+    from leanml.serve.sim.replay_inputs import replay_inputs
     from leanml.serve.sim.replay_study import POLICIES, simulate, summarize
-    from leanml.serve.workload.traces import scale_to_rate
 
     out = {}
     for load in a.sweep_loads:
-        tr = scale_to_rate(trace, load * cap).window(0.0, a.sim_seconds)
-        period = float(np.clip(5.0 * tr.duration_s / 300.0, 0.01, 5.0))
+        inp = replay_inputs(profiles, trace, accuracy_slack=a.accuracy_slack, load=load, cores=a.cores,
+                            window_s=a.sim_seconds)
+        tr, period = inp.sim_trace, inp.period_s
         by = {}
         for pol in POLICIES:
             rows, rec, _ = simulate(pol, profiles, tr.arrival_s, cores=a.cores, latency_ms=a.slo_ms,

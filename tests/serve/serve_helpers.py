@@ -59,3 +59,14 @@ def wait_until(cond, timeout: float = 10.0) -> None:
         if time.time() - t0 > timeout:
             raise AssertionError("condition not reached in time")
         time.sleep(0.005)
+
+
+def flat_llm_profile(name: str, acc: float, step_ms: float, prefill_ms_per_token: float, kv: int = 1000):
+    """An LLM profile with constant costs (a decode step of ``step_ms`` at any batch and context, prefill at
+    ``prefill_ms_per_token``), accuracy ``acc`` with the whole context and ``acc - 0.005`` at KV cap 256."""
+    from leanml.serve.control.llm_profiles import LLMProfile, QualityFigure
+
+    q = {c: {"next_token_accuracy": QualityFigure("next_token_accuracy", a, 500, a - 0.02, a + 0.02)}
+         for c, a in ((0, acc), (256, acc - 0.005))}
+    return LLMProfile(name, {1: {100: prefill_ms_per_token * 100}, 8: {100: prefill_ms_per_token * 800}},
+                      {1: {100: step_ms, 2000: step_ms}, 32: {100: step_ms, 2000: step_ms}}, kv, q)

@@ -25,6 +25,12 @@ policies take a snapshot under a lock) and swap a new plan in with one assignmen
 The registry maps names to policy classes. Built-in members are listed by import path
 (`BUILTIN`, resolved on first use, like packaging entry points), so this base module imports none of
 them (they import it); `register_policy` adds others. ``greedy`` is a deprecated alias of ``infaas``.
+
+Each member says which *surface* it routes over (``Policy.surface``): ``runtime`` (a deployment's
+variants, in the runtime, the Controller and the request-level simulator; what deploy configs may name)
+or ``llm-pool`` (an LLM engine pool with continuous batching: the ``llm-*`` members,
+`leanml.serve.sim.llm_policies.LLMPolicy`, run by `leanml.serve.sim.llm_sim.LLMSimulator` through these
+same hooks). `known_policies` lists one surface's members.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class ControlSurface(ABC):
         """Run a served request on the variants ``profiler`` picks, within its budget (online profiling)."""
 
 
+RUNTIME = "runtime"  # routes a deployment's variants (runtime, Controller, request-level simulator)
+LLM_POOL = "llm-pool"  # routes over an LLM engine pool (leanml.serve.sim.llm_sim)
+
+
 class Policy(ABC):
     """Chooses the variant for each request, or refuses it with a reason; optionally re-plans.
 
@@ -72,6 +82,7 @@ class Policy(ABC):
 
     name: ClassVar[str] = "policy"
     controlled: ClassVar[bool] = False
+    surface: ClassVar[str] = RUNTIME  # what route's state is: a deployment's (RUNTIME) or an LLM pool's
     _reason: str = ""
     _kind: str = REFUSE_IMPOSSIBLE
 
@@ -106,22 +117,35 @@ BUILTIN: dict[str, str] = {
     "proteus": "leanml.serve.control.policies_adaptive:ProteusPolicy",
     "adaptive": "leanml.serve.control.policies_adaptive:AdaptivePolicy",
     "clipper": "leanml.serve.control.policies_adaptive:ClipperAIMDPolicy",
+    "llm-static-accurate": "leanml.serve.sim.llm_policies:LLMStaticAccurate",
+    "llm-static-fast": "leanml.serve.sim.llm_policies:LLMStaticFast",
+    "llm-infaas": "leanml.serve.sim.llm_policies:LLMInfaasPolicy",
+    "llm-proteus": "leanml.serve.sim.llm_policies:LLMProteusPolicy",
+    "llm-adaptive": "leanml.serve.sim.llm_policies:LLMAdaptivePolicy",
+    "llm-adaptive-nocap": "leanml.serve.sim.llm_policies:AdaptiveNoCapPolicy",
 }
+# the surface of each built-in member (read without importing it); registered ones say theirs
+BUILTIN_SURFACE: dict[str, str] = {n: (LLM_POOL if n.startswith("llm-") else RUNTIME) for n in BUILTIN}
 ALIASES: dict[str, str] = {"greedy": "infaas"}  # deprecated names -> the registered one
 _REGISTERED: dict[str, PolicyFactory] = {}
+_SURFACE: dict[str, str] = {}
 
 
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Make ``policy = "<name>"`` usable in deploy configs and ``PUT /v1/config``; ``factory(variants,
-    **policy_params)`` must return a `Policy`."""
+def register_policy(name: str, factory: PolicyFactory, surface: str = RUNTIME) -> None:
+    """Make ``policy = "<name>"`` usable in deploy configs and ``PUT /v1/config`` (``surface`` RUNTIME) or by
+    the LLM simulator (LLM_POOL); ``factory(variants, **policy_params)`` must return a `Policy`."""
     if name in ALIASES:
         raise ValueError(f"policy name {name!r} is an alias of {ALIASES[name]!r}; choose another name")
+    if surface not in (RUNTIME, LLM_POOL):
+        raise ValueError(f"register_policy {name!r}: surface must be {RUNTIME!r} or {LLM_POOL!r}, got {surface!r}")
     _REGISTERED[name] = factory
+    _SURFACE[name] = surface
 
 
-def known_policies() -> list[str]:
-    """Every registered name (deprecated aliases not included)."""
-    return sorted(set(BUILTIN) | set(_REGISTERED))
+def known_policies(surface: str | None = RUNTIME) -> list[str]:
+    """Every registered name of ``surface`` (None: all), deprecated aliases not included."""
+    names = set(BUILTIN) | set(_REGISTERED)
+    return sorted(n for n in names if surface is None or _SURFACE.get(n, BUILTIN_SURFACE.get(n)) == surface)
 
 
 def canonical_name(name: str) -> str:
@@ -139,7 +163,7 @@ def policy_factory(name: str) -> PolicyFactory:
     if key in _REGISTERED:
         return _REGISTERED[key]
     if key not in BUILTIN:
-        raise ValueError(f"unknown routing policy {name!r}; known: {known_policies()}")
+        raise ValueError(f"unknown routing policy {name!r}; known: {known_policies(None)}")
     module, attr = BUILTIN[key].split(":")
     _REGISTERED[key] = vars(importlib.import_module(module))[attr]
     return _REGISTERED[key]

@@ -33,10 +33,14 @@ class One(LLMStaticPolicy):
         sim.configure([EngineConfig(self.variant, 8, 512)] * sim.n_engines)
 
 
+def one(p: LLMProfile, s: PolicySettings | None = None) -> One:
+    return One([p.name], profiles={p.name: p}, settings=s or settings(0.5), variant=p.name)
+
+
 def test_lone_request_timings_are_exact_on_flat_costs():
     p = prof("v", 0.9, step=20.0, pf_tok=1.0)
     sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0)
-    pol = One({"v": p}, settings(0.5), "v", "one")
+    pol = one(p)
     (o,) = sim.run(pol, [LLMRequest(0, 0.0, prompt=300, output=10, ttft_ms=1e6, tpot_ms=1e6)])
     assert o.status == "ok" and o.ttft_ms == pytest.approx(300.0)  # one chunk of 300 prompt tokens at 1 ms each
     assert o.tpot_ms == pytest.approx(20.0)  # then one decode step per token
@@ -48,7 +52,7 @@ def test_lone_request_timings_are_exact_on_flat_costs():
 def test_a_request_joining_mid_batch_waits_at_most_one_iteration_plus_its_prefill():
     p = prof("v", 0.9, step=20.0, pf_tok=1.0)
     sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0)
-    pol = One({"v": p}, settings(0.5), "v", "one")
+    pol = one(p)
     reqs = [LLMRequest(0, 0.0, 100, 200, 1e6, 1e6), LLMRequest(1, 1.01, 200, 10, 1e6, 1e6)]
     a, b = sim.run(pol, reqs)
     # request 1 arrives during a decode iteration of request 0 (20 ms); its prefill (200 ms) then runs in one
@@ -63,7 +67,7 @@ def test_kv_admission_bounds_memory_and_refuses_what_never_fits():
     p = prof("v", 0.9, step=10.0, pf_tok=0.1, kv=1000)
     # budget for two sequences of 200 + 20 tokens
     sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=2 * 220 * 1000, noise_cv=0)
-    pol = One({"v": p}, settings(0.5), "v", "one")
+    pol = one(p)
     reqs = [LLMRequest(i, 0.0, 200, 20, 1e6, 1e6) for i in range(3)] + [LLMRequest(3, 0.0, 5000, 20, 1e6, 1e6)]
     peak = []
     orig = sim._start
@@ -91,10 +95,10 @@ PROFILES = {"fp32": prof("fp32", 0.60, 60.0, 1.0), "bf16": prof("bf16", 0.595, 4
             "int8": prof("int8", 0.40, 25.0, 0.3)}
 
 
-@pytest.mark.parametrize("policy", [p.name for p in make_policies(PROFILES, settings(0.59))])
+@pytest.mark.parametrize("policy", [p.label for p in make_policies(PROFILES, settings(0.59))])
 def test_every_policy_answers_and_respects_its_accuracy_rule(policy: str):
     s = settings(0.59)
-    pol: LLMPolicy = next(p for p in make_policies(PROFILES, s) if p.name == policy)
+    pol: LLMPolicy = next(p for p in make_policies(PROFILES, s) if p.label == policy)
     reqs = bursty(300, 1.5)
     outs = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=1).run(pol, reqs)
     summ = summarize(outs, reqs[-1].arrival_s)
@@ -118,7 +122,7 @@ def test_overload_planned_and_greedy_beat_static_accurate():
     res = {}
     for pol in make_policies(PROFILES, s):
         outs = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=3).run(pol, reqs)
-        res[pol.name] = summarize(outs, reqs[-1].arrival_s)["goodput_rps"]
+        res[pol.label] = summarize(outs, reqs[-1].arrival_s)["goodput_rps"]
     assert res["infaas"] > res["static-accurate"]
     assert res["adaptive"] > res["static-accurate"]
 
@@ -138,10 +142,11 @@ def test_adaptive_replans_when_rate_and_length_mix_drift():
     s = settings(0.55)
     s.period_s = 60.0
     logs = {}
-    for pol in (LLMAdaptivePolicy(PROFILES, s), LLMProteusPolicy(PROFILES, s)):
+    for pol in (LLMAdaptivePolicy(list(PROFILES), profiles=PROFILES, settings=s),
+                LLMProteusPolicy(list(PROFILES), profiles=PROFILES, settings=s)):
         sim = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=0)
         sim.run(pol, reqs, tick_s=5.0)
-        logs[pol.name] = sim.log
+        logs[pol.label] = sim.log
     after = [e for e in logs["adaptive"] if 120 < e["t"] <= 135]
     assert after, "adaptive did not re-plan within 15 s of the drift"
     assert any(name.startswith("p1") for name, _ in after[-1]["classes"])  # the 1024-3072 prompt bucket

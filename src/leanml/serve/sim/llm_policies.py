@@ -31,15 +31,18 @@ answer within the SLOs.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 
 from leanml.serve.control.llm_planner import LLMClass, LLMOption, LLMPlan, LLMPlannerConfig, plan_llm
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
-from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMSimulator
+from leanml.serve.policy import LLM_POOL, ControlSurface, Policy, make_policy
+from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMServeState, LLMSimulator
+from leanml.serve.types import REFUSE_OVERLOADED, Request, ServeState
 
 
 def most_accurate(profiles: dict[str, LLMProfile]) -> str:
@@ -78,27 +81,62 @@ class PolicySettings:
     period_s: float = 60.0
 
 
-class LLMPolicy(ABC):
-    """A routing policy over the simulator's engines."""
+class LLMPolicy(Policy):
+    """A `leanml.serve.policy.Policy` that routes over an LLM engine pool (the ``llm-pool`` surface).
 
-    name: str = "policy"
+    The hooks are the Policy contract's, called by `LLMSimulator` as the runtime calls them:
+    ``on_arrival(request, now)`` before ``route``; ``route(request, state)`` returns the name of the
+    engine that serves the request (``"e0"``, ``"e1"``, ...; `LLMSimulator.engine_name`) and writes the KV
+    cap it chose into ``request.knobs["kv_cache_cap"]`` (0 = none), or returns None with ``reason`` and
+    ``refusal_kind`` set; ``tick(now, surface)`` re-plans (``surface`` is the simulator, a
+    `ControlSurface`). ``request.inputs`` is the `LLMRequest` (prompt and output tokens, TTFT/TPOT SLOs)
+    and ``state`` an `LLMServeState`, whose ``pool`` carries the engine predictions. One hook is added:
+    ``setup(pool)`` configures every engine before the first request. Registered names start ``llm-``
+    (`leanml.serve.policy.BUILTIN`); factories take ``(variants, profiles=..., settings=...)``.
+    """
 
-    def __init__(self, profiles: dict[str, LLMProfile], s: PolicySettings) -> None:
-        self.profiles, self.s = profiles, s
+    surface: ClassVar[str] = LLM_POOL
+    label: ClassVar[str] = "llm"  # the name in reports (the registered name without "llm-")
+
+    def __init__(self, variants: list[str], *, profiles: dict[str, LLMProfile], settings: PolicySettings) -> None:
+        missing = [v for v in variants if v not in profiles]
+        if not variants or missing:
+            raise ValueError(f"policy {self.name}: variants {missing or variants} have no LLM profile "
+                             f"(profiled: {sorted(profiles)})")
+        self.profiles, self.s = {v: profiles[v] for v in variants}, settings
 
     @abstractmethod
-    def setup(self, sim: LLMSimulator) -> None:
+    def setup(self, pool: LLMSimulator) -> None:
         """Configure every engine (`LLMSimulator.configure`)."""
 
     @abstractmethod
-    def route(self, sim: LLMSimulator, req: LLMRequest) -> tuple[int, int] | None:
-        """(engine, KV cap) for ``req``, or None to refuse it (429)."""
+    def route_llm(self, pool: LLMSimulator, req: LLMRequest) -> tuple[int, int] | None:
+        """(engine index, KV cap) for ``req``, or None to refuse it (``_reason`` set)."""
 
-    def observe(self, sim: LLMSimulator, req: LLMRequest) -> None:
+    def route(self, request: Request, state: ServeState) -> str | None:
+        if not isinstance(state, LLMServeState):
+            raise TypeError(f"policy {self.name} routes over an LLM engine pool (the LLM simulator): it got a "
+                            f"{type(state).__name__}; a runtime deployment takes a runtime policy (static, infaas, ..)")
+        dec = self.route_llm(state.pool, request.inputs)
+        if dec is None:
+            self._kind = REFUSE_OVERLOADED
+            return None
+        ei, cap = dec
+        request.knobs["kv_cache_cap"] = int(cap)
+        return state.pool.engine_name(ei)
+
+    def on_arrival(self, request: Request, now: float) -> None:
+        self.remember(request.inputs)
+
+    def remember(self, req: LLMRequest) -> None:
         """Sees every arrival before it is routed (the planned policies' window statistics); default: nothing."""
         return None
 
-    def tick(self, sim: LLMSimulator, now: float) -> None:
+    def tick(self, now: float, surface: ControlSurface) -> None:
+        if isinstance(surface, LLMSimulator):
+            self.replan(surface, now)
+
+    def replan(self, pool: LLMSimulator, now: float) -> None:
         """Called every simulator tick (re-planning); default: nothing."""
         return None
 
@@ -108,20 +146,42 @@ def _jsq(sim: LLMSimulator, engines: list[int]) -> int:
 
 
 class LLMStaticPolicy(LLMPolicy):
-    def __init__(self, profiles, s, variant: str, name: str) -> None:
-        super().__init__(profiles, s)
-        self.variant, self.name = variant, name
+    """Every engine on one variant (``variant``; default: the subclass's choice), join-shortest-queue, no refusal."""
+
+    def __init__(self, variants: list[str], *, profiles: dict[str, LLMProfile], settings: PolicySettings,
+                 variant: str | None = None) -> None:
+        super().__init__(variants, profiles=profiles, settings=settings)
+        self.variant = variant or self.choose()
+        if self.variant not in self.profiles:
+            raise ValueError(f"policy {self.name}: variant {self.variant!r} is not served ({sorted(self.profiles)})")
+
+    def choose(self) -> str:
+        return most_accurate(self.profiles)
 
     def setup(self, sim):
         b, c = offline_batching(self.profiles[self.variant], self.s)
         sim.configure([EngineConfig(self.variant, b, c)] * sim.n_engines)
 
-    def route(self, sim, req):
+    def route_llm(self, sim, req):
         return _jsq(sim, list(range(sim.n_engines))), FULL
 
 
+class LLMStaticAccurate(LLMStaticPolicy):
+    name = "llm-static-accurate"
+    label = "static-accurate"
+
+
+class LLMStaticFast(LLMStaticPolicy):
+    name = "llm-static-fast"
+    label = "static-fast"
+
+    def choose(self) -> str:
+        return cheapest(self.profiles, self.s.prior.prompt_tokens, self.s.prior.output_tokens)
+
+
 class LLMInfaasPolicy(LLMPolicy):
-    name = "infaas"
+    name = "llm-infaas"
+    label = "infaas"
 
     def setup(self, sim):
         pr = self.s.prior
@@ -132,7 +192,7 @@ class LLMInfaasPolicy(LLMPolicy):
         self.cfg = {v: EngineConfig(v, *offline_batching(self.profiles[v], self.s)) for v in self.cands}
         sim.configure([self.cfg[self.cands[0]]] * sim.n_engines)
 
-    def route(self, sim, req):
+    def route_llm(self, sim, req):
         for v in self.cands:
             mine = [i for i, e in enumerate(sim.engines) if e.target.variant == v]
             if mine:
@@ -147,6 +207,8 @@ class LLMInfaasPolicy(LLMPolicy):
                     sim.configure([self.cfg[v] if j == i else e.target
                                    for j, e in enumerate(sim.engines)])
                     return i, FULL
+        self._reason = (f"no variant meeting accuracy {self.s.accuracy_target:.4f} on its own is predicted to meet "
+                        f"TTFT {req.ttft_ms:.0f} ms and TPOT {req.tpot_ms:.0f} ms, and no engine is idle to switch")
         return None
 
 
@@ -168,7 +230,7 @@ class _Planned(LLMPolicy):
     def classify(self, prompt: int, output: int) -> str:
         return "all"
 
-    def observe(self, sim, req):
+    def remember(self, req):
         self.hist.append(req)
         while self.hist and self.hist[0].arrival_s < req.arrival_s - max(self.s.period_s, self.recent_s):
             self.hist.popleft()
@@ -198,7 +260,7 @@ class _Planned(LLMPolicy):
     def planner_cfg(self) -> LLMPlannerConfig:
         return replace(self.s.planner, accuracy_target=self.s.accuracy_target)
 
-    def route(self, sim, req):
+    def route_llm(self, sim, req):
         """The class's planned options, by its fractions (the plan's mean accuracy holds over them); a class
         the plan has not seen may use any engine whose accuracy for this request meets the target on its own
         (so unplanned traffic never pulls the mean below it)."""
@@ -228,16 +290,19 @@ class _Planned(LLMPolicy):
                     and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
                 self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
                 return ei, cap
+        self._reason = (f"no planned engine is predicted to meet TTFT {req.ttft_ms:.0f} ms and TPOT "
+                        f"{req.tpot_ms:.0f} ms within the accuracy target {self.s.accuracy_target:.4f}")
         return None
 
 
 class LLMProteusPolicy(_Planned):
-    name = "proteus"
+    name = "llm-proteus"
+    label = "proteus"
 
     def planner_cfg(self):
         return replace(self.s.planner, accuracy_target=self.s.accuracy_target, kv_caps=(FULL,))
 
-    def tick(self, sim, now):
+    def replan(self, sim, now):
         if now - self.last_plan_s < self.s.period_s - 1e-9:
             return
         win = [r for r in self.hist if r.arrival_s >= now - self.s.period_s]
@@ -256,7 +321,8 @@ OUTPUT_EDGES = (32,)
 
 
 class LLMAdaptivePolicy(_Planned):
-    name = "adaptive"
+    name = "llm-adaptive"
+    label = "adaptive"
     ledger = True
 
     def classify(self, prompt, output):
@@ -282,7 +348,7 @@ class LLMAdaptivePolicy(_Planned):
                         output_tokens=float(np.mean([r.output for r in rs])),
                         output_max=int(max(r.output for r in rs)), cv=cv) for k, rs in groups.items()]
 
-    def tick(self, sim, now):
+    def replan(self, sim, now):
         classes = self.classes_now(now)
         if not classes:
             return
@@ -300,16 +366,23 @@ class LLMAdaptivePolicy(_Planned):
 class AdaptiveNoCapPolicy(LLMAdaptivePolicy):
     """Ablation: adaptive without context pruning (KV cap fixed to none), to separate the knob's share."""
 
-    name = "adaptive-nocap"
+    name = "llm-adaptive-nocap"
+    label = "adaptive-nocap"
 
     def planner_cfg(self):
         return replace(self.s.planner, accuracy_target=self.s.accuracy_target, kv_caps=(FULL,))
 
 
-def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
-    """The five compared policies and the adaptive ablation, in report order."""
-    fast = cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)
-    return [LLMStaticPolicy(profiles, s, most_accurate(profiles), "static-accurate"),
-            LLMStaticPolicy(profiles, s, fast, "static-fast"), LLMInfaasPolicy(profiles, s),
-            LLMProteusPolicy(profiles, s), LLMAdaptivePolicy(profiles, s), AdaptiveNoCapPolicy(profiles, s)]
+LLM_POLICIES = ("llm-static-accurate", "llm-static-fast", "llm-infaas", "llm-proteus", "llm-adaptive",
+                "llm-adaptive-nocap")
 
+
+def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
+    """The five compared policies and the adaptive ablation, in report order, built through the policy registry."""
+    out = []
+    for n in LLM_POLICIES:
+        pol = make_policy(n, list(profiles), {"profiles": profiles, "settings": s})
+        if not isinstance(pol, LLMPolicy):
+            raise TypeError(f"policy {n!r} is registered as an LLM policy but is a {type(pol).__name__}")
+        out.append(pol)
+    return out

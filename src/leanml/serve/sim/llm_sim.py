@@ -11,10 +11,14 @@ An iteration costs ``step_ms(decoders, mean context) + prefill_time_ms(chunk tok
 the end of the iteration that finishes its prefill, then one token per iteration; TPOT is
 (finish - first token) / (output - 1). Goodput counts requests with TTFT and TPOT within their SLOs.
 
-Policies (`leanml.serve.sim.llm_policies`) configure engines, route each request (engine and KV cap) or
-refuse it (429), and may re-plan every ``tick_s``. Simplifications, stated: switching an engine's variant
-waits until it has no running sequence and costs no load time (every variant stays in memory); KV
-cache is reserved, not paged; the noise is independent per iteration.
+Policies (`leanml.serve.sim.llm_policies`, `leanml.serve.policy.Policy` members of the ``llm-pool``
+surface) configure engines, route each request (engine and KV cap) or refuse it (429), and may re-plan
+every ``tick_s``: the simulator calls the Policy hooks (``on_arrival``, ``route`` with an
+`LLMServeState`, ``reason``, ``tick`` with itself as the `ControlSurface`).
+
+Simplifications, stated: switching an engine's variant waits until it has no running sequence and costs
+no load time (every variant stays in memory); KV cache is reserved, not paged; the noise is independent
+per iteration.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
+from leanml.serve.policy import ControlSurface
+from leanml.serve.types import SLO, Outcome, Request, ServeState
 
 
 @dataclass(frozen=True)
@@ -88,13 +94,22 @@ class LLMOutcome:
     accuracy: float = float("nan")
     good: bool = False
     e2e_ms: float = float("nan")  # arrival to the last token (simulated: TTFT + (output - 1) x TPOT)
+    reason: str | None = None  # why it was refused (the policy's reason)
 
     def __post_init__(self) -> None:
         if self.status == "ok" and not np.isfinite(self.e2e_ms):
             self.e2e_ms = self.ttft_ms + max(0, self.output - 1) * self.tpot_ms
 
 
-class LLMSimulator:
+@dataclass
+class LLMServeState(ServeState):
+    """The routing state an LLM policy's ``route`` gets: per engine (by name) its queue and batch cap, and
+    ``pool``, the simulator, for the engine predictions (`LLMSimulator.predict_ttft_ms`, ...)."""
+
+    pool: Any = None
+
+
+class LLMSimulator(ControlSurface):
     """Runs a policy over arrivals (see module docstring); `run` returns one `LLMOutcome` per request."""
 
     def __init__(self, profiles: dict[str, LLMProfile], *, engines: int, kv_budget_bytes: float,
@@ -108,6 +123,40 @@ class LLMSimulator:
         self.engines: list[Engine] = []
         self.now = 0.0
         self.log: list[dict[str, Any]] = []  # policy events (re-plans)
+        self.plan: Any = None
+        self.cores = self.n_engines
+
+    # ---------------------------------------------------------------- the ControlSurface
+    @staticmethod
+    def engine_name(ei: int) -> str:
+        return f"e{ei}"
+
+    def engine_index(self, name: str) -> int:
+        if not (name.startswith("e") and name[1:].isdigit() and int(name[1:]) < self.n_engines):
+            raise ValueError(f"policy routed to {name!r}: not an engine of this pool (e0-e{self.n_engines - 1})")
+        return int(name[1:])
+
+    def state(self) -> LLMServeState:
+        names = [self.engine_name(i) for i in range(len(self.engines))]
+        return LLMServeState({}, {n: len(e.waiting) for n, e in zip(names, self.engines, strict=True)},
+                             {n: e.target.batch for n, e in zip(names, self.engines, strict=True)}, self.now,
+                             self.plan, {n: len(e.running) for n, e in zip(names, self.engines, strict=True)},
+                             pool=self)
+
+    def set_plan(self, plan: Any) -> None:
+        self.plan = plan
+
+    def set_batching(self, variant: str, max_batch: int, max_wait_ms: float, concurrency: int) -> None:
+        """A new running-batch cap for the engines running ``variant`` (wait and concurrency do not apply to an
+        iteration-level engine)."""
+        if max_batch < 1:
+            raise ValueError(f"set_batching: max_batch must be >= 1, got {max_batch}")
+        self.configure([EngineConfig(e.target.variant, max_batch, e.target.chunk) if e.target.variant == variant
+                        else e.target for e in self.engines])
+
+    def submit_shadow(self, profiler: Any, request: Request, outcome: Outcome) -> None:
+        raise NotImplementedError("the LLM simulator does not simulate online profiling: profile LLM variants "
+                                  "with benchmarks/llm_profiles_measure.py")
 
     # ---------------------------------------------------------------- engine configuration (policies)
     def configure(self, configs: list[EngineConfig]) -> None:
@@ -169,7 +218,7 @@ class LLMSimulator:
     # ---------------------------------------------------------------- the event loop
     def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[LLMOutcome]:
         """Simulate ``requests`` (sorted by arrival) under ``policy`` (an `LLMPolicy`)."""
-        self.engines, self.now, self.log = [], 0.0, []
+        self.engines, self.now, self.log, self.plan = [], 0.0, [], None
         policy.setup(self)
         if len(self.engines) != self.n_engines:
             raise ValueError(f"policy {policy.name}: setup must configure {self.n_engines} engines")
@@ -189,21 +238,25 @@ class LLMSimulator:
         while ev:
             self.now, _, kind, data = heapq.heappop(ev)
             if kind == "tick":
-                policy.tick(self, self.now)
+                policy.tick(self.now, self)
                 for ei in range(self.n_engines):
                     seq = self._start(ei, ev, seq, out)
             elif kind == "arrive":
-                policy.observe(self, data)
-                dec = policy.route(self, data)
-                if dec is None:
-                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                req = Request(data.i, "llm", data, SLO(latency_ms=data.ttft_ms), data.arrival_s,
+                              knobs={"max_new_tokens": data.output})
+                policy.on_arrival(req, self.now)
+                name = policy.route(req, self.state())
+                if name is None:
+                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused",
+                                             reason=policy.reason() or "refused by the policy")
                     continue
-                ei, cap = dec
+                ei, cap = self.engine_index(name), int(req.knobs.get("kv_cache_cap") or FULL)
                 kept = self.kept(data, cap)
                 p = self.profiles[self.engines[ei].target.variant]
                 reserve = p.kv_bytes(kept + data.output)
                 if reserve > self.kv_budget:
-                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused")
+                    out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused",
+                                             reason="its KV reservation exceeds the engine's whole KV budget")
                     continue
                 self.engines[ei].waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
                 seq = self._start(ei, ev, seq, out)

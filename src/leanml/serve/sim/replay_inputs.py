@@ -51,11 +51,13 @@ class ReplayInputs:
 
 
 def replay_inputs(profiles: dict[str, VariantProfile], trace: Trace, *, kind: str = "classify",
-                  accuracy_slack: float = 0.01, load: float = 0.6, cores: int = 2) -> ReplayInputs:
+                  accuracy_slack: float = 0.01, load: float = 0.6, cores: int = 2,
+                  window_s: float | None = None) -> ReplayInputs:
     """Profiles, target, batch limit, rescaled trace and period of a replay of ``trace`` on ``cores`` cores.
 
     ``kind`` is the prototype's (``"generate"`` for text generators; their profiles must hold
-    generation timing: ValueError naming the variants otherwise)."""
+    generation timing: ValueError naming the variants otherwise). ``window_s``: simulate only the first
+    ``window_s`` seconds of the rescaled trace (the period follows the window's length)."""
     if not profiles:
         raise ValueError("replay_inputs: no profiles")
     if load <= 0 or cores < 1:
@@ -69,11 +71,15 @@ def replay_inputs(profiles: dict[str, VariantProfile], trace: Trace, *, kind: st
     sizes = sorted({b for b in CAPACITY_BATCHES if b <= max_b} | {max_b})
     cap = cores * max(b / (seen[best].latency.at(b, "p50") / 1e3) for b in sizes)
     st = scale_to_rate(trace, load * cap)  # keeps every request, in order (the trace's tokens stay valid)
+    if window_s is not None:
+        if window_s <= 0:
+            raise ValueError(f"replay_inputs: window_s must be > 0, got {window_s}")
+        st = st.window(0.0, window_s)
     period = float(np.clip(5.0 * st.duration_s / 300.0, 0.05, 5.0))
     return ReplayInputs(seen, profiles, best, target, max_b, gp, st, cap, period)
 
 
-def replay_payloads(val: str, trace: Trace, kind: str, cap: int = 32, *, deployment_path: str = "study",
+def replay_payloads(val: str, trace: Trace | None, kind: str, cap: int = 32, *, deployment_path: str = "study",
                     ) -> Callable[[int], Payload]:
     """``make_payload(i)`` for a live replay: real validation examples from ``val`` (``"dataset/split"``;
     labels kept client-side), or for text generators an MMLU dev question generating exactly the
