@@ -52,7 +52,7 @@ SERVE_LAYERS: tuple[tuple[str, ...], ...] = (
     ("builder",),  # config -> profiled variants -> a runtime
     ("ray_backend",),  # the same runtimes as Ray Serve deployments
     ("sim",),
-    ("demo",),
+    ("demo", "demo_llm"),  # the make-demo sections (request-level and LLM replays)
 )
 
 

@@ -115,3 +115,20 @@ def test_shipped_profile_files_are_valid_json_with_fingerprints():
         doc = json.loads(demo.shipped_profile_file(proto).read_text())
         for name, p in doc["deployments"][proto]["variants"].items():
             assert p["extra"]["fingerprint"], name
+
+
+def test_demo_llm_replay_runs_the_five_llm_policies_on_the_real_trace_time_scale():
+    """The LLM section: the registry's five LLM policies on the Azure code trace's drift window, thinned (its
+    clock kept); static-accurate serves the most accurate variant only and nothing beats its accuracy."""
+    from leanml.serve import demo_llm
+
+    res = demo_llm.run_llm_demo()
+    s = res["summaries"]
+    assert list(s) == ["static-accurate", "static-fast", "infaas", "proteus", "adaptive"]
+    n = res["timescale"].requests
+    assert res["timescale"].method == "thinning" and n > 50
+    assert all(row["requests"] == n for row in s.values())
+    assert set(s["static-accurate"]["served_by"]) == {res["best"]}
+    assert s["static-accurate"]["mean_accuracy"] == pytest.approx(res["best_accuracy"])
+    assert all(row["mean_accuracy"] <= res["best_accuracy"] + 1e-12 for row in s.values())
+    assert s["adaptive"]["mean_accuracy"] >= res["accuracy_target"] - 0.005  # a mean target, met

@@ -34,8 +34,10 @@ def section_roofline(console: Console, out: Path) -> None:
 def section_serving_replay(console: Console, out: Path) -> None:
     """Serving: the Azure code trace through five policies in the simulator, with the shipped CIFAR profiles."""
     from leanml.serve.demo import replay_section
+    from leanml.serve.demo_llm import llm_replay_section
 
     replay_section(out, console)
+    llm_replay_section(console)
 
 
 def section_store_query(console: Console, out: Path) -> None:

@@ -74,6 +74,7 @@ class Engine:
     kv_used: float = 0.0
     busy: bool = False
     busy_until: float = 0.0
+    routed: deque = field(default_factory=deque)  # (arrival s, kept prompt tokens) routed here, last RATE_WINDOW_S
 
     @property
     def target(self) -> EngineConfig:
@@ -196,15 +197,25 @@ class LLMSimulator(ControlSurface):
             t += (left[over - 1] if over <= len(left) else max(left, default=0) * 2 + 1) * step
         return max(0.0, (e.busy_until - self.now) * 1000) + t
 
+    RATE_WINDOW_S = 60.0
+
     def predict_tpot_ms(self, ei: int, prompt_kept: int, output: int) -> float:
-        """Predicted TPOT (ms) of a request joining engine ``ei``: a decode step at the batch it joins, plus the
-        prefill each iteration carries to keep such a batch full (n x prompt / output tokens, at most a chunk)."""
+        """Predicted TPOT (ms) of a request joining engine ``ei``: a decode step at the batch it joins, stretched by
+        the prefill of prompts that arrive *after* it (those ahead of it prefill before its first token, oldest
+        first). That prefill takes a fraction rho = (prompt tokens routed here per second over the last
+        `RATE_WINDOW_S`) x (ms per prompt token) / 1000 of the engine's time, so a decode token takes
+        step / (1 - rho); one iteration carries at most one chunk, which bounds it by step + a chunk's prefill."""
         e = self.engines[ei]
         cfg = e.target
         n = min(len(e.running) + len(e.waiting) + 1, cfg.batch)
         ctx = float(np.mean([r.kept + r.generated for r in e.running] + [prompt_kept]))
         p = self.profiles[cfg.variant]
-        return p.step_ms(n, ctx) + p.prefill_time_ms(min(cfg.chunk, n * prompt_kept / max(1, output)))
+        step = p.step_ms(n, ctx)
+        cap = step + p.prefill_time_ms(cfg.chunk)
+        tokens = sum(k for t, k in e.routed if t > self.now - self.RATE_WINDOW_S)
+        span = min(self.RATE_WINDOW_S, max(self.now, 1e-9))
+        rho = (tokens / span) * p.prefill_time_ms(max(1.0, prompt_kept)) / max(1.0, prompt_kept) / 1000.0
+        return cap if rho >= 1 else min(cap, step / (1.0 - rho))
 
     def outstanding(self, ei: int) -> int:
         """Tokens of work queued or running at engine ``ei`` (join-shortest-queue key)."""
@@ -258,7 +269,11 @@ class LLMSimulator(ControlSurface):
                     out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused",
                                              reason="its KV reservation exceeds the engine's whole KV budget")
                     continue
-                self.engines[ei].waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
+                e = self.engines[ei]
+                e.waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
+                e.routed.append((self.now, kept))
+                while e.routed and e.routed[0][0] < self.now - self.RATE_WINDOW_S:
+                    e.routed.popleft()
                 seq = self._start(ei, ev, seq, out)
             else:  # iteration end
                 seq = self._finish_iteration(data, ev, seq, out)
