@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # llm_profiles_measure: the one cost measurement
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_PROFILES = RESULTS / "llm_profiles" / "smollm2.llm_profile.json"
 LIVE_POLICIES = ("static-accurate", "static-fast")  # single-variant policies: one live engine serves them as simulated
@@ -120,11 +121,32 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
             "pooled": agg, "policies_seed0": per_seed[0], "_rep0": reps[0]}
 
 
+def p99_view(e: dict) -> dict:
+    return {k: e[k] for k in ("answered_sim", "answered_live", "sim_ttft_p99_ms", "live_ttft_p99_ms", "ttft_p99_error",
+                              "sim_e2e_p99_ms", "live_e2e_p99_ms", "e2e_p99_error")}
+
+
 def busiest_start(trace, start: float, window_s: float, live_s: float) -> float:
     """Start of the ``live_s`` stretch of the window at ``start`` holding the most requests (30 s grid)."""
     offs = np.arange(0.0, window_s - live_s + 1e-9, 30.0)
     n = [len(trace.window(start + o, live_s)) for o in offs]
     return float(start + offs[int(np.argmax(n))])
+
+
+def calibrated(model, prof, text_ids: list[int], prompt_max: int):
+    """``prof`` with its costs re-measured now, on the model the live engine runs (the same measurement as
+    `benchmarks/llm_profiles_measure.py`: one prefill forward per length, decode steps over a real cache),
+    on a small grid covering the live prompts; quality kept. The machine's load moves costs by tens of
+    percent within minutes, so the simulator of a live run takes costs measured beside it."""
+    from dataclasses import replace as dc
+
+    from llm_profiles_measure import measure_costs
+
+    hi = int(min(1024, max(256, prompt_max)))
+    pre, dec = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (1, 4), (128, hi), reps=1, steps=3)
+    return dc(prof, prefill_ms=pre, decode_ms=dec,
+              extra={**prof.extra, "calibration": f"costs re-measured beside the live run (prefill 64/256/{hi}, "
+                                                  f"decode batch 1/4 at context 128/{hi})"})
 
 
 def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
@@ -148,6 +170,7 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
              "static-fast": cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)}
     lm0 = CausalLM(base, tok)
     texts, got = trace_prompts(lm0, [r.prompt for r in inp.requests], seed=a.seed)
+    text_ids = lm0._ids(" ".join(texts))
     reqs = [replace(r, prompt=n) for r, n in zip(inp.requests, got, strict=True)]  # what was actually sent
     out = {"window_start_s": live_start, "window_s": a.live_seconds, "token_scale": a.live_token_scale,
            "max_output": a.live_max_output, "load": a.live_load, "engines": 1, "timescale": inp.timescale.to_json(),
@@ -161,16 +184,25 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
             print(f"  {pol}: variant {v} has no live build here; skipped")
             continue
         b, c = offline_batching(profiles[v], s)
-        variant = Variant(v, CausalLM(build[v]().eval(), tok), v)
+        b = a.live_batch or b  # the live check exercises a running batch (the offline rule may pick 1)
+        model = build[v]().eval()
+        variant = Variant(v, CausalLM(model, tok), v)
+        cal_prof = calibrated(model, profiles[v], text_ids, max(got))
         t0 = time.perf_counter()
         live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
         wall = time.perf_counter() - t0
-        sim = LLMSimulator(profiles, engines=1, kv_budget_bytes=kv, seed=a.seed)
-        simo = sim.run(LLMStaticPolicy(list(profiles), profiles=profiles, settings=s, variant=v), reqs, tick_s=10.0)
-        err = p99_errors(simo, live)
-        out["policies"][pol] = {"variant": v, "batch": b, "chunk": c, "live_wall_s": round(wall, 1), **err,
-                                "live": summarize(live, inp.span_s), "sim": summarize(simo, inp.span_s)}
-        print(f"  {pol} ({v}, batch {b}, chunk {c}): {json.dumps(err)}", flush=True)
+        row = {"variant": v, "batch": b, "chunk": c, "live_wall_s": round(wall, 1), "live": summarize(live, inp.span_s)}
+        # the simulator twice on the very same requests: costs from the profile file, and re-measured beside the run
+        for key, profs in (("file_profile", profiles), ("calibrated", {**profiles, v: cal_prof})):
+            sim = LLMSimulator(profs, engines=1, kv_budget_bytes=kv, seed=a.seed)
+            simo = sim.run(LLMStaticPolicy(list(profs), profiles=profs, settings=s, variant=v, batching=(b, c)), reqs,
+                           tick_s=10.0)
+            row[key] = {**p99_errors(simo, live), "sim": summarize(simo, inp.span_s)}
+        row["calibrated"]["costs"] = {"prefill_ms": cal_prof.prefill_ms, "decode_ms": cal_prof.decode_ms}
+        row.update({k: row["calibrated"][k] for k in ("ttft_p99_error", "e2e_p99_error")})
+        out["policies"][pol] = row
+        print(f"  {pol} ({v}, batch {b}, chunk {c}): calibrated {json.dumps(p99_view(row['calibrated']))}; "
+              f"file profile {json.dumps(p99_view(row['file_profile']))}", flush=True)
     errs = [e for p in out["policies"].values() for e in (p["ttft_p99_error"], p["e2e_p99_error"]) if e is not None]
     out["sim_p99_error"] = round(max(errs), 4) if errs else None
     return out
@@ -193,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--live-token-scale", type=float, default=0.125, help="live prompts = trace prompts x this")
     ap.add_argument("--live-max-output", type=int, default=48, help="live outputs clipped to this many tokens")
     ap.add_argument("--live-policies", default=",".join(LIVE_POLICIES))
+    ap.add_argument("--live-batch", type=int, default=4,
+                    help="running-batch cap of the live engine and of its simulation (0: the policy's offline rule)")
     ap.add_argument("--device", default=None,
                     help="a leanml.hw catalog device id (e.g. h100_sxm): costs predicted by leanml.hw.llm for it, "
                          "quality from --profiles; simulator only (default: the measured profiles of this machine)")

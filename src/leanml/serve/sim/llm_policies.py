@@ -146,11 +146,13 @@ def _jsq(sim: LLMSimulator, engines: list[int]) -> int:
 
 
 class LLMStaticPolicy(LLMPolicy):
-    """Every engine on one variant (``variant``; default: the subclass's choice), join-shortest-queue, no refusal."""
+    """Every engine on one variant (``variant``; default: the subclass's choice), join-shortest-queue, no refusal;
+    batch cap and chunk ``batching`` (default: `offline_batching`)."""
 
     def __init__(self, variants: list[str], *, profiles: dict[str, LLMProfile], settings: PolicySettings,
-                 variant: str | None = None) -> None:
+                 variant: str | None = None, batching: tuple[int, int] | None = None) -> None:
         super().__init__(variants, profiles=profiles, settings=settings)
+        self.batching = batching
         self.variant = variant or self.choose()
         if self.variant not in self.profiles:
             raise ValueError(f"policy {self.name}: variant {self.variant!r} is not served ({sorted(self.profiles)})")
@@ -159,7 +161,7 @@ class LLMStaticPolicy(LLMPolicy):
         return most_accurate(self.profiles)
 
     def setup(self, sim):
-        b, c = offline_batching(self.profiles[self.variant], self.s)
+        b, c = self.batching or offline_batching(self.profiles[self.variant], self.s)
         sim.configure([EngineConfig(self.variant, b, c)] * sim.n_engines)
 
     def route_llm(self, sim, req):
