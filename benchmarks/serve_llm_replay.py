@@ -1,27 +1,38 @@
-"""LLM replay: the Azure LLM code trace at its real time scale through five policies, in the CB simulator.
+"""LLM replay: the Azure LLM code trace at its real time scale through five policies, simulated and live.
 
-    python benchmarks/serve_llm_replay.py --quick      # one load, a 10-minute window (< 1 min)
-    python benchmarks/serve_llm_replay.py              # 20-minute window, loads 0.5/1/2 x targets best-1/-3 points
+    python benchmarks/serve_llm_replay.py --quick               # one load, 10-min window, 2 seeds, 40 s live
+    python benchmarks/serve_llm_replay.py --no-live             # the grid: loads 0.5/1/2 x targets best-1/-3, 6 seeds
+    python benchmarks/serve_llm_replay.py --live-only           # then the live check, merged into the same JSON
+    python benchmarks/serve_llm_replay.py --device h100_sxm     # a catalog device: costs from leanml.hw.llm
 
 Setting, fixed before the run:
 
 * Profiles: SmolLM2-135M variants measured on this CPU (`benchmarks/llm_profiles_measure.py`: prefill and
   decode step times by batch and context, one thread; next-token accuracy and perplexity on held-out news
-  text, full context and KV caps 128/256/512). ``--profiles`` takes another file (e.g. i13a's).
+  text, full context and KV caps 128/256/512). ``--profiles`` takes another file; ``--device`` a catalog
+  device, whose costs are predicted (`leanml.serve.control.llm_profiles.profiles_for_device`, marked
+  ``source = "predicted"`` in the output).
 * Deployment: ``--engines`` continuous-batching engines (one per core), KV budget ``--kv-gib`` each.
-* Trace: `leanml.serve.workload.timescale.real_timescale`: the 20-minute window (10 with --quick) of the
-  trace with the largest 2-minute rate swing, its clock kept, thinned to ``load`` x the capacity of the
-  most accurate variant (its engine time per request at the window's mean prompt and output, a batch of
-  4, on all engines). Each request prefills its trace ``ContextTokens`` and generates ``GeneratedTokens``.
-* SLOs per request: TTFT <= max(1 s, 3 x the most accurate variant's lone prefill of its prompt); TPOT <=
-  3 x its decode step at batch 1 and 1,024 tokens of context (``--slo-x`` changes the 3).
-  Accuracy: best variant's next-token accuracy - 1 point, a per-request floor for INFaaS, a mean
-  for Proteus and adaptive.
+* Inputs: `leanml.serve.sim.replay_inputs.llm_replay_inputs`, the one builder: the 20-minute window (10
+  with --quick) of the trace with the largest 2-minute rate swing, its clock kept, thinned to ``load`` x
+  the capacity of the most accurate variant. SLOs per request: TTFT <= max(1 s, 3 x the most accurate
+  variant's lone prefill of its prompt); TPOT <= 3 x its decode step at batch 1 and 1,024 tokens of
+  context (``--slo-x`` changes the 3). Accuracy: best variant's next-token accuracy - 1 (or 3) points, a
+  per-request floor for INFaaS, a mean for Proteus and adaptive.
+* Seeds: each seed is another thinning of the same window (and simulator noise); the headline ratios pool
+  the seeds' goodput (sum over seeds), with a 95% bootstrap interval over seeds.
 * Goodput: requests per second (of trace time) answered within both SLOs.
+* Live (`leanml.serve.sim.llm_live`): a ``--live-seconds`` stretch (the busiest of the headline window),
+  thinned to ``--live-load`` x one engine's capacity, prompts x ``--live-token-scale`` and outputs clipped
+  to ``--live-max-output`` (one core cannot prefill the trace's 1,500-token median prompts at a useful
+  rate), replayed open-loop over HTTP on 127.0.0.1 to the runtime with one continuous-batching engine,
+  for the single-variant policies (static-accurate, static-fast); the simulator runs the very same
+  requests (the token counts actually sent) twice: with the profile file's costs and with costs
+  re-measured beside the live run (the same measurement). ``sim_p99_error`` = the largest |sim - live| /
+  live of p99 TTFT and p99 end-to-end latency over those policies, calibrated costs.
 
-Live replay: the continuous-batching HTTP server is i13a's part and is not in this branch, so only the
-simulator runs and ``sim_p99_error`` is null with the reason. Baselines: INFaaS-style greedy and
-Proteus-style planning, the strongest published policies for this decision (`leanml.serve.sim.llm_policies`).
+Baselines: INFaaS-style greedy and Proteus-style planning, the strongest published policies for this
+decision (`leanml.serve.sim.llm_policies`, built through the policy registry).
 """
 
 from __future__ import annotations
@@ -143,7 +154,7 @@ def calibrated(model, prof, text_ids: list[int], prompt_max: int):
     from llm_profiles_measure import measure_costs
 
     hi = int(min(1024, max(256, prompt_max)))
-    pre, dec = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (1, 4), (128, hi), reps=1, steps=3)
+    pre, dec = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (1, 4), (128, hi), reps=2, steps=5)
     return dc(prof, prefill_ms=pre, decode_ms=dec,
               extra={**prof.extra, "calibration": f"costs re-measured beside the live run (prefill 64/256/{hi}, "
                                                   f"decode batch 1/4 at context 128/{hi})"})
@@ -217,9 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kv-gib", type=float, default=1.0, help="KV-cache budget per engine (GiB)")
     ap.add_argument("--load", type=float, default=1.0, help="headline load x the most accurate variant's capacity")
     ap.add_argument("--slo-x", type=float, default=3.0, help="SLOs as this multiple of lone-request TTFT/TPOT")
-    ap.add_argument("--seeds", type=int, default=None, help="thinning/noise seeds per setting (default 10, quick 2)")
+    ap.add_argument("--seeds", type=int, default=None, help="thinning/noise seeds per setting (default 6, quick 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the live window")
     ap.add_argument("--no-live", action="store_true", help="simulate only")
+    ap.add_argument("--live-only", action="store_true",
+                    help="run only the live check and put it into the existing --out file (the simulated grid of an "
+                         "earlier run stays; keeps each run under the benchmark lock's 10 minutes)")
     ap.add_argument("--live-seconds", type=float, default=None, help="live window (default 150 s, quick 40 s)")
     ap.add_argument("--live-load", type=float, default=1.0, help="live load x one engine's capacity")
     ap.add_argument("--live-token-scale", type=float, default=0.125, help="live prompts = trace prompts x this")
@@ -243,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "`python benchmarks/llm_profiles_measure.py` (or pass another LLM profile file)")
     if a.engines < 1 or a.kv_gib <= 0 or a.load <= 0 or a.slo_x <= 0:
         sys.exit("--engines must be >= 1; --kv-gib, --load and --slo-x positive")
-    a.seeds = a.seeds or (2 if a.quick else 10)
+    a.seeds = a.seeds or (2 if a.quick else 6)
     a.live_seconds = a.live_seconds or (40.0 if a.quick else 150.0)
     if a.seeds < 1 or a.live_seconds <= 0 or not 0 < a.live_token_scale <= 1 or a.live_max_output < 1:
         sys.exit("--seeds >= 1, --live-seconds > 0, --live-token-scale in (0, 1], --live-max-output >= 1")
@@ -266,6 +280,17 @@ def main(argv: list[str] | None = None) -> dict:
               f"{({c: round(p.accuracy(c), 4) for c in p.kv_caps()})}, prefill {p.prefill_time_ms(512) / 512:.3f} "
               f"ms/token at 512, decode step {p.step_ms(1, 1024):.1f} ms (batch 1) / {p.step_ms(16, 1024):.1f} ms "
               "(batch 16) at 1,024 tokens of context")
+    if a.live_only:
+        if not a.out.exists():
+            sys.exit(f"--live-only: {a.out} does not exist; run the simulated grid first (--no-live)")
+        out = json.loads(a.out.read_text())
+        live = live_section(profiles, trace, a, kv, start, window_s)
+        out.update({"sim_p99_error": live["sim_p99_error"], "sim_p99_error_reason": None, "live": live,
+                    "live_load_average": [round(x, 2) for x in os.getloadavg()]})
+        atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
+        print(json.dumps({k: out.get(k) for k in ("goodput_vs_infaas", "goodput_vs_static_accurate",
+                                                  "accuracy_gap_points", "sim_p99_error", "headline_load")}))
+        return out
     loads = [a.load] if a.quick else sorted({0.5, a.load, 2.0})
     grid, head = [], None
     for load in loads:
