@@ -80,7 +80,7 @@ def llm_replay_section(console: Any, **kw: Any) -> dict[str, Any] | None:
                   f"{res['accuracy_target']:.4f} (best {res['best_accuracy']:.4f} minus 1 point)")
     t = Table(title="LLM: simulated replay (Azure code trace, real time scale)", title_justify="left")
     t.add_column("policy", no_wrap=True, min_width=len("static-accurate"))
-    for c in ("goodput/s", "SLO met", "accuracy", "refused", "expired", "p99 TTFT s"):
+    for c in ("good/s", "in SLO", "acc.", "refused", "expired", "TTFT p99 s"):
         t.add_column(c, justify="right", no_wrap=True)
     for pol, s in res["summaries"].items():
         t.add_row(pol, f"{s['goodput_rps']:.3f}", f"{s['slo_attainment']:.1%}", f"{s['mean_accuracy']:.4f}",
