@@ -54,3 +54,19 @@ def test_p99_errors_compare_the_tails_of_answered_requests():
     assert e["answered_sim"] == 100 and e["answered_live"] == 100
     assert e["ttft_p99_error"] == pytest.approx(0.2, abs=1e-3)
     assert e["e2e_p99_error"] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_live_prompts_have_the_token_counts_the_simulator_is_given_and_the_engine_step_is_timed(smollm2_lm):
+    """`trace_prompts` returns texts whose chat-templated ids number what it reports (the simulator gets
+    those counts), close to the asked ones; `engine_decode_ms` times real engine iterations."""
+    from leanml.serve.sim.llm_live import engine_decode_ms, trace_prompts
+
+    want = [40, 120, 300]
+    texts, got = trace_prompts(smollm2_lm, want)
+    assert [len(smollm2_lm._ids(t)) for t in texts] == got
+    assert all(abs(g - w) <= 3 for g, w in zip(got, want, strict=True))
+    ids = smollm2_lm._ids(texts[1])
+    one, two = engine_decode_ms(smollm2_lm, ids, 1, steps=2), engine_decode_ms(smollm2_lm, ids, 2, steps=2)
+    assert one > 0 and two > 0

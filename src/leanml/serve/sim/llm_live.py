@@ -109,3 +109,26 @@ def p99_errors(sim: list[LLMOutcome], live: list[LLMOutcome]) -> dict[str, Any]:
         out[f"sim_{f[:-3]}_p99_ms"], out[f"live_{f[:-3]}_p99_ms"] = round(s, 1), round(lv, 1)
         out[f"{f[:-3]}_p99_error"] = round(abs(s - lv) / lv, 4) if lv > 0 and np.isfinite(s) else None
     return out
+
+
+def engine_decode_ms(lm: Any, prompt_ids: list[int], rows: int, steps: int = 5) -> float:
+    """Median time (ms) of one decode-only iteration of the live engine (`ContinuousBatcher`) with ``rows``
+    running sequences of ``prompt_ids`` each: what an iteration costs in the engine itself (attention mask,
+    per-row positions, the cache it keeps), where a raw forward over a repeated cache omits that."""
+    import statistics
+    import time
+
+    from leanml.serve.dataplane.generation import ContinuousBatcher
+
+    if rows < 1 or steps < 1:
+        raise ValueError(f"engine_decode_ms: rows and steps must be >= 1, got {rows}, {steps}")
+    cb = ContinuousBatcher(lm, max_batch=rows, prefill_chunk=len(prompt_ids) + 1)
+    cb.add([cb.sequence(list(prompt_ids), steps + 3, min_new_tokens=steps + 3) for _ in range(rows)])
+    while len(cb.rows) < rows:  # every prefill done: the rows have joined
+        cb.step()
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        cb.step()
+        ts.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(ts)
