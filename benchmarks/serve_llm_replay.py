@@ -144,20 +144,24 @@ def busiest_start(trace, start: float, window_s: float, live_s: float) -> float:
     return float(start + offs[int(np.argmax(n))])
 
 
-def calibrated(model, prof, text_ids: list[int], prompt_max: int):
-    """``prof`` with its costs re-measured now, on the model the live engine runs (the same measurement as
-    `benchmarks/llm_profiles_measure.py`: one prefill forward per length, decode steps over a real cache),
-    on a small grid covering the live prompts; quality kept. The machine's load moves costs by tens of
-    percent within minutes, so the simulator of a live run takes costs measured beside it."""
+def calibrated(model, lm, prof, text_ids: list[int], prompt_max: int):
+    """``prof`` with its costs re-measured now, on the model the live engine runs, on a small grid covering the
+    live prompts; quality kept. Prefill: one forward per length (`benchmarks/llm_profiles_measure.py`'s
+    measurement). Decode: decode-only iterations of the live engine itself (`llm_live.engine_decode_ms`:
+    its attention mask, per-row positions and left-padded cache), at running batch 1 and 4 and contexts
+    128 and 512. The machine's load moves costs by tens of percent within minutes, so the simulator of a
+    live run takes costs measured beside it."""
     from dataclasses import replace as dc
 
+    from leanml.serve.sim.llm_live import engine_decode_ms
     from llm_profiles_measure import measure_costs
 
     hi = int(min(1024, max(256, prompt_max)))
-    pre, dec = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (1, 4), (128, hi), reps=2, steps=5)
+    pre, _ = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (), (), reps=2, steps=5)
+    dec = {b: {c: engine_decode_ms(lm, text_ids[:c], b) for c in (128, 512)} for b in (1, 4)}
     return dc(prof, prefill_ms=pre, decode_ms=dec,
-              extra={**prof.extra, "calibration": f"costs re-measured beside the live run (prefill 64/256/{hi}, "
-                                                  f"decode batch 1/4 at context 128/{hi})"})
+              extra={**prof.extra, "calibration": f"beside the live run: prefill forwards of 64/256/{hi} tokens; "
+                                                  "decode-only engine iterations at batch 1/4, context 128/512"})
 
 
 def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
@@ -198,7 +202,7 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
         b = a.live_batch or b  # the live check exercises a running batch (the offline rule may pick 1)
         model = build[v]().eval()
         variant = Variant(v, CausalLM(model, tok), v)
-        cal_prof = calibrated(model, profiles[v], text_ids, max(got))
+        cal_prof = calibrated(model, variant.model, profiles[v], text_ids, max(got))
         t0 = time.perf_counter()
         live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
         wall = time.perf_counter() - t0
