@@ -6,20 +6,22 @@ One `ContinuousBatcher` drives one causal LM. Its unit of work is one *iteration
    reserves ``prompt + max_new_tokens`` tokens of KV cache up front (the most it can ever hold: its
    ``kv_cache_cap`` has already cut the prompt), so a running sequence never runs out of KV memory and
    nothing is ever evicted or recomputed;
-2. **prefill chunks** of at most ``prefill_chunk`` prompt tokens in all (Sarathi-Serve's per-iteration
-   token budget, OSDI 2024), oldest sequence first, one forward pass per sequence: a long prompt is split
-   so that it delays the running decodes by one chunk per iteration, not by its whole prefill, and short
-   prompts share the budget. A sequence whose prompt is complete gets its first token from that pass and
-   joins the running batch;
+2. **prefill** within a per-iteration budget of ``prefill_chunk`` prompt tokens (Sarathi-Serve's token
+   budget, OSDI 2024), oldest sequence first: whole prompts that fit what is left of the budget run
+   together in one left-padded pass (each pass has a fixed cost: on this CPU a 16-token pass costs as
+   much as 2.7 decode steps); a prompt longer than the whole budget runs alone, one chunk per iteration,
+   so that it delays the running decodes by one chunk per iteration, not by its whole prefill. A
+   sequence whose prompt is complete gets its first token from that pass and joins the running batch;
 3. **one decode step** for every running sequence at once (one token each); a sequence that reaches
    end-of-sequence or its ``max_new_tokens`` leaves the batch right away and frees its row and KV.
 
-The running batch is one transformers ``DynamicCache`` whose rows are left-padded to a common length,
-with a 2-D attention mask and explicit per-row position ids, so that every row computes what it would
-compute alone (greedy decoding returns the same tokens as generating the request by itself; tested).
-Joining pads the shorter side on the left; leaving selects the remaining rows and drops the leading
-columns that are padding in every row. Prefill chunks run as their own forward pass, not fused into the
-decode pass: fusing would pad every decode row to the chunk's length in an eager HF model.
+The running batch's KV cache lives in preallocated row slots (`leanml.serve.dataplane.kv_slots.SlotKV`):
+rows left-padded inside a common column window, a 2-D attention mask and explicit per-row position ids,
+so that every row computes what it would compute alone (greedy decoding returns the same tokens as
+generating the request by itself; tested). A decode step writes one token per row in place; a joining
+sequence's K/V are copied into a free slot; a leaving one is replaced by the last row (one row copied).
+Prefill runs as its own forward pass, not fused into the decode pass: fusing would pad every decode row to
+the chunk's length in an eager HF model.
 
 The batcher is synchronous and single-threaded (`step`); `leanml.serve.dataplane.generation_worker`
 runs it on a thread behind the runtime's queue, admission, deadlines and metrics.
@@ -32,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from leanml.serve.dataplane.kv_slots import SlotKV
 from leanml.serve.variants.llm import CausalLM, cut_prompt
 
 
@@ -71,60 +74,6 @@ def kv_bytes_per_token(model) -> int:
     return int(c.num_hidden_layers * 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size())
 
 
-def batch_cache(layers: list[tuple[Any, Any]], spare: int = 32):
-    """A transformers cache over per-layer (keys, values) whose layers append in place (`_GrowingLayer`)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cache.layers = [_growing_layer_class()(k, v, spare) for k, v in layers]
-    return cache
-
-
-_GROWING = None
-
-
-def _growing_layer_class():
-    """`_GrowingLayer`, defined on first use (transformers is imported lazily)."""
-    global _GROWING
-    if _GROWING is None:
-        import torch
-        from transformers.cache_utils import DynamicLayer
-
-        class _GrowingLayer(DynamicLayer):
-            """One layer's K/V in a buffer with spare columns: a decode step writes its token in place.
-
-            transformers' DynamicLayer concatenates the whole cache with the new token at every step, which
-            copies all of it (at 16 rows x 60 tokens, 45 MB per step over 30 layers, ~13% of the step); here
-            the buffer doubles when it is full, so a step copies one token per row."""
-
-            def __init__(self, keys, values, spare: int) -> None:
-                super().__init__()
-                b, h, n, d = keys.shape
-                self._k = keys.new_empty((b, h, n + spare, d))
-                self._v = values.new_empty((b, h, n + spare, values.shape[-1]))
-                self._k[:, :, :n].copy_(keys)
-                self._v[:, :, :n].copy_(values)
-                self.n, self.device, self.is_initialized = n, keys.device, True
-                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                n, m = self.n, key_states.shape[-2]
-                if n + m > self._k.shape[-2]:
-                    grow = max(2 * self._k.shape[-2], n + m)
-                    self._k = torch.cat([self._k[:, :, :n], self._k.new_empty(
-                        (*self._k.shape[:2], grow - n, self._k.shape[-1]))], dim=-2)
-                    self._v = torch.cat([self._v[:, :, :n], self._v.new_empty(
-                        (*self._v.shape[:2], grow - n, self._v.shape[-1]))], dim=-2)
-                self._k[:, :, n : n + m].copy_(key_states)
-                self._v[:, :, n : n + m].copy_(value_states)
-                self.n = n + m
-                self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
-                return self.keys, self.values
-
-        _GROWING = _GrowingLayer
-    return _GROWING
-
-
 class ContinuousBatcher:
     """Iteration-level scheduler over one `CausalLM`; call `step` until `idle`."""
 
@@ -143,8 +92,7 @@ class ContinuousBatcher:
         self.waiting: deque[Sequence] = deque()
         self.prefilling: deque[Sequence] = deque()
         self.rows: list[Sequence] = []  # the running batch, one row per sequence
-        self.cache = None  # DynamicCache of the running batch (left-padded)
-        self.mask = None  # (rows, cache length) long tensor: 1 = real token
+        self.kv: SlotKV | None = None  # the running batch's K/V in row slots (left-padded), made on first join
         self.reserved = 0  # KV tokens reserved by admitted sequences
         self.steps = self.prefill_passes = 0
         self._join_list: list[Sequence] = []  # prefilled in this iteration, join after its decode step
@@ -196,7 +144,7 @@ class ContinuousBatcher:
     @property
     def kv_tokens_held(self) -> int:
         """KV tokens held now (real tokens only; padding columns excluded)."""
-        held = int(self.mask.sum()) if self.mask is not None else 0
+        held = self.kv.tokens_held if self.kv is not None else 0
         return held + sum(s.prefilled for s in self.prefilling)
 
     # ---- one iteration ------------------------------------------------------------------------------
@@ -308,21 +256,26 @@ class ContinuousBatcher:
     def _decode(self) -> list[Sequence]:
         import torch
 
-        B = len(self.rows)
+        kv = self.kv
         ids = torch.tensor([[s.tokens[-1]] for s in self.rows])
         pos = torch.tensor([[len(s.prompt) + len(s.tokens) - 1] for s in self.rows])
-        self.mask = torch.cat([self.mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
-                         use_cache=True)
-        self.cache = out.cache
+        mask = kv.step_mask(1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=kv.cache(), use_cache=True)
+        kv.advance(1)
         self.steps += 1
         now = time.perf_counter()
         for s, t in zip(self.rows, self._choose(out.logits[:, -1].float(), self.rows), strict=True):
             self._append(s, t, now)
         done = [s for s in self.rows if s.finished]
         if done:
-            self._keep([i for i, s in enumerate(self.rows) if not s.finished])
+            order = kv.leave([i for i, s in enumerate(self.rows) if s.finished])
+            self.rows = [self.rows[i] for i in order]
         return done
+
+    @property
+    def mask(self):
+        """The running batch's (rows, columns) attention mask (1 = real token); None when no row runs."""
+        return self.kv.mask if self.rows else None
 
     # ---- batch surgery ------------------------------------------------------------------------------
     def _layers(self, cache) -> list[tuple[Any, Any]]:
@@ -330,47 +283,19 @@ class ContinuousBatcher:
             return cache
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _keep(self, keep: list[int]) -> None:
-        """Drop finished rows, then the leading columns that are padding in every remaining row."""
-        import torch
-
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache = self.mask = None
-            return
-        idx = torch.tensor(keep)
-        mask = self.mask[idx]
-        start = int((mask.sum(0) > 0).nonzero()[0])
-        self.mask = mask[:, start:].contiguous()
-        self.cache = batch_cache([(k[idx, :, start:], v[idx, :, start:]) for k, v in self._layers(self.cache)])
-
     def _join(self, new: list[Sequence]) -> None:
-        """Add prefilled sequences to the running batch, left-padding whichever side is shorter."""
-        import torch
-
-        parts = [(self._layers(self.cache), self.mask)] if self.rows else []
+        """Copy prefilled sequences into free row slots of the running batch (right-aligned, left-padded)."""
         for s in new:
-            n = s.prefilled
-            parts.append((self._layers(s.cache), torch.ones(1, n, dtype=torch.long)))
+            layers = self._layers(s.cache)
+            if self.kv is None:
+                k = layers[0][0]
+                self.kv = SlotKV(len(layers), self.max_batch, k.shape[1], k.shape[-1], k.dtype,
+                                 columns=max(256, 2 * s.prefilled))
+            self.kv.ensure_rows(len(self.rows) + 1)
             # the first token was chosen but its K/V is not cached yet: it is the next decode input
+            self.kv.join(layers, s.prefilled)
             s.cache = None
-        width = max(m.shape[1] for _, m in parts)
-
-        def lpad(x, dim_len: int, total: int):
-            if dim_len == total:
-                return x
-            shape = list(x.shape)
-            shape[-2 if x.dim() == 4 else -1] = total - dim_len
-            return torch.cat([x.new_zeros(shape), x], dim=-2 if x.dim() == 4 else -1)
-
-        layers = []
-        for li in range(len(parts[0][0])):
-            ks = [lpad(p[0][li][0], p[1].shape[1], width) for p in parts]
-            vs = [lpad(p[0][li][1], p[1].shape[1], width) for p in parts]
-            layers.append((torch.cat(ks), torch.cat(vs)))
-        self.mask = torch.cat([lpad(m, m.shape[1], width) for _, m in parts])
-        self.cache = batch_cache(layers)
-        self.rows = self.rows + new
+            self.rows.append(s)
 
     # ---- offline use --------------------------------------------------------------------------------
     def run(self, seqs: list[Sequence]) -> list[Sequence]:
