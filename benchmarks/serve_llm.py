@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -46,6 +47,7 @@ import numpy as np
 from leanml.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "serve_llm.json"
+RESULTS_QUICK = Path(__file__).parent / "results" / "serve_llm_quick.json"
 
 
 def _pct(x: list[float], q: float) -> float | None:
@@ -83,14 +85,14 @@ async def _serve(variant, batching, reqs) -> dict[str, Any]:
             "e2e_p99_ms": _pct(e2e, 99), "max_batch_seen": max((o.batch_size for o in ok), default=0)}
 
 
-def batching_section(fp32, n: int, lo: int, hi: int) -> dict[str, dict[str, Any]]:
+def batching_section(fp32, n: int, lo: int, hi: int, rows: int, chunk: int) -> dict[str, dict[str, Any]]:
     from leanml.serve.config import Batching
 
     reqs = _requests(n, lo, hi)
-    setups = {"one_at_a_time": Batching(max_batch=1, continuous=True, max_queue=4096),
+    setups = {"one_at_a_time": Batching(max_batch=1, continuous=True, prefill_chunk=chunk, max_queue=4096),
               "hf_sequential": Batching(max_batch=1, max_queue=4096),
-              "hf_static_8": Batching(max_batch=8, max_queue=4096),
-              "continuous_8": Batching(max_batch=8, continuous=True, prefill_chunk=64, max_queue=4096)}
+              f"hf_static_{rows}": Batching(max_batch=rows, max_queue=4096),
+              f"continuous_{rows}": Batching(max_batch=rows, continuous=True, prefill_chunk=chunk, max_queue=4096)}
     out = {}
     for name, b in setups.items():
         out[name] = asyncio.run(_serve(fp32, b, reqs))
@@ -114,7 +116,7 @@ def decode_step_ms(lm, rows: int, tokens: int = 12) -> float:
     return (time.perf_counter() - t0) / k * 1000.0
 
 
-def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+def variants_section(fam, partial: dict[str, Any], path: Path, tokens: int) -> dict[str, dict[str, Any]]:
     """Quality and speed of every variant; the results so far are saved after each one (a long variant,
     such as bf16 prefill on a CPU without native bf16, then never costs the others' figures)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -123,8 +125,8 @@ def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict
         t0 = time.perf_counter()
         fam.evaluate(v, None)
         d = dict(fam.info["eval_details"][name])
-        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1), 2)
-        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8), 2)
+        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1, tokens), 2)
+        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8, tokens), 2)
         d["tokens_per_s_b8"] = round(8000.0 / d["decode_step_ms_b8"], 1)
         d["technique"], d["params"] = v.technique, v.params
         d["size_mb"] = round((v.model.size_bytes() or 0) / 2**20, 1)
@@ -141,11 +143,20 @@ def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict
     return rows
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, same code path (about 3 min on 2 cores)")
-    ap.add_argument("--variants", default="fp32,int8,int8_sq,pruned,bf16", help="SmolLM2 variants to table")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    ap.add_argument("--quick", action="store_true", help="small sizes, same code path (under about a minute)")
+    ap.add_argument("--section", choices=("all", "batching", "variants"), default="all",
+                    help="run one section (each fits one ~10-minute hold of the bench lock); the other's figures "
+                         "are kept from the results file")
+    ap.add_argument("--variants", default="fp32,int8,int8_sq,int8_sq_head,pruned,bf16",
+                    help="SmolLM2 variants to table")
+    ap.add_argument("--results", type=Path, default=None,
+                    help=f"where the JSON goes (default {RESULTS.name}, with --quick {RESULTS_QUICK.name})")
     a = ap.parse_args(argv)
     import torch
 
@@ -153,42 +164,68 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     q = a.quick
-    params = {"eval_metric": "sst2", "eval_sst2_n": 50 if q else 300, "eval_ppl_n": 8 if q else 32,
-              "eval_n": 8 if q else 32, "eval_split": "test", "default_max_new_tokens": 16 if q else 32,
-              "calib_n": 16 if q else 32}
-    wanted = [v for v in a.variants.split(",") if v]
+    path = a.results or (RESULTS_QUICK if q else RESULTS)
+    params = {"eval_metric": "sst2", "eval_sst2_n": 8 if q else 150, "eval_ppl_n": 4 if q else 24,
+              "eval_n": 2 if q else 16, "eval_split": "test", "default_max_new_tokens": 4 if q else 32,
+              "calib_n": 4 if q else 32}
+    wanted = [v for v in a.variants.split(",") if v] if a.section != "batching" else ["fp32"]
     if "fp32" not in wanted:
         ap.error("--variants: must include fp32 (the reference)")
+    prev: dict[str, Any] = {}
+    if a.section != "all" and path.exists():
+        prev = json.loads(path.read_text())
+        if prev.get("quick") != q:
+            prev = {}
     t0 = time.perf_counter()
     fam = build_family("smollm2", params, wanted)
     print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    print("batching:", file=sys.stderr)
-    bat = batching_section(fam.variants["fp32"], 12 if q else 32, 8 if q else 16, 24 if q else 64)
-    print("variants:", file=sys.stderr)
-    var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, a.results)
+    n, lo, hi, rows, chunk = (6, 4, 8, 4, 128) if q else (32, 16, 64, 16, 128)
+    load: dict[str, Any] = dict(prev.get("load", {}))
+    if a.section in ("all", "batching"):
+        print("batching:", file=sys.stderr)
+        l0 = _load()
+        bat = batching_section(fam.variants["fp32"], n, lo, hi, rows, chunk)
+        load["batching"] = {"start": l0, "end": _load()}
+        work = {"requests": n, "new_tokens": [lo, hi], "max_batch": rows, "prefill_budget_tokens": chunk}
+    else:
+        bat, work = prev.get("batching", {}), prev.get("batching_workload")
+    if a.section in ("all", "variants"):
+        print("variants:", file=sys.stderr)
+        l0 = _load()
+        var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, path,
+                               4 if q else 12)
+        load["variants"] = {"start": l0, "end": _load()}
+    else:
+        var = prev.get("variants", {})
 
-    print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for k, r in bat.items():
-        print(f"| {k} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['tpot_p50_ms']} / "
-              f"{r['tpot_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {r['max_batch_seen']} |")
-    print("\n| variant | perplexity (95% CI) | KL to fp32 | SST-2 acc (95% CI, n) | fidelity | step ms b1 / b8 "
-          "| speedup b1 / b8 | size MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k, d in var.items():
-        print(f"| {k} | {d['perplexity']:.3f} ({d['perplexity_ci'][0]:.3f}-{d['perplexity_ci'][1]:.3f}) | "
-              f"{d['kl_to_fp32']:.4f} | {d['sst2_accuracy']:.3f} ({d['sst2_accuracy_ci'][0]:.3f}-"
-              f"{d['sst2_accuracy_ci'][1]:.3f}, {d['sst2_n']}) | {d.get('fp32_token_agreement')} | "
-              f"{d['decode_step_ms_b1']} / {d['decode_step_ms_b8']} | {d['speedup_b1']} / {d['speedup_b8']} | "
-              f"{d['size_mb']} |")
+    if bat:
+        print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for k, r in bat.items():
+            print(f"| {k} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['tpot_p50_ms']} / "
+                  f"{r['tpot_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {r['max_batch_seen']} |")
+    if var:
+        print("\n| variant | perplexity (95% CI) | KL to fp32 | SST-2 acc (95% CI, n) | fidelity | step ms b1 / b8 "
+              "| speedup b1 / b8 | size MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for k, d in var.items():
+            print(f"| {k} | {d['perplexity']:.3f} ({d['perplexity_ci'][0]:.3f}-{d['perplexity_ci'][1]:.3f}) | "
+                  f"{d['kl_to_fp32']:.4f} | {d['sst2_accuracy']:.3f} ({d['sst2_accuracy_ci'][0]:.3f}-"
+                  f"{d['sst2_accuracy_ci'][1]:.3f}, {d['sst2_n']}) | {d.get('fp32_token_agreement')} | "
+                  f"{d['decode_step_ms_b1']} / {d['decode_step_ms_b8']} | {d['speedup_b1']} / {d['speedup_b8']} | "
+                  f"{d['size_mb']} |")
     ok = [k for k, d in var.items() if k != "fp32" and d["ppl_increase_pct"] <= 2.0]
     best = max(ok, key=lambda k: var[k]["speedup_b8"]) if ok else None
-    cb, seq = bat["continuous_8"], bat["one_at_a_time"]
+    cb = next((r for k, r in bat.items() if k.startswith("continuous_")), None)
+    hf = next((r for k, r in bat.items() if k.startswith("hf_static_")), None)
+    seq = bat.get("one_at_a_time")
     result = {
         "benchmark": "serve_llm", "quick": q, "machine": platform.processor() or platform.machine(),
-        "torch_threads": 1, "cb_speedup": round(cb["tokens_per_s"] / seq["tokens_per_s"], 3),
-        "cb_speedup_vs_hf_static": round(cb["tokens_per_s"] / bat["hf_static_8"]["tokens_per_s"], 3),
-        "cb_ttft_p99_ms": cb["ttft_p99_ms"], "one_at_a_time_ttft_p99_ms": seq["ttft_p99_ms"],
+        "torch_threads": 1, "load_avg_1_5_15": load, "batching_workload": work,
+        "cb_speedup": round(cb["tokens_per_s"] / seq["tokens_per_s"], 3) if cb else None,
+        "cb_speedup_vs_hf_static": round(cb["tokens_per_s"] / hf["tokens_per_s"], 3) if cb else None,
+        "cb_ttft_p99_ms": cb["ttft_p99_ms"] if cb else None,
+        "one_at_a_time_ttft_p99_ms": seq["ttft_p99_ms"] if seq else None,
         "best_variant": best, "best_variant_rule": "fastest at 8 rows with perplexity within 2% of fp32",
         "best_variant_speedup": var[best]["speedup_b8"] if best else None,
         "best_variant_ppl_increase_pct": var[best]["ppl_increase_pct"] if best else None,
@@ -196,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batching": bat, "variants": var, "gpu": None, "gpu_note": "no GPU on this machine",
     }
     line = json.dumps({k: v for k, v in result.items() if k not in ("batching", "variants")}, default=float)
-    atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=1, default=float) + "\n")
     print(line)
     return result
 
