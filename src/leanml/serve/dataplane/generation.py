@@ -287,11 +287,12 @@ class ContinuousBatcher:
         """Copy prefilled sequences into free row slots of the running batch (right-aligned, left-padded)."""
         for s in new:
             layers = self._layers(s.cache)
-            if self.kv is None:
+            if self.kv is None:  # rows and columns grow by doubling: memory follows what runs, not max_batch
                 k = layers[0][0]
-                self.kv = SlotKV(len(layers), self.max_batch, k.shape[1], k.shape[-1], k.dtype,
-                                 columns=max(256, 2 * s.prefilled))
-            self.kv.ensure_rows(len(self.rows) + 1)
+                self.kv = SlotKV(len(layers), min(self.max_batch, 4), k.shape[1], k.shape[-1], k.dtype,
+                                 columns=max(64, 2 * s.prefilled))
+            if len(self.rows) == self.kv.shape[0]:
+                self.kv.ensure_rows(max(len(self.rows) + 1, min(self.max_batch, 2 * len(self.rows))))
             # the first token was chosen but its K/V is not cached yet: it is the next decode input
             self.kv.join(layers, s.prefilled)
             s.cache = None
