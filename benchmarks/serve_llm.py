@@ -8,26 +8,33 @@
    * ``one_at_a_time``: the iteration-level engine with one row (`batching.max_batch = 1`): each request
      prefills and decodes alone; it reports TTFT and TPOT like the CB run, so the two are comparable;
    * ``hf_sequential``: the runtime's classic path, transformers ``generate`` one request per call;
-   * ``hf_static_8``: the classic path with dynamic batching (up to 8 requests per ``generate`` call,
+   * ``hf_static_R``: the classic path with dynamic batching (up to R requests per ``generate`` call,
      left-padded; the batch runs until its longest request is done): the strongest baseline available
      here (transformers' own generate; vLLM/TGI do not run on this CPU-only machine);
-   * ``continuous_8``: continuous batching, 8 rows, chunked prefill (64 tokens).
+   * ``continuous_R``: continuous batching, R rows, a 128-token prefill budget per iteration.
 
+   Full run: 32 requests, 16-64 new tokens, R = 16; ``--quick``: 4 requests, 3-6 tokens, R = 4.
    Tokens/s = generated tokens / (last answer - first arrival). TTFT and TPOT per request (CB engine
    runs; the ``generate`` paths only return whole answers: e2e latency only). ``cb_speedup`` =
-   continuous_8 tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
-2. **Variants**: for fp32, bf16, int8 (dynamic, per-tensor), int8_sq (SmoothQuant + per-channel int8)
-   and pruned (30% magnitude): perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by
-   choice log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one
-   decode step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose
-   perplexity is within 2% of fp32's; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct``
-   its perplexity increase.
+   continuous_R tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
+2. **Variants**: fp32, bf16, int8 (dynamic, per-tensor), int8_sq (SmoothQuant + per-channel int8,
+   down_proj and lm_head float), int8_sq_head (int8_sq with lm_head untied, smoothed and int8) and pruned
+   (30% magnitude): perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by choice
+   log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one decode
+   step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose perplexity is
+   within 2% of fp32's; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct`` its
+   perplexity increase, ``best_variant_sst2_delta_points`` its SST-2 change. ``--quick`` tables fp32 and
+   int8_sq_head only, on 4 passages and 8 sentences.
 
-    OMP_NUM_THREADS=1 flock /tmp/leanml-bench.lock python benchmarks/serve_llm.py [--quick]
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --quick
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section batching
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section variants
 
 One torch thread (``torch.set_num_threads(1)``): the machine's 2 cores are shared. The last line is the
-headline JSON, also written to benchmarks/results/serve_llm.json (atomic). Replay keys (goodput_*,
-sim_p99_error) are added by the replay benchmark, not here.
+headline JSON, also written (atomic) to benchmarks/results/serve_llm.json, or serve_llm_quick.json with
+``--quick``; one ``--section`` keeps the other section's figures from that file. The load averages at the
+start and end of each section are recorded. Replay keys (goodput_*, sim_p99_error) are added by the
+replay benchmark, not here.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from leanml.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "serve_llm.json"
 RESULTS_QUICK = Path(__file__).parent / "results" / "serve_llm_quick.json"
+FULL_VARIANTS = "fp32,int8,int8_sq,int8_sq_head,pruned,bf16"
+QUICK_VARIANTS = "fp32,int8_sq_head"  # the reference and the headline variant: --quick stays under a minute
 
 
 def _pct(x: list[float], q: float) -> float | None:
@@ -153,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--section", choices=("all", "batching", "variants"), default="all",
                     help="run one section (each fits one ~10-minute hold of the bench lock); the other's figures "
                          "are kept from the results file")
-    ap.add_argument("--variants", default="fp32,int8,int8_sq,int8_sq_head,pruned,bf16",
-                    help="SmolLM2 variants to table")
+    ap.add_argument("--variants", default=None,
+                    help=f"SmolLM2 variants to table (default {FULL_VARIANTS}; with --quick {QUICK_VARIANTS})")
     ap.add_argument("--results", type=Path, default=None,
                     help=f"where the JSON goes (default {RESULTS.name}, with --quick {RESULTS_QUICK.name})")
     a = ap.parse_args(argv)
@@ -168,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = {"eval_metric": "sst2", "eval_sst2_n": 8 if q else 150, "eval_ppl_n": 4 if q else 24,
               "eval_n": 2 if q else 16, "eval_split": "test", "default_max_new_tokens": 4 if q else 32,
               "calib_n": 4 if q else 32}
-    wanted = [v for v in a.variants.split(",") if v] if a.section != "batching" else ["fp32"]
+    names = a.variants or (QUICK_VARIANTS if q else FULL_VARIANTS)
+    wanted = [v for v in names.split(",") if v] if a.section != "batching" else ["fp32"]
     if "fp32" not in wanted:
         ap.error("--variants: must include fp32 (the reference)")
     prev: dict[str, Any] = {}
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     fam = build_family("smollm2", params, wanted)
     print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    n, lo, hi, rows, chunk = (6, 4, 8, 4, 128) if q else (32, 16, 64, 16, 128)
+    n, lo, hi, rows, chunk = (4, 3, 6, 4, 128) if q else (32, 16, 64, 16, 128)
     load: dict[str, Any] = dict(prev.get("load", {}))
     if a.section in ("all", "batching"):
         print("batching:", file=sys.stderr)
@@ -193,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("variants:", file=sys.stderr)
         l0 = _load()
         var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, path,
-                               4 if q else 12)
+                               3 if q else 12)
         load["variants"] = {"start": l0, "end": _load()}
     else:
         var = prev.get("variants", {})
