@@ -143,6 +143,11 @@ def variants_section(fam, partial: dict[str, Any], path: Path, tokens: int) -> d
         rows[name] = d
         atomic_write_text(path, json.dumps(partial, indent=1, default=float) + "\n")
         print(f"  {name}: {d}", file=sys.stderr, flush=True)
+    return derive(rows)
+
+
+def derive(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each variant's speedups, perplexity change and SST-2 change against fp32 (in place; returns ``rows``)."""
     base = rows["fp32"]
     for d in rows.values():
         d["speedup_b1"] = round(base["decode_step_ms_b1"] / d["decode_step_ms_b1"], 3)
@@ -159,9 +164,10 @@ def _load() -> list[float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, same code path (under about a minute)")
-    ap.add_argument("--section", choices=("all", "batching", "variants"), default="all",
+    ap.add_argument("--section", choices=("all", "batching", "variants", "report"), default="all",
                     help="run one section (each fits one ~10-minute hold of the bench lock); the other's figures "
-                         "are kept from the results file")
+                         "are kept from the results file. 'report' measures nothing: it rebuilds the tables and "
+                         "headline from the file (also from a variants run cut short, which saves each row)")
     ap.add_argument("--variants", default=None,
                     help=f"SmolLM2 variants to table (default {FULL_VARIANTS}; with --quick {QUICK_VARIANTS})")
     ap.add_argument("--results", type=Path, default=None,
@@ -186,11 +192,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prev = json.loads(path.read_text())
         if prev.get("quick") != q:
             prev = {}
-    t0 = time.perf_counter()
-    fam = build_family("smollm2", params, wanted)
-    print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if a.section == "report" and not prev:
+        ap.error(f"--section report: no {'quick ' if q else ''}results in {path} to report")
+    if a.section != "report":
+        t0 = time.perf_counter()
+        fam = build_family("smollm2", params, wanted)
+        print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     n, lo, hi, rows, chunk = (4, 3, 6, 4, 128) if q else (32, 16, 64, 16, 128)
-    load: dict[str, Any] = dict(prev.get("load", {}))
+    load: dict[str, Any] = dict(prev.get("load_avg_1_5_15", {}))
     if a.section in ("all", "batching"):
         print("batching:", file=sys.stderr)
         l0 = _load()
@@ -202,11 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.section in ("all", "variants"):
         print("variants:", file=sys.stderr)
         l0 = _load()
-        var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, path,
+        partial = {"benchmark": "serve_llm", "quick": q, "partial": True, "batching": bat,
+                   "batching_workload": work, "load_avg_1_5_15": load}
+        var = variants_section(fam, partial, path,
                                3 if q else 12)
         load["variants"] = {"start": l0, "end": _load()}
     else:
-        var = prev.get("variants", {})
+        var = derive(prev["variants"]) if prev.get("variants") else {}
 
     if bat:
         print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
