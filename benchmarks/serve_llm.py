@@ -8,26 +8,33 @@
    * ``one_at_a_time``: the iteration-level engine with one row (`batching.max_batch = 1`): each request
      prefills and decodes alone; it reports TTFT and TPOT like the CB run, so the two are comparable;
    * ``hf_sequential``: the runtime's classic path, transformers ``generate`` one request per call;
-   * ``hf_static_8``: the classic path with dynamic batching (up to 8 requests per ``generate`` call,
+   * ``hf_static_R``: the classic path with dynamic batching (up to R requests per ``generate`` call,
      left-padded; the batch runs until its longest request is done): the strongest baseline available
      here (transformers' own generate; vLLM/TGI do not run on this CPU-only machine);
-   * ``continuous_8``: continuous batching, 8 rows, chunked prefill (64 tokens).
+   * ``continuous_R``: continuous batching, R rows, a 128-token prefill budget per iteration.
 
+   Full run: 32 requests, 16-64 new tokens, R = 16; ``--quick``: 4 requests, 3-6 tokens, R = 4.
    Tokens/s = generated tokens / (last answer - first arrival). TTFT and TPOT per request (CB engine
    runs; the ``generate`` paths only return whole answers: e2e latency only). ``cb_speedup`` =
-   continuous_8 tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
-2. **Variants**: for fp32, bf16, int8 (dynamic, per-tensor), int8_sq (SmoothQuant + per-channel int8)
-   and pruned (30% magnitude): perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by
-   choice log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one
-   decode step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose
-   perplexity is within 2% of fp32's; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct``
-   its perplexity increase.
+   continuous_R tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
+2. **Variants**: fp32, bf16, int8 (dynamic, per-tensor), int8_sq (SmoothQuant + per-channel int8,
+   down_proj and lm_head float), int8_sq_head (int8_sq with lm_head untied, smoothed and int8) and pruned
+   (30% magnitude): perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by choice
+   log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one decode
+   step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose perplexity is
+   within 2% of fp32's; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct`` its
+   perplexity increase, ``best_variant_sst2_delta_points`` its SST-2 change. ``--quick`` tables fp32 and
+   int8_sq_head only, on 4 passages and 8 sentences.
 
-    OMP_NUM_THREADS=1 flock /tmp/leanml-bench.lock python benchmarks/serve_llm.py [--quick]
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --quick
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section batching
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section variants
 
 One torch thread (``torch.set_num_threads(1)``): the machine's 2 cores are shared. The last line is the
-headline JSON, also written to benchmarks/results/serve_llm.json (atomic). Replay keys (goodput_*,
-sim_p99_error) are added by the replay benchmark, not here.
+headline JSON, also written (atomic) to benchmarks/results/serve_llm.json, or serve_llm_quick.json with
+``--quick``; one ``--section`` keeps the other section's figures from that file. The load averages at the
+start and end of each section are recorded. Replay keys (goodput_*, sim_p99_error) are added by the
+replay benchmark, not here.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -46,6 +54,9 @@ import numpy as np
 from leanml.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "serve_llm.json"
+RESULTS_QUICK = Path(__file__).parent / "results" / "serve_llm_quick.json"
+FULL_VARIANTS = "fp32,int8,int8_sq,int8_sq_head,pruned,bf16"
+QUICK_VARIANTS = "fp32,int8_sq_head"  # the reference and the headline variant: --quick stays under a minute
 
 
 def _pct(x: list[float], q: float) -> float | None:
@@ -83,14 +94,14 @@ async def _serve(variant, batching, reqs) -> dict[str, Any]:
             "e2e_p99_ms": _pct(e2e, 99), "max_batch_seen": max((o.batch_size for o in ok), default=0)}
 
 
-def batching_section(fp32, n: int, lo: int, hi: int) -> dict[str, dict[str, Any]]:
+def batching_section(fp32, n: int, lo: int, hi: int, rows: int, chunk: int) -> dict[str, dict[str, Any]]:
     from leanml.serve.config import Batching
 
     reqs = _requests(n, lo, hi)
-    setups = {"one_at_a_time": Batching(max_batch=1, continuous=True, max_queue=4096),
+    setups = {"one_at_a_time": Batching(max_batch=1, continuous=True, prefill_chunk=chunk, max_queue=4096),
               "hf_sequential": Batching(max_batch=1, max_queue=4096),
-              "hf_static_8": Batching(max_batch=8, max_queue=4096),
-              "continuous_8": Batching(max_batch=8, continuous=True, prefill_chunk=64, max_queue=4096)}
+              f"hf_static_{rows}": Batching(max_batch=rows, max_queue=4096),
+              f"continuous_{rows}": Batching(max_batch=rows, continuous=True, prefill_chunk=chunk, max_queue=4096)}
     out = {}
     for name, b in setups.items():
         out[name] = asyncio.run(_serve(fp32, b, reqs))
@@ -114,7 +125,7 @@ def decode_step_ms(lm, rows: int, tokens: int = 12) -> float:
     return (time.perf_counter() - t0) / k * 1000.0
 
 
-def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+def variants_section(fam, partial: dict[str, Any], path: Path, tokens: int) -> dict[str, dict[str, Any]]:
     """Quality and speed of every variant; the results so far are saved after each one (a long variant,
     such as bf16 prefill on a CPU without native bf16, then never costs the others' figures)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -123,8 +134,8 @@ def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict
         t0 = time.perf_counter()
         fam.evaluate(v, None)
         d = dict(fam.info["eval_details"][name])
-        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1), 2)
-        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8), 2)
+        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1, tokens), 2)
+        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8, tokens), 2)
         d["tokens_per_s_b8"] = round(8000.0 / d["decode_step_ms_b8"], 1)
         d["technique"], d["params"] = v.technique, v.params
         d["size_mb"] = round((v.model.size_bytes() or 0) / 2**20, 1)
@@ -132,6 +143,11 @@ def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict
         rows[name] = d
         atomic_write_text(path, json.dumps(partial, indent=1, default=float) + "\n")
         print(f"  {name}: {d}", file=sys.stderr, flush=True)
+    return derive(rows)
+
+
+def derive(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each variant's speedups, perplexity change and SST-2 change against fp32 (in place; returns ``rows``)."""
     base = rows["fp32"]
     for d in rows.values():
         d["speedup_b1"] = round(base["decode_step_ms_b1"] / d["decode_step_ms_b1"], 3)
@@ -141,11 +157,21 @@ def variants_section(fam, partial: dict[str, Any], path: Path) -> dict[str, dict
     return rows
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, same code path (about 3 min on 2 cores)")
-    ap.add_argument("--variants", default="fp32,int8,int8_sq,pruned,bf16", help="SmolLM2 variants to table")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    ap.add_argument("--quick", action="store_true", help="small sizes, same code path (under about a minute)")
+    ap.add_argument("--section", choices=("all", "batching", "variants", "report"), default="all",
+                    help="run one section (each fits one ~10-minute hold of the bench lock); the other's figures "
+                         "are kept from the results file. 'report' measures nothing: it rebuilds the tables and "
+                         "headline from the file (also from a variants run cut short, which saves each row)")
+    ap.add_argument("--variants", default=None,
+                    help=f"SmolLM2 variants to table (default {FULL_VARIANTS}; with --quick {QUICK_VARIANTS})")
+    ap.add_argument("--results", type=Path, default=None,
+                    help=f"where the JSON goes (default {RESULTS.name}, with --quick {RESULTS_QUICK.name})")
     a = ap.parse_args(argv)
     import torch
 
@@ -153,42 +179,74 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     q = a.quick
-    params = {"eval_metric": "sst2", "eval_sst2_n": 50 if q else 300, "eval_ppl_n": 8 if q else 32,
-              "eval_n": 8 if q else 32, "eval_split": "test", "default_max_new_tokens": 16 if q else 32,
-              "calib_n": 16 if q else 32}
-    wanted = [v for v in a.variants.split(",") if v]
+    path = a.results or (RESULTS_QUICK if q else RESULTS)
+    params = {"eval_metric": "sst2", "eval_sst2_n": 8 if q else 150, "eval_ppl_n": 4 if q else 24,
+              "eval_n": 2 if q else 16, "eval_split": "test", "default_max_new_tokens": 4 if q else 32,
+              "calib_n": 4 if q else 32}
+    names = a.variants or (QUICK_VARIANTS if q else FULL_VARIANTS)
+    wanted = [v for v in names.split(",") if v] if a.section != "batching" else ["fp32"]
     if "fp32" not in wanted:
         ap.error("--variants: must include fp32 (the reference)")
-    t0 = time.perf_counter()
-    fam = build_family("smollm2", params, wanted)
-    print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    print("batching:", file=sys.stderr)
-    bat = batching_section(fam.variants["fp32"], 12 if q else 32, 8 if q else 16, 24 if q else 64)
-    print("variants:", file=sys.stderr)
-    var = variants_section(fam, {"benchmark": "serve_llm", "partial": True, "batching": bat}, a.results)
+    prev: dict[str, Any] = {}
+    if a.section != "all" and path.exists():
+        prev = json.loads(path.read_text())
+        if prev.get("quick") != q:
+            prev = {}
+    if a.section == "report" and not prev:
+        ap.error(f"--section report: no {'quick ' if q else ''}results in {path} to report")
+    if a.section != "report":
+        t0 = time.perf_counter()
+        fam = build_family("smollm2", params, wanted)
+        print(f"built {wanted} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    n, lo, hi, rows, chunk = (4, 3, 6, 4, 128) if q else (32, 16, 64, 16, 128)
+    load: dict[str, Any] = dict(prev.get("load_avg_1_5_15", {}))
+    if a.section in ("all", "batching"):
+        print("batching:", file=sys.stderr)
+        l0 = _load()
+        bat = batching_section(fam.variants["fp32"], n, lo, hi, rows, chunk)
+        load["batching"] = {"start": l0, "end": _load()}
+        work = {"requests": n, "new_tokens": [lo, hi], "max_batch": rows, "prefill_budget_tokens": chunk}
+    else:
+        bat, work = prev.get("batching", {}), prev.get("batching_workload")
+    if a.section in ("all", "variants"):
+        print("variants:", file=sys.stderr)
+        l0 = _load()
+        partial = {"benchmark": "serve_llm", "quick": q, "partial": True, "batching": bat,
+                   "batching_workload": work, "load_avg_1_5_15": load}
+        var = variants_section(fam, partial, path,
+                               3 if q else 12)
+        load["variants"] = {"start": l0, "end": _load()}
+    else:
+        var = derive(prev["variants"]) if prev.get("variants") else {}
 
-    print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for k, r in bat.items():
-        print(f"| {k} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['tpot_p50_ms']} / "
-              f"{r['tpot_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {r['max_batch_seen']} |")
-    print("\n| variant | perplexity (95% CI) | KL to fp32 | SST-2 acc (95% CI, n) | fidelity | step ms b1 / b8 "
-          "| speedup b1 / b8 | size MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k, d in var.items():
-        print(f"| {k} | {d['perplexity']:.3f} ({d['perplexity_ci'][0]:.3f}-{d['perplexity_ci'][1]:.3f}) | "
-              f"{d['kl_to_fp32']:.4f} | {d['sst2_accuracy']:.3f} ({d['sst2_accuracy_ci'][0]:.3f}-"
-              f"{d['sst2_accuracy_ci'][1]:.3f}, {d['sst2_n']}) | {d.get('fp32_token_agreement')} | "
-              f"{d['decode_step_ms_b1']} / {d['decode_step_ms_b8']} | {d['speedup_b1']} / {d['speedup_b8']} | "
-              f"{d['size_mb']} |")
+    if bat:
+        print("\n| system | tokens/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | e2e p50 / p99 ms | largest batch |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for k, r in bat.items():
+            print(f"| {k} | {r['tokens_per_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | {r['tpot_p50_ms']} / "
+                  f"{r['tpot_p99_ms']} | {r['e2e_p50_ms']} / {r['e2e_p99_ms']} | {r['max_batch_seen']} |")
+    if var:
+        print("\n| variant | perplexity (95% CI) | KL to fp32 | SST-2 acc (95% CI, n) | fidelity | step ms b1 / b8 "
+              "| speedup b1 / b8 | size MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for k, d in var.items():
+            print(f"| {k} | {d['perplexity']:.3f} ({d['perplexity_ci'][0]:.3f}-{d['perplexity_ci'][1]:.3f}) | "
+                  f"{d['kl_to_fp32']:.4f} | {d['sst2_accuracy']:.3f} ({d['sst2_accuracy_ci'][0]:.3f}-"
+                  f"{d['sst2_accuracy_ci'][1]:.3f}, {d['sst2_n']}) | {d.get('fp32_token_agreement')} | "
+                  f"{d['decode_step_ms_b1']} / {d['decode_step_ms_b8']} | {d['speedup_b1']} / {d['speedup_b8']} | "
+                  f"{d['size_mb']} |")
     ok = [k for k, d in var.items() if k != "fp32" and d["ppl_increase_pct"] <= 2.0]
     best = max(ok, key=lambda k: var[k]["speedup_b8"]) if ok else None
-    cb, seq = bat["continuous_8"], bat["one_at_a_time"]
+    cb = next((r for k, r in bat.items() if k.startswith("continuous_")), None)
+    hf = next((r for k, r in bat.items() if k.startswith("hf_static_")), None)
+    seq = bat.get("one_at_a_time")
     result = {
         "benchmark": "serve_llm", "quick": q, "machine": platform.processor() or platform.machine(),
-        "torch_threads": 1, "cb_speedup": round(cb["tokens_per_s"] / seq["tokens_per_s"], 3),
-        "cb_speedup_vs_hf_static": round(cb["tokens_per_s"] / bat["hf_static_8"]["tokens_per_s"], 3),
-        "cb_ttft_p99_ms": cb["ttft_p99_ms"], "one_at_a_time_ttft_p99_ms": seq["ttft_p99_ms"],
+        "torch_threads": 1, "load_avg_1_5_15": load, "batching_workload": work,
+        "cb_speedup": round(cb["tokens_per_s"] / seq["tokens_per_s"], 3) if cb else None,
+        "cb_speedup_vs_hf_static": round(cb["tokens_per_s"] / hf["tokens_per_s"], 3) if cb else None,
+        "cb_ttft_p99_ms": cb["ttft_p99_ms"] if cb else None,
+        "one_at_a_time_ttft_p99_ms": seq["ttft_p99_ms"] if seq else None,
         "best_variant": best, "best_variant_rule": "fastest at 8 rows with perplexity within 2% of fp32",
         "best_variant_speedup": var[best]["speedup_b8"] if best else None,
         "best_variant_ppl_increase_pct": var[best]["ppl_increase_pct"] if best else None,
@@ -196,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batching": bat, "variants": var, "gpu": None, "gpu_note": "no GPU on this machine",
     }
     line = json.dumps({k: v for k, v in result.items() if k not in ("batching", "variants")}, default=float)
-    atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=1, default=float) + "\n")
     print(line)
     return result
 

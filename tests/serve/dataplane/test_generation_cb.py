@@ -13,8 +13,10 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "2+
            "Name three colours, and say which one you like best and why.", "Hi"]
 
 
-def test_continuous_batching_returns_exactly_the_tokens_of_generating_alone(smollm2_lm):
-    """Greedy CB with mid-batch joins, chunked prefill and per-request limits = each request generated alone."""
+@pytest.mark.parametrize("rows,chunk", [(2, 7), (4, 256)])
+def test_continuous_batching_returns_exactly_the_tokens_of_generating_alone(smollm2_lm, rows, chunk):
+    """Greedy CB with mid-batch joins, prefill and per-request limits = each request generated alone: with
+    (2, 7) every prompt is chunked; with (4, 256) whole prompts are prefilled together in left-padded passes."""
     from leanml.serve.dataplane.generation import ContinuousBatcher
 
     lm = smollm2_lm
@@ -22,12 +24,14 @@ def test_continuous_batching_returns_exactly_the_tokens_of_generating_alone(smol
     ids = [lm._ids(p) for p in PROMPTS]
     alone = [lm.generate_ids([i], [m], [cap], [mn] if mn else None)[0]
              for i, (m, mn, cap) in zip(ids, limits, strict=True)]
-    # 2 rows for 5 requests: the later ones join the running batch as earlier ones leave;
-    # a 7-token prefill chunk splits every prompt into several passes
-    cb = ContinuousBatcher(lm, max_batch=2, prefill_chunk=7)
+    # fewer rows than requests: the later ones join the running batch as earlier ones leave
+    cb = ContinuousBatcher(lm, max_batch=rows, prefill_chunk=chunk)
     seqs = cb.run([cb.sequence(i, m, cap, mn) for i, (m, mn, cap) in zip(ids, limits, strict=True)])
     assert [s.tokens for s in seqs] == alone
-    assert cb.prefill_passes > len(PROMPTS)  # chunking happened
+    if chunk < min(len(i) for i in ids):
+        assert cb.prefill_passes > len(PROMPTS)  # chunking happened
+    else:
+        assert cb.prefill_passes < len(PROMPTS)  # some prompts shared a pass
     assert len(seqs[3].prompt) == 20 - 5  # the KV cap cut the prompt to cap - max_new_tokens
     assert cb.reserved == 0 and cb.idle and cb.mask is None  # every reservation was released
 

@@ -45,3 +45,23 @@ def test_smoothquant_int8_keeps_perplexity_within_bound_where_plain_int8_does_no
     assert sq["perplexity"] <= base["perplexity"] * (1 + PPL_BOUND_PCT / 100)
     assert plain["perplexity"] > base["perplexity"] * (1 + PPL_BOUND_PCT / 100)  # per-tensor int8 does not keep it
     assert sq["kl_to_fp32"] < plain["kl_to_fp32"] / 10
+
+
+def test_lm_head_smoothing_unties_the_head_and_leaves_the_logits_unchanged(smollm2_lm):
+    """int8_sq_head's fold of SmoothQuant scales into the final norm is exact and leaves the embeddings alone."""
+    import copy
+
+    import torch
+
+    from leanml.serve.variants.llm_quant import calibration_texts, smooth_lm_head
+
+    m, tok = smollm2_lm.model, smollm2_lm.tok
+    sm = copy.deepcopy(m)
+    smooth_lm_head(sm, calibration_texts(2), tok, 0.5, max_tokens=32)
+    assert sm.lm_head.weight.data_ptr() != sm.model.embed_tokens.weight.data_ptr()  # untied
+    assert torch.equal(sm.model.embed_tokens.weight, m.model.embed_tokens.weight)
+    assert not torch.equal(sm.lm_head.weight, m.lm_head.weight)
+    ids = torch.tensor([tok("The river flows through the old town towards the sea.")["input_ids"]])
+    with torch.inference_mode():
+        a, b = m(input_ids=ids).logits, sm(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)

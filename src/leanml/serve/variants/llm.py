@@ -267,6 +267,17 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
             int(p["calib_n"])), alpha=a, keep_float=keep), tok, mnt), "int8",
             {"smoothquant_alpha": a, "weights": "per-channel int8", "activations": "dynamic int8 per tensor",
              "float_layers": list(keep), "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
+    if "int8_sq_head" in wanted:  # int8_sq with lm_head (the largest matrix, tied to the embeddings) int8 too
+        from leanml.serve.variants.llm_quant import calibration_texts, smoothquant_int8
+
+        a, ha = float(p["sq_alpha"]), float(p["sq_head_alpha"])
+        keep = tuple(k for k in p["sq_keep_float"] if k != "lm_head")
+        variants["int8_sq_head"] = Variant("int8_sq_head", CausalLM(smoothquant_int8(
+            base, tok, calibration_texts(int(p["calib_n"])), alpha=a, keep_float=keep, head_alpha=ha), tok, mnt),
+            "int8", {"smoothquant_alpha": a, "lm_head_alpha": ha, "weights": "per-channel int8",
+                     "activations": "dynamic int8 per tensor", "float_layers": list(keep),
+                     "lm_head": "untied, smoothed into the final norm, int8",
+                     "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
     if "pruned" in wanted:
         s = float(p["prune_sparsity"])
         variants["pruned"] = Variant("pruned", CausalLM(prune_linear_layers(base, s), tok, mnt), "prune",

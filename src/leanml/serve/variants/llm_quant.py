@@ -110,11 +110,40 @@ def quantize_int8(model, *, per_channel: bool = True, keep_float: tuple[str, ...
         ctx.__exit__(None, None, None)
 
 
+@torch.no_grad()
+def smooth_lm_head(model, texts: Iterable[str], tok, alpha: float = 0.5, max_tokens: int = 256) -> None:
+    """Untie ``lm_head`` from the input embeddings (its own copy of the weight) and fold SmoothQuant scales
+    for it into the final RMSNorm, in place: the float model computes the same logits afterwards."""
+    head, norm = model.lm_head, getattr(model, "model", model).norm
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    acc: list[torch.Tensor] = []
+
+    def hook(mod, args):
+        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+        acc[:] = [torch.maximum(acc[0], x)] if acc else [x]
+
+    h = head.register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            for t in texts:
+                model(input_ids=torch.tensor([tok(t)["input_ids"][:max_tokens]]))
+    finally:
+        h.remove()
+    s = _scales(acc[0], [head], alpha)
+    norm.weight.div_(s.to(norm.weight.dtype))
+    head.weight.mul_(s.to(head.weight.dtype))
+
+
 def smoothquant_int8(model, tok, calibration: Iterable[str], *, alpha: float = 0.75,
-                     keep_float: tuple[str, ...] = KEEP_FLOAT):
-    """A SmoothQuant-smoothed copy of ``model`` with per-channel dynamic int8 Linears."""
+                     keep_float: tuple[str, ...] = KEEP_FLOAT, head_alpha: float | None = None):
+    """A SmoothQuant-smoothed copy of ``model`` with per-channel dynamic int8 Linears. With ``head_alpha``
+    the (untied) ``lm_head`` is smoothed too, at that alpha (fold into the final norm); list it in
+    ``keep_float`` or not to keep it float or quantize it."""
+    texts = list(calibration)
     smoothed = copy.deepcopy(model).eval()
-    smooth(smoothed, activation_ranges(smoothed, calibration, tok), alpha)
+    smooth(smoothed, activation_ranges(smoothed, texts, tok), alpha)
+    if head_alpha is not None:
+        smooth_lm_head(smoothed, texts, tok, head_alpha)
     return quantize_int8(smoothed, per_channel=True, keep_float=keep_float)
 
 

