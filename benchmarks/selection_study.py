@@ -3,16 +3,20 @@
     python benchmarks/selection_study.py --quick            # quick suite, 10 epochs (< 1 min on 2 cores)
     python benchmarks/selection_study.py --suite quick      # the full quick suite (what `make demo` runs)
     python benchmarks/selection_study.py --suite cifar10 --size pool_size=10000 --size epochs=5
+    python benchmarks/selection_study.py --suite quick --codec int4 --methods random,less-balanced,trak
 
 Headline (last stdout line, also benchmarks/results/selection_study.json, or selection_study-<suite>.json for
 other suites): per budget, the best method's accuracy and total cost against random's, the full-data reference,
 and each LESS variant's accuracy against random's with 95% intervals (t over seeds; the difference is paired by
-seed, the same pool and test set for both).
+seed, the same pool and test set for both). ``--codec`` holds the gradient selectors' pool features as a store of
+that codec would (`leanml.store.codecs` round trip; LESS variants, TRAK, DsDM); its results go to
+selection_study-<suite>-<codec>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -21,9 +25,11 @@ import numpy as np
 from rich.console import Console
 
 from leanml.bench import plan_study, run_study, summarize, write_report
-from leanml.bench.suites import VARIANTS
+from leanml.bench.suites import LESS_VARIANTS, VARIANTS
 from leanml.cli.study_cmd import summary_table
 from leanml.io import atomic_write_text
+
+GRADIENT_METHODS = (*LESS_VARIANTS, "trak", "dsdm")  # the selectors that score stored gradient features
 
 
 def headline(rows: list[dict]) -> dict:
@@ -78,6 +84,8 @@ def main() -> None:
     ap.add_argument("--size", action="append", default=[], help="KEY=VALUE suite size parameter")
     ap.add_argument("--seeds", default="", help="comma-separated seeds (default: the suite's)")
     ap.add_argument("--methods", default="", help="comma-separated method ids (default: the suite's)")
+    ap.add_argument("--codec", default=None, help="store codec the gradient selectors' pool features pass through "
+                    "(fp32, int8, int4, int2, ...; default: none, float32 as computed)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     sizes = dict(s.split("=", 1) for s in a.size)
@@ -86,6 +94,16 @@ def main() -> None:
     out = a.out or Path(tempfile.mkdtemp(prefix="leanml-selection-study-"))
     plan = plan_study(a.suite, sizes=sizes, out=out, seeds=[int(x) for x in a.seeds.split(",") if x] or None,
                       methods=[m for m in a.methods.split(",") if m] or None)
+    if a.codec:
+        from leanml.store.codecs import get_codec
+
+        try:
+            get_codec(a.codec)
+        except ValueError as e:
+            raise SystemExit(f"--codec: {e}") from None
+        mp = {m: ({**p, "codec": a.codec} if m in GRADIENT_METHODS else p)
+              for m, p in plan.suite.method_params.items()}
+        plan = dataclasses.replace(plan, suite=dataclasses.replace(plan.suite, method_params=mp))
     console = Console()
     rows = run_study(plan, log=lambda s: console.print(s, markup=False, highlight=False))
     console.print(summary_table(rows, f"selection study: {a.suite}"))
@@ -94,6 +112,9 @@ def main() -> None:
     h = headline(rows)
     h["results"] = str(plan.results_path)
     name = "selection_study.json" if a.suite == "quick" else f"selection_study-{a.suite}.json"
+    if a.codec:
+        h["codec"] = a.codec
+        name = f"selection_study-{a.suite}-{a.codec}.json"
     atomic_write_text(Path(__file__).parent / "results" / name, json.dumps(h, indent=1))
     print(json.dumps(h))
 
