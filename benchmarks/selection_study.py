@@ -10,7 +10,9 @@ other suites): per budget, the best method's accuracy and total cost against ran
 and each LESS variant's accuracy against random's with 95% intervals (t over seeds; the difference is paired by
 seed, the same pool and test set for both). ``--codec`` holds the gradient selectors' pool features as a store of
 that codec would (`leanml.store.codecs` round trip; LESS variants, TRAK, DsDM); its results go to
-selection_study-<suite>-<codec>.json.
+selection_study-<suite>-<codec>.json. ``--compare-codecs DIR_A,DIR_B`` (two finished ``--out`` directories, the first
+the reference, e.g. fp32's) prints each method's accuracy under both and the seed-paired difference B - A with its
+95% interval, and saves it to selection_study-<suite>-codecs.json.
 """
 
 from __future__ import annotations
@@ -77,6 +79,37 @@ def less_vs_random(rows: list[dict]) -> dict:
     return out
 
 
+def compare_codecs(suite: str, dirs: list[Path]) -> None:
+    """Per method and budget: accuracy under codec A and B, and B - A paired by seed (95% t-intervals)."""
+    from leanml.bench.results import ResultTable
+
+    if len(dirs) != 2:
+        raise SystemExit("--compare-codecs: give exactly two --out directories, DIR_A,DIR_B")
+    runs = []
+    for d in dirs:
+        files = sorted(d.glob("*.parquet")) + sorted(d.glob("**/results.parquet"))
+        if not files:
+            raise SystemExit(f"--compare-codecs: no results in {d}; run --codec ... --out {d} first")
+        runs.append({(r["method"], r["budget"], r["seed"]): r["accuracy"] for r in ResultTable(files[0]).rows()})
+    names = [d.name for d in dirs]
+    out: dict = {"suite": suite, "reference": names[0], "other": names[1], "budgets": {}}
+    print(f"{'budget':>6} | {'method':>14} | {names[0]:>22} | {names[1]:>22} | {'difference (paired)':>24}")
+    for key in sorted({(m, b) for m, b, _ in runs[0]} & {(m, b) for m, b, _ in runs[1]}, key=lambda k: (k[1], k[0])):
+        m, b = key
+        seeds = sorted(set.intersection(*({s for mm, bb, s in r if (mm, bb) == key} for r in runs)))
+        A = [runs[0][(m, b, s)] for s in seeds]
+        B = [runs[1][(m, b, s)] for s in seeds]
+        cell = {"a": _mean_ci(A), "b": _mean_ci(B), "b_minus_a": _mean_ci([y - x for x, y in zip(A, B, strict=True)])}
+        out["budgets"].setdefault(str(b), {})[m] = cell
+
+        def f(c: dict) -> str:
+            return f"{c['mean']:.3f}" + ("" if c["ci95"] is None else f" ± {c['ci95']:.3f}") + f" (n={c['seeds']})"
+        print(f"{b:>6g} | {m:>14} | {f(cell['a']):>22} | {f(cell['b']):>22} | {f(cell['b_minus_a']):>24}")
+    name = f"selection_study-{suite}-codecs.json"
+    atomic_write_text(Path(__file__).parent / "results" / name, json.dumps(out, indent=1))
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="quick suite with 10 epochs (same code path)")
@@ -86,8 +119,13 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="comma-separated method ids (default: the suite's)")
     ap.add_argument("--codec", default=None, help="store codec the gradient selectors' pool features pass through "
                     "(fp32, int8, int4, int2, ...; default: none, float32 as computed)")
+    ap.add_argument("--compare-codecs", default=None, metavar="DIR_A,DIR_B",
+                    help="compare two finished --codec runs (their --out directories) instead of running")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
+    if a.compare_codecs:
+        compare_codecs(a.suite, [Path(d) for d in a.compare_codecs.split(",")])
+        return
     sizes = dict(s.split("=", 1) for s in a.size)
     if a.quick:
         sizes.setdefault("epochs", "10")
