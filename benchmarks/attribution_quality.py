@@ -279,6 +279,7 @@ def main() -> None:
     if a.subsets < 2 or a.n_test < 2:
         raise SystemExit("--subsets and --n-test must be >= 2")
     t0 = time.time()
+    load_before = os.getloadavg()
     setups = [run_setup(n, a) for n in a.setups.split(",")]
     print(f"{'setup':>14} | {'method':>46} | {'LDS':>7} | {'95% interval':>17} | {'seconds':>8} | note")
     for st in setups:
@@ -292,7 +293,8 @@ def main() -> None:
     head = {"benchmark": "attribution_quality", "quick": a.quick,
             "per_setup": {st["setup"]: {k: st[k] for k in keys} for st in setups}}
     result = {**head, "setups": setups, "seconds": time.time() - t0, "command": " ".join(sys.argv),
-              "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+              "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+              "load_avg_1_5_15": {"start": load_before, "end": os.getloadavg()}}
     a.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps(head, default=float))
