@@ -12,7 +12,7 @@ seed, the same pool and test set for both). ``--codec`` holds the gradient selec
 that codec would (`leanml.store.codecs` round trip; LESS variants, TRAK, DsDM); its results go to
 selection_study-<suite>-<codec>.json. ``--compare-codecs DIR_A,DIR_B`` (two finished ``--out`` directories, the first
 the reference, e.g. fp32's) prints each method's accuracy under both and the seed-paired difference B - A with its
-95% interval, and saves it to selection_study-<suite>-codecs.json.
+95% interval, and saves it to selection_study-<suite>-compare-<A>-<B>.json (A, B: the directories' names).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def compare_codecs(suite: str, dirs: list[Path]) -> None:
         def f(c: dict) -> str:
             return f"{c['mean']:.3f}" + ("" if c["ci95"] is None else f" ± {c['ci95']:.3f}") + f" (n={c['seeds']})"
         print(f"{b:>6g} | {m:>14} | {f(cell['a']):>22} | {f(cell['b']):>22} | {f(cell['b_minus_a']):>24}")
-    name = f"selection_study-{suite}-codecs.json"
+    name = f"selection_study-{suite}-compare-{names[0]}-{names[1]}.json"
     atomic_write_text(Path(__file__).parent / "results" / name, json.dumps(out, indent=1))
     print(json.dumps(out))
 
