@@ -18,18 +18,25 @@ Setups (real data from LEANML_DATA):
 Attributed model: one training run of the setup's Learner on the full training set; its epoch-end
 checkpoints are the ensemble every method uses (traker, dattri and leanml see the same weights).
 
-leanml TRAK (`leanml.select.TrakSelector.attributions`), defaults documented in docs/grads.md:
-projected gradients (dense Rademacher JL, k = 512) of the margin f = log(p/(1-p)); per checkpoint,
-the kernel inverse ``(Phi^T Phi + lambda I)^-1`` with lambda = 1e-3 x mean diagonal; averaged over
-checkpoints; times TRAK's Q = mean over checkpoints of 1 - p. LESS-style cosine (reference):
+leanml TRAK (`leanml.select.TrakSelector.attributions`) with the library defaults, unchanged
+(`leanml.grads.defaults`, docs/store.md "Defaults"): gradients of the margin f = log(p/(1-p)),
+projected to k = 1024 by the "auto" rule (factorized on Linear-only models, so digits' 650-parameter
+logistic regression keeps its exact gradient; dense Rademacher JL for the CNN); per checkpoint, the
+kernel inverse ``(Phi^T Phi + lambda I)^-1`` with lambda = 0.1 x mean eigenvalue (kronfluence's
+heuristic damping, fixed in advance, not tuned here); averaged over checkpoints; times TRAK's
+Q = mean over checkpoints of 1 - p. That row is the headline ``lds_leanml``. For reference only, the
+damping sensitivity is measured on disjoint validation examples (never the test examples) and the
+test LDS at the validation-best damping is a second row. LESS-style cosine (reference):
 `leanml.select.targeted.less_scores` per held-out example (lr-weighted cosine of Adam-preconditioned
-training gradients and SGD held-out gradients, summed over checkpoints).
+training gradients and SGD held-out gradients, summed over checkpoints). The peers project to the same
+k = 1024 and to k = 512 (their own projectors; each is a row; at k >= N their undamped kernels are
+singular, so k = 512 is the fair setting for them on these sizes), and the best row of each is used.
 
     python benchmarks/attribution_quality.py [--quick] [--subsets 50] [--setups digits-logreg,cifar10-cnn]
 
 Run it with the peers installed (``pip install -e .[peers-attr]``); a missing peer becomes a row
-saying so. Headline (last line): per setup ``lds_leanml``, ``lds_traker``, ``lds_best_peer`` (the best
-of traker and dattri's attributors) with their 95% intervals.
+saying so. Headline (last line): per setup ``lds_leanml`` (library defaults), ``lds_traker``,
+``lds_best_peer`` (the best of traker and dattri's attributors) with their 95% intervals.
 """
 
 from __future__ import annotations
@@ -50,12 +57,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import attribution_peers as peers  # noqa: E402
+from leanml.grads.defaults import PROJECTION_DIM  # noqa: E402
 from leanml.grads.lds import lds, retrain_outputs, subset_masks  # noqa: E402
 from leanml.io import atomic_write, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "attribution_quality.json"
-DIM = 512
-RIDGES = (1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0)  # TRAK damping grid, relative to the kernel's mean diagonal
+PEER_DIMS = (512, PROJECTION_DIM)  # the peers project to leanml's k and to 512 (< N: their undamped kernel inverts)
+RIDGES = (1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0, 10.0)  # damping sensitivity grid (reference), x the mean eigenvalue
 
 
 @dataclass
@@ -74,11 +82,11 @@ class Setup:
 def build_setup(name: str, quick: bool, n_test: int) -> Setup:
     from leanml.data import load
     from leanml.models import build_cnn, build_mlp
-    from leanml.select.learner import TorchClassifier, TrainConfig
+    from leanml.select.learner import TorchClassifierLearner, TrainConfig
 
     if name == "digits-logreg":
         tr, te = load("digits", "train"), load("digits", "test")
-        lr = TorchClassifier(lambda s: build_mlp(64, 10, hidden=(), seed=0), 10,
+        lr = TorchClassifierLearner(lambda s: build_mlp(64, 10, hidden=(), seed=0), 10,
                              TrainConfig(epochs=8, batch_size=64, lr=0.05))
         return Setup(name, lr, tr.X, tr.y, te.X[:n_test], te.y[:n_test], te.X[n_test : 2 * n_test],
                      te.y[n_test : 2 * n_test], "logistic regression 64->10, Adam lr 0.05, 8 epochs, batch 64")
@@ -90,7 +98,7 @@ def build_setup(name: str, quick: bool, n_test: int) -> Setup:
         ite = rng.choice(len(te), 2 * n_test, replace=False)
         ite, iva = np.sort(ite[:n_test]), np.sort(ite[n_test:])
         epochs = 3 if quick else 8
-        lr = TorchClassifier(lambda s: build_cnn(10, 3, width=8, seed=0), 10,
+        lr = TorchClassifierLearner(lambda s: build_cnn(10, 3, width=8, seed=0), 10,
                              TrainConfig(epochs=epochs, batch_size=64, lr=3e-3))
         return Setup(name, lr, np.asarray(tr.X[itr], np.float32), tr.y[itr], np.asarray(te.X[ite], np.float32),
                      te.y[ite], np.asarray(te.X[iva], np.float32), te.y[iva],
@@ -131,9 +139,10 @@ def ground_truth(s: Setup, masks: np.ndarray, cache: bool) -> tuple[np.ndarray, 
 
 
 def leanml_methods(s: Setup, masks: np.ndarray, val_outputs: np.ndarray
-                   ) -> tuple[dict[str, np.ndarray], dict[str, float], list[dict], list[float], dict]:
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float], list[dict], list[float], dict, int]:
     """leanml's TRAK (default damping, and damping chosen on validation examples) and LESS-style cosine
-    on the setup's training run; returns the checkpoints used and the validation LDS per damping."""
+    on the setup's training run; returns the checkpoints used, the validation LDS per damping and the
+    dimension of TRAK's features."""
     from leanml.select import Pool, Target
     from leanml.select.features import MatrixFeatures
     from leanml.select.targeted import LessSelector, TrakSelector, less_scores
@@ -143,24 +152,32 @@ def leanml_methods(s: Setup, masks: np.ndarray, val_outputs: np.ndarray
     target = Target(X=s.Xte, y=s.yte)
     out, secs = {}, {}
     t0 = time.perf_counter()
-    trak = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, dim=DIM)
-    out[f"leanml TRAK (ridge {trak.ridge:g}, default)"] = trak.attributions(pool, target, target_output="margin")
-    secs[f"leanml TRAK (ridge {trak.ridge:g}, default)"] = time.perf_counter() - t0
+    trak = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs)  # library defaults
+    name = f"leanml TRAK (ridge {trak.ridge:g}, library defaults)"
+    out[name] = trak.attributions(pool, target, target_output="margin")
+    secs[name] = time.perf_counter() - t0
     # the damping chosen by LDS on the disjoint validation examples (never on the test examples)
     t0 = time.perf_counter()
     val = Target(X=s.Xval, y=s.yval)
     val_lds = {}
     for r in RIDGES:
-        Av = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, dim=DIM, ridge=r).attributions(
+        Av = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, ridge=r).attributions(
             pool, val, target_output="margin")
         val_lds[r] = lds(Av, masks, val_outputs).mean
     best = max(val_lds, key=val_lds.get)
-    name = f"leanml TRAK (ridge {best:g}, chosen on validation)"
-    out[name] = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, dim=DIM, ridge=best).attributions(
-        pool, target, target_output="margin")
-    secs[name] = time.perf_counter() - t0
+    secs_val = time.perf_counter() - t0
     t0 = time.perf_counter()
-    less = LessSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, dim=DIM)
+    heur = "leanml TRAK (ridge 0.1, kronfluence's heuristic; reference)"
+    out[heur] = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, ridge=0.1).attributions(
+        pool, target, target_output="margin")
+    secs[heur] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    name = f"leanml TRAK (ridge {best:g}, best on validation; reference)"
+    out[name] = TrakSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs, ridge=best).attributions(
+        pool, target, target_output="margin")
+    secs[name] = time.perf_counter() - t0 + secs_val
+    t0 = time.perf_counter()
+    less = LessSelector(seed=0, warmup_fraction=1.0, warmup_epochs=epochs)
     pf = less.pool_features(pool, kind="adam", output="loss")
     tf = less.target_features(pool, target, output="loss")
     rows = [less_scores(pf, MatrixFeatures([tf.rows(c)[t : t + 1] for c in range(tf.n_checkpoints)],
@@ -171,18 +188,20 @@ def leanml_methods(s: Setup, masks: np.ndarray, val_outputs: np.ndarray
     if len(warm) != 1:
         raise RuntimeError("attribution_quality: expected the selectors to share one warm-up run")
     cks = warm[0]["checkpoints"]
-    return out, secs, [c.model_state for c in cks], [c.lr for c in cks], val_lds
+    dim = trak.trak_pool_features(pool).rows(0).shape[1]
+    return out, secs, [c.model_state for c in cks], [c.lr for c in cks], val_lds, dim
 
 
 def peer_methods(s: Setup, ckpts: list[dict], lrs: list[float]) -> tuple[dict, dict, dict]:
     factory = lambda: s.learner.new_model(0)  # noqa: E731
     args = (factory, ckpts, s.Xtr, s.ytr, s.Xte, s.yte)
-    runs: dict[str, Callable[[], Any]] = {
-        "traker TRAKer": lambda: peers.traker_trak(*args, DIM),
-        "dattri TRAK": lambda: peers.dattri_trak(*args, DIM),
-        "dattri TracIn": lambda: peers.dattri_tracin(factory, ckpts, lrs, s.Xtr, s.ytr, s.Xte, s.yte, DIM),
-        "dattri IF": lambda: peers.dattri_if(*args),
-    }
+    runs: dict[str, Callable[[], Any]] = {}
+    for k in PEER_DIMS:
+        runs[f"traker TRAKer (k {k})"] = lambda k=k: peers.traker_trak(*args, k)
+        runs[f"dattri TRAK (k {k})"] = lambda k=k: peers.dattri_trak(*args, k)
+        runs[f"dattri TracIn (k {k})"] = lambda k=k: peers.dattri_tracin(factory, ckpts, lrs, s.Xtr, s.ytr, s.Xte,
+                                                                          s.yte, k)
+    runs["dattri IF"] = lambda: peers.dattri_if(*args)
     out, secs, notes = {}, {}, {}
     for name, fn in runs.items():
         t0 = time.perf_counter()
@@ -213,7 +232,7 @@ def run_setup(name: str, a: argparse.Namespace) -> dict[str, Any]:
     masks = subset_masks(len(s.Xtr), a.subsets, 0.5, seed=0)
     both, cached, gt_secs = ground_truth(s, masks, not a.no_cache)
     outputs, val_outputs = both[:, : len(s.Xte)], both[:, len(s.Xte) :]
-    attrs, secs, cks, lrs, val_lds = leanml_methods(s, masks, val_outputs)
+    attrs, secs, cks, lrs, val_lds, feature_dim = leanml_methods(s, masks, val_outputs)
     p_attrs, p_secs, notes = peer_methods(s, cks, lrs)
     attrs.update(p_attrs)
     secs.update(p_secs)
@@ -226,19 +245,20 @@ def run_setup(name: str, a: argparse.Namespace) -> dict[str, Any]:
         rows.append({"method": m, **r.as_dict(), "seconds": secs[m], "note": notes.get(m, "")})
     rows += [{"method": m, "lds": None, "ci95": None, "seconds": None, "note": n} for m, n in notes.items()
              if m not in attrs]
-    by = {r["method"]: r for r in rows}
-    ours = next(r for r in rows if "chosen on validation" in r["method"])
-    default = next(r for r in rows if r["method"].endswith("default)"))
+    ours = next(r for r in rows if r["method"].endswith("defaults)"))
+    tuned = next(r for r in rows if "best on validation" in r["method"])
     peer_rows = [r for r in rows if r["lds"] is not None and not r["method"].startswith("leanml")]
     best = max(peer_rows, key=lambda r: r["lds"]) if peer_rows else None
+    trakers = [r for r in peer_rows if r["method"].startswith("traker")]
+    traker = max(trakers, key=lambda r: r["lds"]) if trakers else {}
     return {"setup": name, "description": s.desc, "n_train": len(s.Xtr), "n_test": len(s.Xte),
-            "n_subsets": a.subsets, "n_checkpoints": len(cks), "proj_dim": DIM,
+            "n_subsets": a.subsets, "n_checkpoints": len(cks), "peer_proj_dims": list(PEER_DIMS),
             "ground_truth_cached": cached, "ground_truth_seconds": gt_secs, "rows": rows,
             "lds_leanml": ours["lds"], "lds_leanml_ci95": ours["ci95"], "leanml_method": ours["method"],
-            "lds_leanml_default_ridge": default["lds"],
+            "lds_leanml_validation_ridge": tuned["lds"], "leanml_feature_dim": feature_dim,
             "validation_lds_by_ridge": {str(k): v for k, v in val_lds.items()},
-            "lds_traker": by.get("traker TRAKer", {}).get("lds"),
-            "lds_traker_ci95": by.get("traker TRAKer", {}).get("ci95"),
+            "lds_traker": traker.get("lds"), "lds_traker_ci95": traker.get("ci95"),
+            "traker_method": traker.get("method"),
             "lds_best_peer": None if best is None else best["lds"],
             "lds_best_peer_ci95": None if best is None else best["ci95"],
             "best_peer": None if best is None else best["method"],
@@ -259,6 +279,7 @@ def main() -> None:
     if a.subsets < 2 or a.n_test < 2:
         raise SystemExit("--subsets and --n-test must be >= 2")
     t0 = time.time()
+    load_before = os.getloadavg()
     setups = [run_setup(n, a) for n in a.setups.split(",")]
     print(f"{'setup':>14} | {'method':>46} | {'LDS':>7} | {'95% interval':>17} | {'seconds':>8} | note")
     for st in setups:
@@ -267,12 +288,13 @@ def main() -> None:
             lv = "n/a" if r["lds"] is None else f"{r['lds']:.3f}"
             sec = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
             print(f"{st['setup']:>14} | {r['method']:>46} | {lv:>7} | {ci:>17} | {sec:>8} | {r['note']}")
-    keys = ("lds_leanml", "lds_leanml_ci95", "leanml_method", "lds_leanml_default_ridge", "lds_traker",
-            "lds_traker_ci95", "lds_best_peer", "lds_best_peer_ci95", "best_peer")
+    keys = ("lds_leanml", "lds_leanml_ci95", "leanml_method", "lds_leanml_validation_ridge", "lds_traker",
+            "lds_traker_ci95", "traker_method", "lds_best_peer", "lds_best_peer_ci95", "best_peer")
     head = {"benchmark": "attribution_quality", "quick": a.quick,
             "per_setup": {st["setup"]: {k: st[k] for k in keys} for st in setups}}
     result = {**head, "setups": setups, "seconds": time.time() - t0, "command": " ".join(sys.argv),
-              "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+              "torch_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+              "load_avg_1_5_15": {"start": load_before, "end": os.getloadavg()}}
     a.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps(head, default=float))

@@ -16,6 +16,14 @@ Where a dense projection is too large to generate within the run (``D*k`` number
 projection time is measured at a smaller k' and scaled by k/k' (rows marked ``extrapolated``).
 
     python benchmarks/grads_throughput.py [--quick] [--device cuda] [--random-init] [--models minilm,smollm2]
+    python benchmarks/grads_throughput.py --only configs --models minilm --ranks 128   # one part of the full run
+    python benchmarks/grads_throughput.py --only peers                                 # another part
+
+The full run (k = 8192) can be split into parts, each short enough for one benchmark slot: ``--only``
+(configs | peers) with ``--models``/``--ranks`` picks a part; each part's rows are kept in
+results/grads_throughput_parts/ (one file per configuration, and one for the peers), and every full-mode
+run rewrites results/grads_throughput.json from all parts present (``parts`` lists them with when each ran,
+``missing`` what the full run has that no part holds yet).
 
 Peers: ``pip install --no-deps --ignore-requires-python logix-ai bergson kronfluence`` then the
 ``peers-grads`` extra (see pyproject.toml); a peer that does not import becomes a row saying why.
@@ -42,6 +50,8 @@ from leanml.grads import CausalLMLoss, ClassificationLoss, GradientComputer
 from leanml.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "grads_throughput.json"
+PARTS = Path(__file__).parent / "results" / "grads_throughput_parts"
+FULL_CONFIGS = [(m, r, 8192) for m in ("minilm", "smollm2") for r in (128, 8)]
 GEN_BUDGET = {"cpu": 3e9, "cuda": 1e12}  # random numbers a dense projection may generate per call in this run
 
 
@@ -327,6 +337,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--less-n", type=int, default=None, help="examples for the batch-1 LESS-style loop")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where to write the JSON result")
+    ap.add_argument("--only", choices=("all", "configs", "peers"), default="all",
+                    help="full mode: run only the LoRA configurations or only the peer comparison (a part)")
+    ap.add_argument("--ranks", default="128,8", help="LoRA ranks of the configurations (full mode)")
     ap.add_argument("--gen-budget", type=float, default=None,
                     help="random numbers a dense projection may generate per call before k is scaled down")
     a = ap.parse_args()
@@ -336,7 +349,9 @@ def main() -> None:
         configs = [("minilm", 8, 512)]
         n, bs, less_n = a.n or 32, a.batch_size or 16, 4
     else:
-        configs = [(m, r, 8192) for m in a.models.split(",") for r in (128, 8)]
+        configs = [(m, int(r), 8192) for m in a.models.split(",") for r in a.ranks.split(",")]
+        if a.only == "peers":
+            configs = []
         n = a.n or (512 if dev.startswith("cuda") else 64)
         bs = a.batch_size or (256 if dev.startswith("cuda") else 32)
         less_n = 64 if dev.startswith("cuda") else 3
@@ -350,11 +365,22 @@ def main() -> None:
         new = run_config(model_name, rank, k, n, bs, less_n, dev, random_init)
         rows += new
         print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s", file=sys.stderr)
-    t0 = time.time()
-    peer_n = a.n or (48 if a.quick else 256)  # enough timed batches for the interleaved comparison
-    peer_rows = peers_config(peer_n, bs, dev, ekfac_batches=1 if a.quick else 4)
-    rows += peer_rows
-    print(f"# peers (MiniLM q/k/v/o LoGra): {time.time() - t0:.0f} s", file=sys.stderr)
+        if not a.quick:
+            save_part(f"{model_name}-r{rank}-k{k}", new, dev, random_init)
+    if a.quick or a.only != "configs":
+        t0 = time.time()
+        peer_n = a.n or (48 if a.quick else 256)  # enough timed batches for the interleaved comparison
+        peer_rows = peers_config(peer_n, bs, dev, ekfac_batches=1 if a.quick else 4)
+        rows += peer_rows
+        print(f"# peers (MiniLM q/k/v/o LoGra): {time.time() - t0:.0f} s", file=sys.stderr)
+        if not a.quick:
+            save_part("peers", peer_rows, dev, random_init)
+    parts: dict[str, Any] = {}
+    if not a.quick:  # the full run's JSON is assembled from every part measured so far
+        parts = load_parts(dev, random_init)
+        rows = [r for p in parts.values() for r in p["rows"]]
+        configs = [c for c in FULL_CONFIGS if f"{c[0]}-r{c[1]}-k{c[2]}" in parts]
+    peer_rows = [r for r in rows if r.get("rank") == "qkvo-r32"]
     hdr = ["model", "rank", "k", "method", "ex_per_s", "peak_mib", "extrapolated"]
     print(" | ".join(f"{h:>38}" if h == "method" else f"{h:>10}" for h in hdr) + " | note")
     for r in rows:
@@ -373,7 +399,8 @@ def main() -> None:
                 "best_peer": None if best_peer is None else best_peer["method"],
                 "best_peer_floor_ratio": None if best_peer is None else fl / best_peer["ex_per_s"] - 1,
                 "overhead_vs_floor": fl / ours - 1, "leanml_ex_per_s": ours}
-    head = ratios([r for r in peer_rows if "EK" not in r["method"]], ("LogIX", "bergson"), "leanml factorized")
+    head = (ratios([r for r in peer_rows if "EK" not in r["method"]], ("LogIX", "bergson"), "leanml factorized")
+            if peer_rows else {"speedup_vs_best_peer": None, "best_peer": None, "overhead_vs_floor": None})
     ek = {r["method"].split()[0]: r for r in peer_rows if "EK" in r["method"] and r["ex_per_s"]}
     head["ekfac_speedup_vs_kronfluence"] = (ek["leanml"]["ex_per_s"] / ek["kronfluence"]["ex_per_s"]
                                             if {"leanml", "kronfluence"} <= set(ek) else None)
@@ -390,7 +417,10 @@ def main() -> None:
         "benchmark": "grads_throughput", "quick": a.quick,
         "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
         "headline_config": {"model": "minilm", "layers": "q/k/v/o base weights", "features": "LoGra 32x32 per layer",
-                            "k": peer_rows[0]["k"]},
+                            "k": peer_rows[0]["k"] if peer_rows else None},
+        "parts": {k: {"ran_at": v["ran_at"], "load": v["load"], "command": v["command"]} for k, v in parts.items()},
+        "missing": [] if a.quick else ([f"{m}-r{r}-k{k}" for m, r, k in FULL_CONFIGS if f"{m}-r{r}-k{k}" not in parts]
+                                       + ([] if "peers" in parts else ["peers"])),
         **head, "per_config": per_config,
         "rows": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "torch": torch.__version__, "threads": torch.get_num_threads()},
@@ -401,7 +431,24 @@ def main() -> None:
     atomic_write_text(a.results, json.dumps(result, indent=1, default=float) + "\n")
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_best_peer", "best_peer",
                                              "overhead_vs_floor", "ekfac_speedup_vs_kronfluence",
-                                             "headline_config", "per_config")}, default=float))
+                                             "headline_config", "per_config", "missing")}, default=float))
+
+
+def _part_path(name: str, dev: str, random_init: bool) -> Path:
+    return PARTS / f"{name}-{dev.split(':')[0]}{'-random' if random_init else ''}.json"
+
+
+def save_part(name: str, rows: list[dict], dev: str, random_init: bool) -> None:
+    """Keep one part of the full run (its rows, when it ran and under what load), atomically."""
+    PARTS.mkdir(parents=True, exist_ok=True)
+    part = {"name": name, "rows": rows, "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load": os.getloadavg(), "command": " ".join(sys.argv)}
+    atomic_write_text(_part_path(name, dev, random_init), json.dumps(part, default=float) + "\n")
+
+
+def load_parts(dev: str, random_init: bool) -> dict[str, Any]:
+    names = [f"{m}-r{r}-k{k}" for m, r, k in FULL_CONFIGS] + ["peers"]
+    return {n: json.loads(p.read_text()) for n in names if (p := _part_path(n, dev, random_init)).exists()}
 
 
 if __name__ == "__main__":

@@ -97,3 +97,25 @@ def test_sparse_projector_is_seeded_unbiased_and_sparse():
         SparseProjector(10, 4, nnz=5)
     with pytest.raises(ValueError, match="expected"):
         a.project(torch.zeros(2, D + 1))
+
+
+def test_auto_projector_rule_is_the_one_default():
+    """``projector="auto"`` (the default everywhere): factorized for Linear-only sgd features, dense when any
+    side needs the full gradient (adam/sign, or SGD targets paired with an Adam pool) or a layer is not Linear."""
+    from leanml.grads import ClassificationLoss, GradientComputer, defaults
+    from leanml.grads.gradtypes import AdamState
+    from leanml.models import build_cnn, build_mlp
+
+    mlp = build_mlp(8, 3, hidden=(6,), seed=0)
+    gc = GradientComputer(mlp, ClassificationLoss())
+    assert isinstance(gc.projector, FactorizedProjector)
+    assert gc.dim == 8 * 6 + 6 + 6 * 3 + 3 < defaults.PROJECTION_DIM  # narrow layers: exact coordinates
+    assert isinstance(GradientComputer(mlp, ClassificationLoss(), pair_grad_type="adam").projector, DenseProjector)
+    assert isinstance(GradientComputer(mlp, ClassificationLoss(), grad_type="sign").projector, DenseProjector)
+    adam = AdamState({n: torch.zeros(p.numel()) for n, p in mlp.named_parameters()},
+                     {n: torch.ones(p.numel()) for n, p in mlp.named_parameters()})
+    assert isinstance(GradientComputer(mlp, ClassificationLoss(), grad_type="adam", adam_state=adam).projector,
+                      DenseProjector)
+    assert isinstance(GradientComputer(build_cnn(width=4), ClassificationLoss()).projector, DenseProjector)
+    with pytest.raises(ValueError, match="projector must be one of"):
+        defaults.resolve_projector("sparse", linear_only=True, grad_types=["sgd"])

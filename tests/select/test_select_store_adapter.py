@@ -14,7 +14,7 @@ def test_less_from_store_matches_in_memory_and_second_task_reuses_pool_rows(tmp_
     pool = digits_pool(epochs=3)
     less = get_selector("less", seed=0, warmup_fraction=0.1, warmup_epochs=2, dim=64)
     w = less._warm(pool)
-    fz = Featurizer(pool.learner, dim=64, seed=0)
+    fz = Featurizer(pool.learner, dim=64, seed=0, pair_grad_type="adam")  # LESS: SGD targets paired with an Adam pool
     pf = fz.features(w["model"], w["checkpoints"], pool.X, pool.y, kind="adam")
     tX, ty = pool.holdout.X[:12], pool.holdout.y[:12]
     tf = fz.features(w["model"], w["checkpoints"], tX, ty, kind="sgd")

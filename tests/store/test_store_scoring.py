@@ -184,3 +184,60 @@ def test_store_select_runs_every_less_variant(feats, store):
     assert len(st.select("t", 0.1, method="less-zmax")[0]) == 40
     with pytest.raises(ValueError, match="method must be one of"):
         st.select("t", 30, method="trak")
+
+
+def test_default_path_selector_equals_store_extraction(tmp_path):
+    """The default path end to end: each selector computes its own features with the library defaults
+    (`leanml.grads.defaults`: k, the "auto" projector, seed), and the store is filled by its own extraction
+    recipe (`ExtractSpec` with the same defaults) from the selector's warm-up checkpoints; the store's scores
+    equal the selector's within 1e-5 for less, less-balanced, trak and dsdm (TRAK/DsDM relative to the largest)."""
+    import torch
+
+    from leanml.data import load
+    from leanml.grads import defaults
+    from leanml.grads.recipes import ExtractSpec
+    from leanml.models import build_mlp
+    from leanml.select.learner import TorchClassifierLearner, TrainConfig
+    from leanml.store.extract import extract
+
+    n, t, hidden = 240, 30, (16,)
+    tr, te = load("digits", "train"), load("digits", "test")
+    learner = TorchClassifierLearner(lambda s: build_mlp(64, 10, hidden=hidden, seed=0), 10,
+                                     TrainConfig(epochs=2, batch_size=64, lr=0.01))
+    pool = Pool(tr.X[:n], tr.y[:n], learner=learner, ids=np.asarray(tr.ids[:n]))
+    target = Target(X=te.X[:t], y=te.y[:t], tasks=te.y[:t])
+    warm = dict(warmup_fraction=0.5, warmup_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scoring.MissingQWarning)
+        sel = {m: get_selector(m, **warm) for m in ("less", "less-balanced", "trak", "dsdm")}
+        picks = {m: s.select(pool, 25, target=target) for m, s in sel.items()}
+    (cks,) = [v["checkpoints"] for v in pool.cache.values() if isinstance(v, dict) and "checkpoints" in v]
+    paths = []
+    for i, ck in enumerate(cks):
+        paths.append(str(tmp_path / f"ck{i}.pt"))
+        torch.save({"model": ck.model_state, "optimizer": ck.optimizer_state}, paths[-1])
+    base = dict(dataset="digits", model="mlp", hidden=hidden, checkpoints=paths, weights=[c.lr for c in cks])
+
+    def store_of(name, **kw):
+        spec = ExtractSpec(**base, **kw)
+        assert (spec.projector, spec.dim) == (defaults.PROJECTOR, defaults.PROJECTION_DIM)
+        return extract(spec, tmp_path / name)
+
+    def rows(st):
+        return [st.features(c)[1] for c in st.checkpoint_names()]
+    # TRAK / DsDM: margin-gradient pool store (factorized by the auto rule) with its 1 - p
+    pool_m = store_of("pool-margin", limit=n, output="margin")
+    assert pool_m.manifest.spec["projection"]["type"] == "factorized" and pool_m.has_one_minus_p()
+    _, a = trak_scores(pool_m, rows(store_of("t-margin", split="test", limit=t, output="margin")))
+    scale = np.abs(a.mean(1)).max()
+    np.testing.assert_allclose(picks["trak"].scores / scale, a.mean(1) / scale, rtol=0, atol=1e-5)
+    _, d = dsdm_scores(pool_m, rows(store_of("t-loss", split="test", limit=t)))
+    np.testing.assert_allclose(picks["dsdm"].scores / np.abs(d).max(), d / np.abs(d).max(), rtol=0, atol=1e-5)
+    # LESS: Adam pool store (dense by the auto rule), SGD targets paired with it
+    pool_a = store_of("pool-adam", limit=n, grad_type="adam")
+    assert pool_a.manifest.spec["projection"]["type"] == "dense"
+    tgt = rows(store_of("t-sgd", split="test", limit=t, pair_grad_type="adam"))
+    _, s = less_scores(pool_a, tgt, te.y[:t])
+    np.testing.assert_allclose(picks["less"].scores, s, rtol=0, atol=1e-5)
+    ids_b, _ = less_balanced(pool_a, tgt, te.y[:t], 25)
+    np.testing.assert_array_equal(np.asarray(tr.ids[:n])[picks["less-balanced"].indices], ids_b)

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from leanml.grads import defaults
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -20,13 +22,17 @@ def extract_cmd(
     model: str = typer.Option("mlp", help="mlp | cnn | minilm-lora | smollm2-lora | smollm2-random-lora."),
     params: str = typer.Option("trainable",
                                 help="Parameter subset: trainable | lora | all | comma-separated module names."),
-    projector: str = typer.Option("factorized",
-                                   help="factorized (LoGra-style, Linear layers) | dense (JL over the full gradient)."),
-    dim: int = typer.Option(1024,
+    projector: str = typer.Option(defaults.PROJECTOR,
+                                   help="auto (factorized where every parameter is a Linear layer's and the grad type "
+                                        "is sgd, else dense) | factorized (LoGra-style) | dense (JL over the full "
+                                        "gradient)."),
+    dim: int = typer.Option(defaults.PROJECTION_DIM,
                              help="Feature dimension k (lower only if the factorized layers have fewer features)."),
-    kind: str = typer.Option("rademacher", help="Random matrix entries: rademacher | gaussian."),
-    seed: int = typer.Option(0, help="Projection (and model init) seed."),
+    kind: str = typer.Option(defaults.PROJECTION_KIND, help="Random matrix entries: rademacher | gaussian."),
+    seed: int = typer.Option(defaults.PROJECTION_SEED, help="Projection (and model init) seed."),
     grad_type: str = typer.Option("sgd", help="sgd | sign | adam (adam needs checkpoints with optimizer state)."),
+    output: str = typer.Option("loss", help="Differentiate the loss, or TRAK's margin log(p/(1-p)) (classifiers; "
+                                            "use margin for a store TRAK/DsDM will score)."),
     batch_size: int = typer.Option(32, help="Examples per batch (one shard per batch)."),
     limit: int = typer.Option(None, help="Use only the first N examples of the split."),
     lora_rank: int = typer.Option(8, help="LoRA rank for the transformer models."),
@@ -48,7 +54,7 @@ def extract_cmd(
     err = Console(stderr=True)
     try:
         spec = ExtractSpec(dataset=dataset, split=split, model=model, params=params,
-                           projector=projector, dim=dim, kind=kind, seed=seed, grad_type=grad_type,
+                           projector=projector, dim=dim, kind=kind, seed=seed, grad_type=grad_type, output=output,
                            batch_size=batch_size, limit=limit, lora_rank=lora_rank, max_len=max_len,
                            checkpoints=[str(c) for c in checkpoint], weights=list(weight))
         if warmup_epochs and not checkpoint:

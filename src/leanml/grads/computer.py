@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from leanml.grads import defaults
 from leanml.grads.factorized import FactorizedProjector, linear_layer_dims
 from leanml.grads.gradtypes import AdamState, check_grad_type, transform
 from leanml.grads.losses import Batch, LossAdapter, batch_size, to_device
@@ -85,8 +86,12 @@ class GradientComputer:
         model: any ``nn.Module`` (MLP/CNN from ``leanml.models``, peft-wrapped transformers).
         loss: a `LossAdapter` (``ClassificationLoss``, ``CausalLMLoss``).
         params: ``"trainable"``, ``"lora"``, ``"all"`` or module names (see ``select_params``).
-        projector: ``"dense"``, ``"factorized"`` or a ready `Projector` instance.
-        dim: output dimension k. kind: "rademacher" or "gaussian". seed: projection seed.
+        projector: ``"auto"`` (default: factorized where it applies, see `leanml.grads.defaults`),
+            ``"dense"``, ``"factorized"`` or a ready `Projector` instance.
+        dim: output dimension k (default ``defaults.PROJECTION_DIM``). kind: "rademacher" or "gaussian".
+            seed: projection seed.
+        pair_grad_type: the gradient type of the features these will be scored against, when it differs
+            (LESS: SGD targets against an Adam pool); ``"auto"`` then picks dense for both.
         grad_type: "sgd", "sign" or "adam" (LESS); "adam" needs ``adam_state``. The factorized
             projector supports "sgd" only (sign/adam are elementwise on the full gradient it never forms).
         backend: "auto" (hooks when all parameters are Linear weights/biases, else vmap), "hooks", "vmap".
@@ -96,10 +101,11 @@ class GradientComputer:
     """
 
     def __init__(self, model: nn.Module, loss: LossAdapter, *, params: str | Sequence[str] = "trainable",
-                 projector: str | Projector = "dense", dim: int = 8192, kind: str = "rademacher", seed: int = 0,
+                 projector: str | Projector = defaults.PROJECTOR, dim: int = defaults.PROJECTION_DIM,
+                 kind: str = defaults.PROJECTION_KIND, seed: int = defaults.PROJECTION_SEED,
                  grad_type: str = "sgd", adam_state: AdamState | None = None, backend: str = "auto",
                  chunk_size: int | None = None, device: str | torch.device | None = None,
-                 dense_cache_bytes: int = 0) -> None:
+                 dense_cache_bytes: int = 0, pair_grad_type: str | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"GradientComputer: backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(loss, LossAdapter):
@@ -119,6 +125,9 @@ class GradientComputer:
                              "weight or bias; use backend='vmap' for other layers")
         self.backend, self.chunk_size = backend, chunk_size
         self.grad_dim = sum(p.numel() for p in self.params)
+        if isinstance(projector, str) and projector in defaults.PROJECTORS:
+            projector = defaults.resolve_projector(projector, linear_only=self.linear is not None,
+                                                   grad_types=[grad_type, pair_grad_type or grad_type])
         if isinstance(projector, Projector):
             self.projector = projector
         elif projector == "dense":
@@ -129,7 +138,7 @@ class GradientComputer:
                                  "(LoRA A/B, MLP layers); use projector='dense' for this parameter subset")
             self.projector = FactorizedProjector(linear_layer_dims(self.linear), dim, kind=kind, seed=seed)
         else:
-            raise ValueError("GradientComputer: projector must be 'dense', 'factorized' or a Projector, "
+            raise ValueError("GradientComputer: projector must be 'auto', 'dense', 'factorized' or a Projector, "
                              f"got {projector!r}")
         if isinstance(self.projector, FactorizedProjector) and grad_type != "sgd":
             raise ValueError(f"GradientComputer: grad_type={grad_type!r} needs the full per-example gradient; "

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 import torch
 
 from leanml.grads.computer import GradientComputer
+from leanml.grads.defaults import EKFAC_DAMPING
 from leanml.grads.factorized import FactorizedProjector
 from leanml.grads.losses import Batch
 
@@ -41,10 +42,11 @@ class EKFAC:
 
     Args:
         computer: the feature extractor; its model, loss and projection define the features.
-        damping: λ relative to each layer's mean corrected eigenvalue (default 0.1).
+        damping: λ relative to each layer's mean corrected eigenvalue (default ``defaults.EKFAC_DAMPING``
+            = 0.1, kronfluence's heuristic).
     """
 
-    def __init__(self, computer: GradientComputer, damping: float = 0.1) -> None:
+    def __init__(self, computer: GradientComputer, damping: float = EKFAC_DAMPING) -> None:
         if not isinstance(computer.projector, FactorizedProjector):
             raise ValueError("EKFAC: the GradientComputer must use projector='factorized' "
                              "(EK-FAC factors are per linear layer)")

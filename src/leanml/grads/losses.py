@@ -47,6 +47,21 @@ class ClassificationLoss(LossAdapter):
         logits = out.logits if hasattr(out, "logits") else out
         return F.cross_entropy(logits, batch["y"], reduction="none")
 
+    def one_minus_p(self, call: Callable[..., Any], batch: Batch) -> torch.Tensor:
+        """``1 - p(label)`` per example (TRAK's Q), float64; ``p = exp(-cross-entropy)``."""
+        return (1.0 - torch.exp(-ClassificationLoss.loss(self, call, batch).double())).clamp(0.0, 1.0)
+
+
+class MarginLoss(ClassificationLoss):
+    """TRAK's model output for classifiers, f = log(p / (1 - p)) of the labelled class, per example.
+
+    `leanml.grads` differentiates what ``loss`` returns, so this yields gradients of the margin (the
+    cross-entropy is ``log(1 + exp(-f))``, so its gradient is ``-(1 - p)`` times this one)."""
+
+    def loss(self, call: Callable[..., Any], batch: Batch) -> torch.Tensor:
+        lp = -super().loss(call, batch)  # log p of the label
+        return lp - torch.log1p(-torch.exp(lp).clamp(max=1 - 1e-7))
+
 
 class CausalLMLoss(LossAdapter):
     """Mean next-token cross-entropy over the completion tokens (``labels`` != -100), per example, as in LESS."""

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from leanml.grads import defaults
 from leanml.grads.computer import GradientComputer
 from leanml.grads.gradtypes import AdamState
-from leanml.grads.losses import CausalLMLoss, ClassificationLoss, LossAdapter
+from leanml.grads.losses import CausalLMLoss, ClassificationLoss, LossAdapter, MarginLoss
 
 MODELS = ("mlp", "cnn", "minilm-lora", "smollm2-lora", "smollm2-random-lora")
+OUTPUTS = ("loss", "margin")
 
 
 @dataclass
@@ -32,11 +34,13 @@ class ExtractSpec:
     split: str = "train"
     model: str = "mlp"
     params: str = "trainable"  # trainable | lora | all | comma-separated module names
-    projector: str = "factorized"
-    dim: int = 1024
-    kind: str = "rademacher"
-    seed: int = 0
+    projector: str = defaults.PROJECTOR  # auto | dense | factorized (leanml.grads.defaults.resolve_projector)
+    dim: int = defaults.PROJECTION_DIM
+    kind: str = defaults.PROJECTION_KIND
+    seed: int = defaults.PROJECTION_SEED
     grad_type: str = "sgd"
+    pair_grad_type: str | None = None  # LESS targets: "adam" (scored against an Adam pool)
+    output: str = "loss"  # what is differentiated: "loss", or TRAK's "margin" (classifiers)
     batch_size: int = 32
     limit: int | None = None
     lora_rank: int = 8
@@ -48,6 +52,9 @@ class ExtractSpec:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"ExtractSpec: model must be one of {MODELS}, got {self.model!r}")
+        if self.output not in OUTPUTS or (self.output == "margin" and self.model.startswith("smollm2")):
+            raise ValueError(f"ExtractSpec: output must be one of {OUTPUTS} ('margin' for classifiers only), "
+                             f"got {self.output!r} for model {self.model!r}")
         if self.batch_size < 1 or self.dim < 1:
             raise ValueError("ExtractSpec: batch_size and dim must be >= 1")
         if self.weights and len(self.weights) != len(self.checkpoints):
@@ -66,7 +73,9 @@ class ExtractSpec:
         return ids[: self.limit] if self.limit else ids
 
     def loss(self) -> LossAdapter:
-        return CausalLMLoss() if self.model.startswith("smollm2") else ClassificationLoss()
+        if self.model.startswith("smollm2"):
+            return CausalLMLoss()
+        return MarginLoss() if self.output == "margin" else ClassificationLoss()
 
     def batches(self, ids: Sequence[int] | None = None, tokenizer: Any = None) -> Iterator[tuple[np.ndarray, dict]]:
         """(ids, batch) in ``batch_size`` chunks of the split's canonical order, restricted to ``ids``."""
@@ -137,7 +146,7 @@ class ExtractSpec:
             params = [x.strip() for x in self.params.split(",")] if "," in self.params else self.params
             yield f"c{i}", float(w), GradientComputer(
                 model, self.loss(), params=params, projector=self.projector, dim=self.dim, kind=self.kind,
-                seed=self.seed, grad_type=self.grad_type, adam_state=adam)
+                seed=self.seed, grad_type=self.grad_type, adam_state=adam, pair_grad_type=self.pair_grad_type)
 
 
 @functools.lru_cache(maxsize=4)

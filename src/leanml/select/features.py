@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from leanml.grads import defaults
 from leanml.select.errors import SelectionError, check_finite
 
 
@@ -148,7 +149,11 @@ def checkpoints_of(fit_result: Any) -> list[WarmupCheckpoint]:
 class Featurizer:
     """Projected per-example gradients of a learner's model at given checkpoints, computed by
     `leanml.grads.GradientComputer` (batched: forward/backward hooks for Linear/LoRA layers,
-    ``torch.func`` otherwise; seeded dense JL projection; LESS's gradient types).
+    ``torch.func`` otherwise; LESS's gradient types), projected with the shared defaults of
+    `leanml.grads.defaults` (k = 1024; factorized where it applies, else a seeded dense JL map), so a
+    selector's own features equal those ``leanml grads extract`` stores from the same checkpoints.
+    ``pair_grad_type``: the gradient type of the features these are scored against (LESS: "adam" for
+    its SGD targets), which the ``"auto"`` projector rule takes into account.
 
     ``params="all"`` differentiates every trainable parameter, ``"last"`` only the last linear
     layer (CRAIG/GRAD-MATCH's approximation), ``"lora"`` the adapters, or a list of module names.
@@ -158,11 +163,13 @@ class Featurizer:
     """
 
     learner: Any
-    dim: int = 512
-    seed: int = 0
+    dim: int = defaults.PROJECTION_DIM
+    seed: int = defaults.PROJECTION_SEED
     params: str | list[str] = "all"
-    projection: str = "rademacher"
+    projection: str = defaults.PROJECTION_KIND
     chunk: int = 256
+    projector: str = defaults.PROJECTOR
+    pair_grad_type: str | None = None
 
     def features(self, model: torch.nn.Module, checkpoints: list[WarmupCheckpoint], X: Any, y: Any, *,
                  kind: str = "sgd", output: str = "loss") -> MatrixFeatures:
@@ -186,9 +193,9 @@ class Featurizer:
                     raise SelectionError("kind='adam' needs checkpoints with optimizer state")
                 adam = AdamState.from_optimizer(model, ck.optimizer_state, optimizer_param_names(model, ck))
             gc = GradientComputer(model, self.learner.loss_adapter(output), params=self._param_spec(model),
-                                  projector="dense", dim=self.dim, kind=self.projection, seed=self.seed,
+                                  projector=self.projector, dim=self.dim, kind=self.projection, seed=self.seed,
                                   grad_type=kind, adam_state=adam, chunk_size=chunk,
-                                  dense_cache_bytes=256 << 20)
+                                  dense_cache_bytes=256 << 20, pair_grad_type=self.pair_grad_type)
             fp = hashlib.sha1(f"{gc.model_fingerprint()}|{gc.projector.spec()}".encode()).hexdigest()[:16]
             parts = []
             for s in range(0, len(X), chunk):  # chunk by chunk: (N, P) gradients are never held

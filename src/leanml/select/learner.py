@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanml.grads import ClassificationLoss, LossAdapter
+from leanml.grads import ClassificationLoss
+from leanml.grads.losses import MarginLoss  # noqa: F401  (re-exported: select's name for it)
 from leanml.models import FitResult, fit, predict_logits
 
 
@@ -149,18 +150,6 @@ class TorchClassifierLearner(Learner):
         if output == "margin":
             return MarginLoss()
         raise ValueError(f"loss_adapter: output must be 'loss' or 'margin', got {output!r}")
-
-
-class MarginLoss(LossAdapter):
-    """TRAK's model output for classifiers, f = log(p / (1 - p)) of the labelled class, per example.
-
-    `leanml.grads` differentiates what ``loss`` returns, so this yields gradients of the margin."""
-
-    def loss(self, call, batch):
-        out = call(batch["x"])
-        logits = out.logits if hasattr(out, "logits") else out
-        lp = torch.log_softmax(logits, -1).gather(1, batch["y"].unsqueeze(1)).squeeze(1)
-        return lp - torch.log1p(-torch.exp(lp).clamp(max=1 - 1e-7))
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:

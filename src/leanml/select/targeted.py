@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.grads import defaults
 from leanml.meter import Meter, stage
 from leanml.select.base import Pool, ScoreSelector, Selection, SelectionError, Target, check_finite, register
 from leanml.select.features import (
@@ -33,16 +34,24 @@ class _GradientTargeted(ScoreSelector):
     pool_kind = "sgd"      # LESS gradient type of the pool's features
     pool_output = "loss"   # function differentiated for the pool (TRAK: margin)
     target_output = "loss"
+    pair_grad_type: str | None = None  # LESS: its SGD targets are scored against an Adam pool
 
     def __init__(self, *, seed: int = 0, warmup_fraction: float = 0.05, warmup_epochs: int = 4,
-                 dim: int = 512, params: str = "all") -> None:
+                 dim: int = defaults.PROJECTION_DIM, params: str = "all", codec: str | None = None) -> None:
+        """``codec``: hold the pool features the warm-up computes as a gradient store of that codec would
+        (a round trip through `leanml.store.codecs`, e.g. "int4"), to measure what compression costs
+        downstream; None keeps them float32."""
         super().__init__(seed=seed)
         if not 0 < warmup_fraction <= 1:
             raise SelectionError(f"{self.method}: warmup_fraction must be in (0, 1], got {warmup_fraction}")
         if warmup_epochs < 1 or dim < 1:
             raise SelectionError(f"{self.method}: warmup_epochs and dim must be >= 1")
-        self.warmup_fraction, self.warmup_epochs, self.dim, self.params = (
-            float(warmup_fraction), int(warmup_epochs), int(dim), params)
+        if codec is not None:
+            from leanml.store.codecs import get_codec
+
+            get_codec(codec)  # a clear error naming the codecs
+        self.warmup_fraction, self.warmup_epochs, self.dim, self.params, self.codec = (
+            float(warmup_fraction), int(warmup_epochs), int(dim), params, codec)
 
     def applicable(self, pool: Pool, target: Target | None = None) -> str | None:
         why = super().applicable(pool, target)
@@ -64,16 +73,24 @@ class _GradientTargeted(ScoreSelector):
         return pool.cache[key]
 
     def _featurizer(self, pool: Pool) -> Featurizer:
-        return Featurizer(pool.learner, dim=self.dim, seed=self.seed, params=self.params)
+        return Featurizer(pool.learner, dim=self.dim, seed=self.seed, params=self.params,
+                          pair_grad_type=self.pair_grad_type)
 
     def pool_features(self, pool: Pool, *, kind: str, output: str) -> GradientFeatures:
         if pool.features is not None and pool.features.kind == kind:
             return pool.features
-        key = ("features", kind, output, self.warmup_fraction, self.warmup_epochs, self.dim, self.params, self.seed)
+        key = ("features", kind, output, self.warmup_fraction, self.warmup_epochs, self.dim, self.params, self.seed,
+               self.pair_grad_type, self.codec)
         if key not in pool.cache:
             w = self._warm(pool)
-            pool.cache[key] = self._featurizer(pool).features(w["model"], w["checkpoints"], pool.X, pool.y,
-                                                              kind=kind, output=output)
+            f = self._featurizer(pool).features(w["model"], w["checkpoints"], pool.X, pool.y, kind=kind, output=output)
+            if self.codec is not None:
+                from leanml.store.codecs import get_codec
+
+                c = get_codec(self.codec)
+                f = MatrixFeatures([c.decode(*c.encode(m), m.shape[1]) for m in f.mats], f.weights, kind=f.kind,
+                                   fp=f.fp, q=f.q)
+            pool.cache[key] = f
         return pool.cache[key]
 
     def target_features(self, pool: Pool, target: Target, *, output: str) -> GradientFeatures:
@@ -120,6 +137,7 @@ class _LessFamily(_GradientTargeted):
     Subclasses differ only in how the per-subtask scores become a selection (``reduce``, ``subtasks``)."""
 
     pool_kind = "adam"
+    pair_grad_type = "adam"
     reduce: str = "max"
     per_subtask: bool = True  # False: the whole target is one subtask
 
@@ -188,9 +206,10 @@ class _TrakFamily(_GradientTargeted):
     Positive = including i raises z's correct-class margin (lowers its loss)."""
 
     def __init__(self, *, seed: int = 0, warmup_fraction: float = 0.5, warmup_epochs: int = 4,
-                 dim: int = 512, params: str = "all", ridge: float = scoring.RIDGE) -> None:
+                 dim: int = defaults.PROJECTION_DIM, params: str = "all", ridge: float = scoring.RIDGE,
+                 codec: str | None = None) -> None:
         super().__init__(seed=seed, warmup_fraction=warmup_fraction, warmup_epochs=warmup_epochs,
-                         dim=dim, params=params)
+                         dim=dim, params=params, codec=codec)
         self.ridge = float(ridge)
 
     def trak_pool_features(self, pool: Pool) -> GradientFeatures:

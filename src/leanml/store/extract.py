@@ -50,13 +50,14 @@ def ingest(store: GradientStore, computer: GradientComputer, batches: Iterable[t
 
 
 def one_minus_p(computer: GradientComputer, batch: dict) -> np.ndarray:
-    """``1 - p(label)`` per example under the computer's model, ``p = exp(-cross-entropy)`` (TRAK's Q)."""
+    """``1 - p(label)`` per example under the computer's model (TRAK's Q), whichever classifier output
+    (loss or margin) its features differentiate."""
     from leanml.grads.losses import to_device
 
+    assert isinstance(computer.loss_fn, ClassificationLoss)
     computer.model.eval()
     with torch.no_grad():
-        loss = computer.loss_fn.loss(computer.model, to_device(batch, computer.device))
-    return (1.0 - torch.exp(-loss.double())).clamp(0.0, 1.0).cpu().numpy()
+        return computer.loss_fn.one_minus_p(computer.model, to_device(batch, computer.device)).cpu().numpy()
 
 
 def _metadata(spec: ExtractSpec) -> dict[str, list]:

@@ -15,9 +15,10 @@ Defaults (the only place they are set; docs/store.md "Scores" lists them):
   ``"max"`` (the paper), ``"mean"``, or ``"zmax"`` (each subtask's column standardized over the pool
   before the max, an ablation).
 - TRAK: ``mean_c[phi_c(i)^T (Phi_c^T Phi_c + lambda_c I)^-1 phi_c(z)] * mean_c[1 - p_c(i)]`` (Park et
-  al., 2023, eq. 11 with the ensemble over checkpoints), ``lambda_c = RIDGE * trace(Phi_c^T Phi_c) / d``,
-  ``RIDGE = 1e-3``; ``ridge=0`` inverts exactly. The ``1 - p`` (Q) weights come with the features; when
-  they hold none, Q = 1 and a `MissingQWarning` says so.
+  al., 2023, eq. 11 with the ensemble over checkpoints), ``lambda_c = RIDGE * trace(Phi_c^T Phi_c) / d``
+  (times the kernel's mean eigenvalue), ``RIDGE = leanml.grads.defaults.DAMPING`` (its docstring gives
+  the value and the rule that fixed it); ``ridge=0`` inverts exactly. The ``1 - p`` (Q) weights come
+  with the features; when they hold none, Q = 1 and a `MissingQWarning` says so.
 - DsDM: ``-mean_z`` of TRAK's attribution to the target *loss* (targets differentiate the loss).
 - inner: ``sum_c w_c x_c . t_c``.
 """
@@ -36,8 +37,10 @@ import torch
 if TYPE_CHECKING:
     from leanml.store.view import StoreView as GradientStore  # typed by what it uses: no import of store.py
 
+from leanml.grads.defaults import DAMPING
+
 BLOCK_ROWS = 16384
-RIDGE = 1e-3
+RIDGE = DAMPING
 LESS_REDUCE = ("max", "mean", "zmax")
 
 

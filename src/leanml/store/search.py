@@ -150,14 +150,6 @@ def less_balanced(store: GradientStore, target: np.ndarray | Sequence[np.ndarray
     return ids[take], per[take]
 
 
-def trak_kernel_inverse(store: GradientStore, checkpoint: str, *, ridge: float = scoring.RIDGE,
-                        block_rows: int = scoring.BLOCK_ROWS) -> np.ndarray:
-    """``(Φᵀ Φ + λ I)^-1`` for one checkpoint's features Φ, streamed in blocks; ``λ = ridge * trace(ΦᵀΦ)/d``."""
-    c = store.checkpoint_names().index(checkpoint)
-    K = scoring.kernels(scoring.StoreBlocks(store), ridge=ridge, block_rows=block_rows, device="cpu")[c]
-    return torch.linalg.inv(K).numpy()
-
-
 def trak_scores(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], *, ridge: float = scoring.RIDGE,
                 block_rows: int = scoring.BLOCK_ROWS, device: str | None = None,
                 kernel_store: GradientStore | None = None) -> tuple[np.ndarray, np.ndarray]:
