@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 
 from leanml.hw import costmodel as cm
-from leanml.store.plan import exact_scan_time, host_device
+from leanml.store.plan import exact_scan_time
 from leanml.store.query import graph as G
 from leanml.store.query import ops
 from leanml.store.query.errors import QueryError
-from leanml.store.query.physical import IVF, choose, plan_nearest, run_nearest
+from leanml.store.query.physical import APPROX, IVF, _host, _model, choose, plan_nearest, run_nearest
 from leanml.store.query.rewrites import rewrite
 from leanml.store.query.source import QuerySource, RowView, as_source
 from leanml.store.query.steps import Step, check
@@ -192,7 +192,7 @@ class Query:
     def _step(self, s: Step, st: _State, rec: QueryOpRecord, *, dry: bool, pushdown: bool) -> None:
         a, label, src = s.args, rec.step, self.source
         D = src.manifest.dim * len(src.checkpoint_names())
-        model = cm.CostModel(host_device(self.host))
+        model = _model(_host(self.host))
         if s.kind == "where":
             if dry and not st.exact_rows:
                 rec.notes.append("rows not known before the steps above run")
@@ -288,11 +288,17 @@ class Query:
         from leanml.store.query.calibration import operator_costs
 
         cal = operator_costs(src, self.index, self.host, self.block_rows) if self.calibrate else None
-        cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
-                                    ivf=self.index, block_rows=self.block_rows, metric=metric, calibration=cal)
-        if cal:
-            rec.notes.append("predictions: measured overhead + measured scale x roofline (calibration.py)")
         forced = a.get("plan")
+        cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
+                                    ivf=self.index, block_rows=self.block_rows, metric=metric, calibration=cal,
+                                    cost_all=forced in APPROX)
+        if cal:
+            rec.notes.append("predictions: NNLS fit of each operator's work terms, measured on this source "
+                             "(calibration.py)")
+        if "ivf_recall_measured" in facts:
+            rec.notes.append(f"IVF filtered recall measured at build for this selectivity and k: "
+                             f"{facts['ivf_recall_measured']:.3f}" + (f" at {facts['probes']} probes"
+                                                                       if "probes" in facts else ""))
         if forced:
             match = [c for c in cands if c.name == forced]
             if not match:
