@@ -230,7 +230,10 @@ class Query:
             if self._m(st) == 0:
                 raise QueryError(label, "empty result where one is required: no rows left to score")
             ids, sc = ops.score(src, st.positions, a, pushdown=pushdown, step=label, device=self.device)
-            self._set_rel(st, ops.merge_column(self._rel(st), ids, sc, "score"))
+            if st.rel is None:  # just a row set: the scores come in position order, no id matching needed
+                st.rel = pa.table({"id": pa.array(ids, pa.int64()), "score": pa.array(sc)})
+            else:
+                self._set_rel(st, ops.merge_column(self._rel(st), ids, sc, "score"))
             return
         if s.kind in ("top", "top_fraction"):
             n = a["n"] if s.kind == "top" else max(1, int(round(a["p"] * st.est_rows)))
