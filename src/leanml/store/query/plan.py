@@ -335,7 +335,7 @@ class Query:
         if s.kind in ("knn_graph", "dedup"):
             approx = bool(a.get("approximate"))
             if approx and m >= 78:
-                nlist = max(1, min(int(4 * np.sqrt(m)), m // 39))
+                nlist = G.approx_nlist(m)
                 pairs = m * m * min(8, nlist) / nlist
             else:
                 pairs = float(m) * m
