@@ -109,6 +109,15 @@ class IVF:
         """(probes, the measured recall it stands on, why not, k_walk) for a filter of selectivity ``sel`` and
         top-k. ``k_walk``: the measured k the walk must gather matches for (>= k: `assign` keeps taking lists
         until they hold k_walk matches, as it did when measured, so a smaller k is answered at least as well)."""
+        key = (sel, k, target)
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            if len(memo) > 1024:
+                memo.clear()
+            memo[key] = self._probes_for(sel, k, target)
+        return memo[key]
+
+    def _probes_for(self, sel: float, k: int, target: float) -> tuple[int | None, float, str, int]:
         ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
         if not ks:
             return None, float("nan"), f"filtered recall not measured for k = {k} (measured k: {KS})", k
@@ -154,8 +163,9 @@ def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int,
            nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq])."""
-    order = np.argsort(-(Q @ ivf.centroids().T), axis=1, kind="stable")  # one matmul: every list, nearest first
-    mt = match_lists[order]  # [nq, nlist] matches per list, nearest list first
+    vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
+    order = vl[np.argsort(-(Q @ ivf.centroids()[vl].T), axis=1, kind="stable")]  # one matmul, nearest first
+    mt = match_lists[order]  # [nq, lists holding matches] matches per list, nearest list first
     valid = mt > 0
     before = np.cumsum(mt, axis=1) - mt  # matches in the lists nearer than this one
     take = valid & ((np.cumsum(valid, axis=1) <= nprobe) | (before < k))

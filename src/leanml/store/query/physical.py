@@ -113,9 +113,15 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     t_f = predict("exact-filtered", t_filtered)
     cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", predict("exact-masked", t_masked))]
     approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
-    probes, why_probe, k_walk = None, "", k
+    probes, why_probe, k_walk, mask_lists = None, "", k, None
     if ivf is not None and approx_ok:
         probes, rec, why_probe, k_walk = ivf.probes_for(m / max(n, 1), k, recall)
+        mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
+                                 minlength=ivf.index.nlist)
+        holding = int(np.count_nonzero(mask_lists))
+        if m <= k or (probes is not None and holding <= probes) or (probes is None and holding <= ivf.nprobe):
+            # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
+            probes, rec, why_probe = holding, 1.0, ""
         facts["ivf_recall_measured"] = rec
     for name in APPROX:
         c = Candidate(name, math.inf, exact=False)
@@ -136,8 +142,9 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         p = probes or ivf.nprobe
         t0 = time.perf_counter()
         Q = combined_queries(source, qs)
-        mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
-                                 minlength=ivf.index.nlist)
+        if mask_lists is None:
+            mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
+                                     minlength=ivf.index.nlist)
         Iq, visited, matched = assign(ivf, Q, mask_lists, max(k, k_walk), p)
         frac = np.maximum(matched, 1) / np.maximum(visited, 1)
         kp = np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)
@@ -148,7 +155,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         bm.predicted_s = predict("ivf-bitmap", lambda: _ivf_scan_time(model, visited.sum(), matched.sum(), D, k,
                                                                       True))
         bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
-        if bm.eligible and visited.mean() >= m:
+        if bm.eligible and visited.mean() >= m and not cal:  # calibrated, the measured costs decide this
             bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
                                               "the exact scan of the matches does less (fallback)")
         pf.predicted_s = predict("ivf-postfilter", lambda: (
