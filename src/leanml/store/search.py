@@ -100,7 +100,7 @@ def topk(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], k: in
     best_i = torch.zeros((nq, 0), dtype=torch.int64, device=dev)
     excl = None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
     for ids, S in scan(store, qs, metric=metric, weights=weights, block_rows=block_rows, device=device):
-        idt = torch.as_tensor(ids, device=dev).expand(nq, -1)
+        idt = torch.as_tensor(np.array(ids, dtype=np.int64), device=dev).expand(nq, -1)  # ids: small, copied
         if excl is not None:
             S = S.masked_fill(torch.as_tensor(np.isin(ids, excl), device=dev)[:, None], -torch.inf)
         cat_s = torch.cat([best_s, S.T], dim=1)
