@@ -164,7 +164,7 @@ def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int,
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq])."""
     vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
-    order = vl[np.argsort(-(Q @ ivf.centroids()[vl].T), axis=1, kind="stable")]  # one matmul, nearest first
+    order = vl[np.argsort(-(Q @ ivf.centroids().T)[:, vl], axis=1, kind="stable")]  # one matmul, nearest first
     mt = match_lists[order]  # [nq, lists holding matches] matches per list, nearest list first
     valid = mt > 0
     before = np.cumsum(mt, axis=1) - mt  # matches in the lists nearer than this one
