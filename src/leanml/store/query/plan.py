@@ -128,7 +128,8 @@ class Query:
         return self
 
     def with_index(self, nprobe: int = 16, seed: int = 0) -> Query:
-        """Build (once) the FAISS IVF index `nearest` may use for approximate plans; its recall is measured."""
+        """Build (once) the FAISS IVF index `nearest` may use for approximate plans; its recall is measured
+        under random filters at build (`ivf.IVF`), and the planner only trusts those measurements."""
         if self.index is None:
             self.index = IVF.build(self.source, nprobe=nprobe, seed=seed)
         return self
