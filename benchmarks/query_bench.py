@@ -485,6 +485,13 @@ def headline(parts: dict, a: argparse.Namespace, host, n: int, d: int) -> dict: 
         g = grid_summary(parts["grid"]["data"])
         print(f"planner grid: {g}")
         r.update({k: g[k] for k in ("planner_within_10pct_share", "planner_worst_ratio")}, planner_grid_summary=g)
+    missing = [sec for sec in SECTIONS if sec not in parts]
+    if missing:  # say so in the headline rather than leave the figures out silently
+        r["sections_not_run"] = missing
+    if "grid" not in parts:
+        r.update(planner_within_10pct_share=None, planner_worst_ratio=None)
+    if "dedup" not in parts:
+        r.update(dedup_speedup=None, dedup_jaccard=None)
     if "pushdown" in parts:
         p = parts["pushdown"]["data"]
         print(f"LESS pushdown: {p}")
