@@ -56,3 +56,21 @@ def test_dedup_random_on_real_gradients_with_warmup():
     pool = Pool(X[:400], y[:400], learner=mlp_learner(epochs=2))
     sel = get_selector("dedup-random", seed=0, warmup_epochs=1, dim=64, threshold=0.9).select(pool, 0.1)
     assert len(sel) == 40 and sel.cost.stages  # warm-up and gradients metered in its cost
+
+
+def test_less_dedup_auto_threshold_changes_the_selection_on_real_gradients():
+    """Digits MLP gradients, an in-distribution target: a fixed 0.95 joins (almost) nothing among LESS's best
+    rows, so less-dedup would equal less; the auto threshold (median nearest-neighbour cosine of the
+    candidates) joins the redundant half and the round robin swaps picks for rows of other components."""
+    X, y, Xh, yh = digits_split()
+    pool = Pool(X[:400], y[:400], learner=mlp_learner(epochs=2))
+    tgt = Target(X=Xh[:60], y=yh[:60])
+    kw = {"warmup_epochs": 1, "dim": 64, "seed": 0}
+    less = get_selector("less", **kw).select(pool, 40, target=tgt)
+    auto = get_selector("less-dedup", **kw)
+    ld = auto.select(pool, 40, target=tgt)
+    fixed = get_selector("less-dedup", threshold=0.95, **kw).select(pool, 40, target=tgt)
+    assert -1 < auto.threshold_used < 0.95  # read off the candidates' similarities, a cosine
+    assert len(set(fixed.indices.tolist()) - set(less.indices.tolist())) <= 2  # 0.95: about the same as LESS
+    assert len(set(ld.indices.tolist()) - set(less.indices.tolist())) >= 8  # auto: a different selection
+    assert len(np.unique(y[:400][ld.indices])) >= len(np.unique(y[:400][less.indices]))  # no fewer classes

@@ -169,7 +169,7 @@ register_suite(Suite(
         "trak": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dsdm": {"warmup_fraction": 0.5, "warmup_epochs": 4, "dim": 256},
         "dedup-random": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
-        "less-dedup": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256, "threshold": 0.95},
+        "less-dedup": {"warmup_fraction": 0.05, "warmup_epochs": 4, "dim": 256},  # threshold "auto"
     },
     threads=1,
     workload=lambda sizes: _mlp_workload(64, 10, tuple(int(x) for x in str(sizes["hidden"]).split("x")), 32, 1024),

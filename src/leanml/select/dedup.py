@@ -6,7 +6,12 @@
   drawn uniformly at random. If fewer than k remain, the rest is drawn at random from the removed rows.
 * ``less-dedup``: LESS scores (the ``less`` method's own), then diversified: the ``pool_factor * k`` best
   rows, their threshold graph and its components, and the best row of each component in score order,
-  then the second best of each, until k (``diversify(method="components")``).
+  then the second best of each, until k (``diversify(method="components")``). The default threshold
+  ``"auto"`` is read off the candidates' own similarities: the median, over the candidates, of the
+  combined cosine to their nearest other candidate. So the more redundant half of LESS's best rows is
+  joined to a neighbour and the round robin spreads the k picks over the components, whatever the
+  scale of the features (a fixed 0.95 joins nothing among in-distribution gradients, and the method
+  then equals ``less``). A number in [-1, 1] fixes the threshold instead.
 
 Both are metered like every selector: warm-up, gradient features and the query are in ``Selection.cost``.
 """
@@ -25,7 +30,9 @@ def _source(f: GradientFeatures, n: int, scores: np.ndarray | None = None):  # n
 
     X = np.stack([np.asarray(f.rows(c), dtype=np.float32) for c in range(f.n_checkpoints)])
     meta = None if scores is None else {"id": np.arange(n, dtype=np.int64), "score": np.asarray(scores, np.float64)}
-    return ArraySource(X, np.arange(n, dtype=np.int64), weights=np.maximum(f.checkpoint_weights, 0.0),
+    w = np.maximum(np.asarray(f.checkpoint_weights, dtype=np.float64), 0.0)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))  # combined cosine in [-1, 1]: a threshold
+    return ArraySource(X, np.arange(n, dtype=np.int64), weights=w,  # is a cosine, whatever the learning rates
                        metadata=meta, name="pool features")
 
 
@@ -74,13 +81,16 @@ class LessDedupSelector(LessSelector):
 
     method = "less-dedup"
 
-    def __init__(self, *, seed: int = 0, threshold: float = 0.95, pool_factor: float = 3.0,
+    def __init__(self, *, seed: int = 0, threshold: float | str = "auto", pool_factor: float = 3.0,
                  warmup_fraction: float = 0.05, warmup_epochs: int = 4, dim: int = 512, params: str = "all") -> None:
         super().__init__(seed=seed, warmup_fraction=warmup_fraction, warmup_epochs=warmup_epochs, dim=dim,
                          params=params)
         if pool_factor < 1:
             raise SelectionError(f"{self.method}: pool_factor must be >= 1, got {pool_factor}")
-        self.threshold, self.pool_factor = _check_threshold(self.method, threshold), float(pool_factor)
+        if isinstance(threshold, str) and threshold != "auto":
+            raise SelectionError(f"{self.method}: threshold must be 'auto' or a cosine in [-1, 1], got {threshold!r}")
+        self.threshold = threshold if threshold == "auto" else _check_threshold(self.method, float(threshold))
+        self.pool_factor = float(pool_factor)
 
     def choose(self, scores: np.ndarray, k: int, pool: Pool) -> np.ndarray:
         from leanml.store.query import Query
@@ -88,6 +98,22 @@ class LessDedupSelector(LessSelector):
         f = self.pool_features(pool, kind="adam", output="loss")
         n = len(pool)
         m = min(n, max(k, int(np.ceil(self.pool_factor * k))))
-        q = (Query(_source(f, n, scores)).join("metadata", on="id").top(m)
-             .knn_graph(None, threshold=self.threshold).components().diversify(k))
+        src = _source(f, n, scores)
+        best = Query(src).join("metadata", on="id").top(m)
+        thr = self.threshold if self.threshold != "auto" else auto_threshold(src, best.run().column("id").to_numpy())
+        self.threshold_used = float(thr)
+        q = best.knn_graph(None, threshold=thr).components().diversify(k)
         return q.run().column("id").to_numpy()
+
+
+def auto_threshold(src, ids: np.ndarray) -> float:  # noqa: ANN001
+    """Median over ``ids`` of the combined cosine to the nearest other row among ``ids`` (module docstring)."""
+    from leanml.store.query.graph import combined_rows
+
+    if len(ids) < 2:
+        return 1.0
+    _, X = combined_rows(src, src.positions_of(ids))
+    S = X @ X.T
+    np.fill_diagonal(S, -np.inf)
+    # strictly-greater edges: nudge down so the median row itself joins its neighbour
+    return float(np.nextafter(np.median(S.max(1)), -np.inf))

@@ -109,7 +109,8 @@ class Int8(Codec):
         return np.clip(np.rint(x / s[:, None]), -127, 127).astype(np.int8), s
 
     def decode(self, codes: np.ndarray, aux: np.ndarray | None, d: int) -> np.ndarray:
-        return np.asarray(codes).astype(np.float32) * np.asarray(aux, dtype=np.float32)[:, None]
+        # one pass, one float32 block (int8 -> float32 is exact, then the per-row scale)
+        return np.multiply(codes, np.asarray(aux, dtype=np.float32)[:, None], dtype=np.float32)
 
     def bytes_per_row(self, d: int) -> int:
         return d + 4

@@ -9,6 +9,7 @@ memory is ``O(block_rows * (d + n_queries) + n_queries * k)`` whatever the store
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,10 @@ def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "
         t = torch.as_tensor(np.asarray(q, dtype=np.float32), device=dev)
         norm_q = metric == "cosine" if normalize_queries is None else normalize_queries
         Q.append(torch.nn.functional.normalize(t, dim=1) if norm_q else t)
-    gens = [scoring.rechunk(store.iter_blocks(c, block_rows), block_rows) for c in names]
+    if len(names) == 1:  # nothing to align: the store's blocks as they come (rechunking would copy them)
+        gens = [store.iter_blocks(names[0], block_rows)]
+    else:
+        gens = [scoring.rechunk(store.iter_blocks(c, block_rows), block_rows) for c in names]
     for blocks in zip(*gens, strict=True):
         ids = blocks[0][0]
         S = None
@@ -69,10 +73,13 @@ def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "
             if not np.array_equal(bid, ids):
                 raise StoreError(f"{store.root}: checkpoint {names[c]} stores rows in a different order from "
                                  f"{names[0]}; ingest every checkpoint over the same ordered ids")
-            X = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-            if metric == "cosine":
-                X = torch.nn.functional.normalize(X, dim=1)
-            s = (X @ Q[c].T) * float(w[c])
+            with warnings.catch_warnings():  # read-only memmapped rows go to torch uncopied; nothing writes them
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+                X = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+            s = X @ Q[c].T
+            if metric == "cosine":  # x̂·q = (x·q)/|x|: divides the [b, nq] scores, never copies the rows
+                s = s / torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min(1e-12)
+            s = s * float(w[c])
             S = s if S is None else S + s
         yield ids, S
     counts = {c: store.n_rows(c) for c in names}
@@ -93,7 +100,7 @@ def topk(store: GradientStore, queries: np.ndarray | Sequence[np.ndarray], k: in
     best_i = torch.zeros((nq, 0), dtype=torch.int64, device=dev)
     excl = None if exclude_ids is None else np.asarray(exclude_ids, dtype=np.int64)
     for ids, S in scan(store, qs, metric=metric, weights=weights, block_rows=block_rows, device=device):
-        idt = torch.as_tensor(ids, device=dev).expand(nq, -1)
+        idt = torch.as_tensor(np.array(ids, dtype=np.int64), device=dev).expand(nq, -1)  # ids: small, copied
         if excl is not None:
             S = S.masked_fill(torch.as_tensor(np.isin(ids, excl), device=dev)[:, None], -torch.inf)
         cat_s = torch.cat([best_s, S.T], dim=1)

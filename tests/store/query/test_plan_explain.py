@@ -18,12 +18,17 @@ def test_explain_before_and_after_run(digits_store, digits_feats):
     assert [r.rows_out for r in q.records][-1] == 5
 
 
-def test_calibration_gives_overhead_and_scale_per_runnable_candidate(digits_store):
+def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits_store):
+    from leanml.store.query.physical import features
+
     src = as_source(digits_store)
     ivf = IVF.build(src, nprobe=8)
     cal = operator_costs(src, ivf, "dev_vm")
     assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter"}
-    assert all(o >= 0 and 0.1 <= s <= 1000 for o, s in cal.values())
+    facts = {"m": 10, "n": 100, "nq": 1, "D": 64, "visited": np.ones(1), "matched": np.ones(1), "k_prime": np.ones(1)}
+    for name, w in cal.items():
+        assert w.shape == features(name, facts).shape and (w >= 0).all()
+        assert np.dot(w, features(name, facts)) > 0  # a call costs something
     assert operator_costs(src, ivf, "dev_vm") is cal  # cached per source and index
 
 

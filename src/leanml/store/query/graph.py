@@ -4,8 +4,11 @@ diversification.
 Edges join rows whose combined cosine ``sum_c w_c cos(x_c, y_c)`` is above ``threshold`` (FAISS
 ``range_search``: strictly greater) and, with ``k``, that are among each other's k nearest (either way:
 the graph is made symmetric). It is built only over the rows of the current set, so a component is
-connected through rows of the set alone. Exact = ``IndexFlatIP`` (all pairs); approximate = IVF-Flat
-over the set (``nlist = 4 sqrt(m)``, ``nprobe`` lists), SemDeDup's clustering step done by FAISS's k-means.
+connected through rows of the set alone. Exact = ``IndexFlatIP`` (all pairs, BLAS). Approximate: a
+threshold graph (dedup) is built as SemDeDup does, all pairs inside FAISS k-means blocks (each row
+compared with the rows that have its block among their 2 nearest centroids; `_blocked_threshold_pairs`);
+a k-NN graph searches an IVF-Flat over the set (``nlist = sqrt(m)``, ``nprobe`` lists). k-means is
+trained on 64 rows per centroid.
 """
 
 from __future__ import annotations
@@ -50,38 +53,99 @@ def combined_rows(source: QuerySource, positions: np.ndarray | None) -> tuple[np
     return feats[0][0], _combined([f[1] for f in feats], source.weights())
 
 
+TRAIN_PER_LIST = 64  # k-means on 64 rows per list (FAISS wants >= 39): the build stays a small part of the graph
+
+
+def approx_nlist(m: int) -> int:
+    """Lists of the approximate graph's IVF: ~sqrt(m) (each row's range search then scans ~nprobe/sqrt(m) of
+    the rows), at least 39 rows per list."""
+    return max(1, min(int(np.sqrt(m)), m // 39))
+
+
 def build_graph(source: QuerySource, positions: np.ndarray | None, *, k: int | None, threshold: float | None,
                 approximate: bool = False, nprobe: int = 8, seed: int = 0) -> Graph:
     faiss = need_faiss("knn_graph")
 
     ids, X = combined_rows(source, positions)
     m, D = X.shape
-    if approximate and m >= 2 * 39:
-        nlist = max(1, min(int(4 * np.sqrt(m)), m // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(X)
-        index.nprobe = min(nprobe, nlist)
-        params = {"index": "ivf", "nlist": nlist, "nprobe": int(index.nprobe)}
+    approximate = approximate and m >= 2 * 39
+    if approximate and k is None:  # threshold graph: SemDeDup's blocks (k-means, then all pairs per block)
+        rows, nbr, sims, params = _blocked_threshold_pairs(X, float(threshold), seed)
     else:
-        index, params, approximate = faiss.IndexFlatIP(D), {"index": "flat"}, False
-    index.add(X)
-    if k is None:
-        lims, sims, nbr = index.range_search(X, float(threshold))
-        rows = np.repeat(np.arange(m), np.diff(lims).astype(np.int64))
-    else:
-        sims, nbr = index.search(X, min(k + 1, m))
-        rows = np.repeat(np.arange(m), nbr.shape[1])
-        sims, nbr = sims.ravel(), nbr.ravel()
-        ok = nbr >= 0
-        if threshold is not None:
-            ok &= sims > threshold
-        rows, sims, nbr = rows[ok], sims[ok], nbr[ok]
+        if approximate:
+            nlist = approx_nlist(m)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.train(_train_rows(X, nlist, seed))
+            index.nprobe = min(nprobe, nlist)
+            params = {"index": "ivf", "nlist": nlist, "nprobe": int(index.nprobe)}
+        else:
+            index, params = faiss.IndexFlatIP(D), {"index": "flat"}
+        index.add(X)
+        if k is None:
+            lims, sims, nbr = index.range_search(X, float(threshold))
+            rows = np.repeat(np.arange(m), np.diff(lims).astype(np.int64))
+        else:
+            sims, nbr = index.search(X, min(k + 1, m))
+            rows = np.repeat(np.arange(m), nbr.shape[1])
+            sims, nbr = sims.ravel(), nbr.ravel()
+            ok = nbr >= 0
+            if threshold is not None:
+                ok &= sims > threshold
+            rows, sims, nbr = rows[ok], sims[ok], nbr[ok]
     off = rows != nbr
     rows, nbr, sims = rows[off], nbr[off], sims[off]
     W = sp.coo_matrix((sims, (rows, nbr)), shape=(m, m)).tocsr()
     W = W.maximum(W.T).tocsr()  # symmetric: an edge found either way
     return Graph(ids, W, not approximate, {**params, "k": k, "threshold": threshold, "edges": int(W.nnz // 2)})
+
+
+def _train_rows(X: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    m = len(X)
+    return X if m <= TRAIN_PER_LIST * nlist else X[np.random.default_rng(seed).choice(m, TRAIN_PER_LIST * nlist,
+                                                                                      replace=False)]
+
+
+def _blocked_threshold_pairs(X: np.ndarray, threshold: float, seed: int, assign: int = 2,
+                             block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Pairs with similarity > threshold found inside k-means blocks (SemDeDup, Abbas et al. 2023): FAISS
+    k-means (``approx_nlist(m)`` centroids); each row's block is its nearest centroid, and it is compared
+    (one BLAS matmul per block) with every row that has that centroid among its ``assign`` nearest, so
+    near-duplicates split by a block boundary are still found. Work ~ assign * m^1.5 * D instead of m^2 * D."""
+    import faiss
+
+    m, D = X.shape
+    nlist = approx_nlist(m)
+    km = faiss.Kmeans(D, nlist, niter=10, seed=seed, spherical=True)
+    km.train(_train_rows(X, nlist, seed))
+    _, A = km.index.search(X, min(assign, nlist))
+    home = A[:, 0]
+    members = [[] for _ in range(nlist)]
+    for j in range(A.shape[1]):
+        order = np.argsort(A[:, j], kind="stable")
+        bounds = np.searchsorted(A[order, j], np.arange(nlist + 1))
+        for c in range(nlist):
+            members[c].append(order[bounds[c]:bounds[c + 1]])
+    h_order = np.argsort(home, kind="stable")
+    h_bounds = np.searchsorted(home[h_order], np.arange(nlist + 1))
+    out_r, out_c, out_s = [], [], []
+    for c in range(nlist):
+        own = h_order[h_bounds[c]:h_bounds[c + 1]]
+        near = np.unique(np.concatenate(members[c]))
+        if len(own) == 0 or len(near) == 0:
+            continue
+        Xn = X[near]
+        for a in range(0, len(own), block):
+            o = own[a : a + block]
+            S = X[o] @ Xn.T
+            i, j = np.nonzero(threshold < S)
+            out_r.append(o[i])
+            out_c.append(near[j])
+            out_s.append(S[i, j])
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
+    params = {"index": "kmeans-blocks", "nlist": nlist, "assign": int(A.shape[1]),
+              "train_rows": min(m, TRAIN_PER_LIST * nlist)}
+    return cat(out_r, np.int64), cat(out_c, np.int64), cat(out_s, np.float32), params
 
 
 def components(g: Graph) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,12 @@
 """Relational and tensor steps: ``where`` and ``join`` in DuckDB, ``score`` through the store's scoring
 functions (`leanml.store.search`), ``top`` / ``sample``.
 
-``score`` is the one adapter to the scoring code: it hands `less_scores`, `score_all` and `trak_scores` a
-`RowView` of the current rows, so a filter placed before it (or pushed below it by the rewrite) means only
-those rows are read, decoded and multiplied (TRAK's kernel still spans every stored row: ``kernel_store``).
+``score`` is the one adapter to the scoring code: it hands `score_all` and `trak_scores` a `RowView` of the
+current rows (LESS: `score_all`'s cosine scan, one column per target example for the naive plan or one per
+subtask for the aggregation pushdown, both in float32 through the same scan, so the rewrite is what
+differs; the subtask grouping and max are `leanml.store.scoring`'s), so a filter placed before it (or
+pushed below it by the rewrite) means only those rows are read, decoded and multiplied (TRAK's kernel
+still spans every stored row: ``kernel_store``).
 """
 
 from __future__ import annotations
@@ -99,19 +102,22 @@ def _target(source: QuerySource, target: Any, subtasks: Any, step: str) -> tuple
 def score(source: QuerySource, positions: np.ndarray | None, args: dict, *, pushdown: bool,
           step: str, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(ids, one score per row) for the rows at ``positions``; ``pushdown`` = aggregation pushdown on."""
-    from leanml.store.search import less_scores, score_all, trak_scores
+    from leanml.store.scoring import reduce_subtasks, subtask_groups
+    from leanml.store.search import score_all, trak_scores
 
     method, reduce = args["method"], args.get("reduce", "mean")
     qs, subtasks = _target(source, args["target"], args.get("subtasks"), step)
     view = RowView(source, positions)
     br = int(args.get("block_rows", 65536))
     if method == "less":
-        if pushdown:  # mean of cosines over a subtask = one dot product with the mean normalized target
-            return less_scores(view, qs, subtasks, block_rows=br, device=device)
-        ids, S = score_all(view, qs, metric="cosine", block_rows=br, device=device)
-        labels = np.zeros(S.shape[1], np.int64) if subtasks is None else np.asarray(subtasks)
-        per = np.stack([S[:, labels == u].mean(1) for u in np.unique(labels)], 1)
-        return ids, per.max(1)
+        _, groups = subtask_groups(subtasks, len(qs[0]))
+        if pushdown:  # mean of cosines over a subtask = x̂ · (mean of the subtask's unit target rows)
+            means = [np.stack([_unit(q)[g].mean(0) for g in groups]) for q in qs]
+            ids, per = score_all(view, means, metric="cosine", normalize_queries=False, block_rows=br, device=device)
+        else:  # naive: one cosine column per target example, then the mean per subtask
+            ids, S = score_all(view, qs, metric="cosine", block_rows=br, device=device)
+            per = np.stack([S[:, g].mean(1) for g in groups], 1)
+        return ids, reduce_subtasks(per, "max")
     if method == "inner":
         if pushdown and reduce == "mean":  # mean of inner products = inner product with the mean target
             return score_all(view, [q.mean(0, keepdims=True) for q in qs], metric="ip", reduce="max",
@@ -121,6 +127,11 @@ def score(source: QuerySource, positions: np.ndarray | None, args: dict, *, push
     kernel = None if positions is None else RowView(source)
     ids, S = trak_scores(view, qs, block_rows=br, device=device, kernel_store=kernel)
     return ids, (S.mean(1) if reduce == "mean" else S.max(1))
+
+
+def _unit(q: np.ndarray) -> np.ndarray:
+    q = np.asarray(q, dtype=np.float32)
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
 
 
 def merge_column(rel: pa.Table, ids: np.ndarray, values: np.ndarray, name: str) -> pa.Table:
@@ -139,9 +150,16 @@ def top(rel: pa.Table, n: int, step: str) -> pa.Table:
     if "score" not in rel.column_names:
         raise QueryError(step, "needs a score column: put score(...) or nearest(...) before top")
     keys = [("query", "ascending")] if "query" in rel.column_names else []
+    if not keys:  # partial selection, then sort only the candidates: same order as a full sort
+        s = rel.column("score").to_numpy()
+        if n >= len(s):
+            return rel.sort_by([("score", "descending"), ("id", "ascending")])
+        thr = s[np.argpartition(-s, n - 1)[:n]].min()
+        cand = np.flatnonzero(s >= thr)
+        ids = rel.column("id").to_numpy()
+        pick = cand[np.lexsort((ids[cand], -s[cand]))[:n]]
+        return rel.take(pa.array(pick))
     t = rel.sort_by([*keys, ("score", "descending"), ("id", "ascending")])
-    if not keys:
-        return t.slice(0, n)
     q = t.column("query").to_numpy()
     first = np.searchsorted(q, q)
     return t.filter(pa.array(np.arange(len(q)) - first < n))

@@ -15,10 +15,15 @@ Candidates for ``nq`` queries, top-``k``, over the ``m`` rows a filter matched (
   lists' matches, spread evenly, give k), then the filter; queries left with < k rows fall back to
   ``exact-filtered`` (its cost is added for them).
 
-Costs come from `leanml.hw`'s roofline on the host device (`store.plan`'s exact-scan model for the
-scans, FAISS's list scan as a matmul over the visited rows, the bitmap test as one byte-read per
-visited row). The coarse assignment is computed during planning (one ``nq x nlist`` matmul, timed and
+The IVF candidates' probe count comes from the index's recall measured under filters at build
+(`ivf.IVF.probes_for`): the fewest probes that reach the recall target at this selectivity and k, or no
+approximate plan at all. The coarse assignment is computed during planning (one ``nq x nlist`` matmul,
 reused by the IVF candidates), so visited rows and matches per query are known exactly, not guessed.
+
+Costs: with the source's calibration (`calibration.operator_costs`, the default in `Query`), each
+candidate's time is a non-negative linear fit over the work it does (`features`), measured on this source
+and this machine; without it, `leanml.hw`'s roofline on the host device (`store.plan`'s exact-scan model,
+FAISS's list scan as a matmul over the scored rows, the bitmap test as a byte-read per visited row).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
+from leanml.store.query.ivf import IVF, assign, bitmap_search, combined_queries, preassigned
 from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
@@ -49,80 +55,6 @@ class Candidate:
     runnable: bool = True  # False: cannot run at all (no index, metric); ineligible but runnable can be forced
 
 
-@dataclass
-class IVF:
-    """A FAISS IVF-Flat index over every row of a source (label = row position), with its list of each row
-    and its recall@10 measured against the exact scan at build time (unfiltered, 64 stored rows as queries)."""
-
-    index: Any
-    list_of: np.ndarray
-    nprobe: int
-    recall: float
-    build_s: float
-
-    @classmethod
-    def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0) -> IVF:
-        from leanml.store.query.graph import need_faiss
-
-        faiss = need_faiss("with_index")
-
-        from leanml.store.ann import FaissIndex
-        from leanml.store.search import topk
-
-        t0 = time.perf_counter()
-        view = RowView(source)
-        fi = FaissIndex(view, "ivf", nprobe=nprobe, seed=seed)
-        ivf = fi.index  # an IndexIVFFlat; keep this proxy: it owns the C++ index and its quantizer
-        list_of = np.empty(ivf.ntotal, np.int64)
-        for lst in range(ivf.nlist):
-            sz = ivf.invlists.list_size(lst)
-            if sz:
-                list_of[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), sz)] = lst
-        build_s = time.perf_counter() - t0
-        n = ivf.ntotal
-        rng = np.random.default_rng(seed)
-        pos = np.sort(rng.choice(n, size=min(64, n), replace=False))
-        q = np.stack([source.read(c, pos) for c in source.checkpoint_names()])
-        ex, _ = topk(view, q, min(10, n), device="cpu")
-        ap, _ = fi.search(q, min(10, n))
-        rec = float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(ap.tolist(), ex.tolist(), strict=True)]))
-        return cls(ivf, list_of, int(ivf.nprobe), rec, build_s)
-
-    def centroids(self) -> np.ndarray:
-        """The coarse quantizer's centroids ``[nlist, D]`` (a view of FAISS's storage, cached)."""
-        if not hasattr(self, "_centroids"):
-            import faiss
-
-            q = faiss.downcast_index(self.index.quantizer)
-            self._centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d)
-        return self._centroids
-
-
-def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:
-    """Queries as the IVF index holds rows: concatenated ``sqrt(w_c) q̂_c`` (inner product = combined cosine)."""
-    from leanml.store.ann import _combined
-
-    return _combined(qs, source.weights())
-
-
-def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query: lists nearest-centroid first among those holding matches, until nprobe lists are taken and
-    they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq])."""
-    nlist = ivf.index.nlist
-    order = np.argsort(-(Q @ ivf.centroids().T), axis=1, kind="stable")  # one matmul: every list, nearest first
-    sizes = np.bincount(ivf.list_of, minlength=nlist)
-    mt = match_lists[order]  # [nq, nlist] matches per list, nearest list first
-    valid = mt > 0
-    before = np.cumsum(mt, axis=1) - mt  # matches in the lists nearer than this one
-    take = valid & ((np.cumsum(valid, axis=1) <= ivf.nprobe) | (before < k))
-    width = max(1, int(take.sum(1).max()))
-    pack = np.argsort(~take, axis=1, kind="stable")[:, :width]  # taken lists first, in centroid order
-    Iq = np.where(np.take_along_axis(take, pack, 1), np.take_along_axis(order, pack, 1), -1)
-    visited = np.where(take, sizes[order], 0).sum(1).astype(np.float64)
-    matched = np.where(take, mt, 0).sum(1).astype(np.float64)
-    return Iq, visited, matched
-
-
 def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k: int, bitmap: bool) -> float:
     ops = [cm.OpSpec("matmul", 2.0 * scored * D, 4.0 * scored * D, "fp32", "IVF list scan"),
            cm.OpSpec("reduction", max(scored, 1.0), 4.0 * max(scored, 1.0), "fp32", "IVF top-k", vclass="sort")]
@@ -131,27 +63,66 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
     return sum(model.time(o) for o in ops)
 
 
+def features(name: str, facts: dict) -> np.ndarray:
+    """The work a candidate does, as the terms its calibrated time is linear in (`calibration`):
+    a fixed cost, rows read and decoded (x D), multiply-adds (rows x queries x D) and top-k/mask entries;
+    for IVF the rows its lists hold (bitmap tests), the matches scored (x D) and the over-fetch."""
+    m, n, nq, D = facts["m"], facts["n"], facts["nq"], facts["D"]
+    if name == "exact-filtered":
+        return np.array([1.0, m * D, m * nq * D, m * nq])
+    if name == "exact-masked":
+        return np.array([1.0, n * D, n * nq * D, n * nq])
+    V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
+    if name == "ivf-bitmap":
+        return np.array([1.0, M * D, V, nq])
+    return np.array([1.0, V * D, float(facts["k_prime"].sum()), nq])
+
+
 def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
-                 recall: float | None, ivf: IVF | None, block_rows: int = 65536,
-                 metric: str = "cosine", calibration: dict | None = None) -> tuple[list[Candidate], dict]:
+                 recall: float | None, ivf: IVF | None, block_rows: int = 65536, metric: str = "cosine",
+                 calibration: dict | None = None, cost_all: bool = False) -> tuple[list[Candidate], dict]:
     """Every candidate with its predicted time; the planning facts (m, n, coarse assignment) in a dict.
 
-    ``calibration`` (from `calibration.operator_costs`): per candidate ``(overhead_s, scale)`` measured on
-    this source; the prediction is then ``overhead + scale * roofline`` (roofline alone without it)."""
+    ``calibration`` (from `calibration.operator_costs`): per candidate the weights of its `features`,
+    fitted to times measured on this source; without it the prediction is `leanml.hw`'s roofline.
+    The IVF candidates' probes come from the index's filtered-recall table (`IVF.probes_for`); they are
+    costed only when eligible, unless ``cost_all`` (forced plans, the benchmark's grid)."""
     n, d, C = len(source.ids()), source.manifest.dim, len(source.checkpoint_names())
     m = n if positions is None else len(positions)
     nq, codec = qs[0].shape[0], source.manifest.codec
-    dev = host_device(host)
-    model = cm.CostModel(dev)
-    facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "host": dev.id}
-    gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
-                       alloc_bytes=float(m * source.bytes_per_row()))
-    t_f = _exact_time(dev, m, d, C, codec, nq, k, metric, block_rows)
-    t_f += C * model.time(gather)  # the scan's own model includes the codec's decode
-    t_m = _exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
-    t_m += model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches"))
-    cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", t_m)]
+    facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "D": C * d}
+    cal = calibration or {}
+
+    def predict(name: str, roofline: Any) -> float:
+        if name in cal:
+            return float(np.dot(cal[name], features(name, facts)))
+        return roofline()
+
+    dev = _host(host)
+    model = _model(dev)
+
+    def t_filtered() -> float:
+        gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
+                           alloc_bytes=float(m * source.bytes_per_row()))
+        return _exact_time(dev, m, d, C, codec, nq, k, metric, block_rows) + C * model.time(gather)
+
+    def t_masked() -> float:
+        return (_exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
+                + model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches")))
+
+    t_f = predict("exact-filtered", t_filtered)
+    cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", predict("exact-masked", t_masked))]
     approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
+    probes, why_probe, k_walk, mask_lists = None, "", k, None
+    if ivf is not None and approx_ok:
+        probes, rec, why_probe, k_walk = ivf.probes_for(m / max(n, 1), k, recall)
+        mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
+                                 minlength=ivf.index.nlist)
+        holding = int(np.count_nonzero(mask_lists))
+        if m <= k or (probes is not None and holding <= probes) or (probes is None and holding <= ivf.nprobe):
+            # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
+            probes, rec, why_probe = holding, 1.0, ""
+        facts["ivf_recall_measured"] = rec
     for name in APPROX:
         c = Candidate(name, math.inf, exact=False)
         if metric != "cosine":
@@ -160,55 +131,64 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             c.eligible, c.runnable, c.why_not = False, False, "no IVF index built for this source (Query.with_index())"
         elif not approx_ok:
             c.eligible, c.why_not = False, "approximate: an exact answer was asked for (recall None or 1.0)"
-        elif ivf.recall < recall:
-            c.eligible, c.why_not = False, f"IVF recall measured at build {ivf.recall:.3f} < target {recall}"
+        elif probes is None:
+            c.eligible, c.why_not = False, why_probe
         cands.append(c)
-    floor = min((calibration[c][0] for c in APPROX if calibration and c in calibration), default=0.0)
-    if calibration and "exact-filtered" in calibration:
-        o, sc = calibration["exact-filtered"]
-        if o + sc * t_f <= floor:  # the exact scan of the matches beats even an IVF call's fixed cost
-            for c in cands[2:]:
-                c.predicted_s, c.eligible = math.inf, False
-                c.why_not = c.why_not or "the exact scan of the matches costs less than an IVF call's overhead"
-            ivf = None  # no coarse assignment needed
-    if ivf is not None and metric == "cosine":
-        Q = combined_queries(source, qs)
+    floor = min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)
+    if any(c.eligible for c in cands[2:]) and t_f <= floor and not cost_all:
+        for c in cands[2:]:  # the exact scan of the matches beats even an IVF call's fixed cost
+            c.eligible, c.why_not = False, "the exact scan of the matches costs less than an IVF call's fixed cost"
+    if ivf is not None and metric == "cosine" and (cost_all or any(c.eligible for c in cands[2:])):
+        p = probes or ivf.nprobe
         t0 = time.perf_counter()
-        mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
-                                 minlength=ivf.index.nlist)
-        Iq, visited, matched = assign(ivf, Q, mask_lists, k)
-        facts.update(assign_s=time.perf_counter() - t0, Iq=Iq, visited=visited, matched=matched,
-                     nlist=int(ivf.index.nlist))
-        D = C * d
-        bm, pf = cands[2], cands[3]
-        bm.predicted_s = _ivf_scan_time(model, visited.sum(), matched.sum(), D, k, True)  # one call, all queries
-        bm.params = {"nprobe": ivf.nprobe, "lists_max": int(Iq.shape[1])}
-        if bm.eligible and visited.mean() >= m:
-            bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
-                                              "the exact scan of the matches does less (fallback)")
+        Q = combined_queries(source, qs)
+        if mask_lists is None:
+            mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
+                                     minlength=ivf.index.nlist)
+        Iq, visited, matched = assign(ivf, Q, mask_lists, max(k, k_walk), p)
         frac = np.maximum(matched, 1) / np.maximum(visited, 1)
         kp = np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)
-        short = int((matched < k).sum())
-        pf.predicted_s = (_ivf_scan_time(model, visited.sum(), visited.sum(), D, int(kp.max()), False)
-                          + model.time(cm.OpSpec("elementwise", float(kp.sum()), 9.0 * kp.sum(), "fp32", "filter")))
+        facts.update(assign_s=time.perf_counter() - t0, Iq=Iq, Q=Q, visited=visited, matched=matched,
+                     nlist=int(ivf.index.nlist), k_prime=kp, probes=p)
+        D, short = C * d, int((matched < k).sum())
+        bm, pf = cands[2], cands[3]
+        bm.predicted_s = predict("ivf-bitmap", lambda: _ivf_scan_time(model, visited.sum(), matched.sum(), D, k,
+                                                                      True))
+        bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
+        if bm.eligible and visited.mean() >= m and not cal:  # calibrated, the measured costs decide this
+            bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
+                                              "the exact scan of the matches does less (fallback)")
+        pf.predicted_s = predict("ivf-postfilter", lambda: (
+            _ivf_scan_time(model, visited.sum(), visited.sum(), D, int(kp.max()), False)
+            + model.time(cm.OpSpec("elementwise", float(kp.sum()), 9.0 * kp.sum(), "fp32", "filter"))))
         pf.predicted_s += short / max(nq, 1) * t_f
-        pf.params = {"k_prime_max": int(kp.max()) if len(kp) else k, "fallback_queries_predicted": short}
-        facts["k_prime"] = kp
-    facts["roofline_s"] = {c.name: c.predicted_s for c in cands}
-    if calibration:
-        for c in cands:
-            if c.name in calibration and math.isfinite(c.predicted_s):
-                o, sc = calibration[c.name]
-                c.predicted_s = o + sc * c.predicted_s
+        pf.params = {"probes": p, "k_prime_max": int(kp.max()) if len(kp) else k, "fallback_queries_predicted": short}
     return cands, facts
 
 
 _EXACT_MEMO: dict[tuple, float] = {}
+_MODELS: dict[str, cm.CostModel] = {}
+_HOSTS: dict[str, Any] = {}
+
+
+def _host(host: Any) -> Any:
+    """`host_device`, resolved once per host name (reading a calibration file is slow for a planner)."""
+    if not isinstance(host, str):
+        return host_device(host)
+    if host not in _HOSTS:
+        _HOSTS[host] = host_device(host)
+    return _HOSTS[host]
+
+
+def _model(dev: Any) -> cm.CostModel:
+    if dev.id not in _MODELS:
+        _MODELS[dev.id] = cm.CostModel(dev)
+    return _MODELS[dev.id]
 
 
 def _exact_time(dev: Any, n: int, d: int, C: int, codec: str, nq: int, k: int, metric: str, block_rows: int) -> float:
     """`store.plan.exact_scan_time`, memoized (a roofline costing is ~1 ms of Python; plans repeat shapes)."""
-    key = (id(dev), n, d, C, codec, nq, k, metric, block_rows)
+    key = (dev.id, n, d, C, codec, nq, k, metric, block_rows)
     if key not in _EXACT_MEMO:
         if len(_EXACT_MEMO) > 4096:
             _EXACT_MEMO.clear()
@@ -220,21 +200,6 @@ def _exact_time(dev: Any, n: int, d: int, C: int, codec: str, nq: int, k: int, m
 def choose(cands: list[Candidate]) -> Candidate:
     ok = [c for c in cands if c.eligible]
     return min(ok, key=lambda c: c.predicted_s)
-
-
-def _preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, Dq: np.ndarray,
-                 params: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``IndexIVF::search_preassigned`` with SearchParameters (the Python wrapper refuses params; the C++
-    call takes them: the IDSelector and ``nprobe`` = the assignment's width). Lists given as -1 are skipped."""
-    import faiss
-
-    n = len(Q)
-    Q, Iq = np.ascontiguousarray(Q, dtype=np.float32), np.ascontiguousarray(Iq, dtype=np.int64)
-    Dq = np.ascontiguousarray(Dq, dtype=np.float32)
-    D, lab = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
-    index.search_preassigned_c(n, faiss.swig_ptr(Q), k, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq), faiss.swig_ptr(D),
-                               faiss.swig_ptr(lab), False, params)
-    return D, lab
 
 
 # ---- execution -------------------------------------------------------------------------------------
@@ -255,33 +220,22 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
         ids, s = topk(RowView(source), qs, kk, metric=metric, block_rows=block_rows, device=device,
                       exclude_ids=excl)
     else:
-        import faiss
-
         assert ivf is not None
-        Q = combined_queries(source, qs)
-        Iq = facts["Iq"]
-        Dq = np.zeros(Iq.shape, np.float32)
-        n = ivf.index.ntotal
+        Q, Iq, n = facts["Q"], facts["Iq"], ivf.index.ntotal
         if name == "ivf-bitmap":
-            mask = np.zeros(n, bool)
-            mask[positions if positions is not None else slice(None)] = True
-            bits = np.packbits(mask, bitorder="little")
-            sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(Iq.shape[1]))
-            s, pos = _preassigned(ivf.index, Q, kk, Iq, Dq, params)
-            del sel, bits
+            s, pos = bitmap_search(ivf, Q, positions, kk, Iq)
         else:
+            import faiss
+
             kp = int(max(kk, facts["k_prime"].max()))
-            params = faiss.SearchParametersIVF(nprobe=int(Iq.shape[1]))
-            s_all, p_all = _preassigned(ivf.index, Q, kp, Iq, Dq, params)
+            s_all, p_all = preassigned(ivf.index, Q, kp, Iq, faiss.SearchParametersIVF(nprobe=int(Iq.shape[1])))
             mask = np.zeros(n + 1, bool)
             mask[positions if positions is not None else slice(0, n)] = True
             keep = mask[np.where(p_all >= 0, p_all, n)]
-            s = np.full((len(Q), kk), -np.inf, np.float32)
-            pos = np.full((len(Q), kk), -1, np.int64)
-            for qi in range(len(Q)):
-                hit = np.flatnonzero(keep[qi])[:kk]
-                s[qi, : len(hit)], pos[qi, : len(hit)] = s_all[qi, hit], p_all[qi, hit]
+            first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the first kk kept, best first
+            hit = np.take_along_axis(keep, first, 1)
+            s = np.where(hit, np.take_along_axis(s_all, first, 1), -np.inf).astype(np.float32)
+            pos = np.where(hit, np.take_along_axis(p_all, first, 1), -1)
         short = np.flatnonzero((pos < 0).any(axis=1))
         ids = np.where(pos >= 0, all_ids[np.maximum(pos, 0)], -1)
         if len(short):  # fewer than k rows for these queries: the exact scan of the matches answers them

@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 
 from leanml.hw import costmodel as cm
-from leanml.store.plan import exact_scan_time, host_device
+from leanml.store.plan import exact_scan_time
 from leanml.store.query import graph as G
 from leanml.store.query import ops
 from leanml.store.query.errors import QueryError
-from leanml.store.query.physical import IVF, choose, plan_nearest, run_nearest
+from leanml.store.query.physical import APPROX, IVF, _host, _model, choose, plan_nearest, run_nearest
 from leanml.store.query.rewrites import rewrite
 from leanml.store.query.source import QuerySource, RowView, as_source
 from leanml.store.query.steps import Step, check
@@ -128,7 +128,8 @@ class Query:
         return self
 
     def with_index(self, nprobe: int = 16, seed: int = 0) -> Query:
-        """Build (once) the FAISS IVF index `nearest` may use for approximate plans; its recall is measured."""
+        """Build (once) the FAISS IVF index `nearest` may use for approximate plans; its recall is measured
+        under random filters at build (`ivf.IVF`), and the planner only trusts those measurements."""
         if self.index is None:
             self.index = IVF.build(self.source, nprobe=nprobe, seed=seed)
         return self
@@ -192,7 +193,7 @@ class Query:
     def _step(self, s: Step, st: _State, rec: QueryOpRecord, *, dry: bool, pushdown: bool) -> None:
         a, label, src = s.args, rec.step, self.source
         D = src.manifest.dim * len(src.checkpoint_names())
-        model = cm.CostModel(host_device(self.host))
+        model = _model(_host(self.host))
         if s.kind == "where":
             if dry and not st.exact_rows:
                 rec.notes.append("rows not known before the steps above run")
@@ -230,7 +231,10 @@ class Query:
             if self._m(st) == 0:
                 raise QueryError(label, "empty result where one is required: no rows left to score")
             ids, sc = ops.score(src, st.positions, a, pushdown=pushdown, step=label, device=self.device)
-            self._set_rel(st, ops.merge_column(self._rel(st), ids, sc, "score"))
+            if st.rel is None:  # just a row set: the scores come in position order, no id matching needed
+                st.rel = pa.table({"id": pa.array(ids, pa.int64()), "score": pa.array(sc)})
+            else:
+                self._set_rel(st, ops.merge_column(self._rel(st), ids, sc, "score"))
             return
         if s.kind in ("top", "top_fraction"):
             n = a["n"] if s.kind == "top" else max(1, int(round(a["p"] * st.est_rows)))
@@ -288,11 +292,17 @@ class Query:
         from leanml.store.query.calibration import operator_costs
 
         cal = operator_costs(src, self.index, self.host, self.block_rows) if self.calibrate else None
-        cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
-                                    ivf=self.index, block_rows=self.block_rows, metric=metric, calibration=cal)
-        if cal:
-            rec.notes.append("predictions: measured overhead + measured scale x roofline (calibration.py)")
         forced = a.get("plan")
+        cands, facts = plan_nearest(src, st.positions, qs, a["k"], host=self.host, recall=a.get("recall"),
+                                    ivf=self.index, block_rows=self.block_rows, metric=metric, calibration=cal,
+                                    cost_all=forced in APPROX)
+        if cal:
+            rec.notes.append("predictions: NNLS fit of each operator's work terms, measured on this source "
+                             "(calibration.py)")
+        if "ivf_recall_measured" in facts:
+            rec.notes.append(f"IVF filtered recall measured at build for this selectivity and k: "
+                             f"{facts['ivf_recall_measured']:.3f}" + (f" at {facts['probes']} probes"
+                                                                       if "probes" in facts else ""))
         if forced:
             match = [c for c in cands if c.name == forced]
             if not match:
@@ -326,7 +336,7 @@ class Query:
         if s.kind in ("knn_graph", "dedup"):
             approx = bool(a.get("approximate"))
             if approx and m >= 78:
-                nlist = max(1, min(int(4 * np.sqrt(m)), m // 39))
+                nlist = G.approx_nlist(m)
                 pairs = m * m * min(8, nlist) / nlist
             else:
                 pairs = float(m) * m

@@ -1,0 +1,207 @@
+"""The FAISS IVF index `nearest`'s approximate plans use, with its recall **measured under filters**.
+
+An IVF index's recall without a filter says little about its recall under one: with a 1% filter a list
+holds ~1% of its rows as matches, so the lists a query probes hold few of the rows it wants, and the
+unfiltered figure (0.99 at nprobe 16) overstates the filtered one (0.92 measured at 1%, 2*10^4 rows).
+So `IVF.build` measures recall@k of the filtered walk itself (`assign` + ``IDSelectorBitmap``, exactly
+what ``ivf-bitmap`` runs) against the exact scan of the matches, for random filters at selectivities
+100%, 10%, 1% and 0.1% (where they match >= 2k rows), k = 10 and 100, and a ladder of probe counts
+``p`` = 1, 2, 4, ... lists (lists holding no match are skipped and not counted). The queries are stored
+rows not in the filter (their own row cannot inflate the figure).
+
+`IVF.probes_for` turns that table into the plan: the fewest probes whose measured recall, at the
+measured selectivities bracketing the query's (the minimum of the two) and the measured k at or above
+the query's (the walk then gathers matches for that k), reaches the target plus a 0.01 margin (the
+sampling error of 128 queries). Below the smallest measured selectivity, above the largest measured k,
+or when no probe count reaches the target, there is no approximate plan: the planner uses an exact one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from leanml.store.query.source import QuerySource, RowView
+
+SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
+KS = (10, 100)
+MARGIN = 0.01
+N_QUERIES = 128
+
+
+@dataclass
+class IVF:
+    """A FAISS IVF-Flat index over every row of a source (label = row position), the list of each row, and
+    ``table``: {(selectivity, k): [(probes, recall@k), ...]} measured at build (module docstring)."""
+
+    index: Any
+    list_of: np.ndarray
+    nprobe: int
+    recall: float  # unfiltered recall@10 at ``nprobe`` (for display)
+    build_s: float
+    table: dict[tuple[float, int], list[tuple[int, float]]] = field(default_factory=dict)
+    measure_s: float = 0.0
+
+    @classmethod
+    def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0) -> IVF:
+        from leanml.store.query.graph import combined_rows, need_faiss
+
+        faiss = need_faiss("with_index")
+
+        from leanml.store.ann import FaissIndex
+
+        t0 = time.perf_counter()
+        fi = FaissIndex(RowView(source), "ivf", nprobe=nprobe, seed=seed)
+        ivf = fi.index  # an IndexIVFFlat; keep this proxy: it owns the C++ index and its quantizer
+        list_of = np.empty(ivf.ntotal, np.int64)
+        for lst in range(ivf.nlist):
+            sz = ivf.invlists.list_size(lst)
+            if sz:
+                list_of[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), sz)] = lst
+        out = cls(ivf, list_of, int(ivf.nprobe), float("nan"), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out.table = out._measure(combined_rows(source, None)[1], seed)
+        out.measure_s = time.perf_counter() - t0
+        out.recall = out.recall_at(1.0, 10, out.nprobe)
+        return out
+
+    def _measure(self, X: np.ndarray, seed: int) -> dict[tuple[float, int], list[tuple[int, float]]]:
+        n, nlist = len(X), int(self.index.nlist)
+        rng = np.random.default_rng(seed + 1)
+        table: dict[tuple[float, int], list[tuple[int, float]]] = {}
+        ladder = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if p < nlist] + [nlist]
+        for sel in SELECTIVITIES:
+            qpos = rng.choice(n, min(N_QUERIES, max(1, n // 4)), replace=False)
+            rest = np.setdiff1d(np.arange(n), qpos)
+            m = min(len(rest), int(round(sel * n)))
+            for k in KS:
+                if m < 2 * k:
+                    continue
+                pos = np.sort(rng.choice(rest, m, replace=False))
+                Q = X[qpos]
+                S = Q @ X[pos].T
+                ref = pos[np.argpartition(-S, k - 1, axis=1)[:, :k]]
+                lists = np.bincount(self.list_of[pos], minlength=nlist)
+                rows: list[tuple[int, float]] = []
+                for p in ladder:
+                    Iq, _, _ = assign(self, Q, lists, k, p)
+                    _, got = bitmap_search(self, Q, pos, k, Iq)
+                    rec = float(np.mean([len(set(g) & set(r)) / k for g, r in zip(got.tolist(), ref.tolist(),
+                                                                                  strict=True)]))
+                    rows.append((p, rec))
+                    if rec >= 0.999:
+                        break
+                table[(sel, k)] = rows
+        return table
+
+    def recall_at(self, sel: float, k: int, probes: int) -> float:
+        """Measured recall at the nearest measured (selectivity, k) for ``probes`` (nan when not measured)."""
+        rows = self.table.get((sel, k))
+        if not rows:
+            return float("nan")
+        ok = [r for p, r in rows if p <= probes]
+        return ok[-1] if ok else rows[0][1]
+
+    def probes_for(self, sel: float, k: int, target: float) -> tuple[int | None, float, str, int]:
+        """(probes, the measured recall it stands on, why not, k_walk) for a filter of selectivity ``sel`` and
+        top-k. ``k_walk``: the measured k the walk must gather matches for (>= k: `assign` keeps taking lists
+        until they hold k_walk matches, as it did when measured, so a smaller k is answered at least as well)."""
+        key = (sel, k, target)
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            if len(memo) > 1024:
+                memo.clear()
+            memo[key] = self._probes_for(sel, k, target)
+        return memo[key]
+
+    def _probes_for(self, sel: float, k: int, target: float) -> tuple[int | None, float, str, int]:
+        ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
+        if not ks:
+            return None, float("nan"), f"filtered recall not measured for k = {k} (measured k: {KS})", k
+        kk = ks[0]
+        sels = sorted(s for s, k2 in self.table if k2 == kk)
+        if sel < sels[0] * (1 - 1e-9):
+            return None, float("nan"), (f"filtered recall not measured below selectivity {sels[0]:.3g} "
+                                        f"(k = {kk}): exact"), kk
+        lo = max(s for s in sels if s <= sel * (1 + 1e-9))
+        hi = min((s for s in sels if s >= sel * (1 - 1e-9)), default=lo)
+        best = 0.0
+        for p, _ in self.table[(lo, kk)]:
+            r = min(self.recall_at(lo, kk, p), self.recall_at(hi, kk, p))
+            best = max(best, r)
+            if r >= target + MARGIN:
+                return p, r, "", kk
+        return None, best, (f"measured filtered recall@{kk} at selectivity {lo:.3g}-{hi:.3g} reaches {best:.3f} "
+                            f"< target {target} + margin {MARGIN}"), kk
+
+    def centroids(self) -> np.ndarray:
+        """The coarse quantizer's centroids ``[nlist, D]`` (a view of FAISS's storage, cached)."""
+        if not hasattr(self, "_centroids"):
+            import faiss
+
+            q = faiss.downcast_index(self.index.quantizer)
+            self._centroids = faiss.rev_swig_ptr(q.get_xb(), q.ntotal * q.d).reshape(q.ntotal, q.d)
+            self._sizes = np.bincount(self.list_of, minlength=int(self.index.nlist))
+        return self._centroids
+
+    def sizes(self) -> np.ndarray:
+        self.centroids()
+        return self._sizes
+
+
+def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:
+    """Queries as the IVF index holds rows: concatenated ``sqrt(w_c) q̂_c`` (inner product = combined cosine)."""
+    from leanml.store.ann import _combined
+
+    return _combined(qs, source.weights())
+
+
+def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int,
+           nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
+    and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq])."""
+    vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
+    order = vl[np.argsort(-(Q @ ivf.centroids().T)[:, vl], axis=1, kind="stable")]  # one matmul, nearest first
+    mt = match_lists[order]  # [nq, lists holding matches] matches per list, nearest list first
+    valid = mt > 0
+    before = np.cumsum(mt, axis=1) - mt  # matches in the lists nearer than this one
+    take = valid & ((np.cumsum(valid, axis=1) <= nprobe) | (before < k))
+    width = max(1, int(take.sum(1).max()))
+    pack = np.argsort(~take, axis=1, kind="stable")[:, :width]  # taken lists first, in centroid order
+    Iq = np.where(np.take_along_axis(take, pack, 1), np.take_along_axis(order, pack, 1), -1)
+    visited = np.where(take, ivf.sizes()[order], 0).sum(1).astype(np.float64)
+    matched = np.where(take, mt, 0).sum(1).astype(np.float64)
+    return Iq, visited, matched
+
+
+def preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``IndexIVF::search_preassigned`` with SearchParameters (the Python wrapper refuses params; the C++
+    call takes them: the IDSelector and ``nprobe`` = the assignment's width). Lists given as -1 are skipped."""
+    import faiss
+
+    n = len(Q)
+    Q, Iq = np.ascontiguousarray(Q, dtype=np.float32), np.ascontiguousarray(Iq, dtype=np.int64)
+    Dq = np.zeros(Iq.shape, np.float32)
+    D, lab = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    index.search_preassigned_c(n, faiss.swig_ptr(Q), k, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq), faiss.swig_ptr(D),
+                               faiss.swig_ptr(lab), False, params)
+    return D, lab
+
+
+def bitmap_search(ivf: IVF, Q: np.ndarray, positions: np.ndarray | None, k: int,
+                  Iq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the top-k matches in the lists ``Iq`` (``IDSelectorBitmap`` of ``positions``)."""
+    import faiss
+
+    n = ivf.index.ntotal
+    mask = np.zeros(n, bool)
+    mask[positions if positions is not None else slice(None)] = True
+    bits = np.packbits(mask, bitorder="little")
+    sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+    params = faiss.SearchParametersIVF(sel=sel, nprobe=int(Iq.shape[1]))
+    out = preassigned(ivf.index, Q, k, Iq, params)
+    del sel, bits
+    return out
