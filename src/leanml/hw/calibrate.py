@@ -25,6 +25,7 @@ import torch
 
 import leanml.hw.timing as _timing
 from leanml.hw.errors import HwError
+from leanml.hw.gemm_pack import calibrate_gemm_pack, gemm_curves
 from leanml.hw.schema import Device, Efficiency, HostLink, MemoryLevel, Power
 from leanml.hw.sysinfo import CacheLevel, cpu_caches, cpu_model_name, cpu_theoretical_peak_per_core
 from leanml.hw.timing import TimingMemo, best_time, default_clock, fit_efficiency
@@ -233,17 +234,9 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
 
     measured_peak = {dt: max(f / t for f, t in rows) for dt, rows in gemm.items()}
     peaks = dict(base.peak_flops) if base is not None else measured_peak
-    eff: dict[str, Efficiency] = {}
-    for dt, rows in gemm.items():
-        if dt not in peaks:
-            continue
-        e = fit_efficiency([f for f, _ in rows], [t for _, t in rows], peaks[dt], op_ovh, f"calibrated GEMM {dt}")
-        eff[f"matmul_{dt}" if dt != "fp32" else "matmul"] = e
     # GEMM with a bias (what nn.Linear runs): some backends add the bias in a separate pass over the output
     bias_rows = [_addmm(n, device, plan.reps, sync) for n in plan.gemm_sizes["fp32"] if n >= 64]
-    eff["matmul_bias"] = fit_efficiency([f for f, _ in bias_rows], [t for _, t in bias_rows], peaks["fp32"],
-                                        op_ovh, "calibrated addmm (GEMM + bias) fp32")
-
+    eff: dict[str, Efficiency] = gemm_curves(gemm, bias_rows, peaks, op_ovh, [], {})
     conv_rows = [_conv(s, device, plan.reps, sync) for s in plan.conv_shapes]
     eff["conv"] = fit_efficiency([f for f, _ in conv_rows], [t for _, t in conv_rows], peaks["fp32"], op_ovh,
                                  "calibrated conv2d 3x3 fp32")
@@ -263,6 +256,8 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
 
     # memory levels
     levels, stream_meta, reduction_ratio = _memory_levels(device, plan, sync, op_ovh, log)
+    pack, pack_meta = calibrate_gemm_pack(device, plan.quick, plan.reps, sync, op_ovh, levels, gemm, bias_rows,
+                                          peaks, eff, log)
     eff["reduction"] = Efficiency(float(np.clip(np.median(reduction_ratio), 0.05, 1.0)), 0.0,
                                   "calibrated torch.sum bandwidth / triad bandwidth at the same size")
 
@@ -281,7 +276,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         "reps": plan.reps, "seconds": round(time.perf_counter() - started, 1),
         "measured_peak_flops": {k: float(v) for k, v in measured_peak.items()},
         "unsupported": unsupported,
-        "stream": stream_meta, "module_overhead_probe": mod_probe,
+        "stream": stream_meta, "module_overhead_probe": mod_probe, **pack_meta,
     }
     if theo:
         calib["theoretical_peak_flops_per_core"] = {k: float(v) for k, v in theo.items()}
@@ -301,7 +296,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         autograd_overhead=float(ag_ovh), module_overhead=float(mod_ovh),
         library_module_overhead=float(lib_ovh), host_link=host,
         fresh_alloc_threshold=fresh_thr,
-        first_touch_bandwidth=touch_bw,
+        first_touch_bandwidth=touch_bw, gemm_pack=pack,
         peak_source="datasheet" if base is not None else "measured", calibration=calib,
     )
 

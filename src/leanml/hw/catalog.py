@@ -168,6 +168,9 @@ def device_to_toml(dev: Device, header: str = "") -> str:
         lines += ["", f"[{p}.efficiency]"]
         lines += [f"{_key(k)} = {_fmt({'max': e.max, 'half_work': e.half_work, 'source': e.source})}"
                   for k, e in dev.efficiency.items()]
+    if dev.gemm_pack:
+        lines += ["", f"[{p}.gemm_pack]"]
+        lines += [f"{_key(k)} = {_fmt([list(pt) for pt in v])}" for k, v in dev.gemm_pack.items()]
     if dev.calibration:
         lines += ["", f"[{p}.calibration]"]
         lines += [f"{_key(k)} = {_fmt(v)}" for k, v in dev.calibration.items()]
