@@ -198,6 +198,7 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     from rich.table import Table
 
     console = Console(stderr=True)
+    load_start = os.getloadavg()
     if threads:
         torch.set_num_threads(threads)
     dev = "cuda" if cuda else "cpu"
@@ -274,6 +275,9 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         "median_abs_pct_error_gpu_reason": None if gpu_err else "no GPU lent: not measured (run with --cuda on one)",
         "target_median_abs_pct_error": 10.0, "target_max_abs_pct_error": 40.0, "target_median_abs_pct_error_gpu": 15.0,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1_5_15": {"start": [round(x, 2) for x in load_start],
+                                "end": [round(x, 2) for x in os.getloadavg()]},
+        "calibrated": _calibration_summary(device),
         "quick": quick, "rounds": rounds, "calibration_s": round(calib_s, 1),
         "timing": f"minimum over {rounds} rounds x {reps} repetitions of wall time (and, single-threaded, of the "
                   "thread CPU time): the machine is shared; calibration in-process, interleaved with the rounds",
@@ -282,6 +286,20 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         "peers": peer,
     }
     return headline
+
+
+def _calibration_summary(dev) -> dict:
+    """The calibrated figures the predictions used (provenance of every term of the cost model)."""
+    return {"op_overhead_us": round(dev.op_overhead * 1e6, 3), "view_overhead_us": round(dev.view_overhead * 1e6, 3),
+            "autograd_overhead_us_per_kernel": round(dev.autograd_overhead * 1e6, 3),
+            "backward_overhead_us": round(dev.backward_overhead * 1e6, 2),
+            "module_overhead_us": round(dev.module_overhead * 1e6, 2),
+            "library_module_overhead_us": round(dev.library_module_overhead * 1e6, 2),
+            "peak_gflops": {k: round(v / 1e9, 2) for k, v in dev.peak_flops.items()},
+            "bandwidth_GBps": {lv.name: round(lv.bandwidth / 1e9, 2) for lv in dev.memory},
+            "gemm_pack_ps_per_byte": {lv: {f"m={m:.0f}": round(v * 1e12, 1) for m, v in pts}
+                                      for lv, pts in dev.gemm_pack.items()},
+            "gemm_pack_probe": dev.calibration.get("gemm_pack_probe", "not measured on this device")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,6 +150,7 @@ def device_to_toml(dev: Device, header: str = "") -> str:
               f"functions = {_fmt(list(dev.functions))}", f"op_overhead = {_fmt(float(dev.op_overhead))}",
               f"view_overhead = {_fmt(float(dev.view_overhead))}",
               f"autograd_overhead = {_fmt(float(dev.autograd_overhead))}",
+              *([f"backward_overhead = {_fmt(float(dev.backward_overhead))}"] if dev.backward_overhead else []),
               *([f"module_overhead = {_fmt(float(dev.module_overhead))}"] if dev.module_overhead else []),
               *([f"library_module_overhead = {_fmt(float(dev.library_module_overhead))}"]
                 if dev.library_module_overhead else []),

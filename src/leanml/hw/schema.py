@@ -94,6 +94,7 @@ class Device:
     op_overhead: float = 0.0  # seconds of framework dispatch / kernel launch per operation
     view_overhead: float = 0.0  # seconds per metadata-only op (view, transpose, detach)
     autograd_overhead: float = 0.0  # extra seconds per kernel of a step that records and runs autograd
+    backward_overhead: float = 0.0  # fixed seconds per backward() call (engine start, graph root, grad setup)
     module_overhead: float = 0.0  # seconds of Python per torch.nn module forward call (around its kernels)
     library_module_overhead: float = 0.0  # the same for modules of other packages (transformers, peft, user code)
     # Outputs at least this large get fresh pages from the OS every call (glibc mmaps big blocks), paid at
@@ -264,7 +265,8 @@ def _efficiency(d: Any, path: str) -> Efficiency:
 
 
 _DEVICE_FIELDS = {"name", "class", "compute_units", "peak_flops", "memory", "functions", "power",
-                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "module_overhead",
+                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "backward_overhead",
+                  "module_overhead",
                   "library_module_overhead", "host_link",
                   "peak_source",
                   "fresh_alloc_threshold", "first_touch_bandwidth", "gemm_pack",
@@ -339,6 +341,8 @@ def parse_device(dev_id: str, d: Any, path: str | None = None) -> Device:
         op_overhead=_qty(d, "op_overhead", path, "time", optional=True, default=0.0, positive=False),  # type: ignore[arg-type]
         view_overhead=_qty(d, "view_overhead", path, "time", optional=True, default=0.0, positive=False),  # type: ignore[arg-type]
         autograd_overhead=_qty(d, "autograd_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
+                               positive=False),
+        backward_overhead=_qty(d, "backward_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
                                positive=False),
         module_overhead=_qty(d, "module_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
                              positive=False),
