@@ -7,7 +7,7 @@ its time with the roofline + efficiency-curve model and measures it (minimum wal
 the machine is shared, so interference only ever adds time). Reports per-case and summary errors, and a
 side-by-side of LLM phase predictions on A100/H100/H200 against llm-analysis and GenZ (hw_peers.py).
 
-    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--cuda] [--device-file FILE] [--no-peers]
+    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--device cuda] [--device-file FILE] [--no-peers]
 
 Published anchors for per-op / end-to-end error: LLMCompass ~10% per operator, 4.1% end to end;
 GenZ 5.8% geomean; Vidur < 9%.
@@ -307,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer repetitions (< 1 min)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for calibration and measurement (default 1: the machine is shared)")
-    ap.add_argument("--cuda", action="store_true", help="run on the GPU (calibrates it first)")
+    ap.add_argument("--cuda", action="store_true", help="run on the GPU (calibrates it first); = --device cuda")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu (default) or cuda: calibrate the GPU, then the op cases and the bf16 LLM phases of "
+                         "random-initialised SmolLM2 / Llama-7B shapes timed with CUDA events")
     ap.add_argument("--device-file", help="use this device TOML instead of calibrating in-process")
     ap.add_argument("--no-llm", action="store_true", help="leave out the SmolLM2 LLM phase cases")
     ap.add_argument("--no-peers", action="store_true", help="leave out the llm-analysis / GenZ side-by-side")
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     if rounds < 1:
         ap.error("--rounds must be >= 1")
+    a.cuda = a.cuda or a.device == "cuda"
     out = run(a.quick, a.threads, a.cuda, a.device_file, rounds, llm=not a.no_llm, peers=not a.no_peers)
     text = json.dumps(out)
     atomic_write_text(RESULTS if not a.cuda else RESULTS.with_name("hw_accuracy_cuda.json"), text + "\n")
