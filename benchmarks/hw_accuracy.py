@@ -7,7 +7,7 @@ its time with the roofline + efficiency-curve model and measures it (minimum wal
 the machine is shared, so interference only ever adds time). Reports per-case and summary errors, and a
 side-by-side of LLM phase predictions on A100/H100/H200 against llm-analysis and GenZ (hw_peers.py).
 
-    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--cuda] [--device-file FILE] [--no-peers]
+    python benchmarks/hw_accuracy.py [--quick] [--threads 1] [--device cuda] [--device-file FILE] [--no-peers]
 
 Published anchors for per-op / end-to-end error: LLMCompass ~10% per operator, 4.1% end to end;
 GenZ 5.8% geomean; Vidur < 9%.
@@ -198,6 +198,7 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     from rich.table import Table
 
     console = Console(stderr=True)
+    load_start = os.getloadavg()
     if threads:
         torch.set_num_threads(threads)
     dev = "cuda" if cuda else "cpu"
@@ -274,6 +275,9 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
         "median_abs_pct_error_gpu_reason": None if gpu_err else "no GPU lent: not measured (run with --cuda on one)",
         "target_median_abs_pct_error": 10.0, "target_max_abs_pct_error": 40.0, "target_median_abs_pct_error_gpu": 15.0,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1_5_15": {"start": [round(x, 2) for x in load_start],
+                                "end": [round(x, 2) for x in os.getloadavg()]},
+        "calibrated": _calibration_summary(device),
         "quick": quick, "rounds": rounds, "calibration_s": round(calib_s, 1),
         "timing": f"minimum over {rounds} rounds x {reps} repetitions of wall time (and, single-threaded, of the "
                   "thread CPU time): the machine is shared; calibration in-process, interleaved with the rounds",
@@ -284,12 +288,29 @@ def run(quick: bool, threads: int | None, cuda: bool, device_file: str | None, r
     return headline
 
 
+def _calibration_summary(dev) -> dict:
+    """The calibrated figures the predictions used (provenance of every term of the cost model)."""
+    return {"op_overhead_us": round(dev.op_overhead * 1e6, 3), "view_overhead_us": round(dev.view_overhead * 1e6, 3),
+            "autograd_overhead_us_per_kernel": round(dev.autograd_overhead * 1e6, 3),
+            "backward_overhead_us": round(dev.backward_overhead * 1e6, 2),
+            "module_overhead_us": round(dev.module_overhead * 1e6, 2),
+            "library_module_overhead_us": round(dev.library_module_overhead * 1e6, 2),
+            "peak_gflops": {k: round(v / 1e9, 2) for k, v in dev.peak_flops.items()},
+            "bandwidth_GBps": {lv.name: round(lv.bandwidth / 1e9, 2) for lv in dev.memory},
+            "gemm_pack_ps_per_byte": {lv: {f"m={m:.0f}": round(v * 1e12, 1) for m, v in pts}
+                                      for lv, pts in dev.gemm_pack.items()},
+            "gemm_pack_probe": dev.calibration.get("gemm_pack_probe", "not measured on this device")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer repetitions (< 1 min)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads for calibration and measurement (default 1: the machine is shared)")
-    ap.add_argument("--cuda", action="store_true", help="run on the GPU (calibrates it first)")
+    ap.add_argument("--cuda", action="store_true", help="run on the GPU (calibrates it first); = --device cuda")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu (default) or cuda: calibrate the GPU, then the op cases and the bf16 LLM phases of "
+                         "random-initialised SmolLM2 / Llama-7B shapes timed with CUDA events")
     ap.add_argument("--device-file", help="use this device TOML instead of calibrating in-process")
     ap.add_argument("--no-llm", action="store_true", help="leave out the SmolLM2 LLM phase cases")
     ap.add_argument("--no-peers", action="store_true", help="leave out the llm-analysis / GenZ side-by-side")
@@ -301,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     if rounds < 1:
         ap.error("--rounds must be >= 1")
+    a.cuda = a.cuda or a.device == "cuda"
     out = run(a.quick, a.threads, a.cuda, a.device_file, rounds, llm=not a.no_llm, peers=not a.no_peers)
     text = json.dumps(out)
     atomic_write_text(RESULTS if not a.cuda else RESULTS.with_name("hw_accuracy_cuda.json"), text + "\n")

@@ -25,6 +25,7 @@ import torch
 
 import leanml.hw.timing as _timing
 from leanml.hw.errors import HwError
+from leanml.hw.gemm_pack import calibrate_gemm_pack, gemm_curves
 from leanml.hw.schema import Device, Efficiency, HostLink, MemoryLevel, Power
 from leanml.hw.sysinfo import CacheLevel, cpu_caches, cpu_model_name, cpu_theoretical_peak_per_core
 from leanml.hw.timing import TimingMemo, best_time, default_clock, fit_efficiency
@@ -120,29 +121,36 @@ def _vector_efficiencies(dev: str, reps: int, sync, peak: float) -> dict[str, Ef
     return out
 
 
-def _autograd_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float, mod_ovh: float = 0.0) -> float:
-    """Extra time per kernel of a tiny training step (8 Linear+ReLU layers on 2x4 inputs) beyond dispatch."""
+def _autograd_overhead(dev: str, reps: int, sync, op_ovh: float, view_ovh: float,
+                       mod_ovh: float = 0.0) -> tuple[float, float]:
+    """(seconds per kernel, seconds per backward() call) of a tiny training step beyond dispatch and module
+    Python: steps of 2 and 8 Linear+ReLU layers on 2x4 inputs, the line through both (time beyond dispatch
+    against kernel count) gives the per-kernel slope and the fixed cost of each backward pass."""
     from leanml.hw.trace import trace_callable
 
-    torch.manual_seed(0)
-    layers: list[torch.nn.Module] = []
-    for _ in range(8):
-        layers += [torch.nn.Linear(4, 4), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers).to(dev)
-    x, y = torch.randn(2, 4, device=dev), torch.randint(0, 4, (2,), device=dev)
+    pts = []
+    for n_layers in (2, 8):
+        torch.manual_seed(0)
+        layers: list[torch.nn.Module] = []
+        for _ in range(n_layers):
+            layers += [torch.nn.Linear(4, 4), torch.nn.ReLU()]
+        net = torch.nn.Sequential(*layers).to(dev)
+        x, y = torch.randn(2, 4, device=dev), torch.randint(0, 4, (2,), device=dev)
 
-    def step() -> None:
-        for p in net.parameters():
-            p.grad = None
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        def step(net=net, x=x, y=y) -> None:
+            for p in net.parameters():
+                p.grad = None
+            torch.nn.functional.cross_entropy(net(x), y).backward()
 
-    step()
-    prof = trace_callable(step, "autograd probe")
-    kernels = sum(1 for o in prof.ops if o.kind != "view")
-    views = len(prof.ops) - kernels
-    t = best_time(step, reps, sync=sync)
-    calls = sum(prof.module_calls.values())
-    return max((t - kernels * op_ovh - views * view_ovh - calls * mod_ovh) / max(kernels, 1), 0.0)
+        step()
+        prof = trace_callable(step, "autograd probe")
+        kernels = sum(1 for o in prof.ops if o.kind != "view")
+        t = best_time(step, reps, sync=sync)
+        rest = t - kernels * op_ovh - (len(prof.ops) - kernels) * view_ovh - sum(prof.module_calls.values()) * mod_ovh
+        pts.append((kernels, rest))
+    (k0, r0), (k1, r1) = pts
+    per_kernel = max((r1 - r0) / (k1 - k0), 0.0)
+    return per_kernel, max(r0 - per_kernel * k0, 0.0)
 
 
 def _first_touch(quick: bool, reps: int) -> tuple[float, float]:
@@ -233,17 +241,9 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
 
     measured_peak = {dt: max(f / t for f, t in rows) for dt, rows in gemm.items()}
     peaks = dict(base.peak_flops) if base is not None else measured_peak
-    eff: dict[str, Efficiency] = {}
-    for dt, rows in gemm.items():
-        if dt not in peaks:
-            continue
-        e = fit_efficiency([f for f, _ in rows], [t for _, t in rows], peaks[dt], op_ovh, f"calibrated GEMM {dt}")
-        eff[f"matmul_{dt}" if dt != "fp32" else "matmul"] = e
     # GEMM with a bias (what nn.Linear runs): some backends add the bias in a separate pass over the output
     bias_rows = [_addmm(n, device, plan.reps, sync) for n in plan.gemm_sizes["fp32"] if n >= 64]
-    eff["matmul_bias"] = fit_efficiency([f for f, _ in bias_rows], [t for _, t in bias_rows], peaks["fp32"],
-                                        op_ovh, "calibrated addmm (GEMM + bias) fp32")
-
+    eff: dict[str, Efficiency] = gemm_curves(gemm, bias_rows, peaks, op_ovh, [], {})
     conv_rows = [_conv(s, device, plan.reps, sync) for s in plan.conv_shapes]
     eff["conv"] = fit_efficiency([f for f, _ in conv_rows], [t for _, t in conv_rows], peaks["fp32"], op_ovh,
                                  "calibrated conv2d 3x3 fp32")
@@ -254,15 +254,18 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
     from leanml.hw.probes import module_overheads
 
     mod_ovh, lib_ovh, mod_probe = module_overheads(device, plan.reps, sync, op_ovh, view_ovh)
-    ag_ovh = _autograd_overhead(device, plan.reps, sync, op_ovh, view_ovh, mod_ovh)
+    ag_ovh, bwd_ovh = _autograd_overhead(device, plan.reps, sync, op_ovh, view_ovh, mod_ovh)
     log(f"module overhead {mod_ovh * 1e6:.2f} us per torch.nn call, {lib_ovh * 1e6:.2f} us per library call "
         f"({mod_probe})")
     log(f"conv eff max {eff['conv'].max:.2f}, attention eff max {eff['attention'].max:.2f}, vector eff "
         f"{eff['vector_transcendental'].max:.4f}/{eff['vector_pool'].max:.4f}/{eff['vector_sort'].max:.4f} "
-        f"(transcendental/pool/sort), autograd overhead {ag_ovh * 1e6:.2f} us/kernel")
+        f"(transcendental/pool/sort), autograd overhead {ag_ovh * 1e6:.2f} us/kernel + {bwd_ovh * 1e6:.1f} us "
+        "per backward()")
 
     # memory levels
     levels, stream_meta, reduction_ratio = _memory_levels(device, plan, sync, op_ovh, log)
+    pack, pack_meta = calibrate_gemm_pack(device, plan.quick, plan.reps, sync, op_ovh, levels, gemm, bias_rows,
+                                          peaks, eff, log)
     eff["reduction"] = Efficiency(float(np.clip(np.median(reduction_ratio), 0.05, 1.0)), 0.0,
                                   "calibrated torch.sum bandwidth / triad bandwidth at the same size")
 
@@ -281,7 +284,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         "reps": plan.reps, "seconds": round(time.perf_counter() - started, 1),
         "measured_peak_flops": {k: float(v) for k, v in measured_peak.items()},
         "unsupported": unsupported,
-        "stream": stream_meta, "module_overhead_probe": mod_probe,
+        "stream": stream_meta, "module_overhead_probe": mod_probe, **pack_meta,
     }
     if theo:
         calib["theoretical_peak_flops_per_core"] = {k: float(v) for k, v in theo.items()}
@@ -298,10 +301,10 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         id=device_id, name=name, cls="cpu" if device == "cpu" else "gpu", compute_units=units,
         peak_flops={k: float(v) for k, v in peaks.items()}, memory=tuple(levels), functions=tuple(functions),
         power=power, efficiency=eff, op_overhead=float(op_ovh), view_overhead=float(view_ovh),
-        autograd_overhead=float(ag_ovh), module_overhead=float(mod_ovh),
+        autograd_overhead=float(ag_ovh), backward_overhead=float(bwd_ovh), module_overhead=float(mod_ovh),
         library_module_overhead=float(lib_ovh), host_link=host,
         fresh_alloc_threshold=fresh_thr,
-        first_touch_bandwidth=touch_bw,
+        first_touch_bandwidth=touch_bw, gemm_pack=pack,
         peak_source="datasheet" if base is not None else "measured", calibration=calib,
     )
 

@@ -150,6 +150,7 @@ def device_to_toml(dev: Device, header: str = "") -> str:
               f"functions = {_fmt(list(dev.functions))}", f"op_overhead = {_fmt(float(dev.op_overhead))}",
               f"view_overhead = {_fmt(float(dev.view_overhead))}",
               f"autograd_overhead = {_fmt(float(dev.autograd_overhead))}",
+              *([f"backward_overhead = {_fmt(float(dev.backward_overhead))}"] if dev.backward_overhead else []),
               *([f"module_overhead = {_fmt(float(dev.module_overhead))}"] if dev.module_overhead else []),
               *([f"library_module_overhead = {_fmt(float(dev.library_module_overhead))}"]
                 if dev.library_module_overhead else []),
@@ -168,6 +169,9 @@ def device_to_toml(dev: Device, header: str = "") -> str:
         lines += ["", f"[{p}.efficiency]"]
         lines += [f"{_key(k)} = {_fmt({'max': e.max, 'half_work': e.half_work, 'source': e.source})}"
                   for k, e in dev.efficiency.items()]
+    if dev.gemm_pack:
+        lines += ["", f"[{p}.gemm_pack]"]
+        lines += [f"{_key(k)} = {_fmt([list(pt) for pt in v])}" for k, v in dev.gemm_pack.items()]
     if dev.calibration:
         lines += ["", f"[{p}.calibration]"]
         lines += [f"{_key(k)} = {_fmt(v)}" for k, v in dev.calibration.items()]

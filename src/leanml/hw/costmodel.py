@@ -1,6 +1,6 @@
 """Roofline cost of single operations, with size-dependent efficiency curves.
 
-    time = op_overhead + max(flops / (peak[dtype] * eff_c(flops)), bytes / (bw[level] * eff_m(bytes)))
+    time = op_overhead + max(flops / (peak[dtype] * eff_c(flops)) + pack, bytes / (bw[level] * eff_m(bytes)))
 
 ``eff_c``/``eff_m`` are the device's saturating efficiency curves (calibrated on this machine,
 assumed elsewhere); ``level`` is the smallest memory level holding the op's working set. Op
@@ -32,6 +32,20 @@ class OpSpec:
     count: int = 1  # identical repetitions
     vclass: str = ""  # elementwise/reduction work class: "" (plain), "transcendental", "pool"
     alloc_bytes: float = 0.0  # bytes of the largest output the kernel allocates (fresh memory)
+    gemm: tuple[int, int, int, int] | None = None  # (batch, m, n, k) of a GEMM: [m x k] @ [k x n], batch times
+
+    @property
+    def gemm_thin(self) -> int:
+        """The GEMM's smaller output dimension (1: a matrix-vector product); 0 when not a known GEMM."""
+        return min(self.gemm[1], self.gemm[2]) if self.gemm else 0
+
+    @property
+    def gemm_input_bytes(self) -> float:
+        """Bytes of the GEMM's two input matrices (what the blocked kernel streams and packs)."""
+        if not self.gemm:
+            return 0.0
+        b, m, n, k = self.gemm
+        return float(b * (m * k + k * n) * DTYPE_BYTES[self.dtype])
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +104,10 @@ class CostModel:
             compute = op.flops / (peak * eff.at(op.flops))
         ws = op.working_set if op.working_set is not None else op.bytes
         lv = dev.level_for(ws)
+        pack = 0.0
+        if op.kind == "matmul" and op.gemm and dev.gemm_pack:
+            pack = op.gemm_input_bytes * sum(w * dev.pack_cost(lvl.name, op.gemm_thin)
+                                             for lvl, w in self._level_mix(ws))
         memory = 0.0
         if op.bytes > 0:
             memory = sum(w * op.bytes / (lvl.bandwidth * self._memory_efficiency(op, lvl.name).at(op.bytes))
@@ -97,8 +115,9 @@ class CostModel:
         if (dev.first_touch_bandwidth and dev.fresh_alloc_threshold is not None
                 and op.alloc_bytes >= dev.fresh_alloc_threshold):
             memory += op.alloc_bytes / dev.first_touch_bandwidth  # page faults on memory fresh from the OS
-        body = max(compute, memory)
-        bound = "compute" if compute >= memory else "memory"
+        body = max(compute + pack, memory)
+        bound = "compute" if compute >= max(memory, pack) else "memory"
+        memory = max(memory, pack)
         if ovh > body:
             bound = "overhead"
         t = (ovh + body) * op.count
@@ -155,7 +174,7 @@ def matmul(m: int, n: int, k: int, dtype: str = "fp32", batch: int = 1) -> OpSpe
     """(batch x) [m x k] @ [k x n]: 2mnk FLOPs, A + B + C bytes."""
     _pos(m=m, n=n, k=k, batch=batch)
     return OpSpec("matmul", 2.0 * batch * m * n * k, float(batch * (m * k + k * n + m * n) * _b(dtype)), dtype,
-                  f"matmul {batch}x{m}x{n}x{k}")
+                  f"matmul {batch}x{m}x{n}x{k}", gemm=(batch, m, n, k))
 
 
 def conv2d(n: int, c_in: int, h: int, w: int, c_out: int, kh: int, kw: int, stride: int = 1,
@@ -212,7 +231,7 @@ def copy(nbytes: float, name: str = "copy") -> OpSpec:
 def projection(n_examples: int, d: int, k: int, dtype: str = "fp32") -> OpSpec:
     """Dense JL projection of ``n_examples`` d-dim gradients to k dims: k*d multiply-adds per example."""
     op = matmul(n_examples, k, d, dtype)
-    return OpSpec("matmul", op.flops, op.bytes, dtype, f"projection n{n_examples} d{d}->k{k}")
+    return OpSpec("matmul", op.flops, op.bytes, dtype, f"projection n{n_examples} d{d}->k{k}", gemm=op.gemm)
 
 
 def search(n_queries: int, n: int, k: int, dtype: str = "fp32") -> list[OpSpec]:
@@ -220,7 +239,8 @@ def search(n_queries: int, n: int, k: int, dtype: str = "fp32") -> list[OpSpec]:
     multiply-adds per query, then a top-k pass over the n scores of each query."""
     scores = matmul(n_queries, n, k, dtype)
     top = reduction(n_queries * n, n_queries, "fp32")
-    return [OpSpec("matmul", scores.flops, scores.bytes, dtype, f"search scores q{n_queries} n{n} k{k}"),
+    return [OpSpec("matmul", scores.flops, scores.bytes, dtype, f"search scores q{n_queries} n{n} k{k}",
+                   gemm=scores.gemm),
             OpSpec("reduction", top.flops, top.bytes, "fp32", f"top-k of q{n_queries} x n{n}", vclass="sort")]
 
 

@@ -135,7 +135,8 @@ class Lora:
 def _mm(m: int, n: int, k: int, dt: str, name: str, count: int, out_dt: str | None = None) -> OpSpec:
     """[m x k] @ [k x n] in ``dt`` (output in ``out_dt``)."""
     b, bo = DTYPE_BYTES[dt], DTYPE_BYTES[out_dt or dt]
-    return OpSpec("matmul", 2.0 * m * n * k, float((m * k + k * n) * b + m * n * bo), dt, name, count=count)
+    return OpSpec("matmul", 2.0 * m * n * k, float((m * k + k * n) * b + m * n * bo), dt, name, count=count,
+                  gemm=(1, m, n, k))
 
 
 def _ew(numel: float, n_in: int, n_out: int, dt: str, name: str, count: int, vclass: str = "",
@@ -214,26 +215,38 @@ def embed(shape: LLMShape, tokens: int, dt: str) -> OpSpec:
     return OpSpec("copy", 0.0, 2.0 * tokens * shape.hidden * DTYPE_BYTES[st], st, "embedding gather")
 
 
+def _weights_streamed(ops: list[OpSpec]) -> list[OpSpec]:
+    """Each weight is used once per pass over the model: between two uses of one GEMM's weight the whole
+    pass's bytes go by, so its operands come from the memory level that holds the pass (reuse distance)."""
+    from dataclasses import replace
+
+    passed = sum(o.bytes * o.count for o in ops)
+    return [replace(o, working_set=max(passed, o.bytes)) if o.kind == "matmul" else o for o in ops]
+
+
 def prefill_ops(shape: LLMShape, batch: int, prompt_len: int, dt: str, fused: bool = True) -> list[OpSpec]:
     """Prefill: the whole prompt through every block (causal), KV cache written, logits of the last position."""
-    return ([embed(shape, batch * prompt_len, dt)]
-            + block_forward(shape, batch, prompt_len, prompt_len, dt, causal=True, fused=fused)
-            + head_forward(shape, batch, dt))
+    return _weights_streamed([embed(shape, batch * prompt_len, dt)]
+                             + block_forward(shape, batch, prompt_len, prompt_len, dt, causal=True, fused=fused)
+                             + head_forward(shape, batch, dt))
 
 
 def decode_step_ops(shape: LLMShape, batch: int, context: int, dt: str, fused: bool = True) -> list[OpSpec]:
     """One decode step: a new token per sequence attending over ``context`` cached keys (itself included)."""
-    return ([embed(shape, batch, dt)]
-            + block_forward(shape, batch, 1, context, dt, causal=False, fused=fused)
-            + head_forward(shape, batch, dt))
+    return _weights_streamed([embed(shape, batch, dt)]
+                             + block_forward(shape, batch, 1, context, dt, causal=False, fused=fused)
+                             + head_forward(shape, batch, dt))
 
 
 def _backward_of(op: OpSpec, trained: bool) -> list[OpSpec]:
     """Backward kernels of one forward op: GEMMs get an input-gradient GEMM (+ weight gradient if trained)."""
     if op.kind == "matmul":
-        out = [OpSpec("matmul", op.flops, op.bytes, op.dtype, f"{op.name} dX", count=op.count)]
+        _, m, n, k = op.gemm or (1, 0, 0, 0)  # forward [m x k] @ [k x n]
+        out = [OpSpec("matmul", op.flops, op.bytes, op.dtype, f"{op.name} dX", count=op.count,
+                      gemm=(1, m, k, n) if op.gemm else None)]  # dY [m x n] @ W^T [n x k]
         if trained:
-            out.append(OpSpec("matmul", op.flops, op.bytes, op.dtype, f"{op.name} dW", count=op.count))
+            out.append(OpSpec("matmul", op.flops, op.bytes, op.dtype, f"{op.name} dW", count=op.count,
+                              gemm=(1, k, n, m) if op.gemm else None))  # X^T [k x m] @ dY [m x n]
         return out
     if op.kind == "elementwise":  # reads the output gradient and the saved input(s), writes input gradient(s)
         return [OpSpec("elementwise", 2.0 * op.flops, 2.0 * op.bytes, op.dtype, f"{op.name} backward",
@@ -269,7 +282,7 @@ def train_ops(shape: LLMShape, batch: int, seq: int, dt: str, lora: Lora | None 
     else:
         trained = shape.params
     adam = _ew(trained, 4, 3, "fp32", "adam step (fp32 master weights, m, v)", 1, flops_per=10.0)
-    return fwd + loss + bwd + [adam]
+    return _weights_streamed(fwd + loss + bwd + [adam])
 
 
 def check_run(shape: LLMShape, batch: int, prompt_len: int, gen_len: int, dtype: str) -> None:

@@ -111,6 +111,10 @@ def predict(profile: Profile | list[OpSpec], device: str | Device, *, overhead: 
     calls = profile.module_calls if isinstance(profile, Profile) else {}
     framework = (calls.get("torch", 0) * dev.module_overhead + calls.get("library", 0) * dev.library_module_overhead
                  if overhead else 0.0)  # Python of each nn.Module call around its kernels
+    if autograd and overhead:  # each backward() pays the engine's fixed start (one per run of backward kernels)
+        phases = [o.phase for o in profile.ops] if isinstance(profile, Profile) else []
+        framework += dev.backward_overhead * sum(1 for i, ph in enumerate(phases)
+                                                 if ph == "backward" and (i == 0 or phases[i - 1] != "backward"))
     t += framework
     by_kind: dict[str, float] = defaultdict(float)
     by_module: dict[str, float] = defaultdict(float)

@@ -55,3 +55,4 @@ def module_overheads(dev: str, reps: int, sync, op_ovh: float, view_ovh: float) 
     ids = torch.randint(0, 64, (1, 8), device=dev)
     lib = _per_call(lambda: llama(input_ids=ids, use_cache=False), reps, sync, op_ovh, view_ovh, plain)
     return plain, lib, "torch.nn Sequential (24 modules); transformers LlamaForCausalLM (4 layers, width 32)"
+

@@ -94,12 +94,18 @@ class Device:
     op_overhead: float = 0.0  # seconds of framework dispatch / kernel launch per operation
     view_overhead: float = 0.0  # seconds per metadata-only op (view, transpose, detach)
     autograd_overhead: float = 0.0  # extra seconds per kernel of a step that records and runs autograd
+    backward_overhead: float = 0.0  # fixed seconds per backward() call (engine start, graph root, grad setup)
     module_overhead: float = 0.0  # seconds of Python per torch.nn module forward call (around its kernels)
     library_module_overhead: float = 0.0  # the same for modules of other packages (transformers, peft, user code)
     # Outputs at least this large get fresh pages from the OS every call (glibc mmaps big blocks), paid at
     # first_touch_bandwidth on top of the kernel (page faults + zeroing); None = not modelled.
     fresh_alloc_threshold: float | None = None
     first_touch_bandwidth: float | None = None
+    # GEMM operand traffic beyond the compute term, seconds per input byte, by the memory level the operands
+    # come from: ``{level: ((m, s_per_byte), ...)}`` over the GEMM's thin dimension m (m = 1 is the GEMV path,
+    # m >= 2 the blocked path that packs its operands on every call). Measured by `hw calibrate` on a CPU;
+    # empty (no term) for devices whose libraries do not repack per call.
+    gemm_pack: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     host_link: HostLink | None = None
     peak_source: str = "datasheet"  # "datasheet" or "measured"
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +148,31 @@ class Device:
             if key in self.efficiency:
                 return self.efficiency[key]
         return Efficiency(1.0, 0.0, "no curve given: peak assumed reachable")
+
+    def pack_cost(self, level: str, m: int) -> float:
+        """Seconds per GEMM input byte at thin dimension ``m`` with operands in ``level`` (0 if not measured).
+
+        Piecewise linear in log2(m) between the measured points, flat beyond them; a level without points
+        takes the nearest measured level (slower levels first: a cache is never slower than memory)."""
+        if not self.gemm_pack:
+            return 0.0
+        names = [lv.name for lv in self.memory]
+        i = names.index(level) if level in names else len(names) - 1
+        order = names[i:] + names[:i][::-1]
+        pts = next((self.gemm_pack[n] for n in order if n in self.gemm_pack), ())
+        if not pts:
+            return 0.0
+        import math
+
+        x = math.log2(max(m, 1))
+        xs = [math.log2(max(p[0], 1)) for p in pts]
+        if x <= xs[0]:
+            return pts[0][1]
+        for i in range(1, len(pts)):
+            if x <= xs[i]:
+                x0, x1, y0, y1 = xs[i - 1], xs[i], pts[i - 1][1], pts[i][1]
+                return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+        return pts[-1][1]
 
 
 @dataclass(frozen=True)
@@ -234,10 +265,11 @@ def _efficiency(d: Any, path: str) -> Efficiency:
 
 
 _DEVICE_FIELDS = {"name", "class", "compute_units", "peak_flops", "memory", "functions", "power",
-                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "module_overhead",
+                  "efficiency", "op_overhead", "view_overhead", "autograd_overhead", "backward_overhead",
+                  "module_overhead",
                   "library_module_overhead", "host_link",
                   "peak_source",
-                  "fresh_alloc_threshold", "first_touch_bandwidth",
+                  "fresh_alloc_threshold", "first_touch_bandwidth", "gemm_pack",
                   "calibration"}
 
 
@@ -310,14 +342,33 @@ def parse_device(dev_id: str, d: Any, path: str | None = None) -> Device:
         view_overhead=_qty(d, "view_overhead", path, "time", optional=True, default=0.0, positive=False),  # type: ignore[arg-type]
         autograd_overhead=_qty(d, "autograd_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
                                positive=False),
+        backward_overhead=_qty(d, "backward_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
+                               positive=False),
         module_overhead=_qty(d, "module_overhead", path, "time", optional=True, default=0.0,  # type: ignore[arg-type]
                              positive=False),
         library_module_overhead=_qty(d, "library_module_overhead", path, "time", optional=True,  # type: ignore[arg-type]
                                      default=0.0, positive=False),
         fresh_alloc_threshold=_qty(d, "fresh_alloc_threshold", path, "bytes", optional=True),
         first_touch_bandwidth=_qty(d, "first_touch_bandwidth", path, "bandwidth", optional=True),
+        gemm_pack=_gemm_pack(d.get("gemm_pack", {}), f"{path}.gemm_pack", {lv.name for lv in levels}),
         host_link=host, peak_source=peak_source, calibration=dict(calib),
     )
+
+
+def _gemm_pack(d: Any, path: str, levels: set[str]) -> dict[str, tuple[tuple[float, float], ...]]:
+    d = _table(d, path)
+    out = {}
+    for name, pts in d.items():
+        if name not in levels:
+            raise SchemaError(f"{path}.{name}", f"no memory level named {name!r}; levels are {sorted(levels)}")
+        ok = isinstance(pts, list) and pts and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                        for v in p) and p[0] >= 1 and p[1] >= 0 for p in pts)
+        if not ok or [p[0] for p in pts] != sorted({p[0] for p in pts}):
+            raise SchemaError(f"{path}.{name}", "expected [[m, seconds_per_byte], ...] with m >= 1 strictly "
+                                                "increasing and seconds >= 0")
+        out[name] = tuple((float(m), float(v)) for m, v in pts)
+    return out
 
 
 def parse_system(sys_id: str, d: Any, devices: dict[str, Device], path: str | None = None) -> System:

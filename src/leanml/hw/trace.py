@@ -74,11 +74,13 @@ class OpRecord:
     vclass: str = ""  # vector class of elementwise/reduction kernels: "", "transcendental", "pool"
     alloc_bytes: float = 0.0  # largest newly allocated output
     reuse_bytes: float | None = None  # bytes touched since its inputs were last used (see `_reuse_distances`)
+    gemm: tuple[int, int, int, int] | None = None  # (batch, m, n, k) of a GEMM kernel
 
     def spec(self) -> OpSpec:
         ws = max(self.bytes, self.reuse_bytes) if self.reuse_bytes is not None else None
         return OpSpec(self.kind, self.flops, self.bytes, self.dtype, self.aten, vclass=self.vclass,
-                      alloc_bytes=self.alloc_bytes, working_set=ws)
+                      alloc_bytes=self.alloc_bytes, working_set=ws,
+                      gemm=tuple(int(v) for v in self.gemm) if self.gemm else None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -201,6 +203,24 @@ def _reuse_distances(accesses: list[list[tuple[int, int, float]]], total: float)
     return out
 
 
+def gemm_shape(name: str, args: tuple) -> tuple[int, int, int, int] | None:
+    """(batch, m, n, k) of a GEMM-family ATen kernel from its arguments; None for others (dot, int8 paths)."""
+    ts = [a for a in args if isinstance(a, torch.Tensor)]
+    try:
+        if name in ("mm", "addmm", "bmm", "baddbmm"):
+            a, b = ts[-2], ts[-1]
+            if a.dim() == 2 and b.dim() == 2:
+                return (1, int(a.shape[0]), int(b.shape[1]), int(a.shape[1]))
+            if a.dim() == 3 and b.dim() == 3:
+                return (int(a.shape[0]), int(a.shape[1]), int(b.shape[2]), int(a.shape[2]))
+        if name in ("mv", "addmv"):
+            a = ts[-2]
+            return (1, int(a.shape[0]), 1, int(a.shape[1]))
+    except (IndexError, AttributeError):
+        return None
+    return None
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self, tracker: ModuleTracker, phase_fn: Callable[[], str]) -> None:
         super().__init__()
@@ -255,7 +275,8 @@ class _Recorder(TorchDispatchMode):
                 if key is not None:
                     acc.append((key, _nbytes(t), self.pos))
             self.pos += by
-        self.ops.append(OpRecord(str(func), kind, flops, by, dtype, module, self.phase_fn(), vc, alloc))
+        gemm = gemm_shape(func._overloadpacket.__name__, args) if kind == "matmul" else None
+        self.ops.append(OpRecord(str(func), kind, flops, by, dtype, module, self.phase_fn(), vc, alloc, gemm=gemm))
         self.accesses.append(acc)
         return out
 
