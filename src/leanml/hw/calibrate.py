@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import leanml.hw.timing as _timing
+from leanml.hw.cache_spill import calibrate_spill
 from leanml.hw.errors import HwError
 from leanml.hw.gemm_pack import calibrate_gemm_pack, gemm_curves
 from leanml.hw.schema import Device, Efficiency, HostLink, MemoryLevel, Power
@@ -95,12 +96,14 @@ def _attn(shape: tuple[int, int, int, int], dev: str, reps: int, sync) -> tuple[
 
 
 def _stream(nbytes: int, dev: str, reps: int, sync) -> dict[str, float]:
-    """STREAM-style copy (2 arrays) and triad (3 arrays) at ``nbytes`` per array; seconds per call."""
+    """STREAM-style copy (2 arrays) and triad (3 arrays) at ``nbytes`` per array, and a sum over one array
+    as large as triad's working set (so both read from the same level); seconds per call."""
     n = max(nbytes // 4, 16)
     a, b, c = (torch.rand(n, device=dev) for _ in range(3))
+    big = torch.cat([a, b, c])
     return {"copy": best_time(lambda: a.copy_(b), reps, sync=sync),
             "triad": best_time(lambda: torch.add(b, c, alpha=3.0, out=a), reps, sync=sync),
-            "sum": best_time(lambda: torch.sum(b), reps, sync=sync), "n": float(n)}
+            "sum": best_time(lambda: torch.sum(big), reps, sync=sync), "n": float(n)}
 
 
 def _vector_efficiencies(dev: str, reps: int, sync, peak: float) -> dict[str, Efficiency]:
@@ -266,8 +269,20 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
     levels, stream_meta, reduction_ratio = _memory_levels(device, plan, sync, op_ovh, log)
     pack, pack_meta = calibrate_gemm_pack(device, plan.quick, plan.reps, sync, op_ovh, levels, gemm, bias_rows,
                                           peaks, eff, log)
-    eff["reduction"] = Efficiency(float(np.clip(np.median(reduction_ratio), 0.05, 1.0)), 0.0,
-                                  "calibrated torch.sum bandwidth / triad bandwidth at the same size")
+    spill_meta: dict[str, Any] = {}
+    if device == "cpu":
+        levels, spill_meta, mem_ratio = calibrate_spill(levels, plan.reps, sync, op_ovh, log)
+        if mem_ratio is not None:  # main memory's, measured with no cache in the set
+            reduction_ratio = [(n, r) for n, r in reduction_ratio if n != levels[-1].name]
+            reduction_ratio.append((levels[-1].name, mem_ratio))
+    # reductions read one array: their bandwidth over triad's at the same working set, per level (the cost
+    # model looks up reduction_<level> first), and the median for a level that could not be resolved
+    for lv_name, ratio in reduction_ratio:
+        if lv_name:
+            eff[f"reduction_{lv_name}"] = Efficiency(float(np.clip(ratio, 0.05, 1.0)), 0.0,
+                                                     f"calibrated torch.sum / triad bandwidth, {lv_name}-sized set")
+    eff["reduction"] = Efficiency(float(np.clip(np.median([r for _, r in reduction_ratio]), 0.05, 1.0)), 0.0,
+                                  "calibrated torch.sum bandwidth / triad bandwidth at the same working set")
 
     host = _host_link(plan, log) if device == "cuda" else None
     fresh_thr, touch_bw = _first_touch(plan.quick, plan.reps) if device == "cpu" else (None, None)
@@ -284,7 +299,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
         "reps": plan.reps, "seconds": round(time.perf_counter() - started, 1),
         "measured_peak_flops": {k: float(v) for k, v in measured_peak.items()},
         "unsupported": unsupported,
-        "stream": stream_meta, "module_overhead_probe": mod_probe, **pack_meta,
+        "stream": stream_meta, "module_overhead_probe": mod_probe, **pack_meta, **spill_meta,
     }
     if theo:
         calib["theoretical_peak_flops_per_core"] = {k: float(v) for k, v in theo.items()}
@@ -310,6 +325,7 @@ def _calibrate_once(quick: bool, device: str, device_id: str, base: Device | Non
 
 
 def _memory_levels(device: str, plan: CalibrationPlan, sync, op_ovh: float, log) -> tuple[list, dict, list]:
+    """Memory levels with their triad bandwidth, the probes' record, and (level, sum/triad) ratios."""
     import psutil
 
     levels: list[MemoryLevel] = []
@@ -342,12 +358,12 @@ def _memory_levels(device: str, plan: CalibrationPlan, sync, op_ovh: float, log)
         # that (an L1-sized op through PyTorch) the bandwidth is not measurable this way.
         resolved = r["triad"] - op_ovh > 0.5 * r["triad"]
         body = {k: max(r[k] - op_ovh, 0.05 * r[k]) for k in ("copy", "triad", "sum")}
-        copy_bw, triad_bw, sum_bw = 2 * n_bytes / body["copy"], 3 * n_bytes / body["triad"], n_bytes / body["sum"]
+        copy_bw, triad_bw, sum_bw = 2 * n_bytes / body["copy"], 3 * n_bytes / body["triad"], 3 * n_bytes / body["sum"]
         meta[name] = {"array_bytes": float(n_bytes), "copy_Bps": float(copy_bw), "triad_Bps": float(triad_bw),
                       "sum_Bps": float(sum_bw), "copy_s": float(r["copy"]), "triad_s": float(r["triad"]),
                       "resolved": bool(resolved)}
         if resolved:
-            ratios.append(sum_bw / triad_bw)
+            ratios.append((name, sum_bw / triad_bw))
         levels.append(MemoryLevel(name, float(capacity), float(triad_bw), None, 64 if device == "cpu" else 32))
         log(f"{name}: {n_bytes / 1024:.0f} KiB/array copy {copy_bw / 1e9:.1f} GB/s triad {triad_bw / 1e9:.1f} GB/s"
             + ("" if resolved else " (dispatch-bound: not resolvable through framework ops)"))
@@ -358,7 +374,7 @@ def _memory_levels(device: str, plan: CalibrationPlan, sync, op_ovh: float, log)
             meta[levels[i].name]["floored_to_next_level"] = True
             levels[i] = replace(levels[i], bandwidth=levels[i + 1].bandwidth)
     if not ratios:
-        ratios = [1.0]
+        ratios = [("", 1.0)]
     return levels, meta, ratios
 
 

@@ -180,6 +180,8 @@ def device_to_toml(dev: Device, header: str = "") -> str:
                   f"bandwidth = {_fmt(float(lv.bandwidth))}", f"granularity = {lv.granularity}"]
         if lv.latency is not None:
             lines.append(f"latency = {_fmt(float(lv.latency))}")
+        if (lv.spill_start, lv.spill_span) != (0.25, 4.0):
+            lines += [f"spill_start = {_fmt(float(lv.spill_start))}", f"spill_span = {_fmt(float(lv.spill_span))}"]
     return "\n".join(lines) + "\n"
 
 

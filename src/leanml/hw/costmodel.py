@@ -136,15 +136,14 @@ class CostModel:
                       f"cannot cost a {dt} {op.kind}")
 
     def _level_mix(self, ws: float) -> list[tuple]:
-        """Memory levels serving a working set, with weights: a level serves alone up to a quarter of its
-        capacity, then hands over to the next level linearly in log(size) until it is full (caches fill
-        gradually: associativity, other data, other cores and processes)."""
-        import math
-
+        """Memory levels serving a working set, with weights: a level serves alone up to ``spill_start`` of
+        its capacity, then hands over to the next level linearly in log(size) over a factor ``spill_span``
+        (caches fill gradually: associativity, other data, other cores and processes; `leanml.hw.cache_spill`
+        measures the handover of a CPU's last cache level)."""
         levels = self.device.memory
         for i, lv in enumerate(levels[:-1]):
-            if ws <= lv.capacity:
-                x = min(max(math.log(max(ws, 1.0) / (0.25 * lv.capacity)) / math.log(4.0), 0.0), 1.0)
+            if ws <= lv.spill_start * lv.spill_span * lv.capacity:
+                x = lv.spill_share(ws)
                 return [(lv, 1.0 - x), (levels[i + 1], x)] if x > 0 else [(lv, 1.0)]
         return [(levels[-1], 1.0)]
 

@@ -6,6 +6,8 @@ A file holds ``[devices.<id>]`` and ``[systems.<id>]`` tables. Every error names
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,21 @@ class MemoryLevel:
     bandwidth: float  # bytes/s
     latency: float | None = None  # seconds; None = not known
     granularity: int = 64  # bytes moved per access (cache line, DRAM burst, GPU sector)
+    # How a growing working set spills to the next level: it starts at ``spill_start`` x capacity and is
+    # complete ``spill_span`` times later, linear in log(size) (`leanml.hw.cache_spill`; calibrated on a CPU's
+    # last cache level, this default elsewhere).
+    spill_start: float = 0.25
+    spill_span: float = 4.0
+
+    def spill_share(self, working_set: float) -> float:
+        """Share of ``working_set`` bytes served by the next level (0: this level alone)."""
+        return spill_share(working_set, self.capacity, self.spill_start, self.spill_span)
+
+
+def spill_share(ws: float, capacity: float, start: float, span: float) -> float:
+    """Share of a ``ws``-byte working set served by the level after one of ``capacity`` bytes: 0 up to
+    ``start * capacity``, then linear in log(size), 1 from ``start * span * capacity`` on."""
+    return min(max(math.log(max(ws, 1.0) / (start * capacity)) / math.log(span), 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -296,14 +313,18 @@ def parse_device(dev_id: str, d: Any, path: str | None = None) -> Device:
     for i, m in enumerate(mem_raw):
         mp = f"{path}.memory[{i}]"
         m = _table(m, mp)
-        _known(m, mp, {"name", "capacity", "bandwidth", "latency", "granularity"})
+        _known(m, mp, {"name", "capacity", "bandwidth", "latency", "granularity", "spill_start", "spill_span"})
         levels.append(MemoryLevel(
             name=_str(m, "name", mp),
             capacity=_qty(m, "capacity", mp, "bytes"),  # type: ignore[arg-type]
             bandwidth=_qty(m, "bandwidth", mp, "bandwidth"),  # type: ignore[arg-type]
             latency=_qty(m, "latency", mp, "time", optional=True),
             granularity=_int(m, "granularity", mp, default=64),
+            spill_start=_qty(m, "spill_start", mp, "ratio", optional=True, default=0.25),  # type: ignore[arg-type]
+            spill_span=_qty(m, "spill_span", mp, "ratio", optional=True, default=4.0),  # type: ignore[arg-type]
         ))
+        if levels[-1].spill_span <= 1.0:
+            raise SchemaError(f"{mp}.spill_span", f"must be > 1 (a factor of sizes), got {levels[-1].spill_span}")
     names = [lv.name for lv in levels]
     if len(set(names)) != len(names):
         raise SchemaError(f"{path}.memory", f"level names must be unique, got {names}")

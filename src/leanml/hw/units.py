@@ -18,6 +18,7 @@ _KINDS = {
     "flops": (("FLOP/s", "FLOPS", "OPS", "OP/s"), "operations per second, e.g. 67e12 or \"67 TFLOP/s\""),
     "time": ((), "seconds, e.g. 5e-7 or \"500 ns\""),
     "power": (("W",), "watts, e.g. 700 or \"700 W\""),
+    "ratio": ((), "a plain number, e.g. 0.5"),
 }
 _NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-zµ/]*)\s*$")
 
