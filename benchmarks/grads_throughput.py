@@ -23,7 +23,7 @@ The full run (k = 8192) can be split into parts, each short enough for one bench
 (configs | peers) with ``--models``/``--ranks`` picks a part; each part's rows are kept in
 results/grads_throughput_parts/ (one file per configuration, and one for the peers), and every full-mode
 run rewrites results/grads_throughput.json from all parts present (``parts`` lists them with when each ran,
-``missing`` what the full run has that no part holds yet).
+``missing`` what the full run has that no part holds yet; the bookkeeping is benchmarks/grads_results.py).
 
 Peers: ``pip install --no-deps --ignore-requires-python logix-ai bergson kronfluence`` then the
 ``peers-grads`` extra (see pyproject.toml); a peer that does not import becomes a row saying why.
@@ -46,12 +46,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from grads_results import from_parts, part_name, print_table, save_part, summary
 from leanml.grads import CausalLMLoss, ClassificationLoss, GradientComputer
 from leanml.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "grads_throughput.json"
-PARTS = Path(__file__).parent / "results" / "grads_throughput_parts"
-FULL_CONFIGS = [(m, r, 8192) for m in ("minilm", "smollm2") for r in (128, 8)]
 GEN_BUDGET = {"cpu": 3e9, "cuda": 1e12}  # random numbers a dense projection may generate per call in this run
 
 
@@ -366,7 +365,7 @@ def main() -> None:
         rows += new
         print(f"# {model_name} rank {rank}: {time.time() - t0:.0f} s", file=sys.stderr)
         if not a.quick:
-            save_part(f"{model_name}-r{rank}-k{k}", new, dev, random_init)
+            save_part(part_name(model_name, rank, k), new, dev, random_init)
     if a.quick or a.only != "configs":
         t0 = time.time()
         peer_n = a.n or (48 if a.quick else 256)  # enough timed batches for the interleaved comparison
@@ -377,51 +376,12 @@ def main() -> None:
             save_part("peers", peer_rows, dev, random_init)
     parts: dict[str, Any] = {}
     if not a.quick:  # the full run's JSON is assembled from every part measured so far
-        parts = load_parts(dev, random_init)
-        rows = [r for p in parts.values() for r in p["rows"]]
-        configs = [c for c in FULL_CONFIGS if f"{c[0]}-r{c[1]}-k{c[2]}" in parts]
-    peer_rows = [r for r in rows if r.get("rank") == "qkvo-r32"]
-    hdr = ["model", "rank", "k", "method", "ex_per_s", "peak_mib", "extrapolated"]
-    print(" | ".join(f"{h:>38}" if h == "method" else f"{h:>10}" for h in hdr) + " | note")
-    for r in rows:
-        note = r.get("note") or (f"projector: {r['projector']}" if r.get("projector") else "")
-        print(" | ".join(f"{r[h]:>38}" if h == "method"
-                         else (f"{r[h]:>10.3f}" if isinstance(r[h], float) else f"{r[h]!s:>10}") for h in hdr)
-              + f" | {note}")
-
-    def ratios(rs: list[dict], peers: tuple[str, ...], ours_method: str) -> dict[str, Any]:
-        """leanml (``ours_method``) over the fastest peer of the same feature kind, and over the fwd+bwd floor."""
-        ours = next(r["ex_per_s"] for r in rs if r["method"] == ours_method)
-        fl = next(r for r in rs if r["method"].startswith("floor"))["ex_per_s"]
-        ran = [r for r in rs if r["ex_per_s"] and r["method"].startswith(peers)]
-        best_peer = max(ran, key=lambda r: r["ex_per_s"]) if ran else None
-        return {"speedup_vs_best_peer": None if best_peer is None else ours / best_peer["ex_per_s"],
-                "best_peer": None if best_peer is None else best_peer["method"],
-                "best_peer_floor_ratio": None if best_peer is None else fl / best_peer["ex_per_s"] - 1,
-                "overhead_vs_floor": fl / ours - 1, "leanml_ex_per_s": ours}
-    head = (ratios([r for r in peer_rows if "EK" not in r["method"]], ("LogIX", "bergson"), "leanml factorized")
-            if peer_rows else {"speedup_vs_best_peer": None, "best_peer": None, "overhead_vs_floor": None})
-    ek = {r["method"].split()[0]: r for r in peer_rows if "EK" in r["method"] and r["ex_per_s"]}
-    head["ekfac_speedup_vs_kronfluence"] = (ek["leanml"]["ex_per_s"] / ek["kronfluence"]["ex_per_s"]
-                                            if {"leanml", "kronfluence"} <= set(ek) else None)
-    head["ekfac_agreement_with_kronfluence"] = ek.get("leanml", {}).get("agreement_with_kronfluence")
-    # dense-projection features: leanml dense against the LESS-style loop and traker's projector on the
-    # same batched gradients (leanml factorized is another kind of feature; its floor ratio is in the rows)
-    per_config = {}
-    for m, r, _ in configs:
-        rs = [x for x in rows if x["model"] == m and x["rank"] == r]
-        per_config[f"{m}-r{r}"] = {**ratios(rs, ("LESS", "batched grads + traker"), "leanml dense"),
-                                   "factorized_overhead_vs_floor": ratios(rs, (), "leanml factorized")[
-                                       "overhead_vs_floor"]}
+        parts, rows, configs = from_parts(dev, random_init)
+    print_table(rows)
     result = {
         "benchmark": "grads_throughput", "quick": a.quick,
         "device": dev if dev == "cpu" else torch.cuda.get_device_name(),
-        "headline_config": {"model": "minilm", "layers": "q/k/v/o base weights", "features": "LoGra 32x32 per layer",
-                            "k": peer_rows[0]["k"] if peer_rows else None},
-        "parts": {k: {"ran_at": v["ran_at"], "load": v["load"], "command": v["command"]} for k, v in parts.items()},
-        "missing": [] if a.quick else ([f"{m}-r{r}-k{k}" for m, r, k in FULL_CONFIGS if f"{m}-r{r}-k{k}" not in parts]
-                                       + ([] if "peers" in parts else ["peers"])),
-        **head, "per_config": per_config,
+        **summary(rows, configs, parts, a.quick),
         "rows": rows, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "torch": torch.__version__, "threads": torch.get_num_threads()},
         "random_init": random_init, "n": n, "less_n": less_n, "gen_budget": GEN_BUDGET[dev.split(":")[0]],
@@ -432,23 +392,6 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("benchmark", "quick", "device", "speedup_vs_best_peer", "best_peer",
                                              "overhead_vs_floor", "ekfac_speedup_vs_kronfluence",
                                              "headline_config", "per_config", "missing")}, default=float))
-
-
-def _part_path(name: str, dev: str, random_init: bool) -> Path:
-    return PARTS / f"{name}-{dev.split(':')[0]}{'-random' if random_init else ''}.json"
-
-
-def save_part(name: str, rows: list[dict], dev: str, random_init: bool) -> None:
-    """Keep one part of the full run (its rows, when it ran and under what load), atomically."""
-    PARTS.mkdir(parents=True, exist_ok=True)
-    part = {"name": name, "rows": rows, "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "load": os.getloadavg(), "command": " ".join(sys.argv)}
-    atomic_write_text(_part_path(name, dev, random_init), json.dumps(part, default=float) + "\n")
-
-
-def load_parts(dev: str, random_init: bool) -> dict[str, Any]:
-    names = [f"{m}-r{r}-k{k}" for m, r, k in FULL_CONFIGS] + ["peers"]
-    return {n: json.loads(p.read_text()) for n in names if (p := _part_path(n, dev, random_init)).exists()}
 
 
 if __name__ == "__main__":

@@ -54,21 +54,6 @@ DEFAULT_PROFILES = RESULTS / "llm_profiles" / "smollm2.llm_profile.json"
 LIVE_POLICIES = ("static-accurate", "static-fast")  # single-variant policies: one live engine serves them as simulated
 
 
-def run_setting(profiles, reqs, s, engines: int, kv_bytes: float, seed: int, duration_s: float):
-    from leanml.serve.sim.llm_policies import make_policies
-    from leanml.serve.sim.llm_sim import LLMSimulator, summarize
-
-    out = {}
-    for pol in make_policies(profiles, s):
-        t0 = time.perf_counter()
-        sim = LLMSimulator(profiles, engines=engines, kv_budget_bytes=kv_bytes, seed=seed)
-        res = summarize(sim.run(pol, reqs, tick_s=10.0), duration_s)
-        res["replans"] = len(sim.log)
-        res["sim_s"] = round(time.perf_counter() - t0, 2)
-        out[pol.label] = res
-    return out
-
-
 def headline(res: dict, best_acc: float) -> dict:
     a, i, sa = res["adaptive"], res["infaas"], res["static-accurate"]
     return {
@@ -105,13 +90,15 @@ def pooled(per_seed: list[dict], num: str, den: str, key: str = "goodput_rps", s
 
 
 def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> dict:
+    from leanml.serve.sim.llm_replay import run_llm_policies
     from leanml.serve.sim.replay_inputs import llm_replay_inputs
 
     per_seed, reps = [], []
     for seed in range(a.seeds):
         inp = llm_replay_inputs(profiles, trace, load=load, engines=a.engines, kv_bytes=kv, window_s=window_s,
                                 seed=seed, slo_x=a.slo_x, accuracy_slack=slack, start_s=start)
-        per_seed.append(run_setting(profiles, inp.requests, inp.settings, a.engines, kv, seed, inp.span_s))
+        per_seed.append(run_llm_policies(profiles, inp.requests, inp.settings, engines=a.engines, kv_bytes=kv,
+                                         seed=seed, span_s=inp.span_s))
         reps.append(inp)
     names = list(per_seed[0])
     agg = {n: {"requests": sum(r[n]["requests"] for r in per_seed),

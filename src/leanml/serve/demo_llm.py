@@ -6,8 +6,9 @@ the whole context and with KV caps) drive the continuous-batching simulator (`le
 over the trace's 10-minute drift window, thinned on its own clock to ``load`` x the most accurate
 variant's capacity on ``engines`` engines, through the five LLM policies of the policy registry
 (static-accurate, static-fast, INFaaS-style, Proteus-style, adaptive). The inputs come from the one
-LLM replay builder (`leanml.serve.sim.replay_inputs.llm_replay_inputs`), as in
-`benchmarks/serve_llm_replay.py`. No model runs: a few seconds.
+LLM replay builder (`leanml.serve.sim.replay_inputs.llm_replay_inputs`) and the policies run through
+`leanml.serve.sim.llm_replay.run_llm_policies`, as in `benchmarks/serve_llm_replay.py`. No model runs: a
+few seconds.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def llm_profile_file() -> Path:
 def run_llm_demo(*, profile_file: Path | None = None, trace: Any = None, load: float = 2.0, engines: int = 2,
                  accuracy_slack: float = 0.01, window_s: float = 600.0, seed: int = 0,
                  policies: tuple[str, ...] = DEMO_LLM_POLICIES) -> dict[str, Any]:
-    """Simulate ``policies`` on the LLM replay; per policy its summary (`llm_sim.summarize`), plus the setting."""
+    """Simulate ``policies`` on the LLM replay; per policy its summary (`llm_replay.run_llm_policies`), plus the
+    setting."""
     from leanml.serve.control.llm_profiles import FULL, load_llm_profiles
-    from leanml.serve.policy import make_policy
     from leanml.serve.sim.llm_policies import most_accurate
-    from leanml.serve.sim.llm_sim import LLMSimulator, summarize
+    from leanml.serve.sim.llm_replay import run_llm_policies
     from leanml.serve.sim.replay_inputs import llm_replay_inputs
     from leanml.serve.workload.traces import load_trace
 
@@ -49,11 +50,8 @@ def run_llm_demo(*, profile_file: Path | None = None, trace: Any = None, load: f
     kv = float(1 << 30)
     inp = llm_replay_inputs(profiles, trace, load=load, engines=engines, kv_bytes=kv, window_s=window_s, seed=seed,
                             accuracy_slack=accuracy_slack)
-    out: dict[str, dict[str, Any]] = {}
-    for name in policies:
-        pol = make_policy(name, list(profiles), {"profiles": profiles, "settings": inp.settings})
-        sim = LLMSimulator(profiles, engines=engines, kv_budget_bytes=kv, seed=seed)
-        out[pol.label] = summarize(sim.run(pol, inp.requests, tick_s=10.0), inp.span_s)
+    out = run_llm_policies(profiles, inp.requests, inp.settings, engines=engines, kv_bytes=kv, seed=seed,
+                           span_s=inp.span_s, policies=policies)
     best = most_accurate(profiles)
     return {"summaries": out, "timescale": inp.timescale, "best": best, "best_accuracy": profiles[best].accuracy(FULL),
             "accuracy_target": inp.settings.accuracy_target, "capacity_rps": inp.capacity_rps, "load": load,

@@ -151,3 +151,22 @@ def test_adaptive_replans_when_rate_and_length_mix_drift():
     assert after, "adaptive did not re-plan within 15 s of the drift"
     assert any(name.startswith("p1") for name, _ in after[-1]["classes"])  # the 1024-3072 prompt bucket
     assert not [e for e in logs["proteus"] if 120 < e["t"] < 180]  # period-only: next plan at 180 s
+
+
+def test_run_llm_policies_runs_the_named_policies_in_order_as_a_direct_simulation():
+    """The one policies-over-a-replay run (benchmark and demo): the named policies, in order, each as its own
+    simulator run with the same seed; an unknown name is refused by the registry, naming it."""
+    from leanml.serve.sim.llm_replay import run_llm_policies
+
+    s = settings(0.59)
+    reqs = bursty(120, 1.5, seed=4)
+    res = run_llm_policies(PROFILES, reqs, s, engines=2, kv_bytes=1e9, seed=5, span_s=reqs[-1].arrival_s,
+                           policies=("llm-infaas", "llm-static-fast"))
+    assert list(res) == ["infaas", "static-fast"]
+    (pol,) = make_policies(PROFILES, s, ("llm-infaas",))
+    direct = summarize(LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, seed=5).run(pol, reqs, tick_s=10.0),
+                       reqs[-1].arrival_s)
+    assert {k: v for k, v in res["infaas"].items() if k not in ("replans", "sim_s")} == direct
+    assert res["infaas"]["replans"] >= 0 and res["static-fast"]["replans"] == 0
+    with pytest.raises(ValueError, match="llm-nope"):
+        make_policies(PROFILES, s, ("llm-nope",))

@@ -379,12 +379,15 @@ LLM_POLICIES = ("llm-static-accurate", "llm-static-fast", "llm-infaas", "llm-pro
                 "llm-adaptive-nocap")
 
 
-def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings) -> list[LLMPolicy]:
-    """The five compared policies and the adaptive ablation, in report order, built through the policy registry."""
+def make_policies(profiles: dict[str, LLMProfile], s: PolicySettings,
+                  names: tuple[str, ...] = LLM_POLICIES) -> list[LLMPolicy]:
+    """The registered LLM policies ``names`` (default: the five compared and the adaptive ablation, in report
+    order), built through the policy registry; TypeError naming one that is not an LLM policy."""
     out = []
-    for n in LLM_POLICIES:
+    for n in names:
         pol = make_policy(n, list(profiles), {"profiles": profiles, "settings": s})
         if not isinstance(pol, LLMPolicy):
-            raise TypeError(f"policy {n!r} is registered as an LLM policy but is a {type(pol).__name__}")
+            raise TypeError(f"policy {n!r} is a {type(pol).__name__}, not an LLM policy (LLMPolicy); the LLM "
+                            f"simulator takes the llm-* policies: {', '.join(LLM_POLICIES)}")
         out.append(pol)
     return out
