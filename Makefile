@@ -14,7 +14,7 @@ STAMP       := $(VENV)/.leanml-installed-$(shell cat pyproject.toml Makefile | c
 export LEANML_DATA ?= $(abspath ../shared/data)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint env clean
+.PHONY: demo test lint env clean peer-envs
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ demo: $(STAMP)
 # Under coverage (pyproject addopts); --coverage-floors fails the run below [tool.leanml.coverage].
 test: $(STAMP)
 	$(PY) -m pytest --coverage-floors
+
+# The peer cost models for benchmarks/hw_accuracy.py, each in its own venv (llm-analysis pins an old
+# transformers): run on purpose, never by demo or test. The torch pin keeps pip on the CPU build.
+PEERS_DIR   ?= .peers
+peer-envs:
+	@test -x $(PEERS_DIR)/llm-analysis/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/llm-analysis
+	@test -x $(PEERS_DIR)/genz/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/genz
+	@echo "$(TORCH_SPEC)" > $(PEERS_DIR)/torch-constraint.txt
+	$(PEERS_DIR)/llm-analysis/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt llm-analysis==0.2.2
+	$(PEERS_DIR)/genz/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt genz-llm==0.0.16
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

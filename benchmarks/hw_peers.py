@@ -21,10 +21,11 @@ from leanml.hw.catalog import get_device
 from leanml.hw.llm import decode_step, predict_llm_train, predict_prefill
 from leanml.hw.llm_ops import PRESETS
 
+_PEER_ENVS = Path(__file__).resolve().parent.parent / ".peers"  # built by `make peer-envs`
 PEERS = {  # name -> (venv python, shim); override the venvs with LEANML_PEER_LLMA / LEANML_PEER_GENZ
-    "llm-analysis": (os.environ.get("LEANML_PEER_LLMA", "/work/venvs/i15-llma") + "/bin/python",
+    "llm-analysis": (os.environ.get("LEANML_PEER_LLMA", str(_PEER_ENVS / "llm-analysis")) + "/bin/python",
                      Path(__file__).parent / "peers" / "llm_analysis_shim.py"),
-    "genz": (os.environ.get("LEANML_PEER_GENZ", "/work/venvs/i15-genz") + "/bin/python",
+    "genz": (os.environ.get("LEANML_PEER_GENZ", str(_PEER_ENVS / "genz")) + "/bin/python",
              Path(__file__).parent / "peers" / "genz_shim.py"),
 }
 DEVICES = ("a100_80gb", "h100_sxm", "h200")

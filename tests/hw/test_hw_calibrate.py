@@ -24,16 +24,15 @@ def local_dev():
 def test_calibration_is_positive_and_below_catalog_peak(local_dev):
     dev = local_dev
     assert dev.peak_source == "measured" and dev.compute_units >= 1
-    server = get_device("server_cpu")  # AMD EPYC 7763: the same Zen 3 class as this machine
-    # per-core ceiling of the catalog part at its 3.5 GHz boost (the catalog states base-clock peaks)
-    per_core_boost = {k: v / server.compute_units * 3.5 / 2.45 for k, v in server.peak_flops.items()}
+    server = get_device("server_cpu")
     threads = dev.calibration["torch_threads"]
+    # Ceiling per core: cpuinfo's vector width x 2 FMA pipes at twice the reported clock (a VM reports the
+    # base clock; turbo reaches ~1.8x it on the Xeon and EPYC parts these VMs run on). Without cpuinfo, the
+    # catalog server part's per-core peak at the same margin.
+    theo = cpu_theoretical_peak_per_core() or {k: v / server.compute_units for k, v in server.peak_flops.items()}
     for dt in ("fp32", "fp64"):
         measured = dev.calibration["measured_peak_flops"][dt]
-        assert 0 < measured < per_core_boost[dt] * threads, (dt, measured)
-    theo = cpu_theoretical_peak_per_core()
-    if theo:
-        assert dev.calibration["measured_peak_flops"]["fp32"] < 1.5 * theo["fp32"] * threads
+        assert 0 < measured < 2.0 * theo[dt] * threads, (dt, measured, theo[dt])
     for lv in dev.memory:
         assert lv.bandwidth > 0 and lv.capacity > 0
     assert dev.main_memory.bandwidth < server.main_memory.bandwidth  # one core cannot beat 8 DDR4 channels

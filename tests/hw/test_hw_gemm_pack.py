@@ -94,3 +94,20 @@ def test_backward_overhead_is_paid_once_per_backward_pass():
     dev = _cpu()
     with_b = predict(prof, replace(dev, backward_overhead=1e-3)).time_s
     assert with_b - predict(prof, dev).time_s == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_decode_attention_streams_k_and_v_once_per_query_head():
+    """A traced q-length-1 flash-attention kernel is priced as its per-head micro-GEMMs at the GEMV point of the
+    packing curve: under grouped-query attention (9 query heads over 3 K/V heads) K and V are read per query
+    head, which the plain roofline (K/V once) misses."""
+    q = torch.randn(2, 9, 1, 64)
+    k, v = torch.randn(2, 3, 512, 64), torch.randn(2, 3, 512, 64)
+    prof = trace_callable(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    (op,) = [o for o in prof.specs() if o.kind == "attention"]
+    assert op.gemm == (18, 1, 512, 64)
+    assert op.gemm_input_bytes == pytest.approx(18 * (64 + 2 * 512 * 64) * 4)  # 3x the K/V bytes the kernel reads
+    dev = replace(_cpu(), efficiency={"attention": Efficiency(1.0, 0.0, "test")})
+    streamed = replace(op, working_set=1e11)
+    by_hand = 2e-6 + op.flops / 100e9 + op.gemm_input_bytes * 80e-12
+    assert CostModel(dev).time(streamed) == pytest.approx(by_hand, rel=1e-9)
+    assert CostModel(replace(dev, gemm_pack={})).time(streamed) < 0.5 * by_hand

@@ -41,7 +41,7 @@ def spill_rows(capacity: float, reps: int, sync=None, device: str = "cpu") -> tu
         torch.add(b, c, alpha=3.0, out=a)  # warm: bring the set in before timing its repeated sweeps
         rows.append((float(3 * n * 4), best_time(lambda a=a, b=b, c=c: torch.add(b, c, alpha=3.0, out=a), reps,
                                                  sync=sync)))
-    t_sum = best_time(lambda: torch.sum(buf), reps, sync=sync)
+    t_sum = best_time(lambda whole=buf: torch.sum(whole), reps, sync=sync)
     del buf
     return rows, t_sum
 
@@ -96,7 +96,8 @@ def calibrate_spill(levels: list, reps: int, sync, op_overhead: float, log) -> t
     out[i] = replace(llc, spill_start=start, spill_span=span)
     if triad_bw < mem.bandwidth:
         out[-1] = replace(mem, bandwidth=float(triad_bw))
-        meta["memory_bandwidth"] = (f"{mem.name} triad at {SPILL_FACTORS[-1]:.0f}x {llc.name}: {triad_bw / 1e9:.1f} GB/s "
+        meta["memory_bandwidth"] = (f"{mem.name} triad at {SPILL_FACTORS[-1]:.0f}x {llc.name}: "
+                                    f"{triad_bw / 1e9:.1f} GB/s "
                                     f"(the level probe read {mem.bandwidth / 1e9:.1f}, partly from {llc.name})")
     log(f"{llc.name} -> {mem.name} handover: alone up to {start:.2f}x capacity, all in {mem.name} from "
         f"{start * span:.2f}x ({meta['fit']}; triad {meta['cache_GBps']} -> {meta['memory_GBps']} GB/s)")

@@ -41,10 +41,14 @@ class OpSpec:
 
     @property
     def gemm_input_bytes(self) -> float:
-        """Bytes of the GEMM's two input matrices (what the blocked kernel streams and packs)."""
+        """Bytes of the GEMM's two input matrices (what the blocked kernel streams and packs); for attention,
+        Q, K and V once per query head (the flash kernel's micro-GEMMs re-read a shared K/V head per query
+        head under grouped-query attention)."""
         if not self.gemm:
             return 0.0
         b, m, n, k = self.gemm
+        if self.kind == "attention":
+            return float(b * (m * k + 2 * n * k) * DTYPE_BYTES[self.dtype])
         return float(b * (m * k + k * n) * DTYPE_BYTES[self.dtype])
 
     def __post_init__(self) -> None:
@@ -105,7 +109,7 @@ class CostModel:
         ws = op.working_set if op.working_set is not None else op.bytes
         lv = dev.level_for(ws)
         pack = 0.0
-        if op.kind == "matmul" and op.gemm and dev.gemm_pack:
+        if op.kind in ("matmul", "attention") and op.gemm and dev.gemm_pack:
             pack = op.gemm_input_bytes * sum(w * dev.pack_cost(lvl.name, op.gemm_thin)
                                              for lvl, w in self._level_mix(ws))
         memory = 0.0
@@ -199,7 +203,8 @@ def attention(batch: int, heads: int, seq_q: int, seq_k: int, head_dim: int, dty
     by = batch * heads * (2 * seq_q + 2 * seq_k) * head_dim * _b(dtype)
     if not fused:
         by += 3 * batch * heads * seq_q * seq_k * _b(dtype)
-    return OpSpec("attention", flops, float(by), dtype, f"attention b{batch} h{heads} s{seq_q}x{seq_k} d{head_dim}")
+    return OpSpec("attention", flops, float(by), dtype, f"attention b{batch} h{heads} s{seq_q}x{seq_k} d{head_dim}",
+                  gemm=(batch * heads, seq_q, seq_k, head_dim) if fused else None)
 
 
 def elementwise(numel: int, n_inputs: int = 2, n_outputs: int = 1, dtype: str = "fp32",

@@ -157,7 +157,8 @@ def _attention(shape: LLMShape, batch: int, sq: int, sk: int, causal: bool, dt: 
     if fused:
         mult = 2.5 if backward else 1.0  # flash backward: 5 GEMMs to the forward's 2
         by = (qo + kv) * (2.0 if backward else 1.0)  # backward reads Q,K,V,O,dO and writes dQ,dK,dV
-        return [OpSpec("attention", mult * flops, by, dt, f"{tag} (fused) b{batch} q{sq} k{sk}", count=L)]
+        gemm = None if backward else (batch * h, sq, sk, d)  # per query head, as the traced flash kernel
+        return [OpSpec("attention", mult * flops, by, dt, f"{tag} (fused) b{batch} q{sq} k{sk}", count=L, gemm=gemm)]
     scores = batch * h * sq * sk * b  # unfused: full score matrix is materialised (masked, not skipped)
     mult = 2.0 if backward else 1.0
     return [OpSpec("matmul", mult * 2.0 * h * d * batch * sq * sk, qo / 2 + kv / 2 + scores * mult, dt,

@@ -7,7 +7,6 @@ A file holds ``[devices.<id>]`` and ``[systems.<id>]`` tables. Every error names
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any
 

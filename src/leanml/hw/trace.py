@@ -216,6 +216,9 @@ def gemm_shape(name: str, args: tuple) -> tuple[int, int, int, int] | None:
         if name in ("mv", "addmv"):
             a = ts[-2]
             return (1, int(a.shape[0]), 1, int(a.shape[1]))
+        if "attention" in name and "backward" not in name:  # per query head: [sq x d] @ [d x sk], then x V
+            q, k = ts[0], ts[1]
+            return (int(q.shape[0] * q.shape[1]), int(q.shape[-2]), int(k.shape[-2]), int(q.shape[-1]))
     except (IndexError, AttributeError):
         return None
     return None
@@ -275,7 +278,7 @@ class _Recorder(TorchDispatchMode):
                 if key is not None:
                     acc.append((key, _nbytes(t), self.pos))
             self.pos += by
-        gemm = gemm_shape(func._overloadpacket.__name__, args) if kind == "matmul" else None
+        gemm = gemm_shape(func._overloadpacket.__name__, args) if kind in ("matmul", "attention") else None
         self.ops.append(OpRecord(str(func), kind, flops, by, dtype, module, self.phase_fn(), vc, alloc, gemm=gemm))
         self.accesses.append(acc)
         return out
