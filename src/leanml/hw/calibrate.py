@@ -29,7 +29,7 @@ from leanml.hw.errors import HwError
 from leanml.hw.gemm_pack import calibrate_gemm_pack, gemm_curves
 from leanml.hw.schema import Device, Efficiency, HostLink, MemoryLevel, Power
 from leanml.hw.sysinfo import CacheLevel, cpu_caches, cpu_model_name, cpu_theoretical_peak_per_core
-from leanml.hw.timing import TimingMemo, best_time, default_clock, fit_efficiency
+from leanml.hw.timing import TimingMemo, best_time, default_clock, fit_efficiency, release_free_heap
 
 __all__ = ["CacheLevel", "CalibrationPlan", "TimingMemo", "best_time", "calibrate", "catalog_base_for_gpu",
            "cpu_caches", "cpu_model_name", "cpu_theoretical_peak_per_core", "default_clock", "fit_efficiency"]
@@ -163,6 +163,7 @@ def _first_touch(quick: bool, reps: int) -> tuple[float, float]:
     n = (48 if quick else 96) * 2**20 // 4
     warm = torch.empty(n)
     t_warm = best_time(lambda: warm.zero_(), reps)
+    release_free_heap()  # else a free heap top left by earlier probes can serve the "fresh" buffer warm
     t_fresh = best_time(lambda: torch.zeros(n), reps)
     extra = max(t_fresh - t_warm, 1e-9)
     return float(32 * 2**20), float(n * 4 / extra)

@@ -86,6 +86,31 @@ def _noop() -> None:
     return None
 
 
+def release_free_heap() -> bool:
+    """Hand the heap's free memory back to the OS (glibc ``malloc_trim(0)``); False where there is no glibc.
+
+    Whether a large output costs page faults depends on the heap's history: a phase that freed big buffers
+    leaves a free heap top that later allocations reuse warm. Calling this before a timing makes it start
+    from the state of a process that has not freed big buffers, whatever ran before it in the process.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:  # musl and macOS have no malloc_trim
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM is False:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+_MALLOC_TRIM: Any = None
+
+
 def fit_efficiency(works: list[float], times: list[float], peak: float, overhead: float, source: str) -> Efficiency:
     """Fit ``t - overhead = (w + half_work) / (peak * max)`` by non-negative least squares on relative error."""
     from scipy.optimize import nnls
