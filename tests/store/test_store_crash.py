@@ -85,6 +85,9 @@ def test_ray_tasks_write_parts(tmp_path):
     spec = ExtractSpec(dataset="digits", model="mlp", projector="dense", dim=32, batch_size=50, limit=200, hidden=(16,))
     st = extract(spec, tmp_path / "r", workers=2, backend="ray")
     ref = extract(spec, tmp_path / "ref")
-    np.testing.assert_allclose(st.features()[1], ref.features()[1], rtol=1e-6, atol=1e-7)
+    got, want = st.features()[1], ref.features()[1]
+    # Ray workers may run other torch thread counts than this process, so float32 GEMMs sum in another
+    # order: same rows, equal to rounding (seen: 5e-7 where entries reach 1.4), not bit for bit
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     import ray
     ray.shutdown()

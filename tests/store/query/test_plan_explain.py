@@ -25,11 +25,21 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     ivf = IVF.build(src, nprobe=8)
     cal = operator_costs(src, ivf, "dev_vm")
     assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter"}
-    facts = {"m": 10, "n": 100, "nq": 1, "D": 64, "visited": np.ones(1), "matched": np.ones(1), "k_prime": np.ones(1)}
+    facts = {"m": 10, "n": 100, "nq": 1, "k": 10, "D": 64, "visited": np.ones(1), "matched": np.ones(1),
+             "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2])}
     for name, w in cal.items():
         assert w.shape == features(name, facts).shape and (w >= 0).all()
         assert np.dot(w, features(name, facts)) > 0  # a call costs something
     assert operator_costs(src, ivf, "dev_vm") is cal  # cached per source and index
+
+
+def test_mixed_rows_counts_the_minority_side_of_each_walked_list():
+    from leanml.store.query.physical import mixed_rows
+
+    # lists 0..3 hold 10 rows each with 0, 3, 10 and 6 matches; query 0 walks lists 0, 1; query 1 walks 2, 3
+    facts = {"Iq": np.array([[0, 1], [2, 3], [-1, 1]]), "mask_lists": np.array([0, 3, 10, 6]),
+             "list_sizes": np.array([10, 10, 10, 10])}
+    assert mixed_rows(facts) == (0 + 3) + (0 + 4) + 3  # padding (-1) is not a list
 
 
 def test_where_after_nearest_post_filters(digits_store, digits_feats):

@@ -4,14 +4,16 @@ The roofline (`leanml.hw`) gets the shape of each candidate's cost roughly right
 here: the fixed cost of a call (Python, torch dispatch, FAISS setup), the efficiency of numpy's gather
 and int8 decode, of FAISS's list scan with a bitmap, and of torch's top-k; measured, they put the roofline
 off by 10-30x on small queries and in different directions per candidate. So each runnable candidate is
-timed on the source itself over a small design (row counts 64, 1%, 10% and 50% of the rows, 1 and 16
-queries, k = 10 and 100, IVF probes 1 to 64: 16 points; the candidates interleaved, as queries meet
+timed on the source itself over a small design (row counts 64, 1%, 10% and 50% of the rows, 1, 16 and
+32 queries, k = 10 and 100, IVF probes 1 to 64: 24 points; the candidates interleaved, as queries meet
 them, best of 2) and its time is fitted as a non-negative combination of the work terms of
 `physical.features` (a fixed cost, rows x D, rows x queries x D, top-k entries; for IVF visited rows,
-scored matches x D, over-fetch), by NNLS on relative error (the planner compares ratios). Predicting
-is then one dot product: planning stays cheap.
+scored matches x D, queries, result heaps, rows on the minority side of the filter in the walked lists,
+over-fetch), by NNLS on relative error (the planner compares ratios). Predicting is then one dot
+product: planning stays cheap.
 
-Cached per source generation and index (a query pays it once: ~0.3 s at 2*10^4 x 128, ~2 s at 10^5 x 256).
+Cached per source generation and index (a query pays it once: ~0.7 s at 2*10^4 x 128, ~4.7 s at 10^5 x 256
+on this 2-vCPU VM).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def design(n: int) -> list[tuple[int, int, int, int]]:
     sizes = sorted({min(n, 64), max(1, n // 100), max(1, n // 10), max(1, n // 2)})
     probes = (1, 4, 16, 64)
     return [(m, nq, min(k, m), probes[(i + j) % 4]) for i, m in enumerate(sizes)
-            for j, (nq, k) in enumerate(((1, 10), (16, 10), (1, 100), (16, 100)))]
+            for j, (nq, k) in enumerate(((1, 10), (16, 10), (1, 100), (16, 100), (32, 10), (32, 100)))]
 
 
 def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, np.ndarray]:

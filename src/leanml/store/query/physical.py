@@ -66,7 +66,9 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
 def features(name: str, facts: dict) -> np.ndarray:
     """The work a candidate does, as the terms its calibrated time is linear in (`calibration`):
     a fixed cost, rows read and decoded (x D), multiply-adds (rows x queries x D) and top-k/mask entries;
-    for IVF the rows its lists hold (bitmap tests), the matches scored (x D) and the over-fetch."""
+    for IVF the rows its lists hold (bitmap tests), the matches scored (x D), a per-query cost, the result
+    heaps (queries x k: at 32 queries FAISS's k = 100 walk costs ~0.35 ms more than k = 10 over the same
+    lists, measured here) and the over-fetch."""
     m, n, nq, D = facts["m"], facts["n"], facts["nq"], facts["D"]
     if name == "exact-filtered":
         return np.array([1.0, m * D, m * nq * D, m * nq])
@@ -74,8 +76,17 @@ def features(name: str, facts: dict) -> np.ndarray:
         return np.array([1.0, n * D, n * nq * D, n * nq])
     V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
     if name == "ivf-bitmap":
-        return np.array([1.0, M * D, V, nq])
+        return np.array([1.0, M * D, V, nq, nq * facts["k"], mixed_rows(facts)])
     return np.array([1.0, V * D, float(facts["k_prime"].sum()), nq])
+
+
+def mixed_rows(facts: dict) -> float:
+    """Rows of the walked lists on the minority side of the filter, ``sum min(matches, size - matches)``:
+    the bitmap test's branch is unpredictable there. A list wholly in or out of a correlated filter scans
+    at ~13 ns per match; a half-matching one at 35-50 ns (k = 10, 32 queries, measured here)."""
+    Iq, ml, sz = facts["Iq"], facts["mask_lists"], facts["list_sizes"]
+    lists = np.where(Iq >= 0, Iq, 0)
+    return float(np.where(Iq >= 0, np.minimum(ml[lists], sz[lists] - ml[lists]), 0).sum())
 
 
 def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
@@ -149,7 +160,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         frac = np.maximum(matched, 1) / np.maximum(visited, 1)
         kp = np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)
         facts.update(assign_s=time.perf_counter() - t0, Iq=Iq, Q=Q, visited=visited, matched=matched,
-                     nlist=int(ivf.index.nlist), k_prime=kp, probes=p)
+                     nlist=int(ivf.index.nlist), k_prime=kp, probes=p, mask_lists=mask_lists,
+                     list_sizes=ivf.sizes())
         D, short = C * d, int((matched < k).sum())
         bm, pf = cands[2], cands[3]
         bm.predicted_s = predict("ivf-bitmap", lambda: _ivf_scan_time(model, visited.sum(), matched.sum(), D, k,
