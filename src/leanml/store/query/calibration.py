@@ -23,16 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from leanml.store.query.physical import PLANNING
 from leanml.store.query.source import QuerySource
 
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}
 
 
-def _time(fn: Any, *args: Any, reps: int = 2) -> float:
+def _time(fn: Any, *args: Any, reps: int = 2, **kwargs: Any) -> float:
     best = np.inf
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn(*args)
+        fn(*args, **kwargs)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -46,9 +47,8 @@ def design(n: int) -> list[tuple[int, int, int, int]]:
 
 
 def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, np.ndarray]:
-    """{candidate: NNLS weights of its `physical.features`} measured on ``source`` (module docstring)."""
-    from scipy.optimize import nnls
-
+    """{candidate: NNLS weights of its `physical.features`} measured on ``source`` (module docstring), and
+    with an index ``physical.PLANNING``: the planning work only the IVF plans need."""
     from leanml.store.query.physical import features, plan_nearest, run_nearest
 
     key = (str(source.root), source.manifest.generation, len(source.ids()), id(ivf), id(host))
@@ -84,11 +84,42 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 6
             rows.setdefault(name, []).append((features(name, facts), best[name]))
         warm = True
     out = {}
+    _fit(rows, out)
+    if ivf is not None:  # then the planning the IVF plans need, timed with the fitted weights in use
+        _fit({PLANNING: _planning_points(source, ivf, host, block_rows, out)}, out)
+    _CACHE[key] = out
+    return out
+
+
+def _planning_points(source: QuerySource, ivf: Any, host: Any, block_rows: int,
+                     cal: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float]]:
+    """(features, seconds) of `plan_nearest`'s IVF branch over the design: planning with the index minus
+    planning without it (best of 3 each, interleaved)."""
+    from leanml.store.query.physical import features, plan_nearest
+
+    n, names = len(source.ids()), source.checkpoint_names()
+    rng = np.random.default_rng(1)
+    pts = []
+    for m, nq, k, _ in design(n):
+        pos = np.sort(rng.choice(n, m, replace=False))
+        qs = [source.read(c, np.sort(rng.choice(n, nq, replace=nq > n))) + 1e-3 for c in names]
+        kw = {"host": host, "recall": 0.95, "block_rows": block_rows, "calibration": cal, "cost_all": True}
+        with_ivf, without = np.inf, np.inf
+        for _ in range(3):
+            with_ivf = min(with_ivf, _time(plan_nearest, source, pos, qs, k, reps=1, ivf=ivf, **kw))
+            without = min(without, _time(plan_nearest, source, pos, qs, k, reps=1, ivf=None, **kw))
+        _, facts = plan_nearest(source, pos, qs, k, ivf=ivf, **kw)
+        pts.append((features(PLANNING, facts), max(with_ivf - without, 1e-7)))
+    return pts
+
+
+def _fit(rows: dict[str, list[tuple[np.ndarray, float]]], out: dict[str, np.ndarray]) -> None:
+    """NNLS on relative error of each operator's times over its work terms, into ``out``."""
+    from scipy.optimize import nnls
+
     for name, pts in rows.items():
         A = np.stack([f for f, _ in pts])
         t = np.array([s for _, s in pts])
         scale = np.maximum(A.max(0), 1e-30)
         w, _ = nnls((A / scale) / t[:, None], np.ones(len(t)))
         out[name] = w / scale
-    _CACHE[key] = out
-    return out
