@@ -11,9 +11,23 @@ rows not in the filter (their own row cannot inflate the figure).
 
 `IVF.probes_for` turns that table into the plan: the fewest probes whose measured recall, at the
 measured selectivities bracketing the query's (the minimum of the two) and the measured k at or above
-the query's (the walk then gathers matches for that k), reaches the target plus a 0.01 margin (the
-sampling error of 128 queries). Below the smallest measured selectivity, above the largest measured k,
+the query's (the walk then gathers matches for that k), reaches the target plus a 0.02 margin (twice
+the sampling error of 128 held-out rows as queries: queries that are not stored rows sit farther from
+the centroids, and at 0.01 one grid cell of noisy queries under a correlated 50% filter got 0.928 for a
+0.95 target at 10^5 x 256). Below the smallest measured selectivity, above the largest measured k,
 or when no probe count reaches the target, there is no approximate plan: the planner uses an exact one.
+
+Recall is also kept per **difficulty band** of the measuring queries (`difficulty`: how many centroids are
+nearly tied with a query's nearest one; Li et al., SIGMOD 2020, predict per-query probes from such
+centroid-distance features). A query whose neighbourhood is split over many near-tied lists needs more
+probes than the average: at 10^5 x 256, 8 probes gave 0.90-0.95 for queries of the clusters spread over
+11 lists against 1.0 for those over 8, while the table's average was 0.99. `probes_for(..., bands=)`
+weights the bands' recall by the batch's own band counts, so a batch drawn from one hard cluster gets
+the probes its band needs (a band with no measuring query counts as the worst measured band). The banded
+figure only ever lowers the average one (more probes, never fewer): per band, 32-odd measuring queries are
+too few to trust for fewer probes. It is a refinement, not a guarantee: at 2*10^4 x 128 and 3*10^4 x 64
+(`benchmarks/query_fixtures.clustered`) the feature did not single out the hardest cluster, and a batch of
+32 queries from it got 0.92 and 0.86 at the average's probes.
 """
 
 from __future__ import annotations
@@ -28,8 +42,21 @@ from leanml.store.query.source import QuerySource, RowView
 
 SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
 KS = (10, 100)
-MARGIN = 0.01
+MARGIN = 0.02
 N_QUERIES = 128
+N_BANDS = 4
+TIE_SHARE = 0.1
+
+
+def difficulty(sims: np.ndarray) -> np.ndarray:
+    """Per query (row of ``sims``, its similarity to every centroid): how many centroids lie within
+    ``TIE_SHARE`` of the way from its nearest centroid down to the median one (scale-free: a share of the
+    query's own similarity range). Many near-tied lists: the top-k is spread over more lists."""
+    top = sims.max(1)
+    h = sims.shape[1] // 2
+    med = np.partition(sims, h, axis=1)[:, h]  # np.median: 8x slower at 32 x 1264 (0.37 ms)
+    tie = top - TIE_SHARE * (top - med)
+    return (sims >= tie[:, None]).sum(1)
 
 
 @dataclass
@@ -44,9 +71,17 @@ class IVF:
     build_s: float
     table: dict[tuple[float, int], list[tuple[int, float]]] = field(default_factory=dict)
     measure_s: float = 0.0
+    measured_on: str = "held-out stored rows"
+    band_edges: np.ndarray = field(default_factory=lambda: np.zeros(0))  # difficulty quantiles between bands
+    band_table: dict[tuple[float, int], list[tuple[int, np.ndarray]]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0) -> IVF:
+    def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0,
+              queries: list[np.ndarray] | None = None) -> IVF:
+        """Build the index and measure its filtered recall. ``queries`` (per checkpoint ``[nq, d]``, like
+        `nearest`'s): measure it for these instead of held-out stored rows: queries that are not stored rows
+        (a task's validation gradients) sit farther from the centroids and need more probes (a 0.3-noise
+        copy of stored rows: 0.93 at the 8 probes where held-out rows give 0.99, 10^5 x 256)."""
         from leanml.store.query.graph import combined_rows, need_faiss
 
         faiss = need_faiss("with_index")
@@ -63,61 +98,104 @@ class IVF:
                 list_of[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), sz)] = lst
         out = cls(ivf, list_of, int(ivf.nprobe), float("nan"), time.perf_counter() - t0)
         t0 = time.perf_counter()
-        out.table = out._measure(combined_rows(source, None)[1], seed)
+        Qm = None if queries is None else combined_queries(source, queries)
+        out.table, out.band_table = out._measure(combined_rows(source, None)[1], seed, Qm)
+        out.measured_on = "held-out stored rows" if Qm is None else f"{len(Qm)} given queries"
         out.measure_s = time.perf_counter() - t0
         out.recall = out.recall_at(1.0, 10, out.nprobe)
         return out
 
-    def _measure(self, X: np.ndarray, seed: int) -> dict[tuple[float, int], list[tuple[int, float]]]:
+    def bands(self, S: np.ndarray) -> np.ndarray:
+        """The difficulty band (0 .. len(band_edges)) of each query, from its centroid similarities ``S``."""
+        return np.searchsorted(self.band_edges, difficulty(S), side="right")
+
+    def band_counts(self, S: np.ndarray) -> tuple[int, ...]:
+        """How many of the queries fall in each band (the ``bands`` argument of `probes_for`)."""
+        return tuple(np.bincount(self.bands(S), minlength=len(self.band_edges) + 1).tolist())
+
+    def _measure(self, X: np.ndarray, seed: int, Qgiven: np.ndarray | None = None) -> tuple[dict, dict]:
         n, nlist = len(X), int(self.index.nlist)
         rng = np.random.default_rng(seed + 1)
         table: dict[tuple[float, int], list[tuple[int, float]]] = {}
+        band_table: dict[tuple[float, int], list[tuple[int, np.ndarray]]] = {}
+        C = self.centroids()
+        probe_q = Qgiven if Qgiven is not None else X[rng.choice(n, min(n, 4 * N_QUERIES), replace=False)]
+        f = difficulty(probe_q @ C.T)
+        self.band_edges = np.unique(np.quantile(f, np.arange(1, N_BANDS) / N_BANDS, method="lower"))
+        nb = len(self.band_edges) + 1
         ladder = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if p < nlist] + [nlist]
         for sel in SELECTIVITIES:
-            qpos = rng.choice(n, min(N_QUERIES, max(1, n // 4)), replace=False)
-            rest = np.setdiff1d(np.arange(n), qpos)
+            if Qgiven is None:
+                qpos = rng.choice(n, min(N_QUERIES, max(1, n // 4)), replace=False)
+                rest = np.setdiff1d(np.arange(n), qpos)
+            else:
+                rest = np.arange(n)
             m = min(len(rest), int(round(sel * n)))
             for k in KS:
                 if m < 2 * k:
                     continue
                 pos = np.sort(rng.choice(rest, m, replace=False))
-                Q = X[qpos]
+                Q = X[qpos] if Qgiven is None else Qgiven[rng.choice(len(Qgiven), min(N_QUERIES, len(Qgiven)),
+                                                                     replace=False)]
                 S = Q @ X[pos].T
                 ref = pos[np.argpartition(-S, k - 1, axis=1)[:, :k]]
                 lists = np.bincount(self.list_of[pos], minlength=nlist)
+                band = self.bands(Q @ C.T)
+                cnt = np.bincount(band, minlength=nb)
                 rows: list[tuple[int, float]] = []
+                brows: list[tuple[int, np.ndarray]] = []
                 for p in ladder:
                     Iq, _, _ = assign(self, Q, lists, k, p)
                     _, got = bitmap_search(self, Q, pos, k, Iq)
-                    rec = float(np.mean([len(set(g) & set(r)) / k for g, r in zip(got.tolist(), ref.tolist(),
-                                                                                  strict=True)]))
+                    per_q = np.array([len(set(g) & set(r)) / k for g, r in zip(got.tolist(), ref.tolist(),
+                                                                               strict=True)])
+                    rec = float(per_q.mean())
                     rows.append((p, rec))
-                    if rec >= 0.999:
+                    by_band = np.bincount(band, weights=per_q, minlength=nb) / np.maximum(cnt, 1)
+                    brows.append((p, np.where(cnt > 0, by_band, by_band[cnt > 0].min())))
+                    if rec >= 0.999 and by_band[cnt > 0].min() >= 0.999:
                         break
-                table[(sel, k)] = rows
-        return table
+                table[(sel, k)], band_table[(sel, k)] = rows, brows
+        return table, band_table
 
-    def recall_at(self, sel: float, k: int, probes: int) -> float:
-        """Measured recall at the nearest measured (selectivity, k) for ``probes`` (nan when not measured)."""
+    def recall_at(self, sel: float, k: int, probes: int, bands: tuple[int, ...] | None = None) -> float:
+        """Measured recall at the measured (selectivity, k) for ``probes`` (nan when not measured); with
+        ``bands`` (queries per difficulty band, `band_counts`), the bands' recall weighted by those counts."""
         rows = self.table.get((sel, k))
         if not rows:
             return float("nan")
         ok = [r for p, r in rows if p <= probes]
-        return ok[-1] if ok else rows[0][1]
+        r = float(ok[-1] if ok else rows[0][1])
+        brows = self.band_table.get((sel, k))
+        if bands is None or not brows:
+            return r
+        ok_b = [rb for p, rb in brows if p <= probes]
+        w = np.asarray(bands, np.float64)
+        # never above the average: the bands only ever ask for more probes (a band's 32-odd queries are too
+        # few to trust for fewer: at 2*10^4 x 64 that cost 0.02 of worst-cluster recall)
+        return min(r, float(np.dot(ok_b[-1] if ok_b else brows[0][1], w) / max(w.sum(), 1.0)))
 
-    def probes_for(self, sel: float, k: int, target: float) -> tuple[int | None, float, str, int]:
+    def probes_for(self, sel: float, k: int, target: float,
+                   bands: tuple[int, ...] | None = None) -> tuple[int | None, float, str, int]:
         """(probes, the measured recall it stands on, why not, k_walk) for a filter of selectivity ``sel`` and
         top-k. ``k_walk``: the measured k the walk must gather matches for (>= k: `assign` keeps taking lists
-        until they hold k_walk matches, as it did when measured, so a smaller k is answered at least as well)."""
-        key = (sel, k, target)
+        until they hold k_walk matches, as it did when measured, so a smaller k is answered at least as well).
+        ``bands``: the batch's queries per difficulty band (`band_counts`); recall is then read per band."""
+        if bands is not None and not self.band_table:
+            bands = None
+        if bands is not None:  # the shares, to two digits: batches of similar make-up share a memo entry
+            tot = max(sum(bands), 1)
+            bands = tuple(round(100 * b / tot) for b in bands)
+        key = (sel, k, target, bands)
         memo = self.__dict__.setdefault("_memo", {})
         if key not in memo:
             if len(memo) > 1024:
                 memo.clear()
-            memo[key] = self._probes_for(sel, k, target)
+            memo[key] = self._probes_for(sel, k, target, bands)
         return memo[key]
 
-    def _probes_for(self, sel: float, k: int, target: float) -> tuple[int | None, float, str, int]:
+    def _probes_for(self, sel: float, k: int, target: float,
+                    bands: tuple[int, ...] | None) -> tuple[int | None, float, str, int]:
         ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
         if not ks:
             return None, float("nan"), f"filtered recall not measured for k = {k} (measured k: {KS})", k
@@ -130,7 +208,7 @@ class IVF:
         hi = min((s for s in sels if s >= sel * (1 - 1e-9)), default=lo)
         best = 0.0
         for p, _ in self.table[(lo, kk)]:
-            r = min(self.recall_at(lo, kk, p), self.recall_at(hi, kk, p))
+            r = min(self.recall_at(lo, kk, p, bands), self.recall_at(hi, kk, p, bands))
             best = max(best, r)
             if r >= target + MARGIN:
                 return p, r, "", kk

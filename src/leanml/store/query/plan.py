@@ -127,11 +127,17 @@ class Query:
             self._add(s.kind, **s.args)
         return self
 
-    def with_index(self, nprobe: int = 16, seed: int = 0) -> Query:
+    def with_index(self, nprobe: int = 16, seed: int = 0, queries: Any = None) -> Query:
         """Build (once) the FAISS IVF index `nearest` may use for approximate plans; its recall is measured
-        under random filters at build (`ivf.IVF`), and the planner only trusts those measurements."""
+        under random filters at build (`ivf.IVF`), and the planner only trusts those measurements.
+        ``queries``: vectors like the ones you will search with (a task's validation gradients; per
+        checkpoint ``[nq, d]`` or ``[nq, d]`` for one checkpoint): recall is then measured for them, not
+        for held-out stored rows (queries unlike stored rows need more probes)."""
         if self.index is None:
-            self.index = IVF.build(self.source, nprobe=nprobe, seed=seed)
+            from leanml.store.search import as_per_checkpoint
+
+            qs = None if queries is None else as_per_checkpoint(RowView(self.source), queries)
+            self.index = IVF.build(self.source, nprobe=nprobe, seed=seed, queries=qs)
         return self
 
     # ---- running ---------------------------------------------------------------------------------
