@@ -29,7 +29,7 @@
    that costs nothing to find), and the planning time itself (p50).
 3. LESS scoring of every row against 256 target examples in 8 subtasks, on the int8 and the fp32 store:
    naive (256 cosine columns, the mean per subtask, then the max) against aggregation pushdown (8
-   columns of mean unit targets), both through the same float32 scan, interleaved, best of 3; same
+   columns of mean unit targets), both through the same float32 scan, interleaved, best of 7; same
    top-5% selection checked. ``pushdown_speedup`` is the smaller of the two.
 4. Dedup at cosine > 0.9 on rows with planted near-duplicates (quick: 2*10^4 x 64, full: 10^5 x 256):
    the exact graph (FAISS flat range search, all pairs) against the approximate one (SemDeDup's
@@ -396,8 +396,8 @@ def main() -> None:
             elif sec == "grid":
                 res = planner_grid(tmp, X, lab, host, a.quick)
             elif sec == "pushdown":
-                res = [pushdown_section(st, X, 3)]
-                res.append(pushdown_section(make_store(tmp / "syn-fp32", X, "fp32"), X, 3))
+                res = [pushdown_section(st, X, 7)]
+                res.append(pushdown_section(make_store(tmp / "syn-fp32", X, "fp32"), X, 7))
             else:
                 res = dedup_section(tmp, dm, 64 if a.quick else d, 1 if not a.quick else 3)
             parts[sec] = {"data": res, "wall_s": time.perf_counter() - t0, "load": os.getloadavg()[0],

@@ -16,12 +16,23 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+DECODE_BLOCK_BYTES = 16 << 20
+
 
 class Codec(ABC):
     """Encode/decode rows; ``bytes_per_row(d)`` is the on-disk cost per example (codes + aux)."""
 
     name: str
     has_aux: bool = False
+    decodes_in_place: bool = False  # True: decode returns a view of the codes (no new float32 block)
+
+    def block_rows(self, block_rows: int, d: int) -> int:
+        """Rows per decoded block for a scan asking for ``block_rows``: at most 16 MiB of float32. glibc
+        serves larger blocks with fresh ``mmap`` pages (its threshold tops out at 32 MiB), so each one
+        page-faults anew: decoding 10^5 int8 rows of d = 256 took 21.5 ms in 64 MiB blocks, 9.5 ms in 16 MiB."""
+        if self.decodes_in_place:
+            return block_rows
+        return max(1, min(block_rows, DECODE_BLOCK_BYTES // (4 * max(d, 1))))
 
     @abstractmethod
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -41,6 +52,7 @@ class Codec(ABC):
 
 class FP32(Codec):
     name = "fp32"
+    decodes_in_place = True
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, None]:
         return np.ascontiguousarray(x, dtype=np.float32), None
@@ -218,3 +230,8 @@ def get_codec(name: str) -> Codec:
         return CODECS[name]
     except KeyError:
         raise ValueError(f"codec must be one of {sorted(CODECS)}, got {name!r}") from None
+
+
+def scan_block_rows(manifest, block_rows: int) -> int:  # noqa: ANN001 (a store's Manifest)
+    """`Codec.block_rows` for a store's manifest: the rows per block its scans read and align on."""
+    return get_codec(manifest.codec).block_rows(block_rows, manifest.dim)

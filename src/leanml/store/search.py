@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from leanml.store import scoring
+from leanml.store.codecs import scan_block_rows
 from leanml.store.manifest import StoreError
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "
     if len(names) == 1:  # nothing to align: the store's blocks as they come (rechunking would copy them)
         gens = [store.iter_blocks(names[0], block_rows)]
     else:
-        gens = [scoring.rechunk(store.iter_blocks(c, block_rows), block_rows) for c in names]
+        br = scan_block_rows(store.manifest, block_rows)  # what iter_blocks yields: align on it, not re-merge
+        gens = [scoring.rechunk(store.iter_blocks(c, br), br) for c in names]
     for blocks in zip(*gens, strict=True):
         ids = blocks[0][0]
         S = None

@@ -313,6 +313,7 @@ class GradientStore:
                     block_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, decoded float32 rows) in blocks of at most ``block_rows``: memory stays bounded."""
         checkpoint = checkpoint or self.checkpoint_names()[0]
+        block_rows = self.codec.block_rows(block_rows, self.manifest.dim)  # decoded blocks stay <= 16 MiB
         for s in self.manifest.shards_of(checkpoint):
             ids, codes, aux = self._load_shard(s)
             for a in range(0, s.rows, block_rows):

@@ -194,6 +194,11 @@ class IVF:
             memo[key] = self._probes_for(sel, k, target, bands)
         return memo[key]
 
+    def lowest_measured(self, k: int) -> float:
+        """The smallest selectivity whose filtered recall was measured for top-``k`` (inf: none for this k)."""
+        ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
+        return min((s for s, k2 in self.table if k2 == ks[0]), default=float("inf")) if ks else float("inf")
+
     def _probes_for(self, sel: float, k: int, target: float,
                     bands: tuple[int, ...] | None) -> tuple[int | None, float, str, int]:
         ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]

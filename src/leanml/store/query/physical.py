@@ -152,7 +152,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
     probes, why_probe, k_walk, mask_lists = None, "", k, None
     # the fitted weights are >= 0, so an IVF plan costs at least its constant terms: when the exact scan of
-    # the matches costs less, skip the IVF planning altogether (~0.3 ms of Python at 10^5 rows, 0.1% filter)
+    # the matches costs less, skip the IVF planning altogether
     least_ivf = (min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)
                  + (float(cal[PLANNING][0]) if PLANNING in cal else 0.0))
     if ivf is not None and approx_ok and not cost_all and all(c in cal for c in APPROX) and t_f <= least_ivf:
@@ -160,6 +160,15 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     if ivf is not None and approx_ok:
         mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                  minlength=ivf.index.nlist)
+        low = ivf.lowest_measured(k)
+        if not cost_all and m > k and m / max(n, 1) <= low * (1 + 1e-9) \
+                and np.count_nonzero(mask_lists) > ivf.nprobe:
+            # the selectivity near the queries is at most the global one: at or below the lowest measured one
+            # the table cannot vouch for a walk, and the matches span more lists than a walk takes whole:
+            # skip the rest of the IVF planning (its nq x nlist matmul also evicts the scan's cache lines)
+            approx_ok, why_probe = False, (f"selectivity {m / max(n, 1):.3g} is at or below the lowest "
+                                           f"measured ({low:.3g}, k = {k}): exact")
+    if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
         S = Q @ ivf.centroids().T
         sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, Q, mask_lists, S))
@@ -176,8 +185,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             c.eligible, c.runnable, c.why_not = False, False, "the FAISS index serves the combined cosine only"
         elif ivf is None:
             c.eligible, c.runnable, c.why_not = False, False, "no IVF index built for this source (Query.with_index())"
-        elif why_probe == CHEAP_EXACT:
-            c.eligible, c.why_not = False, CHEAP_EXACT
+        elif not approx_ok and why_probe:
+            c.eligible, c.why_not = False, why_probe
         elif not approx_ok:
             c.eligible, c.why_not = False, "approximate: an exact answer was asked for (recall None or 1.0)"
         elif probes is None:

@@ -155,6 +155,7 @@ class StoreSource(QuerySource):
 
     def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like `GradientStore.iter_blocks` (contiguous memmap slices: fp32 rows reach torch uncopied)."""
+        block_rows = self.store.codec.block_rows(block_rows, self.manifest.dim)
         for ids, codes, aux in self._shards(checkpoint):
             for a in range(0, len(ids), block_rows):
                 b = min(len(ids), a + block_rows)
