@@ -465,17 +465,21 @@ def headline(parts: dict, a: argparse.Namespace, host, n: int, d: int) -> dict: 
 
 def _low_sel_targets(knn: list[dict]) -> dict:
     """Per data set, at <= 1% selectivity: planned p50 / exact-filtered p50 (target <= 1.2) and unfiltered
-    exact p50 / planned p50 (target >= 10); at >= 10%: planned p50 / unfiltered IVF p50 (target <= 2)."""
+    exact p50 / planned p50 (target >= 10); at >= 10%: planned p50 / unfiltered IVF p50 (target <= 2), also
+    without the anti-correlated cells (their near neighbours are filtered away: no IVF walk near the query
+    finds them, and the plan that keeps recall there is the exact scan, so unfiltered IVF is no yardstick)."""
     out = {}
     for data in sorted({x["data"] for x in knn}):
         by = {(x["filter"], x["selectivity"], x["contender"]): x["p50_ms"] for x in knn if x["data"] == data}
         cells = {(f, s) for f, s, _ in by}
         lo = [(by[(f, s, "planned")] / by[(f, s, "exact-filtered")], by[(f, s, "unfiltered-exact")]
                / by[(f, s, "planned")]) for f, s in cells if s <= 0.01]
-        hi = [by[(f, s, "planned")] / by[(f, s, "unfiltered-ivf")] for f, s in cells if s >= 0.1]
+        hi = {(f, s): by[(f, s, "planned")] / by[(f, s, "unfiltered-ivf")] for f, s in cells if s >= 0.1}
         out[data] = {"le1pct_worst_planned_over_exact_filtered": max(x[0] for x in lo),
                      "le1pct_min_unfiltered_exact_over_planned": min(x[1] for x in lo),
-                     "ge10pct_worst_planned_over_unfiltered_ivf": max(hi)}
+                     "ge10pct_worst_planned_over_unfiltered_ivf": max(hi.values()),
+                     "ge10pct_worst_planned_over_unfiltered_ivf_without_anti": max(
+                         (r for (f, _), r in hi.items() if f != "anti-correlated"), default=float("nan"))}
     return out
 
 

@@ -107,12 +107,20 @@ def local_selectivity(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, S: np.nd
     that leaves out the query's own cluster (anti-correlated) is far sparser near it: its nearest matches
     lie at similar distances in many lists, and at the probes a random 50% filter needs the walk found 0.71
     of the top 10 (10^5 x 256). Looked up at this selectivity, the table asks for the probes of a sparse
-    filter, or for an exact plan (Qdrant's planner likewise estimates cardinality, not just the global count)."""
+    filter, or for an exact plan (Qdrant's planner likewise estimates cardinality, not just the global count).
+
+    A query's local share counts only when it is below the global one by more than 3 binomial standard
+    deviations of the matches expected there: a random 1% filter leaves ~3 matches in 4 lists of 80 rows,
+    and reading the table at that noisy share sent walks that met the target to an exact scan 1.4x slower."""
     S = Q @ ivf.centroids().T if S is None else S  # [nq, nlist]: similarity to every centroid
     w = min(LOCAL_LISTS, S.shape[1])
     near = np.argpartition(-S, w - 1, axis=1)[:, :w]
-    rows = ivf.sizes()[near].sum(1)
-    return float((match_lists[near].sum(1) / np.maximum(rows, 1)).min())
+    rows = ivf.sizes()[near].sum(1).astype(np.float64)
+    got = match_lists[near].sum(1)
+    glob = float(match_lists.sum()) / max(len(ivf.list_of), 1)
+    expect = glob * rows
+    sparse = got < expect - 3.0 * np.sqrt(expect * (1.0 - glob))
+    return float(np.where(sparse, got / np.maximum(rows, 1.0), glob).min())
 
 
 def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
@@ -161,13 +169,13 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                  minlength=ivf.index.nlist)
         low = ivf.lowest_measured(k)
-        if not cost_all and m > k and m / max(n, 1) <= low * (1 + 1e-9) \
+        if not cost_all and m > k and m / max(n, 1) < low * (1 - 1e-9) \
                 and np.count_nonzero(mask_lists) > ivf.nprobe:
-            # the selectivity near the queries is at most the global one: at or below the lowest measured one
-            # the table cannot vouch for a walk, and the matches span more lists than a walk takes whole:
-            # skip the rest of the IVF planning (its nq x nlist matmul also evicts the scan's cache lines)
-            approx_ok, why_probe = False, (f"selectivity {m / max(n, 1):.3g} is at or below the lowest "
-                                           f"measured ({low:.3g}, k = {k}): exact")
+            # the selectivity near the queries is at most the global one: below the lowest measured one the
+            # table cannot vouch for a walk, and the matches span more lists than a walk takes whole: skip
+            # the rest of the IVF planning (its nq x nlist matmul also evicts the scan's cache lines)
+            approx_ok, why_probe = False, (f"selectivity {m / max(n, 1):.3g} is below the lowest measured "
+                                           f"({low:.3g}, k = {k}): exact")
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
         S = Q @ ivf.centroids().T
