@@ -63,7 +63,7 @@ from leanml.io import atomic_write_text
 from leanml.store import GradientStore
 from leanml.store.query import IVF, Query, as_source
 from leanml.store.query.calibration import operator_costs
-from leanml.store.query.physical import APPROX, choose, plan_nearest, run_nearest
+from leanml.store.query.physical import APPROX, choose, plan_nearest, run_nearest, walk_facts
 
 RESULTS = Path(__file__).parent / "results"
 SELECTIVITY = (0.001, 0.01, 0.1, 0.5)
@@ -237,13 +237,8 @@ def planner_grid(tmp: Path, X: np.ndarray, lab: np.ndarray, host, quick: bool) -
                         _, rfacts = plan_nearest(src, pos, [Qall], kk, host=host, recall=0.95, ivf=ivf,
                                                  calibration=cal, cost_all=True)
                         if "Iq" in rfacts and rfacts["probes"] != facts["probes"]:  # the timed plan's probes
-                            from leanml.store.query.ivf import assign
-
-                            Iq, vis, mat = assign(ivf, rfacts["Q"], rfacts["mask_lists"], facts["k_walk"],
-                                                  facts["probes"])
-                            frac = np.maximum(mat, 1) / np.maximum(vis, 1)
-                            rfacts.update(Iq=Iq, visited=vis, matched=mat, probes=facts["probes"],
-                                          k_prime=np.minimum(vis, np.ceil(1.5 * kk / frac)).astype(np.int64))
+                            rfacts.update(walk_facts(ivf, rfacts["Q"], rfacts["mask_lists"], kk, facts["k_walk"],
+                                                     facts["probes"]))
                         # the planning only the IVF plans need (coarse assignment, walk facts) is part of
                         # their cost: planning with the index minus planning without it
                         t_ivf = min(timed(plan_nearest, src, pos, qs, kk, host=host, recall=0.95, ivf=ivf,

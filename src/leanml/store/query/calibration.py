@@ -49,7 +49,7 @@ def design(n: int) -> list[tuple[int, int, int, int]]:
 def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, np.ndarray]:
     """{candidate: NNLS weights of its `physical.features`} measured on ``source`` (module docstring), and
     with an index ``physical.PLANNING``: the planning work only the IVF plans need."""
-    from leanml.store.query.physical import features, plan_nearest, run_nearest
+    from leanml.store.query.physical import features, plan_nearest, run_nearest, walk_facts
 
     key = (str(source.root), source.manifest.generation, len(source.ids()), id(ivf), id(host))
     if key in _CACHE:
@@ -66,13 +66,7 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 6
         cands, facts = plan_nearest(source, pos, qs, k, host=host, recall=None, ivf=ivf, block_rows=block_rows,
                                     cost_all=True)
         if ivf is not None and "Iq" in facts and p != facts.get("probes"):  # vary the probes over the design
-            from leanml.store.query.ivf import assign
-
-            Iq, visited, matched = assign(ivf, facts["Q"], np.bincount(ivf.list_of[pos], minlength=ivf.index.nlist),
-                                          k, p)
-            frac = np.maximum(matched, 1) / np.maximum(visited, 1)
-            facts.update(Iq=Iq, visited=visited, matched=matched, probes=p,
-                         k_prime=np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64))
+            facts.update(walk_facts(ivf, facts["Q"], facts["mask_lists"], k, k, p))
         run = [c.name for c in cands if c.runnable]
         best = dict.fromkeys(run, np.inf)
         for rep in range(3 if not warm else 2):  # interleaved, as queries meet them: caches not warmed for one

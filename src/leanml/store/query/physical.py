@@ -123,6 +123,15 @@ def local_selectivity(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, S: np.nd
     return float(np.where(sparse, got / np.maximum(rows, 1.0), glob).min())
 
 
+def walk_facts(ivf: IVF, Q: np.ndarray, mask_lists: np.ndarray, k: int, k_walk: int, probes: int) -> dict:
+    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches): lists per query, rows
+    visited and matches met, and the post-filter's over-fetch ``k_prime`` (1.5 k over the walk's match rate)."""
+    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes)
+    frac = np.maximum(matched, 1) / np.maximum(visited, 1)
+    return {"Iq": Iq, "visited": visited, "matched": matched, "probes": probes, "k_walk": k_walk,
+            "k_prime": np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)}
+
+
 def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
                  recall: float | None, ivf: IVF | None, block_rows: int = 65536, metric: str = "cosine",
                  calibration: dict | None = None, cost_all: bool = False) -> tuple[list[Candidate], dict]:
@@ -215,12 +224,9 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         if mask_lists is None:
             mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                      minlength=ivf.index.nlist)
-        Iq, visited, matched = assign(ivf, Q, mask_lists, max(k, k_walk), p)
-        facts["k_walk"] = max(k, k_walk)
-        frac = np.maximum(matched, 1) / np.maximum(visited, 1)
-        kp = np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)
-        facts.update(assign_s=time.perf_counter() - t0, Iq=Iq, Q=Q, visited=visited, matched=matched,
-                     nlist=int(ivf.index.nlist), k_prime=kp, probes=p, mask_lists=mask_lists,
+        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p))
+        Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
+        facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
                      list_sizes=ivf.sizes())
         D, short = C * d, int((matched < k).sum())
         bm, pf = cands[2], cands[3]
