@@ -34,15 +34,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest --coverage-floors
 
-# The peer cost models for benchmarks/hw_accuracy.py, each in its own venv (llm-analysis pins an old
+# The peer cost models for benchmarks/hw_accuracy.py and LanceDB for benchmarks/query_bench.py
+# (--lance-python), each in its own venv (llm-analysis pins an old
 # transformers): run on purpose, never by demo or test. The torch pin keeps pip on the CPU build.
 PEERS_DIR   ?= .peers
 peer-envs:
 	@test -x $(PEERS_DIR)/llm-analysis/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/llm-analysis
 	@test -x $(PEERS_DIR)/genz/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/genz
+	@test -x $(PEERS_DIR)/lancedb/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/lancedb
 	@echo "$(TORCH_SPEC)" > $(PEERS_DIR)/torch-constraint.txt
 	$(PEERS_DIR)/llm-analysis/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt llm-analysis==0.2.2
 	$(PEERS_DIR)/genz/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt genz-llm==0.0.16
+	$(PEERS_DIR)/lancedb/bin/pip install -q lancedb==0.40.0
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

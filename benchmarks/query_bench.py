@@ -15,8 +15,9 @@
    Every FAISS index is built once beforehand (build time reported, not in the latency). leanml's index
    measures its filtered recall on 256 calibration queries drawn like the benchmark's but from their own
    seed (`calibration_queries`), as a user would on a task's validation gradients.
-   ``lancedb-postfilter`` / ``lancedb-prefilter`` with ``--lance-python PY`` (a Python that has lancedb; it
-   runs as a subprocess, `lance_contender.py`, on the same rows, queries and filters).
+   ``lancedb-postfilter`` / ``lancedb-prefilter`` (LanceDB's defaults) and ``lancedb-prefilter-refine``
+   (nprobes 32, refine_factor 10) with ``--lance-python PY`` (a Python that has lancedb, e.g. from `make
+   peer-envs`; it runs as a subprocess, `lance_contender.py`, on the same rows, queries and filters).
    DuckDB's VSS extension is not run: it downloads at run time (``INSTALL vss``) and this machine is offline.
 2. Planner quality, on the same rows stored fp32 and int8 (the reference: the exact answer over the
    stored, decoded rows): over the grid selectivity (4) x filter kind (2) x k (10, 100) x codec (2) x
@@ -345,7 +346,7 @@ def main() -> None:
     ap.add_argument("--host", default=None, help="cost-model device id (default: quick in-process calibration)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--lance-python", default=None, help="a Python with lancedb installed, to add LanceDB as a "
-                    "contender (run as a subprocess; e.g. /work/venvs/i12/bin/python)")
+                    "contender (run as a subprocess; e.g. .peers/lancedb/bin/python from `make peer-envs`)")
     ap.add_argument("--rows", type=int, default=None, help="synthetic rows (default 2*10^4 quick, 10^5 full)")
     ap.add_argument("--dim", type=int, default=None, help="synthetic dim (default 128 quick, 256 full)")
     ap.add_argument("--dedup-rows", type=int, default=None, help="dedup rows (default 2*10^4 quick, 10^5 full)")
@@ -448,7 +449,9 @@ def headline(parts: dict, a: argparse.Namespace, host, n: int, d: int) -> dict: 
         r.update(dedup_speedup=dd["speedup"], dedup_jaccard=dd["jaccard_removed"], dedup=dd)
     r.update({
         "lancedb": ("run in its own environment (lance_contender.py): IVF_PQ, cosine, num_partitions sqrt(n), "
-                    "num_sub_vectors d/8, post- and pre-filter" if a.lance_python else
+                    "num_sub_vectors d/8, post- and pre-filter at its defaults, and pre-filter with nprobes 32 and "
+                    "refine_factor 10" if any(x["contender"].startswith("lancedb")
+                                              for x in parts.get("knn", {}).get("data", [])) else
                     "not run: pass --lance-python (lancedb is not a leanml dependency)"),
         "duckdb_vss": "not run: the vss extension downloads at run time (INSTALL vss) and this machine is offline",
         "quick": a.quick, "rows": n, "dim": d, "host": {"id": host.id, "name": host.name},
