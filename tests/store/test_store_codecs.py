@@ -85,3 +85,27 @@ def test_store_reads_back_what_the_codec_decodes(rows, name, tmp_path):
     _, back = GradientStore.open(st.root).features()
     np.testing.assert_array_equal(back, codec.decode(*codec.encode(rows), rows.shape[1]))
     assert st.verify() == []
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_scan_blocks_stay_within_the_decode_cap_and_lose_no_row(name, tmp_path):
+    """Every codec that writes a new float32 block caps it at DECODE_BLOCK_BYTES whatever block_rows asks
+    (larger blocks came from fresh mmap pages each time); fp32 views pass block_rows through; the blocks
+    still hold every row once, in order, in the store and in the query layer's view of it."""
+    from leanml.store import GradientStore
+    from leanml.store.codecs import DECODE_BLOCK_BYTES
+    from leanml.store.query.source import RowView, as_source
+
+    d = 4096  # 1024 rows of float32 fill the 16 MiB cap
+    x = np.random.default_rng(0).standard_normal((2500, d)).astype(np.float32)
+    st = GradientStore.create(tmp_path / name, dim=d, codec=name, spec={"projection": {}}, model="m")
+    st.append(np.arange(2500), x)
+    codec = get_codec(name)
+    want = 2000 if codec.decodes_in_place else DECODE_BLOCK_BYTES // (4 * d)
+    assert codec.block_rows(2000, d) == want
+    views = (st, RowView(as_source(st)), RowView(as_source(st), np.arange(0, 2500, 2)))
+    for view, n in zip(views, (2500, 2500, 1250), strict=True):
+        blocks = list(view.iter_blocks(None, 2000))
+        assert max(len(b[0]) for b in blocks) == min(want, n)
+        ids = np.concatenate([b[0] for b in blocks])
+        assert len(ids) == n and (np.diff(ids) > 0).all()

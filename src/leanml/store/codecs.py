@@ -13,8 +13,12 @@ the decoded row is ``sign(x) * ||x|| / sqrt(d)``: its cosine with ``x`` equals `
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from leanml.store.manifest import Manifest
 
 DECODE_BLOCK_BYTES = 16 << 20
 
@@ -232,6 +236,6 @@ def get_codec(name: str) -> Codec:
         raise ValueError(f"codec must be one of {sorted(CODECS)}, got {name!r}") from None
 
 
-def scan_block_rows(manifest, block_rows: int) -> int:  # noqa: ANN001 (a store's Manifest)
+def scan_block_rows(manifest: Manifest, block_rows: int) -> int:
     """`Codec.block_rows` for a store's manifest: the rows per block its scans read and align on."""
     return get_codec(manifest.codec).block_rows(block_rows, manifest.dim)

@@ -250,7 +250,7 @@ def less_per_subtask(feats: FeatureBlocks, target: np.ndarray | Sequence[np.ndar
 def reduce_subtasks(per_task: np.ndarray, reduce: str = "max") -> np.ndarray:
     """One LESS score per row from ``[N, S]``: max (paper), mean, or zmax (columns standardized, then max)."""
     if reduce == "max":  # over the transposed copy: numpy's max along a short last axis is 5x slower
-        return np.ascontiguousarray(per_task.T).max(0) if per_task.ndim == 2 else per_task.max(1)
+        return np.ascontiguousarray(per_task.T).max(0)
     if reduce == "mean":
         return per_task.mean(1)
     if reduce == "zmax":

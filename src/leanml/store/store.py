@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from leanml.io import atomic_write_bytes
-from leanml.store.codecs import get_codec
+from leanml.store.codecs import get_codec, scan_block_rows
 from leanml.store.hygiene import merged_shards, remove_temp_manifests, remove_unlisted_part_files
 from leanml.store.manifest import (
     MANIFEST,
@@ -313,7 +313,7 @@ class GradientStore:
                     block_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, decoded float32 rows) in blocks of at most ``block_rows``: memory stays bounded."""
         checkpoint = checkpoint or self.checkpoint_names()[0]
-        block_rows = self.codec.block_rows(block_rows, self.manifest.dim)  # decoded blocks stay <= 16 MiB
+        block_rows = scan_block_rows(self.manifest, block_rows)  # decoded blocks stay <= 16 MiB
         for s in self.manifest.shards_of(checkpoint):
             ids, codes, aux = self._load_shard(s)
             for a in range(0, s.rows, block_rows):

@@ -164,16 +164,14 @@ class IVF:
         rows = self.table.get((sel, k))
         if not rows:
             return float("nan")
-        ok = [r for p, r in rows if p <= probes]
-        r = float(ok[-1] if ok else rows[0][1])
+        r = float(_at(rows, probes))
         brows = self.band_table.get((sel, k))
         if bands is None or not brows:
             return r
-        ok_b = [rb for p, rb in brows if p <= probes]
         w = np.asarray(bands, np.float64)
         # never above the average: the bands only ever ask for more probes (a band's 32-odd queries are too
         # few to trust for fewer: at 2*10^4 x 64 that cost 0.02 of worst-cluster recall)
-        return min(r, float(np.dot(ok_b[-1] if ok_b else brows[0][1], w) / max(w.sum(), 1.0)))
+        return min(r, float(np.dot(_at(brows, probes), w) / max(w.sum(), 1.0)))
 
     def probes_for(self, sel: float, k: int, target: float,
                    bands: tuple[int, ...] | None = None) -> tuple[int | None, float, str, int]:
@@ -194,17 +192,20 @@ class IVF:
             memo[key] = self._probes_for(sel, k, target, bands)
         return memo[key]
 
+    def _measured_k(self, k: int) -> int | None:
+        """The smallest measured k >= ``k`` (the walk gathers matches for it), None above them all."""
+        return next((kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)), None)
+
     def lowest_measured(self, k: int) -> float:
         """The smallest selectivity whose filtered recall was measured for top-``k`` (inf: none for this k)."""
-        ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
-        return min((s for s, k2 in self.table if k2 == ks[0]), default=float("inf")) if ks else float("inf")
+        kk = self._measured_k(k)
+        return float("inf") if kk is None else min(s for s, k2 in self.table if k2 == kk)
 
     def _probes_for(self, sel: float, k: int, target: float,
                     bands: tuple[int, ...] | None) -> tuple[int | None, float, str, int]:
-        ks = [kk for kk in KS if kk >= k and any(key[1] == kk for key in self.table)]
-        if not ks:
+        kk = self._measured_k(k)
+        if kk is None:
             return None, float("nan"), f"filtered recall not measured for k = {k} (measured k: {KS})", k
-        kk = ks[0]
         sels = sorted(s for s, k2 in self.table if k2 == kk)
         if sel < sels[0] * (1 - 1e-9):
             return None, float("nan"), (f"filtered recall not measured below selectivity {sels[0]:.3g} "
@@ -233,6 +234,12 @@ class IVF:
     def sizes(self) -> np.ndarray:
         self.centroids()
         return self._sizes
+
+
+def _at(rows: list[tuple[int, Any]], probes: int) -> Any:
+    """A measured ladder's figure at ``probes``: the last rung at or below it (the first rung below all)."""
+    ok = [r for p, r in rows if p <= probes]
+    return ok[-1] if ok else rows[0][1]
 
 
 def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:

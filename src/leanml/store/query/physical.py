@@ -99,9 +99,10 @@ LOCAL_LISTS = 4
 CHEAP_EXACT = "the exact scan of the matches costs less than an IVF call's fixed cost and its planning"
 
 
-def local_selectivity(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, S: np.ndarray | None = None) -> float:
-    """The share of matching rows in each query's ``LOCAL_LISTS`` nearest lists (all lists, matches or not),
-    the smallest over the queries: the selectivity the walk meets near the query.
+def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float:
+    """The share of matching rows in each query's ``LOCAL_LISTS`` nearest lists (all lists, matches or not;
+    ``S``: the queries' similarity to every centroid), the smallest over the queries: the selectivity the
+    walk meets near the query.
 
     The recall table is measured under random filters, where this equals the global selectivity. A filter
     that leaves out the query's own cluster (anti-correlated) is far sparser near it: its nearest matches
@@ -112,7 +113,6 @@ def local_selectivity(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, S: np.nd
     A query's local share counts only when it is below the global one by more than 3 binomial standard
     deviations of the matches expected there: a random 1% filter leaves ~3 matches in 4 lists of 80 rows,
     and reading the table at that noisy share sent walks that met the target to an exact scan 1.4x slower."""
-    S = Q @ ivf.centroids().T if S is None else S  # [nq, nlist]: similarity to every centroid
     w = min(LOCAL_LISTS, S.shape[1])
     near = np.argpartition(-S, w - 1, axis=1)[:, :w]
     rows = ivf.sizes()[near].sum(1).astype(np.float64)
@@ -170,8 +170,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     probes, why_probe, k_walk, mask_lists = None, "", k, None
     # the fitted weights are >= 0, so an IVF plan costs at least its constant terms: when the exact scan of
     # the matches costs less, skip the IVF planning altogether
-    least_ivf = (min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)
-                 + (float(cal[PLANNING][0]) if PLANNING in cal else 0.0))
+    ivf_fixed = min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)  # an IVF call's fixed cost
+    least_ivf = ivf_fixed + (float(cal[PLANNING][0]) if PLANNING in cal else 0.0)
     if ivf is not None and approx_ok and not cost_all and all(c in cal for c in APPROX) and t_f <= least_ivf:
         approx_ok, why_probe = False, CHEAP_EXACT
     if ivf is not None and approx_ok:
@@ -187,8 +187,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
                                            f"({low:.3g}, k = {k}): exact")
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
-        S = Q @ ivf.centroids().T
-        sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, Q, mask_lists, S))
+        S = Q @ ivf.centroids().T  # [nq, nlist], shared by the local selectivity and the difficulty bands
+        sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, S, mask_lists))
         bands = facts["difficulty_bands"] = ivf.band_counts(S)
         probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
         holding = int(np.count_nonzero(mask_lists))
@@ -213,7 +213,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     t_plan = float(np.dot(cal[PLANNING], features(PLANNING, {**facts, "mask_lists": mask_lists}))) \
         if PLANNING in cal and mask_lists is not None else 0.0
     facts["ivf_planning_predicted_s"] = t_plan
-    floor = min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0) + t_plan
+    floor = ivf_fixed + t_plan
     if any(c.eligible for c in cands[2:]) and t_f <= floor and not cost_all:
         for c in cands[2:]:  # the exact scan of the matches beats even an IVF call's fixed cost and planning
             c.eligible, c.why_not = False, CHEAP_EXACT

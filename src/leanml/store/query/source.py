@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from leanml.store.codecs import scan_block_rows
 from leanml.store.query.errors import QueryError
 from leanml.store.view import StoreView
 
@@ -155,7 +156,7 @@ class StoreSource(QuerySource):
 
     def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like `GradientStore.iter_blocks` (contiguous memmap slices: fp32 rows reach torch uncopied)."""
-        block_rows = self.store.codec.block_rows(block_rows, self.manifest.dim)
+        block_rows = scan_block_rows(self.manifest, block_rows)
         for ids, codes, aux in self._shards(checkpoint):
             for a in range(0, len(ids), block_rows):
                 b = min(len(ids), a + block_rows)
@@ -265,6 +266,7 @@ class RowView:
             yield from self.source.iter_all(checkpoint, block_rows)
             return
         all_ids = self.source.ids()
+        block_rows = scan_block_rows(self.manifest, block_rows)  # gathered blocks decode within the same cap
         for a in range(0, len(self.positions), block_rows):
             p = self.positions[a : a + block_rows]
             yield all_ids[p], self.source.read(checkpoint, p)
