@@ -19,7 +19,7 @@
    (nprobes 32, refine_factor 10) with ``--lance-python PY`` (a Python that has lancedb, e.g. from `make
    peer-envs`; it runs as a subprocess, `lance_contender.py`, on the same rows, queries and filters).
    DuckDB's VSS extension is not run: it downloads at run time (``INSTALL vss``) and this machine is offline.
-2. Planner quality, on the same rows stored fp32 and int8 (the reference: the exact answer over the
+2. Planner quality (`query_grid.py`), on the same rows stored fp32 and int8 (the reference: the exact answer over the
    stored, decoded rows): over the grid selectivity (4) x filter kind (2) x k (10, 100) x codec (2) x
    queries per call (1, 32) = 64 cells, every runnable candidate is timed (interleaved, best of 3-9); a
    candidate counts if its recall@k >= 0.95 and it returns k rows. ``planner_within_10pct_share``: the
@@ -54,7 +54,6 @@ import platform
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -64,23 +63,25 @@ from leanml.io import atomic_write_text
 from leanml.store import GradientStore
 from leanml.store.query import IVF, Query, as_source
 from leanml.store.query.calibration import operator_costs
-from leanml.store.query.physical import APPROX, choose, plan_nearest, run_nearest, walk_facts
+from leanml.store.query.physical import run_nearest
 
 RESULTS = Path(__file__).parent / "results"
-SELECTIVITY = (0.001, 0.01, 0.1, 0.5)
 sys.path.insert(0, str(Path(__file__).parent))
 from query_fixtures import (  # noqa: E402
+    SELECTIVITY,
     Field,
     brute,
+    calibration_queries,
     clustered,
     filter_columns,
-    filter_rows,
     make_store,
     norm,
     planned,
     recall,
     timed,
+    timed_best,
 )
+from query_grid import grid_summary, planner_grid  # noqa: E402
 
 
 def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, host, tmp: Path,
@@ -150,15 +151,6 @@ def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, h
     return rows
 
 
-def calibration_queries(X: np.ndarray, n: int = 256) -> np.ndarray:
-    """Queries drawn as the benchmark's are (a stored row plus 0.3 noise per dimension) but from their own
-    seed: the index's filtered recall is measured on them (`IVF.build(queries=...)`), as a user measures it
-    on a task's validation gradients. Held-out stored rows overstate recall for such queries (0.99 where
-    they get 0.93 at 8 probes, 10^5 x 256)."""
-    rng = np.random.default_rng(7)
-    return norm(X[rng.choice(len(X), n)] + 0.3 * rng.standard_normal((n, X.shape[1])).astype(np.float32))
-
-
 def _row(name: str, kind: str, sel: float, c: str, rec: list, t: list, short: int) -> dict:
     return {"data": name, "filter": kind, "selectivity": sel, "contender": c,
             "recall_at_10": round(float(np.mean(rec)), 4), "p50_ms": round(1e3 * float(np.median(t[1:] or t)), 3),
@@ -190,112 +182,6 @@ def _lance(python: str, tmp: Path, name: str, X, u, v, cells: dict, Xn) -> list:
         row["lancedb_index_build_s"] = round(out["build_s"], 3)
         rows.append(row)
     return rows
-
-
-def timed_best(fns: dict, min_reps: int = 3, max_reps: int = 9, budget_s: float = 0.03) -> dict:
-    """Best-of time per function, the functions interleaved rep by rep (fair under a shared machine's load)."""
-    best, out, total, reps = {c: np.inf for c in fns}, {}, 0.0, 0
-    while reps < min_reps or (total < budget_s and reps < max_reps):
-        for c, fn in fns.items():
-            o, dt = timed(fn)
-            best[c], total = min(best[c], dt), total + dt
-            out[c] = o
-        reps += 1
-    return {c: (out[c], best[c]) for c in fns}
-
-
-def planner_grid(tmp: Path, X: np.ndarray, lab: np.ndarray, host, quick: bool) -> list[dict]:
-    """selectivity x filter kind x k x codec x queries; every runnable candidate timed (module docstring)."""
-    cells = []
-    rng = np.random.default_rng(2)
-    for codec in ("fp32", "int8"):
-        st = make_store(tmp / f"grid-{codec}", X, codec)
-        src = as_source(st)
-        Xn = norm(st.features()[1])  # the reference is the exact answer over the stored (decoded) rows
-        ivf = IVF.build(src, nprobe=16, queries=[calibration_queries(X)])
-        cal = operator_costs(src, ivf, host)
-        for kind in ("uncorrelated", "correlated"):
-            for sel in SELECTIVITY:
-                for k in (10, 100):
-                    for nq in (1, 32):
-                        q0 = int(rng.integers(len(X)))
-                        pool = np.flatnonzero(lab == lab[q0]) if kind == "correlated" else np.arange(len(X))
-                        qi = np.concatenate([[q0], rng.choice(pool, RECALL_QUERIES - 1)])
-                        pos = filter_rows(lab, int(lab[q0]), sel, kind, rng)
-                        Qall = norm(X[qi] + 0.3 * rng.standard_normal((len(qi), X.shape[1])).astype(np.float32))
-                        qs = [Qall[:nq]]
-                        kk = min(k, len(pos))
-                        ref = brute(Xn, Qall, pos, kk)
-                        t_plan = min(timed(plan_nearest, src, pos, qs, kk, host=host, recall=0.95, ivf=ivf,
-                                           calibration=cal)[1] for _ in range(3))
-                        cands, _ = plan_nearest(src, pos, qs, kk, host=host, recall=0.95, ivf=ivf, calibration=cal)
-                        chosen = choose(cands).name
-                        _, facts = plan_nearest(src, pos, qs, kk, host=host, recall=0.95, ivf=ivf, calibration=cal,
-                                                cost_all=True)
-                        fns = {c.name: partial(_ids_of, c.name, src, pos, qs, kk, facts, ivf)
-                               for c in cands if c.runnable}
-                        # recall of each plan at this cell over 32 queries (one query's recall is too noisy)
-                        _, rfacts = plan_nearest(src, pos, [Qall], kk, host=host, recall=0.95, ivf=ivf,
-                                                 calibration=cal, cost_all=True)
-                        if "Iq" in rfacts and rfacts["probes"] != facts["probes"]:  # the timed plan's probes
-                            rfacts.update(walk_facts(ivf, rfacts["Q"], rfacts["mask_lists"], kk, facts["k_walk"],
-                                                     facts["probes"]))
-                        # the planning only the IVF plans need (coarse assignment, walk facts) is part of
-                        # their cost: planning with the index minus planning without it
-                        t_ivf = min(timed(plan_nearest, src, pos, qs, kk, host=host, recall=0.95, ivf=ivf,
-                                          calibration=cal, cost_all=True)[1] for _ in range(3))
-                        t_none = min(timed(plan_nearest, src, pos, qs, kk, host=host, recall=0.95, ivf=None,
-                                           calibration=cal)[1] for _ in range(3))
-                        ivf_plan_s = max(0.0, t_ivf - t_none)
-                        meas = {}
-                        for name, (ids, t) in timed_best(fns).items():
-                            rids = _ids_of(name, src, pos, [Qall], kk, rfacts, ivf)
-                            rec = recall(rids, ref)  # the grid's stores hold id i at row position i
-                            ids = rids  # the grid's stores hold id i at row position i
-                            extra = ivf_plan_s if name in APPROX else 0.0
-                            meas[name] = {"s": t + extra, "s_exec": t, "recall": rec,
-                                          "ok": bool(rec >= 0.95 and (ids >= 0).all()),
-                                          "predicted_s": next(c.predicted_s for c in cands if c.name == name)}
-                        ok = sorted(v["s"] for v in meas.values() if v["ok"])
-                        best = ok[0] if ok else np.nan
-                        ok_exec = sorted(v["s_exec"] for v in meas.values() if v["ok"])
-                        cells.append({"codec": codec, "filter": kind, "selectivity": sel, "k": k, "queries": nq,
-                                      "chosen": chosen, "chosen_ok": meas[chosen]["ok"], "chosen_s": meas[chosen]["s"],
-                                      "best_s": best, "ratio": meas[chosen]["s"] / best, "planning_s": t_plan,
-                                      "ivf_planning_s": ivf_plan_s,
-                                      "ratio_exec_only": meas[chosen]["s_exec"] / (ok_exec[0] if ok_exec else np.nan),
-                                      "ratio_with_planning": (meas[chosen]["s"] + t_plan) / best,
-                                      "chosen_recall": meas[chosen]["recall"], "candidates": meas})
-    return cells
-
-
-def _ids_of(*args) -> np.ndarray:  # noqa: ANN002
-    return run_nearest(*args)[0]
-
-
-def grid_summary(grid: list[dict]) -> dict:
-    def share(cs: list[dict]) -> float:
-        return float(np.mean([c["chosen_ok"] and c["ratio"] <= 1.1 for c in cs])) if cs else float("nan")
-
-    def decisive(c: dict) -> bool:  # the runner-up that meets recall is > 10% slower: a wrong choice costs
-        ok = sorted(v["s"] for v in c["candidates"].values() if v["ok"])
-        return len(ok) < 2 or ok[1] > 1.1 * ok[0]
-
-    ratios = np.array([c["ratio"] if c["chosen_ok"] else np.inf for c in grid])
-    dec = [c for c in grid if decisive(c)]
-    return {"cells": len(grid), "planner_within_10pct_share": share(grid),
-            "planner_worst_ratio": float(ratios.max()), "decisive_cells": len(dec),
-            "planner_within_10pct_share_decisive": share(dec),
-            "planner_worst_ratio_decisive": float(max((c["ratio"] for c in dec), default=np.nan)),
-            "planner_within_10pct_share_with_planning": float(np.mean([c["chosen_ok"] and c["ratio_with_planning"]
-                                                                       <= 1.1 for c in grid])),
-            "planner_within_10pct_share_exec_only": float(np.mean([c["chosen_ok"] and c.get("ratio_exec_only", np.inf)
-                                                                   <= 1.1 for c in grid])),
-            "planner_worst_ratio_exec_only": float(max(c.get("ratio_exec_only", np.inf) if c["chosen_ok"] else np.inf
-                                                       for c in grid)),
-            "planning_overhead_p50_ms": 1e3 * float(np.median([c["planning_s"] for c in grid])),
-            "chosen_recall_min": float(min(c["chosen_recall"] for c in grid)),
-            "choices": {n: sum(c["chosen"] == n for c in grid) for n in sorted({c["chosen"] for c in grid})}}
 
 
 def pushdown_section(st: GradientStore, X: np.ndarray, reps: int) -> dict:
@@ -337,7 +223,6 @@ def dedup_section(tmp: Path, m: int, d: int, reps: int) -> dict:
 
 
 SECTIONS = ("knn", "grid", "pushdown", "dedup")
-RECALL_QUERIES = 32
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from leanml.store import GradientStore
 from leanml.store.query.calibration import operator_costs
 from leanml.store.query.physical import choose, plan_nearest, run_nearest
 
+SELECTIVITY = (0.001, 0.01, 0.1, 0.5)
+
 SPEC = {"projection": {"type": "synthetic"}}
 
 
@@ -122,3 +124,24 @@ def filter_columns(lab: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarr
     cl, inv = np.unique(lab, return_inverse=True)
     rank = rng.permutation(len(cl))[inv]
     return rng.random(len(lab)), (rank + rng.random(len(lab))) / len(cl)
+
+
+def calibration_queries(X: np.ndarray, n: int = 256) -> np.ndarray:
+    """Queries drawn as the benchmark's are (a stored row plus 0.3 noise per dimension) but from their own
+    seed: the index's filtered recall is measured on them (`IVF.build(queries=...)`), as a user measures it
+    on a task's validation gradients. Held-out stored rows overstate recall for such queries (0.99 where
+    they get 0.93 at 8 probes, 10^5 x 256)."""
+    rng = np.random.default_rng(7)
+    return norm(X[rng.choice(len(X), n)] + 0.3 * rng.standard_normal((n, X.shape[1])).astype(np.float32))
+
+
+def timed_best(fns: dict, min_reps: int = 3, max_reps: int = 9, budget_s: float = 0.03) -> dict:
+    """Best-of time per function, the functions interleaved rep by rep (fair under a shared machine's load)."""
+    best, out, total, reps = {c: np.inf for c in fns}, {}, 0.0, 0
+    while reps < min_reps or (total < budget_s and reps < max_reps):
+        for c, fn in fns.items():
+            o, dt = timed(fn)
+            best[c], total = min(best[c], dt), total + dt
+            out[c] = o
+        reps += 1
+    return {c: (out[c], best[c]) for c in fns}
