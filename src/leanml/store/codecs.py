@@ -33,7 +33,8 @@ class Codec(ABC):
     def block_rows(self, block_rows: int, d: int) -> int:
         """Rows per decoded block for a scan asking for ``block_rows``: at most 16 MiB of float32. glibc
         serves larger blocks with fresh ``mmap`` pages (its threshold tops out at 32 MiB), so each one
-        page-faults anew: decoding 10^5 int8 rows of d = 256 took 21.5 ms in 64 MiB blocks, 9.5 ms in 16 MiB."""
+        page-faults anew: decoding 10^5 int8 rows of d = 256 took 22.0 ms in 64 MiB blocks, 12.0 ms in 16 MiB
+        (`benchmarks/query_micro.py`)."""
         if self.decodes_in_place:
             return block_rows
         return max(1, min(block_rows, DECODE_BLOCK_BYTES // (4 * max(d, 1))))

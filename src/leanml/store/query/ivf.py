@@ -12,22 +12,21 @@ rows not in the filter (their own row cannot inflate the figure).
 `IVF.probes_for` turns that table into the plan: the fewest probes whose measured recall, at the
 measured selectivities bracketing the query's (the minimum of the two) and the measured k at or above
 the query's (the walk then gathers matches for that k), reaches the target plus a 0.02 margin (twice
-the sampling error of 128 held-out rows as queries: queries that are not stored rows sit farther from
-the centroids, and at 0.01 one grid cell of noisy queries under a correlated 50% filter got 0.928 for a
-0.95 target at 10^5 x 256). Below the smallest measured selectivity, above the largest measured k,
-or when no probe count reaches the target, there is no approximate plan: the planner uses an exact one.
+the sampling error of 128 measuring queries: at 0.01, one cell of an earlier `query_bench.py --sections
+grid` run, noisy queries under a correlated 50% filter, got 0.928 for a 0.95 target at 10^5 x 256).
+Below the smallest measured selectivity, above the largest measured k, or when no probe count reaches the
+target, there is no approximate plan: the planner uses an exact one.
 
 Recall is also kept per **difficulty band** of the measuring queries (`difficulty`: how many centroids are
 nearly tied with a query's nearest one; Li et al., SIGMOD 2020, predict per-query probes from such
 centroid-distance features). A query whose neighbourhood is split over many near-tied lists needs more
-probes than the average: at 10^5 x 256, 8 probes gave 0.90-0.95 for queries of the clusters spread over
-11 lists against 1.0 for those over 8, while the table's average was 0.99. `probes_for(..., bands=)`
+probes than the average. `probes_for(..., bands=)`
 weights the bands' recall by the batch's own band counts, so a batch drawn from one hard cluster gets
 the probes its band needs (a band with no measuring query counts as the worst measured band). The banded
 figure only ever lowers the average one (more probes, never fewer): per band, 32-odd measuring queries are
-too few to trust for fewer probes. It is a refinement, not a guarantee: at 2*10^4 x 128 and 3*10^4 x 64
-(`benchmarks/query_fixtures.clustered`) the feature did not single out the hardest cluster, and a batch of
-32 queries from it got 0.92 and 0.86 at the average's probes.
+too few to trust for fewer probes. It is a refinement, not a guarantee (`benchmarks/query_micro.py`, 40
+one-cluster batches at 10^5 x 256): the worst batch went from 0.897 to 0.966 on an fp32 store, and stayed
+at 0.909 on the int8 store, whose hardest band measured just above the bar.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def difficulty(sims: np.ndarray) -> np.ndarray:
     query's own similarity range). Many near-tied lists: the top-k is spread over more lists."""
     top = sims.max(1)
     h = sims.shape[1] // 2
-    med = np.partition(sims, h, axis=1)[:, h]  # np.median: 8x slower at 32 x 1264 (0.37 ms)
+    med = np.partition(sims, h, axis=1)[:, h]  # np.median: 0.39 ms at 32 x 1264, this 0.045 (query_micro.py)
     tie = top - TIE_SHARE * (top - med)
     return (sims >= tie[:, None]).sum(1)
 
@@ -79,9 +78,8 @@ class IVF:
     def build(cls, source: QuerySource, nprobe: int = 16, seed: int = 0,
               queries: list[np.ndarray] | None = None) -> IVF:
         """Build the index and measure its filtered recall. ``queries`` (per checkpoint ``[nq, d]``, like
-        `nearest`'s): measure it for these instead of held-out stored rows: queries that are not stored rows
-        (a task's validation gradients) sit farther from the centroids and need more probes (a 0.3-noise
-        copy of stored rows: 0.93 at the 8 probes where held-out rows give 0.99, 10^5 x 256)."""
+        `nearest`'s): measure it for these instead of held-out stored rows, for queries unlike any stored
+        row (a task's validation gradients may be)."""
         from leanml.store.query.graph import combined_rows, need_faiss
 
         faiss = need_faiss("with_index")

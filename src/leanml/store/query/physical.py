@@ -106,9 +106,10 @@ def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float
 
     The recall table is measured under random filters, where this equals the global selectivity. A filter
     that leaves out the query's own cluster (anti-correlated) is far sparser near it: its nearest matches
-    lie at similar distances in many lists, and at the probes a random 50% filter needs the walk found 0.71
-    of the top 10 (10^5 x 256). Looked up at this selectivity, the table asks for the probes of a sparse
-    filter, or for an exact plan (Qdrant's planner likewise estimates cardinality, not just the global count).
+    lie at similar distances in many lists, and at the probes a random 50% filter needs the walk found 0.69
+    of the top 10 (10^5 x 256, `benchmarks/query_micro.py`). Looked up at this selectivity, the table asks
+    for the probes of a sparse filter, or for an exact plan (Qdrant's planner likewise estimates
+    cardinality, not just the global count).
 
     A query's local share counts only when it is below the global one by more than 3 binomial standard
     deviations of the matches expected there: a random 1% filter leaves ~3 matches in 4 lists of 80 rows,

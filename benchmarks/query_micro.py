@@ -1,0 +1,210 @@
+"""The small measurements behind `leanml.store.query`'s planner and scan choices, one per claim in
+docs/query.md, each side by side with its alternative in this one process:
+
+1. ``decode``: int8 decode of 10^5 x 256 rows in 64 MiB blocks (65536 rows) against the 16 MiB cap
+   (`Codec.block_rows`), NumPy, and torch into one reused buffer (the not-done alternative).
+2. ``subtask_max``: LESS's max over 8 subtasks of ``[10^5, 8]`` scores, along the short axis against over the
+   transposed copy (`scoring.reduce_subtasks`).
+3. ``difficulty_median``: the median of ``[32, nlist]`` centroid similarities, ``np.median`` against
+   ``np.partition`` (`ivf.difficulty`).
+4. ``plan_at_0.1pct``: one-query `plan_nearest` + `run_nearest` at a 0.1% filter, 200 queries in a loop,
+   against the bare exact filtered scan.
+5. ``pushdown_cache``: the fp32 pushed-down LESS query run back to back against right after the naive
+   plan (the VM's large L3 holds a 100 MB store).
+6. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
+   built with nprobe 16, its recall table measured on 256 noisy queries):
+   * at 8 probes, for held-out stored rows against noisy queries (a stored row + 0.3 noise per dimension);
+   * under an anti-correlated 50% filter (whole clusters; queries from the clusters left out), at the
+     probes the global selectivity asks for against the planner's (local selectivity);
+   * per cluster (batches of 32 queries from one cluster, 40 clusters), at the average's probes against
+     the difficulty bands' probes: the worst cluster and the mean probes.
+
+Sizes: full 10^5 x 256 (the issue's shape); ``--quick`` 2*10^4 x 128 (same code path). Prints a table and
+its headline figures as one JSON line, saved to ``benchmarks/results/query_micro[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from leanml.io import atomic_write_text  # noqa: E402
+from leanml.store.codecs import get_codec  # noqa: E402
+from leanml.store.query import IVF, Query, as_source  # noqa: E402
+from leanml.store.query.calibration import operator_costs  # noqa: E402
+from leanml.store.query.ivf import assign, bitmap_search, combined_queries, difficulty  # noqa: E402
+from leanml.store.query.physical import plan_nearest, run_nearest  # noqa: E402
+from leanml.store.scoring import reduce_subtasks  # noqa: E402
+from query_fixtures import brute, calibration_queries, clustered, filter_columns, make_store, norm, planned, recall  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def best_ms(fn, reps: int = 7) -> float:  # noqa: ANN001
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return 1e3 * min(out)
+
+
+def decode(n: int, d: int) -> dict:
+    c = get_codec("int8")
+    codes, scale = c.encode(np.random.default_rng(0).standard_normal((n, d)).astype(np.float32))
+
+    def blocks(br: int) -> None:
+        for a in range(0, n, br):
+            c.decode(codes[a : a + br], scale[a : a + br], d)
+
+    buf = torch.empty((c.block_rows(65536, d), d))
+
+    def torch_reused() -> None:
+        br = len(buf)
+        for a in range(0, n, br):
+            b = min(n, a + br) - a
+            buf[:b].copy_(torch.from_numpy(codes[a : a + b])).mul_(torch.from_numpy(scale[a : a + b])[:, None])
+
+    return {"rows": n, "dim": d, "ms_65536_rows": best_ms(lambda: blocks(65536)),
+            "ms_capped": best_ms(lambda: blocks(c.block_rows(65536, d))),
+            "ms_torch_reused_buffer": best_ms(torch_reused)}
+
+
+def subtask_max(n: int) -> dict:
+    per = np.random.default_rng(1).random((n, 8)).astype(np.float32)
+    assert np.array_equal(reduce_subtasks(per, "max"), per.max(1))
+    return {"rows": n, "ms_max_axis1": best_ms(lambda: per.max(1), 20),
+            "ms_transposed": best_ms(lambda: reduce_subtasks(per, "max"), 20)}
+
+
+def median(nlist: int) -> dict:
+    S = np.random.default_rng(2).random((32, nlist)).astype(np.float32)
+    h = nlist // 2
+    return {"shape": [32, nlist], "ms_np_median": best_ms(lambda: np.median(S, axis=1), 50),
+            "ms_partition": best_ms(lambda: np.partition(S, h, axis=1)[:, h], 50),
+            "ms_difficulty": best_ms(lambda: difficulty(S), 50)}
+
+
+def plan_loop(src, ivf, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: ANN001
+    pos = np.flatnonzero(u < 0.001)
+    rng = np.random.default_rng(0)
+    Q = norm(X[rng.choice(len(X), 200)] + 0.3 * rng.standard_normal((200, X.shape[1])).astype(np.float32))
+    for i in range(20):
+        planned(src, ivf, pos, [Q[i : i + 1]], 10, host)
+
+    def loop(fn) -> float:  # noqa: ANN001
+        t0 = time.perf_counter()
+        for i in range(200):
+            fn(Q[i : i + 1])
+        return 1e3 * (time.perf_counter() - t0) / 200
+
+    pl = loop(lambda q: planned(src, ivf, pos, [q], 10, host))
+    ex = loop(lambda q: run_nearest("exact-filtered", src, pos, [q], 10, {}, None))
+    name = planned(src, ivf, pos, [Q[:1]], 10, host)[1]
+    return {"matches": len(pos), "ms_planned": pl, "ms_exact_filtered": ex, "ratio": pl / ex, "chosen": name}
+
+
+def pushdown_cache(st, X: np.ndarray) -> dict:  # noqa: ANN001
+    rng = np.random.default_rng(3)
+    target = X[rng.choice(len(X), 256, replace=False)] + 0.2 * rng.standard_normal((256, X.shape[1]))
+    st.add_task("val256", target.astype(np.float32)[None], subtasks=[f"s{i % 8}" for i in range(256)])
+    q = Query(st).score("less", target="val256").top_fraction(0.05)
+    q.run(rewrites=True)
+    q.run(rewrites=False)
+    warm = best_ms(lambda: q.run(rewrites=True), 5)
+    after = []
+    for _ in range(5):
+        q.run(rewrites=False)
+        t0 = time.perf_counter()
+        q.run(rewrites=True)
+        after.append(time.perf_counter() - t0)
+    return {"ms_back_to_back": warm, "ms_after_naive": 1e3 * min(after)}
+
+
+def walk_recall(ivf: IVF, src, Xn: np.ndarray, Q: np.ndarray, pos: np.ndarray | None, probes: int) -> float:  # noqa: ANN001
+    Qc = combined_queries(src, [Q])
+    ml = np.bincount(ivf.list_of if pos is None else ivf.list_of[pos], minlength=ivf.index.nlist)
+    Iq, _, _ = assign(ivf, Qc, ml, 10, probes)
+    return recall(bitmap_search(ivf, Qc, pos, 10, Iq)[1], brute(Xn, Qc, pos, 10))
+
+
+def recall_section(src, ivf: IVF, X: np.ndarray, lab: np.ndarray, v: np.ndarray, host) -> dict:  # noqa: ANN001
+    rng = np.random.default_rng(4)
+    Xn = norm(X)
+
+    def noisy(idx: np.ndarray) -> np.ndarray:
+        return norm(X[idx] + 0.3 * rng.standard_normal((len(idx), X.shape[1])).astype(np.float32))
+
+    held = rng.choice(len(X), 128, replace=False)  # unfiltered: its own row would be its nearest: leave it out
+    keep = np.setdiff1d(np.arange(len(X)), held)
+    out = {"held_out_rows_at_8": walk_recall(ivf, src, Xn, norm(X[held]), keep, 8),
+           "noisy_queries_at_8": walk_recall(ivf, src, Xn, noisy(held), keep, 8)}
+    pos = np.flatnonzero(v < 0.5)
+    Q = noisy(rng.choice(np.setdiff1d(np.arange(len(X)), pos), 64))
+    p_global = ivf.probes_for(len(pos) / len(X), 10, 0.95)[0]
+    cands, facts = plan_nearest(src, pos, [Q], 10, host=host, recall=0.95, ivf=ivf)
+    out["anti_50pct_probes_global"], out["anti_50pct_recall_global"] = p_global, walk_recall(ivf, src, Xn, Q, pos,
+                                                                                              p_global)
+    out["anti_50pct_planner_selectivity"] = facts["selectivity_seen"]
+    worst, probes = {"average": 1.0, "bands": 1.0}, {"average": [], "bands": []}
+    C = ivf.centroids()
+    for cl in rng.choice(lab.max() + 1, 40, replace=False):
+        Qc = noisy(rng.choice(np.flatnonzero(lab == cl), 32))
+        bands = ivf.band_counts(combined_queries(src, [Qc]) @ C.T)
+        for how, b in (("average", None), ("bands", bands)):
+            p = ivf.probes_for(1.0, 10, 0.95, b)[0]
+            probes[how].append(p)
+            worst[how] = min(worst[how], walk_recall(ivf, src, Xn, Qc, None, p))
+    out.update({f"cluster_worst_recall_{h}": worst[h] for h in worst})
+    out.update({f"cluster_mean_probes_{h}": float(np.mean(probes[h])) for h in probes})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2*10^4 x 128 (same code path), < 1 min on 2 cores")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    from leanml.hw.calibrate import calibrate
+
+    host = calibrate(quick=True)
+    n, d = (20000, 128) if a.quick else (100000, 256)
+    X, lab = clustered(n, d)
+    t0 = time.perf_counter()
+    res = {"decode": decode(100000, 256), "subtask_max": subtask_max(100000)}
+    with tempfile.TemporaryDirectory() as t:
+        st = make_store(Path(t) / "int8", X, "int8")
+        src = as_source(st)
+        ivf = IVF.build(src, nprobe=16, queries=[calibration_queries(X)])
+        operator_costs(src, ivf, host)
+        u, v = filter_columns(lab)
+        res["difficulty_median"] = median(int(ivf.index.nlist))
+        res["plan_at_0.1pct"] = plan_loop(src, ivf, host, u, X)
+        res["recall_int8"] = recall_section(src, ivf, X, lab, v, host)
+        fp = make_store(Path(t) / "fp32", X, "fp32")
+        fsrc = as_source(fp)
+        res["recall_fp32"] = recall_section(fsrc, IVF.build(fsrc, nprobe=16, queries=[calibration_queries(X)]), X,
+                                            lab, v, host)
+        res["pushdown_cache"] = pushdown_cache(fp, X)
+    out = {"quick": a.quick, "rows": n, "dim": d, "nlist": int(ivf.index.nlist), **res,
+           "load": os.getloadavg()[0], "torch_threads": 1, "wall_s": time.perf_counter() - t0}
+    for k, v_ in res.items():
+        print(f"{k:18s} " + "  ".join(f"{kk}={vv:.4g}" if isinstance(vv, float) else f"{kk}={vv}"
+                                       for kk, vv in v_.items()))
+    path = a.out or RESULTS / ("query_micro_quick.json" if a.quick else "query_micro.json")
+    atomic_write_text(path, json.dumps(out, indent=1, default=float) + "\n")
+    print(json.dumps(out, default=float))
+
+
+if __name__ == "__main__":
+    main()
