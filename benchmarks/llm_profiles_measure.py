@@ -2,7 +2,8 @@
 
     flock /tmp/leanml-bench.lock env OMP_NUM_THREADS=1 python benchmarks/llm_profiles_measure.py --quick
 
-Variants: those of `leanml.serve.variants.llm` (fp32, bf16, dynamic int8). One thread per model call.
+Variants: those of `leanml.serve.variants.llm` (fp32, bf16, dynamic int8, weight-only int8_wo / int4_wo /
+int4_wo_g64). One thread per model call.
 
 * Prefill: one forward of ``b`` sequences of ``L`` prompt tokens (real text), median of ``--reps``.
 * Decode: one step of ``b`` running sequences at context ``c``: the KV cache of one real ``c``-token
@@ -125,7 +126,7 @@ def measure_quality(model, docs: list[list[int]], caps: list[int]) -> dict[int, 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer documents and repetitions (same code path)")
-    ap.add_argument("--variants", default="fp32,bf16,int8")
+    ap.add_argument("--variants", default="fp32,bf16,int8,int8_wo,int4_wo")
     ap.add_argument("--docs", type=int, default=None, help="held-out documents for quality (default 16, quick 6)")
     ap.add_argument("--out", type=Path, default=OUT / "smollm2.llm_profile.json")
     ap.add_argument("--keep-quality", type=Path, default=None,
@@ -136,8 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from leanml.serve.control.llm_profiles import LLMProfile, save_llm_profiles
     from leanml.serve.control.profiles import machine_info
-    from leanml.serve.variants.llm import load_smollm2
-    from leanml.serve.variants.torch_variants import quantize_dynamic_int8
+    from leanml.serve.variants.llm import PLAIN_VARIANTS, load_smollm2, variant_model
 
     torch.set_num_threads(1)
     base, tok = load_smollm2()
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     dec_batches, contexts = (1, 4, 16), (128, 1024)
     caps = [128, 256, 512]
     kv_elems = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
-    build = {"fp32": lambda: base, "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
-             "int8": lambda: quantize_dynamic_int8(base)}
+    build = {n: (lambda n=n: variant_model(base, n)) for n in PLAIN_VARIANTS}
     kept = None
     if a.keep_quality is not None:
         from leanml.serve.control.llm_profiles import load_llm_profiles
@@ -168,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
         if kept is not None and name not in kept:
             raise SystemExit(f"--keep-quality: {a.keep_quality} has no variant {name!r} (it has {sorted(kept)})")
         q = measure_quality(m, docs, caps) if kept is None else kept[name].quality
-        elem = 2 if name == "bf16" else 4  # dynamic int8 keeps float32 activations, hence its KV cache
+        elem = m.get_input_embeddings().weight.element_size()  # activations, hence the KV cache, run in this dtype
+        stored = [*m.parameters(), *m.buffers()]  # weight-only variants keep their packed weights as buffers
         profiles[name] = LLMProfile(
-            name, pre, dec, kv_elems * elem, q, memory_bytes=sum(p.numel() * p.element_size() for p in m.parameters()),
+            name, pre, dec, kv_elems * elem, q, memory_bytes=sum(p.numel() * p.element_size() for p in stored),
             energy_j_per_token=None,
             extra={"energy_note": "CPU energy counters (RAPL) unavailable here", "threads": 1,
                    "load_average": round(os.getloadavg()[0], 2),

@@ -158,15 +158,14 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
     from leanml.serve.sim.llm_sim import LLMSimulator, summarize
     from leanml.serve.sim.replay_inputs import llm_replay_inputs
     from leanml.serve.variants.base import Variant
-    from leanml.serve.variants.llm import CausalLM, load_smollm2
-    from leanml.serve.variants.torch_variants import quantize_dynamic_int8
+    from leanml.serve.variants.llm import PLAIN_VARIANTS, CausalLM, load_smollm2, variant_model
 
     live_start = busiest_start(trace, start, window_s, a.live_seconds)
     inp = llm_replay_inputs(profiles, trace, load=a.live_load, engines=1, kv_bytes=kv, window_s=a.live_seconds,
                             seed=a.seed, slo_x=a.slo_x, start_s=live_start, token_scale=a.live_token_scale,
                             max_output=a.live_max_output)
     base, tok = load_smollm2()
-    build = {"fp32": lambda: base, "int8": lambda: quantize_dynamic_int8(base)}
+    build = {n: (lambda n=n: variant_model(base, n)) for n in PLAIN_VARIANTS}
     s = inp.settings
     names = {"static-accurate": most_accurate(profiles),
              "static-fast": cheapest(profiles, s.prior.prompt_tokens, s.prior.output_tokens)}

@@ -54,13 +54,13 @@ class QualityFigure:
 
 def wilson(successes: int, n: int, metric: str = "accuracy", z: float = 1.959964) -> QualityFigure:
     """A proportion with its Wilson score interval (95% by default)."""
+    from leanml.serve.variants.llm_quality import wilson as interval  # the one Wilson interval
+
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"wilson: need 0 <= successes <= n and n >= 1, got {successes}/{n}")
     p = successes / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return QualityFigure(metric, p, n, max(0.0, min(p, c - h)), min(1.0, max(p, c + h)))
+    lo, hi = interval(successes, n, z)
+    return QualityFigure(metric, p, n, min(p, lo), max(p, hi))
 
 
 def _interp(table: dict[int, float], x: float) -> float:

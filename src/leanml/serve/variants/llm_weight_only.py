@@ -1,0 +1,112 @@
+"""Weight-only int8 (per output channel) and int4 (group-wise) linears for CPU decoding.
+
+Activations stay bf16; each weight is stored quantized and multiplied by torch's own CPU kernels,
+``aten._weight_int8pack_mm`` and ``aten._weight_int4pack_mm_for_cpu`` (the ones gpt-fast uses), which
+read the narrow weight directly instead of dequantizing it first. The module here only quantizes and
+packs. Why not torchao, measured on this machine (``benchmarks/serve_llm.py`` tables it beside ours as
+``torchao_int8wo``): torchao 0.18's ``Int8WeightOnlyConfig`` dequantizes per call on CPU (``lm_head``,
+49152 x 576, one row: 28 ms against 3.3 ms in bf16 and 2.2 ms through the int8 kernel), and its int4
+formats have no CPU path ("Int4PlainInt32Tensor does not support device 'cpu'"). optimum-quanto's qint8
+decode step took 131 ms against fp32's 39 ms.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+
+import torch
+from torch import nn
+
+INT4_GROUP = 32  # int4 weights share one scale and zero per 32 input channels (the usual 32-128 range)
+
+
+class Int8WeightLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` int8, one symmetric scale per output channel; ``x`` is cast to bf16."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        # the kernel reads bf16 scales: round up (so no weight clips) and quantize against the rounded scale
+        scale = (w.abs().amax(1).clamp_min(1e-8) / 127.0 * (1 + 2.0 ** -8)).to(torch.bfloat16)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("qweight", torch.clamp(torch.round(w / scale.float()[:, None]), -127, 127)
+                             .to(torch.int8))
+        self.register_buffer("scales", scale)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), False)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight this module multiplies by (for tests and error analysis)."""
+        return self.qweight.float() * self.scales.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16),
+                                               self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4WeightLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` 4-bit, asymmetric, one scale and zero per ``group`` input channels.
+
+    Stored as the CPU kernel's packed layout; dequantization is ``(q - 8) * scale + zero`` per group.
+    """
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
+        super().__init__()
+        n, k = linear.out_features, linear.in_features
+        if k % group:
+            raise ValueError(f"int4: in_features {k} is not a multiple of the group size {group}")
+        w = linear.weight.detach().float().reshape(n, k // group, group)
+        lo, hi = w.amin(-1), w.amax(-1)
+        # the kernel reads bf16 scales and zeros: quantize against the rounded values it will use
+        scale = ((hi - lo) / 15.0).clamp_min(1e-8).to(torch.bfloat16).float()
+        zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
+        q = torch.clamp(torch.round((w - zero[..., None]) / scale[..., None]) + 8, 0, 15).to(torch.int32)
+        q = q.reshape(n, k)
+        self.in_features, self.out_features, self.group = k, n, group
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+        self.register_buffer("scales_zeros", torch.stack([scale, zero], -1).transpose(0, 1)
+                             .contiguous().to(torch.bfloat16))  # [k / group, n, 2], the kernel's layout
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), False)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight this module multiplies by: one identity-matrix product through the kernel."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group,
+                                                          self.scales_zeros).float().t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel needs a dense input
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(a, self.packed, self.group, self.scales_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP, head_bits: int | None = None,
+                         keep_float: tuple[str, ...] = ()) -> nn.Module:
+    """Cast ``model`` to bf16 and replace every ``nn.Linear`` by its weight-only int8 or int4 form, in place;
+    returns ``model``. ``head_bits`` sets ``lm_head`` apart (4, 8, or 16 for bf16; default ``bits``), and
+    linears matching a ``keep_float`` fnmatch pattern stay bf16.
+
+    A tied ``lm_head`` is untied by the replacement: the input embedding stays bf16.
+    """
+    for name, b in (("bits", bits), ("head_bits", bits if head_bits is None else head_bits)):
+        if b not in (4, 8) and not (name == "head_bits" and b == 16):
+            raise ValueError(f"weight-only quantization: {name} must be 4 or 8"
+                             f"{' (or 16: bf16)' if name == 'head_bits' else ''}, got {b!r}")
+    model = model.to(torch.bfloat16)
+    plan = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not any(fnmatch(name, pat) for pat in keep_float):
+            b = (bits if head_bits is None else head_bits) if name == "lm_head" else bits
+            if b != 16:
+                plan[name] = (m, b)
+    for name, (lin, b) in plan.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8WeightLinear(lin) if b == 8 else Int4WeightLinear(lin, group))
+    if getattr(model, "config", None) is not None and "lm_head" in plan:
+        model.config.tie_word_embeddings = False  # a later tie_weights() must not put the float head back
+    return model.eval()
