@@ -23,15 +23,18 @@
    float); int8_sq_head (int8_sq with lm_head untied, smoothed and int8) and pruned (30% magnitude):
    perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by choice
    log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one decode
-   step of the CB engine at 1 and 8 rows). ``best_variant`` = the fastest (8 rows) whose perplexity is
-   within 2% of fp32's and SST-2 accuracy within 1 point; ``best_variant_speedup`` is its speedup,
-   ``best_variant_ppl_increase_pct`` its perplexity increase, ``best_variant_sst2_delta_points`` its SST-2
-   change (paired CI over the same 872 GLUE-dev sentences in the table). ``--quick`` tables fp32 and
+   step of the CB engine at 1 and 8 rows, median of 5 rounds that time every variant in turn;
+   ``--section timing`` re-times the variants in the results file and keeps their quality).
+   ``best_variant`` = the fastest (8 rows) whose perplexity is within 2% of fp32's and SST-2 accuracy
+   within 1 point; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct`` its
+   perplexity increase, ``best_variant_sst2_delta_points`` its SST-2 change (paired CI over the same
+   872 GLUE-dev sentences in the table). ``--quick`` tables fp32 and
    int8_wo only, on 4 passages and 8 sentences.
 
     OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --quick
     OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section batching
     OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section variants
+    OMP_NUM_THREADS=1 flock -w 900 /tmp/leanml-bench.lock python benchmarks/serve_llm.py --section timing
 
 One torch thread (``torch.set_num_threads(1)``): the machine's 2 cores are shared. The last line is the
 headline JSON, also written (atomic) to benchmarks/results/serve_llm.json, or serve_llm_quick.json with
@@ -130,25 +133,41 @@ def decode_step_ms(lm, rows: int, tokens: int = 12) -> float:
     return (time.perf_counter() - t0) / k * 1000.0
 
 
-def variants_section(fam, partial: dict[str, Any], path: Path, tokens: int) -> dict[str, dict[str, Any]]:
-    """Quality and speed of every variant; the results so far are saved after each one (a long variant,
-    such as bf16 prefill on a CPU without native bf16, then never costs the others' figures)."""
+def variants_section(fam, partial: dict[str, Any], path: Path, tokens: int, rounds: int) -> dict[str, dict[str, Any]]:
+    """Quality of every variant (the results so far are saved after each one: a long variant never costs the
+    others' figures), then their decode speed (`timing_rounds`)."""
     rows: dict[str, dict[str, Any]] = {}
     partial["variants"] = rows
     for name, v in fam.variants.items():
         t0 = time.perf_counter()
         fam.evaluate(v, None)
         d = dict(fam.info["eval_details"][name])
-        d["decode_step_ms_b1"] = round(decode_step_ms(v.model, 1, tokens), 2)
-        d["decode_step_ms_b8"] = round(decode_step_ms(v.model, 8, tokens), 2)
-        d["tokens_per_s_b8"] = round(8000.0 / d["decode_step_ms_b8"], 1)
         d["technique"], d["params"] = v.technique, v.params
         d["size_mb"] = round((v.model.size_bytes() or 0) / 2**20, 1)
         d["measure_s"] = round(time.perf_counter() - t0, 1)
         rows[name] = d
         atomic_write_text(path, json.dumps(partial, indent=1, default=float) + "\n")
-        print(f"  {name}: {d}", file=sys.stderr, flush=True)
+        print(f"  {name}: {({k: x for k, x in d.items() if k != 'sst2_correct'})}", file=sys.stderr, flush=True)
+    timing_rounds(fam, rows, tokens, rounds)
     return derive(rows)
+
+
+def timing_rounds(fam, rows: dict[str, dict[str, Any]], tokens: int, rounds: int) -> None:
+    """Decode-step time of each variant at 1 and 8 rows, in place: ``rounds`` rounds that each time every variant
+    once, in turn, and the median over rounds. Interleaving puts the machine's drift (load, cache and frequency
+    state) on every variant alike; timing each variant once, in sequence, put up to 20% on whichever ran first."""
+    ts: dict[str, dict[int, list[float]]] = {k: {1: [], 8: []} for k in rows}
+    for r in range(rounds):
+        for name in rows:
+            for b in (1, 8):
+                ts[name][b].append(decode_step_ms(fam.variants[name].model, b, tokens))
+        print(f"  timing round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[1][-1]:.1f}/{v[8][-1]:.1f}"
+                                                             for k, v in ts.items()), file=sys.stderr, flush=True)
+    for name, d in rows.items():
+        d["decode_step_ms_b1"] = round(float(np.median(ts[name][1])), 2)
+        d["decode_step_ms_b8"] = round(float(np.median(ts[name][8])), 2)
+        d["decode_step_rounds"] = rounds
+        d["tokens_per_s_b8"] = round(8000.0 / d["decode_step_ms_b8"], 1)
 
 
 def derive(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -186,10 +205,11 @@ def _load() -> list[float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, same code path (under about a minute)")
-    ap.add_argument("--section", choices=("all", "batching", "variants", "report"), default="all",
-                    help="run one section (each fits one ~10-minute hold of the bench lock); the other's figures "
-                         "are kept from the results file. 'report' measures nothing: it rebuilds the tables and "
-                         "headline from the file (also from a variants run cut short, which saves each row)")
+    ap.add_argument("--section", choices=("all", "batching", "variants", "timing", "report"), default="all",
+                    help="run one section; the other's figures are kept from the results file. 'timing' re-times "
+                         "the variants already in the file (their quality kept); 'report' measures nothing: it "
+                         "rebuilds the tables and headline from the file (also from a variants run cut short, "
+                         "which saves each row)")
     ap.add_argument("--variants", default=None,
                     help=f"SmolLM2 variants to table (default {FULL_VARIANTS}; with --quick {QUICK_VARIANTS})")
     ap.add_argument("--results", type=Path, default=None,
@@ -207,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "calib_n": 4 if q else 32}
     names = a.variants or (QUICK_VARIANTS if q else FULL_VARIANTS)
     wanted = [v for v in names.split(",") if v] if a.section != "batching" else ["fp32"]
+    rounds = 2 if q else 5
     if "fp32" not in wanted:
         ap.error("--variants: must include fp32 (the reference)")
     prev: dict[str, Any] = {}
@@ -214,8 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prev = json.loads(path.read_text())
         if prev.get("quick") != q:
             prev = {}
-    if a.section == "report" and not prev:
-        ap.error(f"--section report: no {'quick ' if q else ''}results in {path} to report")
+    if a.section in ("report", "timing") and not prev.get("variants"):
+        ap.error(f"--section {a.section}: no {'quick ' if q else ''}variant results in {path}")
+    if a.section == "timing":
+        wanted = [v for v in prev["variants"] if v in wanted or a.variants is None]
     if a.section != "report":
         t0 = time.perf_counter()
         fam = build_family("smollm2", params, wanted)
@@ -235,9 +258,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         l0 = _load()
         partial = {"benchmark": "serve_llm", "quick": q, "partial": True, "batching": bat,
                    "batching_workload": work, "load_avg_1_5_15": load}
-        var = variants_section(fam, partial, path,
-                               3 if q else 12)
+        var = variants_section(fam, partial, path, 3 if q else 12, rounds)
         load["variants"] = {"start": l0, "end": _load()}
+    elif a.section == "timing":
+        print("timing:", file=sys.stderr)
+        l0 = _load()
+        var = {k: prev["variants"][k] for k in wanted}
+        timing_rounds(fam, var, 3 if q else 12, rounds)
+        var = derive(var)
+        load["variants_timing"] = {"start": l0, "end": _load()}
     else:
         var = derive(prev["variants"]) if prev.get("variants") else {}
 
