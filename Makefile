@@ -36,7 +36,8 @@ test: $(STAMP)
 
 # The peer cost models for benchmarks/hw_accuracy.py and LanceDB for benchmarks/query_bench.py
 # (--lance-python), each in its own venv (llm-analysis pins an old
-# transformers): run on purpose, never by demo or test. The torch pin keeps pip on the CPU build.
+# transformers), and torchao into the main venv (benchmarks/serve_llm.py's torchao_int8wo row, which runs in
+# the same process as leanml's variants): run on purpose, never by demo or test. The torch pin keeps pip on the CPU build.
 PEERS_DIR   ?= .peers
 peer-envs:
 	@test -x $(PEERS_DIR)/llm-analysis/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/llm-analysis
@@ -46,6 +47,7 @@ peer-envs:
 	$(PEERS_DIR)/llm-analysis/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt llm-analysis==0.2.2
 	$(PEERS_DIR)/genz/bin/pip install -q -c $(PEERS_DIR)/torch-constraint.txt genz-llm==0.0.16
 	$(PEERS_DIR)/lancedb/bin/pip install -q lancedb==0.40.0
+	$(PY) -m pip install -q -e ".[peers-serve]"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -261,13 +261,16 @@ PLAIN_VARIANTS = ("fp32", "bf16", "int8", *WEIGHT_ONLY)  # built from the base w
 
 def variant_model(base, name: str):
     """The model of a plain variant (``PLAIN_VARIANTS``) from the float32 ``base`` (left unchanged; fp32 is
-    ``base`` itself): the one recipe, used by the family, the LLM profile measurement and the live replay."""
+    ``base`` itself): the one recipe, used by the family, the LLM profile measurement and the live replay.
+    bf16-activation variants attend in float32 (`llm_attention`: CPU SDPA is slow in bf16 at long context)."""
     import torch
+
+    from leanml.serve.variants.llm_attention import use_fp32_attention
 
     if name == "fp32":
         return base
     if name == "bf16":
-        return copy.deepcopy(base).to(torch.bfloat16)
+        return use_fp32_attention(copy.deepcopy(base).to(torch.bfloat16))
     if name == "int8":
         from leanml.serve.variants.torch_variants import quantize_dynamic_int8
 
@@ -277,7 +280,7 @@ def variant_model(base, name: str):
 
         bits, group = WEIGHT_ONLY[name]
         kw = {"group": group, "head_bits": 8} if bits == 4 else {}
-        return quantize_weight_only(copy.deepcopy(base), bits, **kw)
+        return use_fp32_attention(quantize_weight_only(copy.deepcopy(base), bits, **kw))
     raise ValueError(f"variant_model: {name!r} is not a plain variant; choose from {list(PLAIN_VARIANTS)}")
 
 
@@ -288,11 +291,13 @@ def torchao_int8_weight_only(base):
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError as e:
-        raise RuntimeError("variant 'torchao_int8wo' needs torchao: `make env` installs it with the llm "
-                           "extra") from e
+        raise RuntimeError("variant 'torchao_int8wo' needs torchao, the peer library: `make peer-envs` "
+                           "installs it (extra peers-serve)") from e
+    from leanml.serve.variants.llm_attention import use_fp32_attention
+
     m = copy.deepcopy(base).to(torch.bfloat16)
     quantize_(m, Int8WeightOnlyConfig())
-    return m
+    return use_fp32_attention(m)  # the same attention as ours: the row compares the linear kernels
 
 
 def build_smollm2_family(p: dict[str, Any], wanted: list[str]):

@@ -1,0 +1,40 @@
+"""Float32 attention for bf16 LLMs on CPU: transformers' SDPA path with q, k and v upcast, the output cast back.
+
+Why: torch's CPU ``scaled_dot_product_attention`` in bf16 is several times slower than in float32 where
+decoding attends over a long cache. One query token over 1,024 cached ones, 9 heads on 3 KV heads, one
+thread: 0.79 ms in bf16 against 0.12 ms upcast, and 12.6 against 3.1 ms at 16 rows; per layer, so about
+20 ms of a 30-layer SmolLM2 step at one row. Prefill chunks gain little (1.9 against 1.7 ms at 128 x 512).
+The KV cache stays bf16 (its memory is what admission counts); only the attention arithmetic is float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ATTENTION = "sdpa_fp32"  # the name registered with transformers' AttentionInterface
+
+
+def sdpa_fp32_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention computed in float32 (same signature and return as ``sdpa_attention_forward``)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dtype = query.dtype
+    if dtype == torch.float32:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(dtype), weights
+
+
+def use_fp32_attention(model):
+    """Switch a transformers model's attention to `sdpa_fp32_attention`, in place, where it runs on CPU in a
+    16-bit dtype (elsewhere the model is left as it is); returns ``model``."""
+    p = next(model.parameters())
+    if p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
+        return model
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, sdpa_fp32_attention)
+    model.set_attn_implementation(ATTENTION)
+    return model
