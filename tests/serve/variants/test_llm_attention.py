@@ -42,3 +42,19 @@ def test_fp32_attention_computes_the_model_and_decodes_with_a_cache():
         out = up(input_ids=ids[:, :39], use_cache=True)  # one decode step over the cache gives the last position
         step = up(input_ids=ids[:, 39:], past_key_values=out.past_key_values, use_cache=True).logits.float()
     assert step.dtype == torch.float32 and torch.allclose(step[:, -1], b[:, -1], atol=0.1)
+
+
+def test_fp32_attention_masks_left_padding_like_sdpa():
+    """A left-padded batch gives each row the logits it gets alone: the padding mask is built for the new
+    attention too (transformers builds none for a registered name without a mask function)."""
+    from leanml.serve.variants.llm_attention import use_fp32_attention
+
+    m = use_fp32_attention(_tiny(torch.bfloat16))
+    short, long = torch.randint(0, 128, (1, 6)), torch.randint(0, 128, (1, 10))
+    ids = torch.cat([torch.zeros(1, 4, dtype=torch.long), short], dim=1)
+    batch = torch.cat([ids, long])
+    mask = torch.cat([torch.tensor([[0] * 4 + [1] * 6]), torch.ones(1, 10, dtype=torch.long)])
+    with torch.inference_mode():
+        both = m(input_ids=batch, attention_mask=mask).logits.float()
+        alone = m(input_ids=short).logits.float()
+    assert torch.allclose(both[0, 4:], alone[0], atol=0.05)

@@ -34,7 +34,10 @@ def use_fp32_attention(model):
     if p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
         return model
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(ATTENTION, sdpa_fp32_attention)
+    # the mask too: for a name without one, transformers builds no mask at all (padding would be attended)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
     model.set_attn_implementation(ATTENTION)
     return model
