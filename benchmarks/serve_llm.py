@@ -50,7 +50,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -186,17 +185,10 @@ def derive(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, family and widest vector ISA (kernel choices differ by them), with its core count."""
-    try:
-        info = dict(ln.split(":", 1) for ln in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in ln)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        flags = set(info.get("flags", "").split())
-        isa = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), "no AVX2")
-        name = f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, {isa})"
-    except OSError:
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
+    """The CPU's model name and widest vector ISA (`leanml.hw.sysinfo`), with its core count."""
+    from leanml.hw.sysinfo import cpu_model_name, cpu_vector_isa
+
+    return f"{cpu_model_name()} ({cpu_vector_isa()}), {os.cpu_count()} cores"
 
 
 def _load() -> list[float]:

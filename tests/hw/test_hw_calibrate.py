@@ -78,3 +78,16 @@ def test_fit_recovers_a_known_curve():
 def test_best_time_validates_clock():
     with pytest.raises(ValueError, match="clock"):
         best_time(lambda: None, 1, clock="sundial")
+
+
+def test_cpu_vector_isa_is_the_widest_extension_present():
+    from leanml.hw.sysinfo import _flags, cpu_vector_isa
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags, isa = _flags(info.read_text()), cpu_vector_isa()
+    order = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+    assert isa in flags or (isa == "no AVX2" and not flags & set(order))
+    if isa in order:
+        assert not flags & set(order[: order.index(isa)])  # nothing wider was passed over

@@ -1,4 +1,4 @@
-"""Facts about this CPU read from sysfs and /proc: cache levels, model name, theoretical peak."""
+"""Facts about this CPU read from sysfs and /proc: cache levels, model name, vector ISA, theoretical peak."""
 
 from __future__ import annotations
 
@@ -52,13 +52,27 @@ def _count_cpus(lst: str) -> int:
     return n
 
 
+def _flags(info: str) -> set[str]:
+    return set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+
+
+def cpu_vector_isa() -> str:
+    """The widest vector extension this CPU reports (kernel choices differ by it: AVX-512 BF16 runs bf16 and
+    weight-only int8 GEMMs natively, AVX2 does not), or "unknown" without /proc/cpuinfo."""
+    try:
+        flags = _flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return "unknown"
+    return next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), "no AVX2")
+
+
 def cpu_theoretical_peak_per_core() -> dict[str, float]:
     """FLOP/s per core from cpuinfo: vector width x 2 FMA pipes x 2 x clock (an upper bound in a VM)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return {}
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    flags = _flags(info)
     mhz = next((float(ln.split(":", 1)[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")), 0.0)
     if not mhz:
         return {}
