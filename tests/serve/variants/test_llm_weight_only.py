@@ -17,18 +17,34 @@ def _linear(n_out: int = 64, n_in: int = 96, seed: int = 0) -> nn.Linear:
     return lin
 
 
-@pytest.mark.parametrize("make", [Int8WeightLinear, lambda lin: Int4WeightLinear(lin, 32)], ids=["int8", "int4"])
-def test_kernel_multiplies_by_the_stored_weight(make):
-    """The packed kernel's product equals a float product with the dequantized weight, for 1 and 8 rows."""
+def _int4_reference(w: torch.Tensor, group: int) -> torch.Tensor:
+    """The int4 weight the module should store, computed here without the kernel: per group of inputs, an
+    asymmetric grid of 16 steps over [min, max], scale and zero rounded to bf16 as the kernel reads them."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp_min(1e-8).to(torch.bfloat16).float()
+    zero = (lo + 8.0 * scale).to(torch.bfloat16).float()
+    q = torch.clamp(torch.round((g - zero[..., None]) / scale[..., None]) + 8, 0, 15)
+    return ((q - 8) * scale[..., None] + zero[..., None]).reshape(n, k)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernel_multiplies_by_the_stored_weight(bits):
+    """The packed kernel's product equals a float product with the weight the module should hold, for 1 and
+    8 rows. The reference is computed without the kernel: from the stored int8 codes and scales, or (int4,
+    whose packed layout is opaque) from the original weight by the quantization rule."""
     lin = _linear()
-    q = make(lin)
-    w = q.dequantized()
+    q = Int8WeightLinear(lin) if bits == 8 else Int4WeightLinear(lin, 32)
+    w = q.dequantized() if bits == 8 else _int4_reference(lin.weight.detach(), 32)
     for rows in (1, 8):
         x = torch.randn(2, rows, 96)
         ref = x.to(torch.bfloat16).float() @ w.t() + lin.bias.to(torch.bfloat16).float()
         got = q(x).float()
         assert got.shape == (2, rows, 64)
         assert torch.allclose(got, ref, atol=2e-2, rtol=2e-2), float((got - ref).abs().max())
+    if bits == 4:  # the kernel-derived dequantization the other tests read is the same weight
+        assert torch.allclose(q.dequantized(), w, atol=w.abs().max().item() / 128)
 
 
 def test_int8_error_is_at_most_half_a_step_per_channel():

@@ -54,7 +54,8 @@ class QualityFigure:
 
 def wilson(successes: int, n: int, metric: str = "accuracy", z: float = 1.959964) -> QualityFigure:
     """A proportion with its Wilson score interval (95% by default)."""
-    from leanml.serve.variants.llm_quality import wilson as interval  # the one Wilson interval
+    # the one Wilson interval; imported here, since importing the variants package pulls in the prototypes
+    from leanml.serve.variants.llm_quality import wilson as interval
 
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"wilson: need 0 <= successes <= n and n >= 1, got {successes}/{n}")

@@ -243,17 +243,15 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
     return evaluate
 
 
-WEIGHT_ONLY_PARAMS = {  # what each weight-only variant stores; activations are bf16 in all three
-    "int8_wo": {"weights": "int8, one scale per output channel", "activations": "bf16", "lm_head": "int8",
-                "kernel": "aten._weight_int8pack_mm"},
-    "int4_wo": {"weights": "int4, scale and zero per 32 inputs (the GGUF's own Q4_1 grid)", "activations": "bf16",
-                "lm_head": "int8", "kernel": "aten._weight_int4pack_mm_for_cpu"},
-    "int4_wo_g64": {"weights": "int4, scale and zero per 64 inputs (a grid the GGUF was not quantized on)",
-                    "activations": "bf16", "lm_head": "int8", "kernel": "aten._weight_int4pack_mm_for_cpu"},
-}
-
-
 WEIGHT_ONLY = {"int8_wo": (8, 0), "int4_wo": (4, 32), "int4_wo_g64": (4, 64)}  # (bits, int4 group); head int8
+
+
+def weight_only_params(name: str) -> dict[str, str]:
+    """What a weight-only variant stores (its profile's ``params``); activations are bf16 in all of them."""
+    bits, group = WEIGHT_ONLY[name]
+    w = "int8, one scale per output channel" if bits == 8 else f"int4, scale and zero per {group} inputs"
+    kernel = "aten._weight_int8pack_mm" if bits == 8 else "aten._weight_int4pack_mm_for_cpu"
+    return {"weights": w, "activations": "bf16", "attention": "float32", "lm_head": "int8", "kernel": kernel}
 
 
 PLAIN_VARIANTS = ("fp32", "bf16", "int8", *WEIGHT_ONLY)  # built from the base weights alone, no calibration
@@ -301,7 +299,6 @@ def torchao_int8_weight_only(base):
 
 
 def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
-
     from leanml.serve.variants.family import Family
 
     base, tok = load_smollm2()
@@ -310,9 +307,11 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
     variants: dict[str, Variant] = {}
     if "fp32" in wanted:
         variants["fp32"] = Variant("fp32", reference, "base")
-    for name, technique in (("bf16", "bf16"), ("int8", "int8")):
+    for name in PLAIN_VARIANTS[1:]:  # bf16, int8 and the weight-only ones: no calibration
         if name in wanted:
-            variants[name] = Variant(name, CausalLM(variant_model(base, name), tok, mnt), technique)
+            technique, params = (f"int{WEIGHT_ONLY[name][0]}", weight_only_params(name)) if name in WEIGHT_ONLY \
+                else (name, {})
+            variants[name] = Variant(name, CausalLM(variant_model(base, name), tok, mnt), technique, params)
     if "int8_sq" in wanted:
         from leanml.serve.variants.llm_quant import calibration_texts, smoothquant_int8
 
@@ -332,10 +331,6 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
                      "activations": "dynamic int8 per tensor", "float_layers": list(keep),
                      "lm_head": "untied, smoothed into the final norm, int8",
                      "calibration": f"gsm8k/train x{int(p['calib_n'])}"})
-    for name in WEIGHT_ONLY:
-        if name in wanted:
-            variants[name] = Variant(name, CausalLM(variant_model(base, name), tok, mnt),
-                                     f"int{WEIGHT_ONLY[name][0]}", WEIGHT_ONLY_PARAMS[name])
     if "torchao_int8wo" in wanted:  # the peer library's weight-only int8, for the benchmark's side-by-side row
         variants["torchao_int8wo"] = Variant("torchao_int8wo", CausalLM(torchao_int8_weight_only(base), tok, mnt),
                                              "int8", {"library": "torchao", "config": "Int8WeightOnlyConfig",

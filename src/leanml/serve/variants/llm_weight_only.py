@@ -12,8 +12,6 @@ decode step took 131 ms against fp32's 39 ms.
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
-
 import torch
 from torch import nn
 
@@ -84,25 +82,22 @@ class Int4WeightLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP, head_bits: int | None = None,
-                         keep_float: tuple[str, ...] = ()) -> nn.Module:
+def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP,
+                         head_bits: int | None = None) -> nn.Module:
     """Cast ``model`` to bf16 and replace every ``nn.Linear`` by its weight-only int8 or int4 form, in place;
-    returns ``model``. ``head_bits`` sets ``lm_head`` apart (4, 8, or 16 for bf16; default ``bits``), and
-    linears matching a ``keep_float`` fnmatch pattern stay bf16.
+    returns ``model``. ``head_bits`` sets ``lm_head`` apart (4, 8, or 16 to keep it bf16; default ``bits``).
 
     A tied ``lm_head`` is untied by the replacement: the input embedding stays bf16.
     """
-    for name, b in (("bits", bits), ("head_bits", bits if head_bits is None else head_bits)):
-        if b not in (4, 8) and not (name == "head_bits" and b == 16):
-            raise ValueError(f"weight-only quantization: {name} must be 4 or 8"
-                             f"{' (or 16: bf16)' if name == 'head_bits' else ''}, got {b!r}")
+    head = bits if head_bits is None else head_bits
+    if bits not in (4, 8):
+        raise ValueError(f"weight-only quantization: bits must be 4 or 8, got {bits!r}")
+    if head not in (4, 8, 16):
+        raise ValueError(f"weight-only quantization: head_bits must be 4 or 8 (or 16: bf16), got {head!r}")
     model = model.to(torch.bfloat16)
-    plan = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and not any(fnmatch(name, pat) for pat in keep_float):
-            b = (bits if head_bits is None else head_bits) if name == "lm_head" else bits
-            if b != 16:
-                plan[name] = (m, b)
+    plan = {name: (m, head if name == "lm_head" else bits) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear)}
+    plan = {name: mb for name, mb in plan.items() if mb[1] != 16}
     for name, (lin, b) in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
