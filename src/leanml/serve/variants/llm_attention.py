@@ -2,8 +2,9 @@
 
 Why: torch's CPU ``scaled_dot_product_attention`` in bf16 is several times slower than in float32 where
 decoding attends over a long cache. One query token over 1,024 cached ones, 9 heads on 3 KV heads, one
-thread: 0.79 ms in bf16 against 0.12 ms upcast, and 12.6 against 3.1 ms at 16 rows; per layer, so about
-20 ms of a 30-layer SmolLM2 step at one row. Prefill chunks gain little (1.9 against 1.7 ms at 128 x 512).
+thread: 0.77 ms in bf16 against 0.11 ms upcast, and 13.0 against 2.5 ms at 16 rows; per layer, so about
+20 ms of a 30-layer SmolLM2 step at one row (``int8_wo`` after 1,000 tokens: 40.2 -> 21.6 ms). Prefill
+chunks gain little (1.9 against 1.8 ms at 128 x 512). All from ``benchmarks/diagnostics/llm_kernels_check.py``.
 The KV cache stays bf16 (its memory is what admission counts); only the attention arithmetic is float32.
 """
 

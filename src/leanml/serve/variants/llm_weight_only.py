@@ -3,11 +3,11 @@
 Activations stay bf16; each weight is stored quantized and multiplied by torch's own CPU kernels,
 ``aten._weight_int8pack_mm`` and ``aten._weight_int4pack_mm_for_cpu`` (the ones gpt-fast uses), which
 read the narrow weight directly instead of dequantizing it first. The module here only quantizes and
-packs. Why not torchao, measured on this machine (``benchmarks/serve_llm.py`` tables it beside ours as
-``torchao_int8wo``): torchao 0.18's ``Int8WeightOnlyConfig`` dequantizes per call on CPU (``lm_head``,
-49152 x 576, one row: 28 ms against 3.3 ms in bf16 and 2.2 ms through the int8 kernel), and its int4
-formats have no CPU path ("Int4PlainInt32Tensor does not support device 'cpu'"). optimum-quanto's qint8
-decode step took 131 ms against fp32's 39 ms.
+packs. Why not torchao (``benchmarks/serve_llm.py`` tables it beside ours as ``torchao_int8wo``): its
+``Int8WeightOnlyConfig`` (0.18) dequantizes per call on CPU: ``lm_head`` (49152 x 576) at one row took
+28.5 ms against 3.3 ms in bf16 and 1.2 ms through the int8 kernel
+(``benchmarks/diagnostics/llm_kernels_check.py``); and its int4 formats have no CPU path
+("Int4PlainInt32Tensor does not support device 'cpu'").
 """
 
 from __future__ import annotations
