@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     docs = held_out_docs(tok, a.docs or (6 if a.quick else 16))
     text = [t for d in docs for t in d]
     reps, steps = (1, 3) if a.quick else (2, 5)
-    prefill_grid = ((1, 128), (1, 512), (1, 1024), (4, 128), (4, 512))  # (batch, prompt tokens)
+    # (batch, prompt tokens); the short ones price the small prefill chunks a tight TPOT SLO needs
+    prefill_grid = ((1, 16), (1, 32), (1, 64), (1, 128), (1, 512), (1, 1024), (4, 128), (4, 512))
     dec_batches, contexts = (1, 4, 16), (128, 1024)
     caps = [128, 256, 512]
     kv_elems = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)

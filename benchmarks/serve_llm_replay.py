@@ -90,6 +90,7 @@ def pooled(per_seed: list[dict], num: str, den: str, key: str = "goodput_rps", s
 
 
 def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> dict:
+    from leanml.serve.sim.llm_bound import goodput_ceiling
     from leanml.serve.sim.llm_replay import run_llm_policies
     from leanml.serve.sim.replay_inputs import llm_replay_inputs
 
@@ -99,8 +100,11 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
                                 seed=seed, slo_x=a.slo_x, accuracy_slack=slack, start_s=start)
         per_seed.append(run_llm_policies(profiles, inp.requests, inp.settings, engines=a.engines, kv_bytes=kv,
                                          seed=seed, span_s=inp.span_s))
+        ceil = goodput_ceiling(inp.requests, profiles, engines=a.engines, accuracy_target=inp.settings.accuracy_target,
+                               span_s=inp.span_s)
+        per_seed[-1]["ceiling"] = {"goodput_rps": ceil.goodput_rps, "bin_s": ceil.bin_s}
         reps.append(inp)
-    names = list(per_seed[0])
+    names = [n for n in per_seed[0] if n != "ceiling"]
     agg = {n: {"requests": sum(r[n]["requests"] for r in per_seed),
                "goodput_rps": float(np.mean([r[n]["goodput_rps"] for r in per_seed])),
                "mean_accuracy": float(np.average([r[n]["mean_accuracy"] for r in per_seed],
@@ -116,6 +120,12 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
             "goodput_vs_static_accurate_ci95": gs["ci95"], "goodput_vs_static_accurate_per_seed": gs["per_seed"],
             "accuracy_gap_points": acc_gap,
             "nocap_vs_infaas": pooled(per_seed, "adaptive-nocap", "infaas")["ratio"],
+            # the LP upper bound on any policy's goodput (leanml.serve.sim.llm_bound), and each policy's share of it
+            "ceiling_rps": round(float(np.mean([r["ceiling"]["goodput_rps"] for r in per_seed])), 5),
+            "share_of_ceiling": {n: round(agg[n]["goodput_rps"] / float(np.mean([r["ceiling"]["goodput_rps"]
+                                                                                  for r in per_seed])), 3)
+                                 for n in names},
+            "ceiling_vs_infaas": pooled(per_seed, "ceiling", "infaas")["ratio"],
             "pooled": agg, "policies_seed0": per_seed[0], "_rep0": reps[0]}
 
 
@@ -290,16 +300,18 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"\n## load {load} x capacity ({cell['capacity_rps']:.3f} req/s), accuracy target best - "
                   f"{slack * 100:.0f} point(s), {a.seeds} seeds ({sum(cell['requests_per_seed'])} requests)")
             print("seed 0: " + rep.timescale.text())
-            print(table(cell["policies_seed0"]))
+            print(table({n: r for n, r in cell["policies_seed0"].items() if n != "ceiling"}))
+            print(f"ceiling (an LP bound no policy can beat, leanml.serve.sim.llm_bound): {cell['ceiling_rps']:.4g} "
+                  f"req/s over the seeds; share of it: {cell['share_of_ceiling']}")
             print(json.dumps({k: cell[k] for k in ("goodput_vs_infaas", "goodput_vs_infaas_ci95",
                                                    "goodput_vs_static_accurate", "goodput_vs_static_accurate_ci95",
-                                                   "accuracy_gap_points", "nocap_vs_infaas")}))
+                                                   "accuracy_gap_points", "nocap_vs_infaas", "ceiling_vs_infaas")}))
             grid.append(cell)
             if load == a.load and slack == 0.01:
                 head = cell
     live = None if a.no_live else live_section(profiles, trace, a, kv, start, window_s)
     out = {k: head[k] for k in ("goodput_vs_infaas", "goodput_vs_infaas_ci95", "goodput_vs_static_accurate",
-                                "goodput_vs_static_accurate_ci95", "accuracy_gap_points")}
+                                "goodput_vs_static_accurate_ci95", "accuracy_gap_points", "ceiling_vs_infaas")}
     out.update({"sim_p99_error": live["sim_p99_error"] if live else None,
                 "sim_p99_error_reason": None if live else (
                     f"--device {a.device}: predicted costs, no live engine there" if a.device else "--no-live"),
@@ -310,8 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
     last = {k: out[k] for k in ("goodput_vs_infaas", "goodput_vs_static_accurate", "accuracy_gap_points",
-                                "sim_p99_error", "headline_load", "seeds", "requests_headline", "device",
-                                "profile_source")}
+                                "ceiling_vs_infaas", "sim_p99_error", "headline_load", "seeds", "requests_headline",
+                                "device", "profile_source")}
     print(json.dumps(last))
     return out
 

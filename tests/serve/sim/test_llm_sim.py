@@ -170,3 +170,14 @@ def test_run_llm_policies_runs_the_named_policies_in_order_as_a_direct_simulatio
     assert res["infaas"]["replans"] >= 0 and res["static-fast"]["replans"] == 0
     with pytest.raises(ValueError, match="llm-nope"):
         make_policies(PROFILES, s, ("llm-nope",))
+
+
+def test_offline_batching_takes_the_largest_full_iteration_within_tpot_else_one_at_a_time():
+    """The unplanned policies' batching: the largest (batch, chunk) of the grid whose decode step plus a whole
+    chunk of prefill meets the TPOT SLO; when none does (or only batch 1 does), one request at a time with
+    the largest chunk, since nothing shares its iterations and smaller chunks only add passes."""
+    from leanml.serve.sim.llm_policies import offline_batching
+
+    p = prof("v", 0.9, step=20.0, pf_tok=1.0)  # a full iteration takes 20 ms + the chunk's tokens x 1 ms
+    assert offline_batching(p, settings(0.5, tpot=300)) == (16, 256)
+    assert offline_batching(p, settings(0.5, tpot=100)) == (1, 1024)  # 20 + 256 > 100: no shared iteration fits

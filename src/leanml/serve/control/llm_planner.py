@@ -16,13 +16,23 @@ each iteration, so the number running N is about geometric, P(N >= n) = u^n):
 * KV reservation (P99' + Omax) x bytes/token; B reservations must fit the engine's KV budget, and
   u^B <= 1% (the cap rarely binds, so admission rarely waits for a slot);
 * engine time per request t = prefill(P') + O step(n) / n at the mean batch n = u / (1 - u) (capped at B);
-* TPOT = step(n90) + prefill(n90 P' / O), at the 90th-percentile batch n90 = ln 0.1 / ln u (capped at B),
-  with the prefill such a batch needs per iteration (the option is infeasible for k when that exceeds C);
-  a request's TPOT averages its O iterations, so its spread is narrower than one iteration's batch;
+* TPOT p99 (`tpot_p99_ms`): a request's TPOT averages its O iterations, and those iterations also carry
+  the prefill chunks of the prompts queued behind it: every prompt that arrives while it waits, prefills
+  and decodes. Their count over that window (mean m = lambda x window) has variance ca^2 m (a renewal
+  process's counts), and the p99 request meets N99 = m + 2.33 sqrt(ca^2 m) of them (normal approximation),
+  so TPOT = step(n90) + min(prefill(C), N99 prefill(P') / O) at the 90th-percentile batch
+  n90 = ln 0.1 / ln u (capped at B): one iteration carries at most one chunk, so the chunk C bounds it
+  (Sarathi-Serve's trade: a small chunk protects TPOT and costs TTFT). The window holds TPOT itself, a
+  fixed point with a closed form;
 * TTFT p99 = W99 + ceil(P'/C) (step(n99) + prefill(min(C, P'))): the p99 wait for the prefill queued
-  ahead (a G/G/1 queue of prefill work served at the speed decoding leaves, 1 - u_decode: Kingman
-  u_p/(1-u_p) (ca^2 + 1)/2 S, its tail exponential; ca the class's measured CV of inter-arrivals) plus
-  its own prefill chunks, each carrying a decode step;
+  ahead plus its own prefill chunks, each carrying a decode step. The queue is a G/G/1 queue of prompts
+  whose service S is their prefill plus the decode steps that share its iterations during a backlog
+  (`backlog_decode_ms`: small chunks make a prompt take many iterations, each with a step); Kingman's
+  mean wait u/(1-u) (ca^2 + 1)/2 S at u = lambda S, its tail exponential, ca the class's measured CV of
+  inter-arrivals. The option is infeasible for k when u >= 1;
+* B = 1 (one request at a time) is its own regime, the one a TPOT SLO near a lone decode step leaves when
+  a prompt chunk costs more than the slack: a G/G/1 queue of whole requests, TPOT = step(1),
+  TTFT p99 = W99 + its prefill (in chunks), t = prefill + O step(1); the u^B rule does not apply;
 * accuracy = the profile's figure at cap c if c cuts the class's prompt, else at full context.
 
 Variables: z[k,o] >= 0 requests/s of k served by o within its SLOs (goodput), n[o] integer engines.
@@ -83,7 +93,7 @@ class LLMPlannerConfig:
     engines: int = 2
     kv_budget_bytes: float = 1 << 30  # per engine
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    chunk_tokens: tuple[int, ...] = (128, 512, 2048)
+    chunk_tokens: tuple[int, ...] = (16, 64, 256, 1024)
     utilization: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85)
     kv_caps: tuple[int, ...] | None = None  # None: every cap with measured quality (FULL = 0 = no cap)
     accuracy_target: float | None = None  # mean over served requests
@@ -150,21 +160,62 @@ class LLMPlan:
                             for o, n in self.engines.items() if n}}
 
 
+def wait_mean_ms(rho: float, service_ms: float, ca: float) -> float:
+    """Mean wait (ms) of a G/G/1 queue of engine work at utilization ``rho`` (Kingman, service CV 1):
+    rho/(1-rho) (ca^2 + 1)/2 S."""
+    return rho / (1 - rho) * (ca * ca + 1.0) / 2.0 * service_ms
+
+
 def wait_p99_ms(rho: float, service_ms: float, ca: float, q: float = 0.99) -> float:
-    """p99 wait (ms) of a G/G/1 queue of engine work at utilization ``rho``: Kingman's mean
-    rho/(1-rho) (ca^2 + 1)/2 S, given a wait (probability rho) exponential; 0 when P(wait) <= 1 - q."""
+    """p99 wait (ms) of that queue: Kingman's mean, given a wait (probability rho) exponential; 0 when
+    P(wait) <= 1 - q."""
     if rho <= 1 - q:
         return 0.0
-    mean_w = rho / (1 - rho) * (ca * ca + 1.0) / 2.0 * service_ms
-    return (mean_w / rho) * math.log(rho / (1 - q))
+    return (wait_mean_ms(rho, service_ms, ca) / rho) * math.log(rho / (1 - q))
+
+
+Z99 = 2.326348  # the standard normal's 99th percentile
+
+
+def tpot_p99_ms(step_ms: float, chunk_ms: float, prompt_ms: float, output: float, rate_per_ms: float,
+                before_ms: float, ca: float, batch: int) -> float:
+    """p99 TPOT (ms) of a request decoding ``output`` tokens at ``step_ms`` a step, beside the prefill of the
+    prompts (``prompt_ms`` each, arriving at ``rate_per_ms``, inter-arrival CV ``ca``) queued behind it
+    during ``before_ms`` (its wait and prefill) and its own decode: the 99th-percentile count of such
+    prompts, their prefill spread over its ``output`` iterations, at most one chunk (``chunk_ms``) each.
+    Only admitted sequences prefill, and each of the other ``batch - 1`` slots holds at most two
+    sequences during its decode (one needs more than ``output`` iterations), which bounds the count.
+
+    The window holds TPOT itself: T = s + (m + z ca sqrt m) P / O with m = rate (b + O T). In x = sqrt m,
+    that is (1/rate - P) x^2 - z ca P x - (b + s O) = 0, solved in closed form; the caps only lower it."""
+    cap = step_ms + min(chunk_ms, 2.0 * (batch - 1) * prompt_ms / output)
+    if rate_per_ms <= 0 or prompt_ms <= 0:
+        return step_ms
+    a = 1.0 / rate_per_ms - prompt_ms
+    if a <= 0:  # arriving prefill alone would fill the engine: every iteration carries what the caps allow
+        return cap
+    bz = Z99 * ca * prompt_ms
+    x = (bz + math.sqrt(bz * bz + 4.0 * a * (before_ms + step_ms * output))) / (2.0 * a)
+    return min(cap, step_ms + (x * x + Z99 * ca * x) * prompt_ms / output)
+
+
+def backlog_decode_ms(p: LLMProfile, chunks: int, output: float, batch: int, context: float) -> float:
+    """Decode time that each prompt's prefill carries while prompts queue (a backlog, where waits happen).
+
+    Every iteration carries one chunk and one decode step of whatever is running, so a prompt of
+    ``chunks`` chunks carries min(O, chunks) steps; each prompt leaves O sequences' worth of decoding
+    behind it, so about O / chunks sequences (at most ``batch``) share each step. (Slots rarely bind:
+    the planner keeps u^B <= 1%.)"""
+    n = int(min(batch, max(1, round(output / chunks))))
+    return min(output, float(chunks)) * p.step_ms(n, context)
 
 
 def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | None:
-    """Predicted TTFT/TPOT/engine time/accuracy of class k on option o; None if infeasible (KV, slots, chunk)."""
+    """Predicted TTFT/TPOT/engine time/accuracy of class k on option o; None if infeasible (KV, slots, prefill)."""
     omax = k.omax
     if o.kv_cap and o.kv_cap <= omax:
         return None
-    if o.rho ** o.batch > 0.01:  # P(N >= B) under processor sharing: the batch cap would bind too often
+    if o.batch > 1 and o.rho ** o.batch > 0.01:  # P(N >= B) under processor sharing: the cap would bind
         return None
     cuts = bool(o.kv_cap) and k.p99 + omax > o.kv_cap
     kept = min(k.prompt_tokens, o.kv_cap - omax) if cuts else k.prompt_tokens
@@ -176,24 +227,29 @@ def fit(k: LLMClass, p: LLMProfile, o: LLMOption, kv_budget: float) -> Fit | Non
     n_mean = min(o.batch, max(1.0, o.rho / (1 - o.rho)))
     n99 = min(o.batch, max(1, math.ceil(math.log(0.01) / math.log(o.rho))))
     n90 = min(o.batch, max(1, math.ceil(math.log(0.1) / math.log(o.rho))))
-    need = n90 * kept / out  # prompt tokens per iteration that keep n90 sequences running
-    if need > o.chunk:
-        return None
-    s_pre = p.prefill_time_ms(kept)
-    s_dec = out * p.step_ms(round(n_mean), ctx) / round(n_mean)
-    cost = s_pre + s_dec
-    tpot = p.step_ms(n90, ctx) + p.prefill_time_ms(need)
-    it_chunk = p.step_ms(n99, ctx) + p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
-    # prefill waits behind the prefill queued ahead, served at the speed decode leaves (1 - u_decode)
-    lam = o.rho * 1000.0 / cost
-    speed = 1.0 - lam * s_dec / 1000.0
-    s_eff = s_pre / speed
-    ttft = wait_p99_ms(lam * s_eff / 1000.0, s_eff, k.cv) + math.ceil(max(kept, 1.0) / o.chunk) * it_chunk
     try:
         acc = p.accuracy(o.kv_cap if cuts else FULL)
     except KeyError:
         return None
     e = None if p.energy_j_per_token is None else p.energy_j_per_token * (kept + out)
+    chunks = math.ceil(max(kept, 1.0) / o.chunk)
+    if o.batch == 1:  # one at a time: a G/G/1 queue of whole requests, nothing shares an iteration
+        own = chunks * p.prefill_time_ms(min(o.chunk, max(kept, 1.0)))
+        alone = own + out * p.step_ms(1, ctx)
+        return Fit(wait_p99_ms(o.rho, alone, k.cv) + own, p.step_ms(1, ctx), alone, acc, e, kept)
+    s_pre = p.prefill_time_ms(kept)
+    s_dec = out * p.step_ms(round(n_mean), ctx) / round(n_mean)
+    cost = s_pre + s_dec
+    lam = o.rho * 1000.0 / cost  # requests/s of k that keep one engine busy a fraction rho
+    s_q = s_pre + backlog_decode_ms(p, chunks, out, o.batch, ctx)
+    rho_q = lam * s_q / 1000.0
+    if rho_q >= 1.0:  # the prefill queue would grow without bound
+        return None
+    own = chunks * (p.step_ms(n99, ctx) + p.prefill_time_ms(min(o.chunk, max(kept, 1.0))))
+    ttft = wait_p99_ms(rho_q, s_q, k.cv) + own
+    before = wait_mean_ms(rho_q, s_q, k.cv) + own
+    tpot = tpot_p99_ms(p.step_ms(n90, ctx), p.prefill_time_ms(o.chunk), s_pre, out, lam / 1000.0, before, k.cv,
+                       o.batch)
     return Fit(ttft, tpot, cost, acc, e, kept)
 
 

@@ -59,11 +59,13 @@ def request_cost_ms(p: LLMProfile, prompt: float, output: float, batch: int = 8)
 def offline_batching(p: LLMProfile, s: PolicySettings) -> tuple[int, int]:
     """(batch cap, chunk) chosen offline from the profile: the largest batch of the planner's grid, then the
     largest chunk, whose full iteration (a decode step at that batch plus a whole chunk of prefill, at the
-    prior's prompt length) meets the prior's TPOT SLO; (1, smallest chunk) if none does."""
+    prior's prompt length) meets the prior's TPOT SLO; at batch 1, or if none does, one request at a time
+    with the largest chunk (nothing shares its iterations, so a smaller chunk would only add passes)."""
     pr = s.prior
     ok = [(b, c) for b in s.planner.batch_sizes for c in s.planner.chunk_tokens
           if p.step_ms(b, pr.prompt_tokens) + p.prefill_time_ms(c) <= pr.tpot_ms]
-    return max(ok, default=(1, min(s.planner.chunk_tokens)))
+    b, c = max(ok, default=(1, 0))
+    return (b, c) if b > 1 else (1, max(s.planner.chunk_tokens))
 
 
 def cheapest(profiles: dict[str, LLMProfile], prompt: float, output: float) -> str:
