@@ -141,24 +141,30 @@ def busiest_start(trace, start: float, window_s: float, live_s: float) -> float:
     return float(start + offs[int(np.argmax(n))])
 
 
-def calibrated(model, lm, prof, text_ids: list[int], prompt_max: int):
+def calibrated(model, lm, prof, text_ids: list[int], prompt_max: int, chunk: int):
     """``prof`` with its costs re-measured now, on the model the live engine runs, on a small grid covering the
     live prompts; quality kept. Prefill: one forward per length (`benchmarks/llm_profiles_measure.py`'s
-    measurement). Decode: decode-only iterations of the live engine itself (`llm_live.engine_decode_ms`:
-    its attention mask, per-row positions and left-padded cache), at running batch 1 and 4 and contexts
-    128 and 512. The machine's load moves costs by tens of percent within minutes, so the simulator of a
-    live run takes costs measured beside it."""
+    measurement), except at the live ``chunk``, where it is the engine's own chunked-prefill pass
+    (`llm_live.engine_prefill_chunk_ms`: each pass attends to the chunks before it through the engine's
+    cache, which a fresh forward omits). Decode: decode-only iterations of the live engine itself
+    (`llm_live.engine_decode_ms`: its attention mask, per-row positions and left-padded cache), at running
+    batch 1 and 4 and contexts 128 and 512. The machine's load moves costs by tens of percent within
+    minutes, so the simulator of a live run takes costs measured beside it."""
     from dataclasses import replace as dc
 
-    from leanml.serve.sim.llm_live import engine_decode_ms
+    from leanml.serve.sim.llm_live import engine_decode_ms, engine_prefill_chunk_ms
     from llm_profiles_measure import measure_costs
 
     hi = int(min(1024, max(256, prompt_max)))
-    pre, _ = measure_costs(model, text_ids, ((1, 64), (1, 256), (1, hi)), (), (), reps=2, steps=5)
+    pre, _ = measure_costs(model, text_ids, tuple((1, n) for n in sorted({64, 256, hi} - {chunk})), (), (),
+                           reps=2, steps=5)
+    pre[1][chunk] = engine_prefill_chunk_ms(lm, text_ids[:4 * chunk], chunk)
     dec = {b: {c: engine_decode_ms(lm, text_ids[:c], b) for c in (128, 512)} for b in (1, 4)}
     return dc(prof, prefill_ms=pre, decode_ms=dec,
-              extra={**prof.extra, "calibration": f"beside the live run: prefill forwards of 64/256/{hi} tokens; "
-                                                  "decode-only engine iterations at batch 1/4, context 128/512"})
+              extra={**prof.extra, "calibration": f"beside the live run: prefill forwards of {sorted(pre[1])} tokens, "
+                                                  f"the {chunk}-token one as the engine's own chunked passes (a "
+                                                  f"{4 * chunk}-token prompt in 4); decode-only engine iterations "
+                                                  "at batch 1/4, context 128/512"})
 
 
 def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
@@ -195,10 +201,11 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
             print(f"  {pol}: variant {v} has no live build here; skipped")
             continue
         b, c = offline_batching(profiles[v], s)
-        b = a.live_batch or b  # the live check exercises a running batch (the offline rule may pick 1)
+        b, c = a.live_batch or b, a.live_chunk or c  # the live check exercises a running batch and chunked
+        # prefill (the offline rule picks one at a time with whole prompts under a TPOT SLO this tight)
         model = build[v]().eval()
         variant = Variant(v, CausalLM(model, tok), v)
-        cal_prof = calibrated(model, variant.model, profiles[v], text_ids, max(got))
+        cal_prof = calibrated(model, variant.model, profiles[v], text_ids, max(got), c)
         t0 = time.perf_counter()
         live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
         wall = time.perf_counter() - t0
@@ -241,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--live-policies", default=",".join(LIVE_POLICIES))
     ap.add_argument("--live-batch", type=int, default=4,
                     help="running-batch cap of the live engine and of its simulation (0: the policy's offline rule)")
+    ap.add_argument("--live-chunk", type=int, default=128,
+                    help="prefill chunk of the live engine and of its simulation (0: the policy's offline rule; "
+                         "default 128, the chunk of the earlier live runs)")
     ap.add_argument("--device", default=None,
                     help="a leanml.hw catalog device id (e.g. h100_sxm): costs predicted by leanml.hw.llm for it, "
                          "quality from --profiles; simulator only (default: the measured profiles of this machine)")
@@ -259,8 +269,10 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("--engines must be >= 1; --kv-gib, --load and --slo-x positive")
     a.seeds = a.seeds or (2 if a.quick else 6)
     a.live_seconds = a.live_seconds or (40.0 if a.quick else 150.0)
-    if a.seeds < 1 or a.live_seconds <= 0 or not 0 < a.live_token_scale <= 1 or a.live_max_output < 1:
-        sys.exit("--seeds >= 1, --live-seconds > 0, --live-token-scale in (0, 1], --live-max-output >= 1")
+    if (a.seeds < 1 or a.live_seconds <= 0 or not 0 < a.live_token_scale <= 1 or a.live_max_output < 1
+            or a.live_batch < 0 or a.live_chunk < 0):
+        sys.exit("--seeds >= 1, --live-seconds > 0, --live-token-scale in (0, 1], --live-max-output >= 1, "
+                 "--live-batch and --live-chunk >= 0")
     try:
         profiles = profiles_for_device(load_llm_profiles(a.profiles), a.device)
     except (KeyError, ValueError) as e:  # an unknown catalog id names the known ones
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
                 head = cell
     live = None if a.no_live else live_section(profiles, trace, a, kv, start, window_s)
     out = {k: head[k] for k in ("goodput_vs_infaas", "goodput_vs_infaas_ci95", "goodput_vs_static_accurate",
-                                "goodput_vs_static_accurate_ci95", "accuracy_gap_points", "ceiling_vs_infaas")}
+                                "goodput_vs_static_accurate_ci95", "accuracy_gap_points")}
     out.update({"sim_p99_error": live["sim_p99_error"] if live else None,
                 "sim_p99_error_reason": None if live else (
                     f"--device {a.device}: predicted costs, no live engine there" if a.device else "--no-live"),
@@ -322,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))
     last = {k: out[k] for k in ("goodput_vs_infaas", "goodput_vs_static_accurate", "accuracy_gap_points",
-                                "ceiling_vs_infaas", "sim_p99_error", "headline_load", "seeds", "requests_headline",
-                                "device", "profile_source")}
+                                "sim_p99_error", "headline_load", "seeds", "requests_headline", "device",
+                                "profile_source")}
     print(json.dumps(last))
     return out
 

@@ -116,19 +116,28 @@ class CausalLMLearner(Learner):
     @torch.no_grad()
     def evaluate(self, model, X, y=None) -> float:
         """Mean of the three benchmark scores over the evaluation items in ``X`` (records with 'kind')."""
-        model.eval()
         scores: dict[str, list[float]] = {"mmlu": [], "bbh": [], "tydiqa": []}
-        for r in X:
-            if r["kind"] == "mmlu":
-                scores["mmlu"].append(float(self._mmlu(model, r) == r["answer"]))
-            else:
-                pred = self._generate(model, r["prompt"])
-                if r["kind"] == "bbh":
-                    scores["bbh"].append(float(_norm(pred.split("\n")[0]) == _norm(r["target"])))
-                else:
-                    scores["tydiqa"].append(max(_f1(pred.split("\n")[0], a) for a in r["answers"]))
+        for r, v in zip(X, self.item_scores(model, X), strict=True):
+            scores[r["kind"]].append(v)
         self.last_scores = {k: float(np.mean(v)) for k, v in scores.items() if v}
         return float(np.mean(list(self.last_scores.values())))
+
+    @torch.no_grad()
+    def item_scores(self, model, X) -> list[float]:
+        """Each evaluation item's score: MMLU letter correct (0/1), BBH exact match of the greedy answer's first
+        line (0/1), TyDiQA best token F1 of that line against the gold answers."""
+        model.eval()
+        out = []
+        for r in X:
+            if r["kind"] == "mmlu":
+                out.append(float(self._mmlu(model, r) == r["answer"]))
+                continue
+            pred = self._generate(model, r["prompt"]).split("\n")[0]
+            if r["kind"] == "bbh":
+                out.append(float(_norm(pred) == _norm(r["target"])))
+            else:
+                out.append(max(_f1(pred, a) for a in r["answers"]))
+        return out
 
     def _mmlu(self, model, r) -> int:
         ids = self.tok(r["prompt"], return_tensors="pt")["input_ids"]
@@ -222,14 +231,40 @@ def target_and_eval(sizes: dict[str, Any], seed: int) -> tuple[list[dict], np.nd
     ty = _records("tydiqa", "dev")
     for lang, ix in groups(ty, "language").items():
         ix = rng.permutation(ix)
-
-        def prompt(r):
-            return f"{r['context'][:1200]}\nQuestion: {r['question']}\nAnswer:"
         for i in ix[:k]:
-            tgt.append({"prompt": prompt(ty[i]), "completion": " " + ty[i]["answers"][0]})
+            tgt.append(tydiqa_record(ty[i]))
             tasks.append(f"tydiqa/{lang}")
-        ev += [{"kind": "tydiqa", "prompt": prompt(ty[i]), "answers": ty[i]["answers"]} for i in ix[k:k + m]]
+        ev += [tydiqa_item(ty[i]) for i in ix[k:k + m]]
     return tgt, np.array(tasks), ev
+
+
+def _tydiqa_prompt(r: dict) -> str:
+    return f"{r['context'][:1200]}\nQuestion: {r['question']}\nAnswer:"
+
+
+def tydiqa_record(r: dict) -> dict[str, str]:
+    """A TyDiQA example as a training record (prompt, completion = the first gold answer)."""
+    return {"prompt": _tydiqa_prompt(r), "completion": " " + r["answers"][0]}
+
+
+def tydiqa_item(r: dict) -> dict[str, Any]:
+    """A TyDiQA example as an evaluation item (scored by token F1 against every gold answer)."""
+    return {"kind": "tydiqa", "prompt": _tydiqa_prompt(r), "answers": r["answers"]}
+
+
+def tydiqa_split(language: str, n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Disjoint seeded training records and evaluation items of one TyDiQA language (the dev split, the only
+    one in the data root); ValueError naming the languages when ``language`` is not one or is too small."""
+    ty = _records("tydiqa", "dev")
+    ix = [i for i, r in enumerate(ty) if r["language"] == language]
+    if not ix:
+        raise ValueError(f"tydiqa_split: no language {language!r}; choose from "
+                         f"{sorted({r['language'] for r in ty})}")
+    if n_train < 1 or n_eval < 1 or n_train + n_eval > len(ix):
+        raise ValueError(f"tydiqa_split: n_train and n_eval must be >= 1 and fit the {len(ix)} {language} "
+                         f"examples (got {n_train} + {n_eval})")
+    ix = np.random.default_rng(50_000 + seed).permutation(ix)
+    return [tydiqa_record(ty[i]) for i in ix[:n_train]], [tydiqa_item(ty[i]) for i in ix[n_train:n_train + n_eval]]
 
 
 def build_instruct(sizes: dict[str, Any], seed: int):

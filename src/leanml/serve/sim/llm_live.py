@@ -132,3 +132,26 @@ def engine_decode_ms(lm: Any, prompt_ids: list[int], rows: int, steps: int = 5) 
         cb.step()
         ts.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(ts)
+
+
+def engine_prefill_chunk_ms(lm: Any, prompt_ids: list[int], chunk: int, reps: int = 3) -> float:
+    """Mean time (ms) of one chunked-prefill pass of the live engine: ``prompt_ids`` prefilled alone in
+    ``chunk``-token passes, each attending to the chunks before it through the engine's own cache (a fresh
+    ``chunk``-token forward omits that growing context and the per-pass bookkeeping); median over ``reps``."""
+    import statistics
+    import time
+
+    from leanml.serve.dataplane.generation import ContinuousBatcher
+
+    if chunk < 1 or reps < 1 or len(prompt_ids) < chunk:
+        raise ValueError(f"engine_prefill_chunk_ms: chunk and reps must be >= 1 and the prompt at least one chunk "
+                         f"long, got {chunk}, {reps}, {len(prompt_ids)} tokens")
+    per_pass = []
+    for _ in range(reps):
+        cb = ContinuousBatcher(lm, max_batch=1, prefill_chunk=chunk)
+        cb.add([cb.sequence(list(prompt_ids), 1, min_new_tokens=1)])
+        t0 = time.perf_counter()
+        while not cb.idle:
+            cb.step()
+        per_pass.append((time.perf_counter() - t0) * 1000.0 / max(1, cb.prefill_passes))
+    return statistics.median(per_pass)

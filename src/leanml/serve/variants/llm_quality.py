@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -141,15 +142,16 @@ def sst2_accuracy(model, tok, *, n: int = 200) -> dict[str, Any]:
             "sst2_chance": 0.5, "sst2_correct": "".join(map(str, correct))}
 
 
-def paired_delta(variant: str, reference: str, z: float = 1.96) -> dict[str, Any]:
-    """Accuracy change of ``variant`` against ``reference`` on the same examples (their ``sst2_correct`` strings),
-    in points, with a paired 95% CI (normal, over per-example differences) and the flips both ways.
+def paired_delta(variant: Sequence[Any], reference: Sequence[Any], z: float = 1.96) -> dict[str, Any]:
+    """Score change of ``variant`` against ``reference`` on the same examples (their ``sst2_correct`` strings of
+    0/1, or per-example scores in [0, 1] such as token F1), in points, with a paired 95% CI (normal, over
+    per-example differences) and how many examples moved each way.
 
     Paired, because both models answer the same sentences: the independent Wilson CIs overlap even where the
     difference is certain."""
     if len(variant) != len(reference) or not reference:
         raise ValueError(f"paired_delta: {len(variant)} against {len(reference)} examples; they must match")
-    d = np.array([int(a) - int(b) for a, b in zip(variant, reference, strict=True)], dtype=float)
+    d = np.array([float(a) - float(b) for a, b in zip(variant, reference, strict=True)], dtype=float)
     m = float(d.mean())
     se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else 0.0
     return {"delta_points": round(100 * m, 2), "delta_ci_points": [round(100 * (m - z * se), 2),
