@@ -30,6 +30,64 @@ def _lora(model: nn.Module, rank: int, alpha: float | None, targets: Sequence[st
     return get_peft_model(model, cfg)
 
 
+def save_lora_adapter(model: nn.Module, path: str | Path) -> Path:
+    """Write a peft LoRA model's trainable tensors and its config (rank, alpha, targets, in the file's metadata)
+    to a safetensors file, atomically (a temporary file, then renamed)."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    cfg = model.peft_config["default"]
+    meta = {"format": "leanml-lora/1", "rank": str(cfg.r), "alpha": str(cfg.lora_alpha),
+            "targets": ",".join(sorted(cfg.target_modules))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
+    os.close(fd)
+    try:
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, tmp,
+                  metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def lora_from_adapter(base: nn.Module, path: str | Path) -> nn.Module:
+    """``base`` (modified in place) wrapped with the LoRA adapters of a `save_lora_adapter` file, eval mode;
+    ValueError naming the file when it is not such a file or does not fit ``base``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"LoRA adapter {path} does not exist; train one with `python benchmarks/serve_llm_lora.py`")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "leanml-lora/1":
+        raise ValueError(f"{path} is not a leanml LoRA adapter (no 'leanml-lora/1' metadata); write it with "
+                         "leanml.models.text.save_lora_adapter")
+    model = _lora(base, int(meta["rank"]), float(meta["alpha"]), meta["targets"].split(","), 0)
+    state = load_file(str(path))
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(own) != set(state) or any(own[n].shape != state[n].shape for n in own):
+        raise ValueError(f"LoRA adapter {path} does not fit this model: {len(set(state) ^ set(own))} tensor names "
+                         "differ or shapes disagree (another base model or peft layout)")
+    with torch.no_grad():
+        for n, p in own.items():
+            p.copy_(state[n])
+    return model.eval()
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """A plain model with the LoRA adapters folded into its weights (W + scale B A); ``model`` is left as is."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload().eval()
+
+
 class MeanPoolClassifier(nn.Module):
     """An encoder, masked mean pooling (as sentence-transformers does for MiniLM), and a linear head."""
 

@@ -282,6 +282,21 @@ def variant_model(base, name: str):
     raise ValueError(f"variant_model: {name!r} is not a plain variant; choose from {list(PLAIN_VARIANTS)}")
 
 
+LORA_VARIANTS = {"lora": "", "lora_int8_wo": "int8_wo"}  # name -> the plain recipe applied after the merge
+
+
+def lora_merged_model(base, adapter: str):
+    """A copy of ``base`` with the LoRA adapters of ``adapter`` (a `leanml.models.text.save_lora_adapter` file,
+    e.g. the task LoRA `benchmarks/serve_llm_lora.py` trains) folded into its weights."""
+    from leanml.models.text import lora_from_adapter, merge_lora
+
+    if not adapter:
+        raise ValueError("smollm2: the lora variants need params.lora_adapter, the path of a LoRA adapter file; "
+                         "`python benchmarks/serve_llm_lora.py` trains one and prints its path (training.adapter "
+                         "in benchmarks/results/serve_llm_lora.json)")
+    return merge_lora(lora_from_adapter(copy.deepcopy(base), adapter))
+
+
 def torchao_int8_weight_only(base):
     """A bf16 copy of ``base`` through torchao's ``Int8WeightOnlyConfig`` (the peer's own weight-only int8)."""
     import torch
@@ -335,6 +350,14 @@ def build_smollm2_family(p: dict[str, Any], wanted: list[str]):
         variants["torchao_int8wo"] = Variant("torchao_int8wo", CausalLM(torchao_int8_weight_only(base), tok, mnt),
                                              "int8", {"library": "torchao", "config": "Int8WeightOnlyConfig",
                                                       "activations": "bf16"})
+    lora = [v for v in LORA_VARIANTS if v in wanted]
+    if lora:  # a task LoRA folded into the weights: the base's cost (lora_int8_wo: int8_wo's), the task's quality
+        lm = lora_merged_model(base, str(p["lora_adapter"]))
+        for name in lora:
+            m = lm if name == "lora" else variant_model(lm, LORA_VARIANTS[name])
+            variants[name] = Variant(name, CausalLM(m, tok, mnt), "lora",
+                                     {"adapter": str(p["lora_adapter"]), "merged": True,
+                                      "then": LORA_VARIANTS[name] or "float32"})
     if "pruned" in wanted:
         s = float(p["prune_sparsity"])
         variants["pruned"] = Variant("pruned", CausalLM(prune_linear_layers(base, s), tok, mnt), "prune",
