@@ -102,7 +102,7 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
                                          seed=seed, span_s=inp.span_s))
         ceil = goodput_ceiling(inp.requests, profiles, engines=a.engines, accuracy_target=inp.settings.accuracy_target,
                                span_s=inp.span_s)
-        per_seed[-1]["ceiling"] = {"goodput_rps": ceil.goodput_rps, "bin_s": ceil.bin_s}
+        per_seed[-1]["ceiling"] = ceil.to_json()
         reps.append(inp)
     names = [n for n in per_seed[0] if n != "ceiling"]
     agg = {n: {"requests": sum(r[n]["requests"] for r in per_seed),

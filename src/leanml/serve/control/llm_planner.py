@@ -54,6 +54,8 @@ import numpy as np
 
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
 
+Z99 = 2.326348  # the standard normal's 99th percentile
+
 
 @dataclass(frozen=True)
 class LLMClass:
@@ -172,9 +174,6 @@ def wait_p99_ms(rho: float, service_ms: float, ca: float, q: float = 0.99) -> fl
     if rho <= 1 - q:
         return 0.0
     return (wait_mean_ms(rho, service_ms, ca) / rho) * math.log(rho / (1 - q))
-
-
-Z99 = 2.326348  # the standard normal's 99th percentile
 
 
 def tpot_p99_ms(step_ms: float, chunk_ms: float, prompt_ms: float, output: float, rate_per_ms: float,
