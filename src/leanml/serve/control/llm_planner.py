@@ -19,7 +19,8 @@ each iteration, so the number running N is about geometric, P(N >= n) = u^n):
 * TPOT p99 (`tpot_p99_ms`): a request's TPOT averages its O iterations, and those iterations also carry
   the prefill chunks of the prompts queued behind it: every prompt that arrives while it waits, prefills
   and decodes. Their count over that window (mean m = lambda x window) has variance ca^2 m (a renewal
-  process's counts), and the p99 request meets N99 = m + 2.33 sqrt(ca^2 m) of them (normal approximation),
+  process's counts), and the p99 request meets N99 = m + 2.33 sqrt(ca^2 m) of them (normal approximation;
+  at most 2(B - 1), since only admitted sequences prefill and each other slot turns over at most once),
   so TPOT = step(n90) + min(prefill(C), N99 prefill(P') / O) at the 90th-percentile batch
   n90 = ln 0.1 / ln u (capped at B): one iteration carries at most one chunk, so the chunk C bounds it
   (Sarathi-Serve's trade: a small chunk protects TPOT and costs TTFT). The window holds TPOT itself, a
