@@ -4,6 +4,8 @@
     python benchmarks/serve_llm_replay.py --no-live             # the grid: loads 0.5/1/2 x targets best-1/-3, 6 seeds
     python benchmarks/serve_llm_replay.py --live-only           # then the live check, merged into the same JSON
     python benchmarks/serve_llm_replay.py --device h100_sxm     # a catalog device: costs from leanml.hw.llm
+    python benchmarks/serve_llm_replay.py --no-live --load 2 --slo-x 5 --out SLO5   # the looser-SLO grid
+                                  # (TPOT 100 ms; SLO5 = benchmarks/results/serve_llm_replay_slo5.json)
 
 Setting, fixed before the run:
 
