@@ -10,7 +10,9 @@ and what it costs to serve.
   answer; seeded; the data root has only the dev split, so training and evaluation examples are disjoint
   draws from it). The adapters are cached; a cached run says so and reports no training cost.
 * **Variants**: ``fp32`` (the base), ``lora`` (adapters unmerged, as peft serves them), ``lora_merged``
-  (folded into the weights) and ``lora_int8_wo`` (the merged model through the weight-only int8 recipe).
+  (folded into the weights) and ``lora_int8_wo`` (the merged model through the weight-only int8 recipe), the
+  last two built from the saved adapter file exactly as the smollm2 serving family builds ``lora`` and
+  ``lora_int8_wo`` (`leanml.serve.variants.llm.lora_merged_model`).
 * **Quality**: TyDiQA token F1 of the greedy answer's first line on ``--eval`` other English examples
   (the instruct suite's scoring), and SST-2 accuracy by choice log-likelihood on ``--sst2`` GLUE-dev
   sentences (a task the adapters never saw: the general ability the specialization may cost), each as a
@@ -71,8 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from leanml.bench.task_lora import LoraRecipe, cached_task_lora, learner, task_data
     from leanml.io import atomic_write_text
-    from leanml.models.text import merge_lora
-    from leanml.serve.variants.llm import load_smollm2, variant_model
+    from leanml.serve.variants.llm import LORA_VARIANTS, load_smollm2, lora_merged_model, variant_model
     from leanml.serve.variants.llm_quality import paired_delta, sst2_accuracy
 
     recipe = LoraRecipe(n_train=n_train, max_len=128 if q else 384, seed=a.seed)
@@ -82,9 +83,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peft_model, tok, report = cached_task_lora(recipe, records)
     train_wall = time.time() - t0
     torch.set_num_threads(1)
-    lm = merge_lora(peft_model)
+    print(f"adapter file: {report['adapter']} (the smollm2 family's lora_adapter parameter)", flush=True)
     fp32, _ = load_smollm2()  # a fresh copy of the base (peft wrapped the learner's in place)
-    models = {"fp32": fp32, "lora": peft_model, "lora_merged": lm, "lora_int8_wo": variant_model(lm, "int8_wo")}
+    lm = lora_merged_model(fp32, report["adapter"])  # what the serving family builds from the file
+    models = {"fp32": fp32, "lora": peft_model, "lora_merged": lm,
+              "lora_int8_wo": variant_model(lm, LORA_VARIANTS["lora_int8_wo"])}
     scorer = learner(recipe, gen_tokens=8 if q else 16)
     scorer.tok = tok
     f1, sst = {}, {}

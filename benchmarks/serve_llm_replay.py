@@ -113,6 +113,7 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
                                                  weights=[max(1, r[n]["answered"]) for r in per_seed])),
                "slo_attainment": float(np.mean([r[n]["slo_attainment"] for r in per_seed]))} for n in names}
     gi, gs = pooled(per_seed, "adaptive", "infaas"), pooled(per_seed, "adaptive", "static-accurate")
+    ceiling = float(np.mean([r["ceiling"]["goodput_rps"] for r in per_seed]))
     acc_gap = round(100 * (best_acc - agg["adaptive"]["mean_accuracy"]), 3)
     return {"load": load, "accuracy_target": round(best_acc - slack, 5), "slack_points": slack * 100,
             "capacity_rps": round(reps[0].capacity_rps, 4), "seeds": a.seeds,
@@ -123,10 +124,8 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
             "accuracy_gap_points": acc_gap,
             "nocap_vs_infaas": pooled(per_seed, "adaptive-nocap", "infaas")["ratio"],
             # the LP upper bound on any policy's goodput (leanml.serve.sim.llm_bound), and each policy's share of it
-            "ceiling_rps": round(float(np.mean([r["ceiling"]["goodput_rps"] for r in per_seed])), 5),
-            "share_of_ceiling": {n: round(agg[n]["goodput_rps"] / float(np.mean([r["ceiling"]["goodput_rps"]
-                                                                                  for r in per_seed])), 3)
-                                 for n in names},
+            "ceiling_rps": round(ceiling, 5),
+            "share_of_ceiling": {n: round(agg[n]["goodput_rps"] / ceiling, 3) for n in names},
             "ceiling_vs_infaas": pooled(per_seed, "ceiling", "infaas")["ratio"],
             "pooled": agg, "policies_seed0": per_seed[0], "_rep0": reps[0]}
 

@@ -43,6 +43,9 @@ def test_an_adapter_file_round_trips_and_merging_keeps_the_function(tmp_path):
         merged = merge_lora(loaded)
         assert not any("lora" in n for n, _ in merged.named_parameters())
         assert torch.allclose(merged(input_ids=x).logits, want, atol=1e-4)
+        assert any("lora" in n for n, _ in loaded.named_parameters())  # keep=True left the peft model as it was
+        in_place = merge_lora(loaded, keep=False)
+        assert torch.allclose(in_place(input_ids=x).logits, want, atol=1e-4)
     assert [f.name for f in tmp_path.iterdir()] == ["a.safetensors"]  # no temporary file left behind
 
 

@@ -68,11 +68,6 @@ def train_task_lora(recipe: LoraRecipe, records: list[dict]) -> tuple[Any, Any, 
     return model, lrn.tok, {"losses": fit.losses, "cost": fit.cost.to_dict()}
 
 
-def adapter_state(model) -> dict[str, Any]:
-    """The trainable (LoRA) tensors of a peft model, detached."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def adapter_path(recipe: LoraRecipe, cache: Path | None = None) -> Path:
     """Where the adapters of ``recipe`` are cached (``cache`` defaults to the data cache's ``models/``)."""
     from leanml.data import cache_dir

@@ -81,11 +81,12 @@ def lora_from_adapter(base: nn.Module, path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """A plain model with the LoRA adapters folded into its weights (W + scale B A); ``model`` is left as is."""
+def merge_lora(model: nn.Module, *, keep: bool = True) -> nn.Module:
+    """A plain model with the LoRA adapters folded into its weights (W + scale B A). ``keep`` leaves ``model``
+    as it is (the merge runs on a copy); ``keep=False`` merges in place, for a peft model nobody uses after."""
     import copy
 
-    return copy.deepcopy(model).merge_and_unload().eval()
+    return (copy.deepcopy(model) if keep else model).merge_and_unload().eval()
 
 
 class MeanPoolClassifier(nn.Module):

@@ -292,9 +292,9 @@ def lora_merged_model(base, adapter: str):
 
     if not adapter:
         raise ValueError("smollm2: the lora variants need params.lora_adapter, the path of a LoRA adapter file; "
-                         "`python benchmarks/serve_llm_lora.py` trains one and prints its path (training.adapter "
+                         "`python benchmarks/serve_llm_lora.py` trains one and prints its path (also training.adapter "
                          "in benchmarks/results/serve_llm_lora.json)")
-    return merge_lora(lora_from_adapter(copy.deepcopy(base), adapter))
+    return merge_lora(lora_from_adapter(copy.deepcopy(base), adapter), keep=False)  # the copy is ours: merge it
 
 
 def torchao_int8_weight_only(base):
