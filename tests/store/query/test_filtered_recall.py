@@ -155,3 +155,16 @@ def test_a_batch_from_a_hard_cluster_gets_the_probes_its_difficulty_band_needs()
             recs.append(_recall(bitmap_search(ivf, Q, None, 10, Iq)[1], ref))
         worst_avg, worst = min(worst_avg, recs[0]), min(worst, recs[1])
     assert raised > 0 and worst_avg < 0.95 <= worst, (raised, worst_avg, worst)
+
+
+def test_a_selectivity_just_below_a_measured_one_reads_that_row_and_farther_below_the_lower_row():
+    """`IVF.probes_for`: a 9.9% filter is read at the measured 10% row (the table's own filters are random
+    draws at 10%); a 6% filter, between the 1% and 10% rows, is held to the worse of the two."""
+    from leanml.store.query.ivf import SNAP
+
+    table = {(0.01, 10): [(8, 0.80), (64, 0.99)], (0.1, 10): [(8, 0.99), (64, 1.0)], (1.0, 10): [(8, 0.99)]}
+    ivf = IVF(index=None, list_of=np.zeros(0, np.int64), nprobe=8, recall=float("nan"), build_s=0.0, table=table)
+    assert ivf.probes_for(0.1, 10, 0.95)[0] == 8
+    assert ivf.probes_for(0.1 * (1 - SNAP / 2), 10, 0.95)[0] == 8
+    assert ivf.probes_for(0.06, 10, 0.95)[0] == 64
+    assert ivf.probes_for(0.1 * (1 - 2 * SNAP), 10, 0.95)[0] == 64

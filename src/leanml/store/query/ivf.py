@@ -45,6 +45,7 @@ MARGIN = 0.02
 N_QUERIES = 128
 N_BANDS = 4
 TIE_SHARE = 0.1
+SNAP = 0.05  # relative: a selectivity this close below a measured one is read at it (`probes_for`)
 
 
 def difficulty(sims: np.ndarray) -> np.ndarray:
@@ -208,8 +209,13 @@ class IVF:
         if sel < sels[0] * (1 - 1e-9):
             return None, float("nan"), (f"filtered recall not measured below selectivity {sels[0]:.3g} "
                                         f"(k = {kk}): exact"), kk
-        lo = max(s for s in sels if s <= sel * (1 + 1e-9))
+        # a filter within SNAP below a measured selectivity reads that row: the table's own filters are random
+        # draws at it (a 10% filter of 10^5 rows matches 10,000 +- 95). Read strictly, a 9.99% filter took
+        # the 1% row's 64 probes where 8 reach 0.99; between rows farther apart the lower one still
+        # decides (interpolating in log-selectivity promised 0.95 at a 50% filter of 1348 rows that got 0.88)
+        lo = max(s for s in sels if s <= sel * (1 + SNAP))
         hi = min((s for s in sels if s >= sel * (1 - 1e-9)), default=lo)
+        hi = max(hi, lo)
         best = 0.0
         for p, _ in self.table[(lo, kk)]:
             r = min(self.recall_at(lo, kk, p, bands), self.recall_at(hi, kk, p, bands))
@@ -247,16 +253,19 @@ def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:
     return _combined(qs, source.weights())
 
 
-def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int,
-           nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int,
+           sims: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq]).
 
     Only the nearest lists a walk can take are sorted (``argpartition`` of the first ``max(2 nprobe, 32)``;
     a full sort for the queries whose k matches lie beyond them): at 32 queries over ~140 lists a full
-    stable sort was most of the planning time."""
+    stable sort was most of the planning time. ``sims``: ``Q``'s similarity to every centroid, when the
+    planner already has it (gathering and multiplying the centroids again cost 0.5 ms after a scan had
+    evicted them: 1264 x 256 floats at 10^5 rows)."""
     vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
-    S = Q @ ivf.centroids()[vl].T  # one matmul: [nq, lists holding matches]
+    # [nq, lists holding matches]: one matmul, or the planner's own columns
+    S = Q @ ivf.centroids()[vl].T if sims is None else sims[:, vl]
     nq, L = S.shape
     w0 = min(L, max(2 * nprobe, 32))
     if w0 < L:

@@ -124,10 +124,12 @@ def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float
     return float(np.where(sparse, got / np.maximum(rows, 1.0), glob).min())
 
 
-def walk_facts(ivf: IVF, Q: np.ndarray, mask_lists: np.ndarray, k: int, k_walk: int, probes: int) -> dict:
-    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches): lists per query, rows
-    visited and matches met, and the post-filter's over-fetch ``k_prime`` (1.5 k over the walk's match rate)."""
-    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes)
+def walk_facts(ivf: IVF, Q: np.ndarray, mask_lists: np.ndarray, k: int, k_walk: int, probes: int,
+               sims: np.ndarray | None = None) -> dict:
+    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches; ``sims``: ``Q``'s centroid
+    similarities if computed): lists per query, rows visited and matches met, and the post-filter's
+    over-fetch ``k_prime`` (1.5 k over the walk's match rate)."""
+    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes, sims)
     frac = np.maximum(matched, 1) / np.maximum(visited, 1)
     return {"Iq": Iq, "visited": visited, "matched": matched, "probes": probes, "k_walk": k_walk,
             "k_prime": np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)}
@@ -188,7 +190,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
                                            f"({low:.3g}, k = {k}): exact")
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
-        S = Q @ ivf.centroids().T  # [nq, nlist], shared by the local selectivity and the difficulty bands
+        # [nq, nlist], shared by the local selectivity, the difficulty bands and the walk
+        S = facts["sims"] = Q @ ivf.centroids().T
         sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, S, mask_lists))
         bands = facts["difficulty_bands"] = ivf.band_counts(S)
         probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
@@ -225,7 +228,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         if mask_lists is None:
             mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                      minlength=ivf.index.nlist)
-        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p))
+        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("sims")))
         Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
                      list_sizes=ivf.sizes())
