@@ -1,8 +1,10 @@
 """The small measurements behind `leanml.store.query`'s planner and scan choices, one per claim in
 docs/query.md, each side by side with its alternative in this one process:
 
-1. ``decode``: int8 decode of 10^5 x 256 rows in 64 MiB blocks (65536 rows) against the 16 MiB cap
-   (`Codec.block_rows`), NumPy, and torch into one reused buffer (the not-done alternative).
+1. ``decode``: int8 decode of 10^5 x 256 rows in 64 MiB blocks (65536 rows), 16 MiB blocks and at the cap
+   (`Codec.block_rows`, 4 MiB), with NumPy into fresh blocks, and with `Codec.decode_into` (torch) into one
+   reused buffer; and a scan's work per block (decode, 8 score columns, row norms) at 16 MiB, at the cap,
+   and at the cap into the reused buffer (what `search.scan` does).
 2. ``subtask_max``: LESS's max over 8 subtasks of ``[10^5, 8]`` scores, along the short axis against over the
    transposed copy (`scoring.reduce_subtasks`).
 3. ``difficulty_median``: the median of ``[32, nlist]`` centroid similarities, ``np.median`` against
@@ -66,17 +68,31 @@ def decode(n: int, d: int) -> dict:
         for a in range(0, n, br):
             c.decode(codes[a : a + br], scale[a : a + br], d)
 
-    buf = torch.empty((c.block_rows(65536, d), d))
+    buf = np.empty((c.block_rows(65536, d), d), np.float32)
 
-    def torch_reused() -> None:
+    def reused() -> None:  # `Codec.decode_into` one buffer, as `search.scan` asks (`iter_blocks(reuse=True)`)
         br = len(buf)
         for a in range(0, n, br):
-            b = min(n, a + br) - a
-            buf[:b].copy_(torch.from_numpy(codes[a : a + b])).mul_(torch.from_numpy(scale[a : a + b])[:, None])
+            c.decode_into(codes[a : a + br], scale[a : a + br], d, buf)
 
+    M = torch.randn(8, d)
+
+    def scored(br: int, reuse: bool = False) -> None:  # a scan's work per block: 8 score columns, row norms
+        for a in range(0, n, br):
+            x = (c.decode_into(codes[a : a + br], scale[a : a + br], d, buf) if reuse
+                 else c.decode(codes[a : a + br], scale[a : a + br], d))
+            X = torch.from_numpy(x)
+            (X @ M.T) / torch.linalg.vector_norm(X, dim=1, keepdim=True)
+
+    rows16 = (16 << 20) // (4 * d)
     return {"rows": n, "dim": d, "ms_65536_rows": best_ms(lambda: blocks(65536)),
+            "ms_16MiB": best_ms(lambda: blocks(rows16)),
             "ms_capped": best_ms(lambda: blocks(c.block_rows(65536, d))),
-            "ms_torch_reused_buffer": best_ms(torch_reused)}
+            "ms_decode_into_reused": best_ms(reused),
+            "ms_scan8_16MiB": best_ms(lambda: scored(rows16)),
+            "ms_scan8_capped": best_ms(lambda: scored(len(buf))),
+            "ms_scan8_capped_reused": best_ms(lambda: scored(len(buf), True)),
+            "cap_rows": c.block_rows(65536, d)}
 
 
 def subtask_max(n: int) -> dict:

@@ -37,6 +37,11 @@ def test_codec_contract(rows, name):
     # a block of rows decodes the same as the whole (the store decodes slices of memmapped shards)
     np.testing.assert_array_equal(codec.decode(codes[5:9], None if aux is None else aux[5:9], rows.shape[1]),
                                   back[5:9])
+    # decoding into a reused, larger buffer gives the same values, in its first rows
+    buf = np.full((12, rows.shape[1]), np.nan, np.float32)
+    got = codec.decode_into(codes[5:9], None if aux is None else aux[5:9], rows.shape[1], buf)
+    assert got.shape == (4, rows.shape[1]) and np.shares_memory(got, buf)
+    np.testing.assert_array_equal(got, back[5:9])
 
 
 @pytest.mark.parametrize("name", ["int8", "int4", "int2"])
@@ -96,7 +101,7 @@ def test_scan_blocks_stay_within_the_decode_cap_and_lose_no_row(name, tmp_path):
     from leanml.store.codecs import DECODE_BLOCK_BYTES
     from leanml.store.query.source import RowView, as_source
 
-    d = 4096  # 1024 rows of float32 fill the 16 MiB cap
+    d = 4096  # 256 rows of float32 fill the 4 MiB cap
     x = np.random.default_rng(0).standard_normal((2500, d)).astype(np.float32)
     st = GradientStore.create(tmp_path / name, dim=d, codec=name, spec={"projection": {}}, model="m")
     st.append(np.arange(2500), x)
@@ -109,3 +114,25 @@ def test_scan_blocks_stay_within_the_decode_cap_and_lose_no_row(name, tmp_path):
         assert max(len(b[0]) for b in blocks) == min(want, n)
         ids = np.concatenate([b[0] for b in blocks])
         assert len(ids) == n and (np.diff(ids) > 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_blocks_decoded_into_a_reused_buffer_equal_fresh_ones(name, tmp_path):
+    """``iter_blocks(reuse=True)`` (what `search.scan` asks for) yields the same ids and rows, block by block,
+    as fresh decoding, in the store, in the query layer's whole view and in a gathered subset of it."""
+    from leanml.store import GradientStore
+    from leanml.store.query.source import RowView, as_source
+
+    d = 4096
+    x = np.random.default_rng(1).standard_normal((700, d)).astype(np.float32)
+    st = GradientStore.create(tmp_path / name, dim=d, codec=name, spec={"projection": {}}, model="m")
+    st.append(np.arange(300), x[:300])
+    st.append(np.arange(300, 700), x[300:])  # two shards: a gathered block spans both
+    pos = np.arange(5, 700, 2)  # 348 rows: more than one 256-row block
+    for view in (st, RowView(as_source(st)), RowView(as_source(st), pos)):
+        fresh = [(i.copy(), r.copy()) for i, r in view.iter_blocks(None, 2000)]
+        reused = [(i.copy(), r.copy()) for i, r in view.iter_blocks(None, 2000, reuse=True)]
+        assert len(fresh) == len(reused) > (0 if get_codec(name).decodes_in_place else 1)
+        for (fi, fr), (ri, rr) in zip(fresh, reused, strict=True):
+            np.testing.assert_array_equal(fi, ri)
+            np.testing.assert_array_equal(fr, rr)

@@ -63,8 +63,9 @@ def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "
         t = torch.as_tensor(np.asarray(q, dtype=np.float32), device=dev)
         norm_q = metric == "cosine" if normalize_queries is None else normalize_queries
         Q.append(torch.nn.functional.normalize(t, dim=1) if norm_q else t)
-    if len(names) == 1:  # nothing to align: the store's blocks as they come (rechunking would copy them)
-        gens = [store.iter_blocks(names[0], block_rows)]
+    if len(names) == 1:  # nothing to align: the store's blocks as they come (rechunking would copy them),
+        # decoded into one reused buffer: each block is scored before the next is read
+        gens = [store.iter_blocks(names[0], block_rows, reuse=True)]
     else:
         br = scan_block_rows(store.manifest, block_rows)  # what iter_blocks yields: align on it, not re-merge
         gens = [scoring.rechunk(store.iter_blocks(c, br), br) for c in names]

@@ -309,17 +309,24 @@ class GradientStore:
             raise StoreError(f"{self.root}: shard {s.files['codes']} has {len(codes)} rows, manifest says {s.rows}")
         return ids, codes, aux
 
-    def iter_blocks(self, checkpoint: str | None = None,
-                    block_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, decoded float32 rows) in blocks of at most ``block_rows``: memory stays bounded."""
+    def iter_blocks(self, checkpoint: str | None = None, block_rows: int = 65536, *,
+                    reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, decoded float32 rows) in blocks of at most ``block_rows``: memory stays bounded.
+        ``reuse``: decode every block into one buffer, so a block is valid only until the next is asked for
+        (for consumers that drop each block first, such as `search.scan`)."""
         checkpoint = checkpoint or self.checkpoint_names()[0]
-        block_rows = scan_block_rows(self.manifest, block_rows)  # decoded blocks stay <= 16 MiB
+        block_rows = scan_block_rows(self.manifest, block_rows)  # decoded blocks stay <= 4 MiB
+        d, buf = self.manifest.dim, None
         for s in self.manifest.shards_of(checkpoint):
             ids, codes, aux = self._load_shard(s)
             for a in range(0, s.rows, block_rows):
                 b = min(s.rows, a + block_rows)
-                yield np.asarray(ids[a:b]), self.codec.decode(codes[a:b], None if aux is None else aux[a:b],
-                                                              self.manifest.dim)
+                sub = None if aux is None else aux[a:b]
+                if reuse and not self.codec.decodes_in_place:
+                    buf = np.empty((block_rows, d), np.float32) if buf is None else buf
+                    yield np.asarray(ids[a:b]), self.codec.decode_into(codes[a:b], sub, d, buf)
+                else:
+                    yield np.asarray(ids[a:b]), self.codec.decode(codes[a:b], sub, d)
 
     def has_one_minus_p(self) -> bool:
         return self.manifest.one_minus_p

@@ -58,10 +58,13 @@ class QuerySource:
     def ids(self) -> np.ndarray:
         raise NotImplementedError
 
-    def read(self, checkpoint: str, positions: np.ndarray) -> np.ndarray:
+    def read(self, checkpoint: str, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 rows at sorted ``positions``; ``out``: a buffer of at least that many rows to decode into."""
         raise NotImplementedError
 
-    def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_all(self, checkpoint: str, block_rows: int,
+                 reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 rows) of every row in blocks; ``reuse``: one decode buffer for all blocks."""
         raise NotImplementedError
 
     def has_metadata(self) -> bool:
@@ -144,24 +147,41 @@ class StoreSource(QuerySource):
             self._open[checkpoint] = [self.store._load_shard(s) for s in self.store.manifest.shards_of(checkpoint)]
         return self._open[checkpoint]
 
-    def read(self, checkpoint: str, positions: np.ndarray) -> np.ndarray:
+    def read(self, checkpoint: str, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         off, shards = self._offsets[checkpoint], self._shards(checkpoint)
-        out = []
+        codec, d = self.store.codec, self.manifest.dim
+        into = out is not None and not codec.decodes_in_place
+        parts, at = [], 0
         for si in np.unique(np.searchsorted(off, positions, side="right") - 1):
             lo, hi = np.searchsorted(positions, [off[si], off[si + 1]])
             local = positions[lo:hi] - off[si]
             _, codes, aux = shards[si]
-            out.append(self.store.codec.decode(codes[local], None if aux is None else aux[local], self.manifest.dim))
-        return np.concatenate(out) if out else np.zeros((0, self.manifest.dim), np.float32)
+            sub = None if aux is None else aux[local]
+            if into:
+                parts.append(codec.decode_into(codes[local], sub, d, out[at:]))
+            else:
+                parts.append(codec.decode(codes[local], sub, d))
+            at += len(local)
+        if into:
+            return out[:at]
+        if len(parts) == 1:  # one shard: the decoded rows as they are (a concatenate would copy them)
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
 
-    def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_all(self, checkpoint: str, block_rows: int,
+                 reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like `GradientStore.iter_blocks` (contiguous memmap slices: fp32 rows reach torch uncopied)."""
         block_rows = scan_block_rows(self.manifest, block_rows)
+        codec, d, buf = self.store.codec, self.manifest.dim, None
         for ids, codes, aux in self._shards(checkpoint):
             for a in range(0, len(ids), block_rows):
                 b = min(len(ids), a + block_rows)
-                yield np.asarray(ids[a:b]), self.store.codec.decode(codes[a:b], None if aux is None else aux[a:b],
-                                                                    self.manifest.dim)
+                sub = None if aux is None else aux[a:b]
+                if reuse and not codec.decodes_in_place:
+                    buf = np.empty((block_rows, d), np.float32) if buf is None else buf
+                    yield np.asarray(ids[a:b]), codec.decode_into(codes[a:b], sub, d, buf)
+                else:
+                    yield np.asarray(ids[a:b]), codec.decode(codes[a:b], sub, d)
 
     def has_metadata(self) -> bool:
         return bool(self.store.manifest.metadata)
@@ -214,11 +234,14 @@ class ArraySource(QuerySource):
     def _c(self, checkpoint: str) -> np.ndarray:
         return self.x[self.checkpoint_names().index(checkpoint)]
 
-    def read(self, checkpoint: str, positions: np.ndarray) -> np.ndarray:
-        return self._c(checkpoint)[positions]
+    def read(self, checkpoint: str, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return self._c(checkpoint)[positions]
+        return np.take(self._c(checkpoint), positions, axis=0, out=out[: len(positions)])
 
-    def iter_all(self, checkpoint: str, block_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        x = self._c(checkpoint)
+    def iter_all(self, checkpoint: str, block_rows: int,
+                 reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        x = self._c(checkpoint)  # float32 already: its blocks are views, nothing to reuse
         for a in range(0, len(x), block_rows):
             yield self._ids[a : a + block_rows], x[a : a + block_rows]
 
@@ -258,18 +281,22 @@ class RowView:
         q = self.source.one_minus_p(checkpoint or self.checkpoint_names()[0])
         return q if q is None or self.positions is None else q[self.positions]
 
-    def iter_blocks(self, checkpoint: str | None = None,
-                    block_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, float32 rows) in blocks of at most ``block_rows`` rows: memory stays bounded."""
+    def iter_blocks(self, checkpoint: str | None = None, block_rows: int = 65536, *,
+                    reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 rows) in blocks of at most ``block_rows`` rows: memory stays bounded. ``reuse``: one
+        decode buffer for every block (a block is valid until the next is asked for; `GradientStore.iter_blocks`)."""
         checkpoint = checkpoint or self.checkpoint_names()[0]
         if self.positions is None:
-            yield from self.source.iter_all(checkpoint, block_rows)
+            yield from self.source.iter_all(checkpoint, block_rows, reuse)
             return
         all_ids = self.source.ids()
         block_rows = scan_block_rows(self.manifest, block_rows)  # gathered blocks decode within the same cap
+        buf = None
         for a in range(0, len(self.positions), block_rows):
             p = self.positions[a : a + block_rows]
-            yield all_ids[p], self.source.read(checkpoint, p)
+            if reuse and buf is None:
+                buf = np.empty((min(block_rows, len(self.positions)), self.manifest.dim), np.float32)
+            yield all_ids[p], self.source.read(checkpoint, p, buf)
 
     def features(self, checkpoint: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         blocks = list(self.iter_blocks(checkpoint))
