@@ -37,3 +37,25 @@ def test_assign_takes_the_nearest_lists_holding_matches_until_k(digits_store, di
         got = [int(i) for i in Iq[qi] if i >= 0]
         assert got == want
         assert visited[qi] == sizes[want].sum() and matched[qi] == ml[want].sum()
+
+
+def test_a_postfilter_left_short_is_answered_by_the_bitmap_scan_of_the_same_lists(digits_store, digits_feats):
+    """With no over-fetch (k' = k) a 10% filter leaves most queries short after the post-filter: they get the
+    bitmap scan of the walk's lists (which hold >= k matches), so the answer equals ``ivf-bitmap``'s, k rows."""
+    from leanml.store.query.physical import plan_nearest, run_nearest
+
+    src = as_source(digits_store)
+    ivf = IVF.build(src, nprobe=8)
+    n, k = len(src.ids()), 10
+    rng = np.random.default_rng(3)
+    pos = np.sort(rng.choice(n, n // 10, replace=False))
+    _, X = digits_feats
+    Q = X[rng.choice(n, 16)] + 0.01
+    _, facts = plan_nearest(src, pos, [Q], k, host="dev_vm", recall=0.95, ivf=ivf, cost_all=True)
+    facts["k_prime"] = np.full(len(Q), k)
+    ids, scores, info = run_nearest("ivf-postfilter", src, pos, [Q], k, facts, ivf)
+    want, want_s, _ = run_nearest("ivf-bitmap", src, pos, [Q], k, facts, ivf)
+    assert info["bitmap_fallback_queries"] > 0 and info["fallback_queries"] == 0
+    assert (ids >= 0).all() and np.isin(ids, src.ids()[pos]).all()
+    # the rest kept the first k matches of the unfiltered ranking over the same lists: the same top k
+    np.testing.assert_allclose(scores, want_s, atol=1e-5)

@@ -330,6 +330,9 @@ class Query:
             return
         ids, sc, info = run_nearest(chosen.name, src, st.positions, qs, a["k"], facts, self.index, self.block_rows,
                                     metric=metric, device=self.device)
+        if info.get("bitmap_fallback_queries"):
+            rec.notes.append(f"{info['bitmap_fallback_queries']} queries fell back to the bitmap scan of the same "
+                             "lists (the over-fetch left fewer than k rows)")
         if info.get("fallback_queries"):
             rec.notes.append(f"{info['fallback_queries']} queries fell back to the exact scan (fewer than k rows)")
         nq, kk = ids.shape
