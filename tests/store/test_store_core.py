@@ -103,6 +103,29 @@ def test_topk_and_less_match_brute_force(tmp_path):
     np.testing.assert_allclose(ls, naive, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["numpy-small", "torch-blocks"])
+@pytest.mark.parametrize("metric,excl,k", [("cosine", None, 5), ("ip", None, 5), ("cosine", [1003, 1010], 7),
+                                          ("cosine", None, 600)])
+def test_both_topk_paths_match_brute_force(tmp_path, monkeypatch, small, metric, excl, k):
+    """`topk` scores a few rows in NumPy and more through the torch block scan: both give brute force's answer."""
+    from leanml.store import search
+
+    monkeypatch.setattr(search, "SMALL_ROWS", 10**9 if small else 0)
+    st, X = _two_ckpt_store(tmp_path)
+    Q = np.random.default_rng(5).standard_normal((2, 4, 32)).astype(np.float32)
+    sim = _cos if metric == "cosine" else (lambda a, b: a @ b.T)
+    full = 0.7 * sim(X[0], Q[0]) + 0.3 * sim(X[1], Q[1])  # [N, 4]
+    if excl is not None:
+        full[np.array(excl) - 1000] = -np.inf
+    ids, scores = topk(st, Q, k, metric=metric, block_rows=77, exclude_ids=excl)
+    kk = min(k, len(full))
+    want = np.argsort(-full, axis=0, kind="stable")[:kk].T + 1000
+    assert ids.shape == (4, kk)
+    finite = np.isfinite(-np.sort(-full, axis=0)[:kk].T)
+    np.testing.assert_array_equal(ids[finite], want[finite])
+    np.testing.assert_allclose(scores, -np.sort(-full, axis=0)[:kk].T, rtol=1e-5, atol=1e-6)
+
+
 def test_trak_matches_closed_form(tmp_path):
     st, X = _two_ckpt_store(tmp_path, n=300, d=16)
     Q = np.random.default_rng(4).standard_normal((2, 3, 16)).astype(np.float32)
