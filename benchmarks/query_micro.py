@@ -13,7 +13,11 @@ docs/query.md, each side by side with its alternative in this one process:
    against the bare exact filtered scan.
 5. ``pushdown_cache``: the fp32 pushed-down LESS query run back to back against right after the naive
    plan (the VM's large L3 holds a 100 MB store).
-6. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
+6. ``cold_floor``: p50 of one call right after 25 MB of other work (``_cold``) and in a loop (``_warm``): a
+   plain FAISS IVF search (nprobe 16), the same with an ``IDSelectorBitmap`` of a 10% filter, leanml's
+   planned query at that filter; the exact scan of a 0.1% filter's matches through the torch block scan
+   and through `search`'s NumPy path for a few rows (`search.SMALL_ROWS`).
+7. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
    built with nprobe 16, its recall table measured on 256 noisy queries):
    * at 8 probes, for held-out stored rows against noisy queries (a stored row + 0.3 noise per dimension);
    * under an anti-correlated 50% filter (whole clusters; queries from the clusters left out), at the
@@ -129,6 +133,59 @@ def plan_loop(src, ivf, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: AN
     return {"matches": len(pos), "ms_planned": pl, "ms_exact_filtered": ex, "ratio": pl / ex, "chosen": name}
 
 
+def evict() -> None:
+    """Touch 25 MB (the unfiltered scan's bytes at 10^5 x 256 int8), as another query's work does."""
+    np.ones(25_000_000, np.uint8).sum()
+
+
+def cold_floor(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: ANN001
+    """p50 of one call, each right after `evict` and in a loop with nothing between: a plain FAISS IVF search,
+    the same with an ``IDSelectorBitmap`` of a 10% filter (built per call), leanml's planned query there;
+    and the exact scan of a 0.1% filter's matches through the torch block scan against `search`'s NumPy
+    path for a few rows."""
+    import faiss
+
+    from leanml.store import search
+
+    rng = np.random.default_rng(5)
+    Q = norm(X[rng.choice(len(X), 60)] + 0.3 * rng.standard_normal((60, X.shape[1])).astype(np.float32))
+    Qc = combined_queries(src, [Q])
+    idx, n = ivf.index, ivf.index.ntotal
+    p10, p01 = np.flatnonzero(u < 0.1), np.flatnonzero(u < 0.001)
+
+    def faiss_sel(q: np.ndarray) -> None:
+        mask = np.zeros(n, bool)
+        mask[p10] = True
+        bits = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+        idx.search(q, 10, params=faiss.SearchParametersIVF(sel=sel, nprobe=16))
+
+    def torch_scan(q: np.ndarray) -> None:
+        small, search.SMALL_ROWS = search.SMALL_ROWS, 0
+        try:
+            run_nearest("exact-filtered", src, p01, [q], 10, {}, None)
+        finally:
+            search.SMALL_ROWS = small
+
+    runs = {"faiss_ivf": lambda i: idx.search(Qc[i : i + 1], 10, params=faiss.SearchParametersIVF(nprobe=16)),
+            "faiss_ivf_bitmap_10pct": lambda i: faiss_sel(Qc[i : i + 1]),
+            "planned_10pct": lambda i: planned(src, ivf, p10, [Q[i : i + 1]], 10, host),
+            "exact_0.1pct_torch": lambda i: torch_scan(Q[i : i + 1]),
+            "exact_0.1pct_numpy": lambda i: run_nearest("exact-filtered", src, p01, [Q[i : i + 1]], 10, {}, None)}
+    out = {}
+    for cold in (True, False):
+        for name, fn in runs.items():
+            ts = []
+            for i in range(len(Q)):
+                if cold:
+                    evict()
+                t0 = time.perf_counter()
+                fn(i)
+                ts.append(time.perf_counter() - t0)
+            out[f"ms_{name}_{'cold' if cold else 'warm'}"] = 1e3 * float(np.median(ts[1:]))
+    return out
+
+
 def pushdown_cache(st, X: np.ndarray) -> dict:  # noqa: ANN001
     rng = np.random.default_rng(3)
     target = X[rng.choice(len(X), 256, replace=False)] + 0.2 * rng.standard_normal((256, X.shape[1]))
@@ -206,6 +263,7 @@ def main() -> None:
         u, v = filter_columns(lab)
         res["difficulty_median"] = median(int(ivf.index.nlist))
         res["plan_at_0.1pct"] = plan_loop(src, ivf, host, u, X)
+        res["cold_floor"] = cold_floor(src, ivf, host, u, X)
         res["recall_int8"] = recall_section(src, ivf, X, lab, v, host)
         fp = make_store(Path(t) / "fp32", X, "fp32")
         fsrc = as_source(fp)

@@ -123,9 +123,9 @@ def _topk_small(store: GradientStore, qs: list[np.ndarray], k: int, metric: str,
                 weights: Sequence[float] | None, exclude_ids: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
     """`topk` over a few rows in NumPy, with the same scores and order (ties: the earlier row first).
 
-    A filter's 100 matches cost 0.42 ms through the torch scan after other work had evicted the caches and
-    0.11 ms so (0.10 against 0.04 ms warm; 10^5 x 256 int8 store, one query): at this size the cost is the
-    code the call runs, not the arithmetic, and torch's dispatch is most of it."""
+    A 0.1% filter's 96 matches cost 0.53 ms through the torch scan after 25 MB of other work and 0.23 ms so
+    (0.11 against 0.06 ms in a loop; 10^5 x 256 int8 store, one query; `benchmarks/query_micro.py`): at this
+    size the cost is the code the call runs, not the arithmetic, and torch's dispatch is most of it."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     names = store.checkpoint_names()
