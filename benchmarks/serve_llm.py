@@ -18,13 +18,16 @@
    runs; the ``generate`` paths only return whole answers: e2e latency only). ``cb_speedup`` =
    continuous_R tokens/s / one_at_a_time tokens/s (target >= 3x at equal or better p99 TTFT).
 2. **Variants**: fp32; weight-only int8_wo (per-channel int8), int4_wo (int4, group 32, lm_head int8) and
-   int4_wo_g64 (group 64), all with bf16 activations; torchao_int8wo (the peer's weight-only int8);
+   int4_wo_g64 (group 64), all with bf16 activations; int8_wo_f32 / int4_wo_f32 (the same int8 and int4 g32
+   weights in a float32 model: bf16 only into each linear, lm_head bf16); torchao_int8wo (the peer's weight-only int8);
    bf16; int8 (dynamic, per-tensor); int8_sq (SmoothQuant + per-channel int8, down_proj and lm_head
    float); int8_sq_head (int8_sq with lm_head untied, smoothed and int8) and pruned (30% magnitude):
    perplexity and KL to fp32 on held-out Wikipedia passages, SST-2 accuracy by choice
    log-likelihood (n, 95% CI), greedy-text fidelity to fp32 (secondary), and decode speed (one decode
    step of the CB engine at 1 and 8 rows, median of 5 rounds that time every variant in turn;
-   ``--section timing`` re-times the variants in the results file and keeps their quality).
+   ``--section timing`` re-times the variants in the results file and keeps their quality;
+   ``--section variants --variants A,B --keep-others`` measures A and B and keeps the file's other rows, each
+   marked with ``quality_from``; re-time them all with ``--section timing`` after).
    ``best_variant`` = the fastest (8 rows) whose perplexity is within 2% of fp32's and SST-2 accuracy
    within 1 point; ``best_variant_speedup`` is its speedup, ``best_variant_ppl_increase_pct`` its
    perplexity increase, ``best_variant_sst2_delta_points`` its SST-2 change (paired CI over the same
@@ -62,7 +65,8 @@ from leanml.serve.variants.llm_quality import paired_delta
 
 RESULTS = Path(__file__).parent / "results" / "serve_llm.json"
 RESULTS_QUICK = Path(__file__).parent / "results" / "serve_llm_quick.json"
-FULL_VARIANTS = "fp32,int8_wo,int4_wo,int4_wo_g64,torchao_int8wo,bf16,int8,int8_sq,int8_sq_head,pruned"
+FULL_VARIANTS = ("fp32,int8_wo,int4_wo,int4_wo_g64,int8_wo_f32,int4_wo_f32,torchao_int8wo,bf16,int8,int8_sq,"
+                 "int8_sq_head,pruned")
 QUICK_VARIANTS = "fp32,int8_wo"  # the reference and the headline variant: --quick stays under a minute
 PPL_BOUND_PCT, SST2_BOUND_POINTS = 2.0, 1.0  # the issue's quality bar for best_variant
 
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "which saves each row)")
     ap.add_argument("--variants", default=None,
                     help=f"SmolLM2 variants to table (default {FULL_VARIANTS}; with --quick {QUICK_VARIANTS})")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="with --section variants: keep the results file's rows of variants not measured now "
+                         "(their quality marked with quality_from); run --section timing after, to re-time all")
     ap.add_argument("--results", type=Path, default=None,
                     help=f"where the JSON goes (default {RESULTS.name}, with --quick {RESULTS_QUICK.name})")
     a = ap.parse_args(argv)
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = 2 if q else 5
     if "fp32" not in wanted:
         ap.error("--variants: must include fp32 (the reference)")
+    if a.keep_others and a.section != "variants":
+        ap.error("--keep-others: only with --section variants (timing keeps every row's quality already)")
     prev: dict[str, Any] = {}
     if a.section != "all" and path.exists():
         prev = json.loads(path.read_text())
@@ -257,6 +266,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "batching_workload": work, "load_avg_1_5_15": load}
         var = variants_section(fam, partial, path, 3 if q else 12, rounds)
         load["variants"] = {"start": l0, "end": _load()}
+        if a.keep_others:
+            run_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            for k, d in prev.get("variants", {}).items():
+                if k not in var:
+                    var[k] = {**d, "quality_from": d.get("quality_from") or f"a variants run before {run_at}"}
+            var = derive(var)
     elif a.section == "timing":
         print("timing:", file=sys.stderr)
         l0 = _load()

@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from leanml.serve.variants.llm_weight_only import Int4WeightLinear, Int8WeightLinear, quantize_weight_only
+from leanml.serve.variants.llm_weight_only import (
+    Float32Stream,
+    Int4WeightLinear,
+    Int8WeightLinear,
+    quantize_weight_only,
+)
 
 
 def _linear(n_out: int = 64, n_in: int = 96, seed: int = 0) -> nn.Linear:
@@ -115,6 +120,44 @@ def test_head_bits_sets_the_head_apart():
     assert sum(isinstance(x, Int4WeightLinear) for x in q.modules()) == 2 * 7
     q = quantize_weight_only(_tiny_llama(), 4, group=32, head_bits=8)
     assert isinstance(q.lm_head, Int8WeightLinear)
+
+
+def test_float32_stream_keeps_the_model_float32_and_only_the_linears_16_bit():
+    """``float32_stream``: embeddings, norms and the residual stream stay float32 (so do the logits); each
+    linear is its narrow form behind a bf16 cast, the head bf16; and it tracks float32 closer than the same
+    quantized weights in a bf16 model (the stream's rounding is gone, the weights' is the same)."""
+    pytest.importorskip("transformers")
+    import copy
+
+    m = _tiny_llama()
+    ref = copy.deepcopy(m)
+    bf = quantize_weight_only(copy.deepcopy(m), 4, group=32, head_bits=16)
+    q = quantize_weight_only(m, 4, group=32, head_bits=16, float32_stream=True)
+    assert not any(type(x) is nn.Linear and x.weight.dtype == torch.float32 for x in q.modules())
+    wrapped = [x for x in q.modules() if isinstance(x, Float32Stream)]
+    assert len(wrapped) == 2 * 7 + 1 and sum(isinstance(x.inner, Int4WeightLinear) for x in wrapped) == 2 * 7
+    assert type(q.lm_head.inner) is nn.Linear and q.lm_head.inner.weight.dtype == torch.bfloat16
+    assert q.model.embed_tokens.weight.dtype == torch.float32 and q.model.norm.weight.dtype == torch.float32
+    assert q.config.tie_word_embeddings is False
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.inference_mode():
+        a, b, c = ref(input_ids=ids).logits, q(input_ids=ids).logits, bf(input_ids=ids).logits.float()
+    assert b.dtype == torch.float32
+    la = a.log_softmax(-1)
+    kl = (la.exp() * (la - b.log_softmax(-1))).sum(-1).mean()
+    kl_bf16 = (la.exp() * (la - c.log_softmax(-1))).sum(-1).mean()
+    assert float(kl) < 1e-3 and float(kl) < float(kl_bf16)
+
+
+def test_the_f32_variants_are_the_recipe_the_family_serves():
+    """`variant_model` builds the ``_f32`` weight-only variants in a float32 model with a bf16 head, and their
+    profile params say so."""
+    from leanml.serve.variants.llm import WEIGHT_ONLY, weight_only_params
+
+    assert WEIGHT_ONLY["int4_wo_f32"] == (4, 32, 16, True) and WEIGHT_ONLY["int8_wo_f32"] == (8, 0, 16, True)
+    p = weight_only_params("int4_wo_f32")
+    assert p["lm_head"] == "bf16" and p["activations"].startswith("float32")
+    assert weight_only_params("int8_wo")["lm_head"] == "int8" and weight_only_params("int8_wo")["activations"] == "bf16"
 
 
 def test_bad_settings_name_the_parameter():

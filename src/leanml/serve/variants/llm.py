@@ -243,15 +243,18 @@ def mmlu_evaluator(p: dict[str, Any], reference: CausalLM, details: dict[str, di
     return evaluate
 
 
-WEIGHT_ONLY = {"int8_wo": (8, 0), "int4_wo": (4, 32), "int4_wo_g64": (4, 64)}  # (bits, int4 group); head int8
+# name -> (bits, int4 group, lm_head bits (16: bf16), float32 residual stream): `quantize_weight_only`'s arguments
+WEIGHT_ONLY = {"int8_wo": (8, 0, 8, False), "int4_wo": (4, 32, 8, False), "int4_wo_g64": (4, 64, 8, False),
+               "int8_wo_f32": (8, 0, 16, True), "int4_wo_f32": (4, 32, 16, True)}
 
 
 def weight_only_params(name: str) -> dict[str, str]:
-    """What a weight-only variant stores (its profile's ``params``); activations are bf16 in all of them."""
-    bits, group = WEIGHT_ONLY[name]
+    """What a weight-only variant stores and computes in (its profile's ``params``)."""
+    bits, group, head, f32 = WEIGHT_ONLY[name]
     w = "int8, one scale per output channel" if bits == 8 else f"int4, scale and zero per {group} inputs"
     kernel = "aten._weight_int8pack_mm" if bits == 8 else "aten._weight_int4pack_mm_for_cpu"
-    return {"weights": w, "activations": "bf16", "attention": "float32", "lm_head": "int8", "kernel": kernel}
+    return {"weights": w, "activations": "float32 between layers, bf16 into each linear" if f32 else "bf16",
+            "attention": "float32", "lm_head": "bf16" if head == 16 else f"int{head}", "kernel": kernel}
 
 
 PLAIN_VARIANTS = ("fp32", "bf16", "int8", *WEIGHT_ONLY)  # built from the base weights alone, no calibration
@@ -276,9 +279,9 @@ def variant_model(base, name: str):
     if name in WEIGHT_ONLY:
         from leanml.serve.variants.llm_weight_only import quantize_weight_only
 
-        bits, group = WEIGHT_ONLY[name]
-        kw = {"group": group, "head_bits": 8} if bits == 4 else {}
-        return use_fp32_attention(quantize_weight_only(copy.deepcopy(base), bits, **kw))
+        bits, group, head, f32 = WEIGHT_ONLY[name]
+        return use_fp32_attention(quantize_weight_only(copy.deepcopy(base), bits, group=group or 32, head_bits=head,
+                                                       float32_stream=f32))
     raise ValueError(f"variant_model: {name!r} is not a plain variant; choose from {list(PLAIN_VARIANTS)}")
 
 

