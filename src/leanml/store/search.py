@@ -47,16 +47,23 @@ def as_per_checkpoint(store: GradientStore, queries: np.ndarray | Sequence[np.nd
     return [q[c] for c in range(C)]
 
 
-def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "cosine",
-         weights: Sequence[float] | None = None, block_rows: int = 65536, device: str | None = None,
-         normalize_queries: bool | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (ids, scores ``[b, nq]``) block by block, scores summed over checkpoints with ``weights``."""
+def _scan_args(store: GradientStore, queries: Sequence[np.ndarray], metric: str,
+               weights: Sequence[float] | None) -> tuple[list[str], np.ndarray]:
+    """(checkpoint names, weights) of a scan, after checking the metric and one query set and weight each."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     names = store.checkpoint_names()
     w = store.weights() if weights is None else np.asarray(weights, dtype=np.float64)
     if len(w) != len(names) or len(queries) != len(names):
         raise ValueError(f"scan: need one query set and one weight per checkpoint ({len(names)})")
+    return names, w
+
+
+def scan(store: GradientStore, queries: Sequence[np.ndarray], *, metric: str = "cosine",
+         weights: Sequence[float] | None = None, block_rows: int = 65536, device: str | None = None,
+         normalize_queries: bool | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield (ids, scores ``[b, nq]``) block by block, scores summed over checkpoints with ``weights``."""
+    names, w = _scan_args(store, queries, metric, weights)
     dev = pick_device(device)
     Q = []
     for q in queries:
@@ -126,12 +133,7 @@ def _topk_small(store: GradientStore, qs: list[np.ndarray], k: int, metric: str,
     A 0.1% filter's 96 matches cost 0.53 ms through the torch scan after 25 MB of other work and 0.23 ms so
     (0.11 against 0.06 ms in a loop; 10^5 x 256 int8 store, one query; `benchmarks/query_micro.py`): at this
     size the cost is the code the call runs, not the arithmetic, and torch's dispatch is most of it."""
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    names = store.checkpoint_names()
-    w = store.weights() if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != len(names) or len(qs) != len(names):
-        raise ValueError(f"scan: need one query set and one weight per checkpoint ({len(names)})")
+    names, w = _scan_args(store, qs, metric, weights)
     ids, S = None, None
     for c, q in enumerate(qs):
         blocks = list(store.iter_blocks(names[c], SMALL_ROWS))
