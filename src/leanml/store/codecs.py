@@ -34,9 +34,9 @@ class Codec(ABC):
     def block_rows(self, block_rows: int, d: int) -> int:
         """Rows per decoded block for a scan asking for ``block_rows``: at most 4 MiB of float32, so a block
         is still in cache when the score matmul and the row norms read it back. Larger blocks went out to
-        memory and back: a one-query scan of 10^5 int8 rows at d = 256 took 22.0 ms in 16 MiB blocks and 13.7
-        ms in 4 MiB ones (12.6 at 2 MiB, 14.4 at 1 MiB); above 32 MiB glibc also maps every block fresh, so
-        each page-faults anew (`benchmarks/query_micro.py`, ``decode``)."""
+        memory and back: a scan's work per block over 10^5 int8 rows at d = 256 (decode, 8 score columns, row
+        norms) took 20.9 ms in 16 MiB blocks and 17.1 ms in 4 MiB ones; above 32 MiB glibc also maps every
+        block fresh, so each page-faults anew (`benchmarks/query_micro.py`, ``decode``)."""
         if self.decodes_in_place:
             return block_rows
         return max(1, min(block_rows, DECODE_BLOCK_BYTES // (4 * max(d, 1))))
