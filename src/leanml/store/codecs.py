@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from leanml.store.manifest import Manifest
 
 DECODE_BLOCK_BYTES = 4 << 20
@@ -263,3 +265,19 @@ def get_codec(name: str) -> Codec:
 def scan_block_rows(manifest: Manifest, block_rows: int) -> int:
     """`Codec.block_rows` for a store's manifest: the rows per block its scans read and align on."""
     return get_codec(manifest.codec).block_rows(block_rows, manifest.dim)
+
+
+def decode_blocks(codec: Codec, shards: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]], d: int,
+                  block_rows: int, reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, float32 rows) of every ``(ids, codes, aux)`` shard, ``block_rows`` at a time (already capped by
+    `scan_block_rows`); ``reuse``: decode each block into one buffer, valid until the next block is asked for."""
+    buf = None
+    for ids, codes, aux in shards:
+        for a in range(0, len(ids), block_rows):
+            b = min(len(ids), a + block_rows)
+            sub = None if aux is None else aux[a:b]
+            if reuse and not codec.decodes_in_place:
+                buf = np.empty((block_rows, d), np.float32) if buf is None else buf
+                yield np.asarray(ids[a:b]), codec.decode_into(codes[a:b], sub, d, buf)
+            else:
+                yield np.asarray(ids[a:b]), codec.decode(codes[a:b], sub, d)

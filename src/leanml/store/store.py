@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from leanml.io import atomic_write_bytes
-from leanml.store.codecs import get_codec, scan_block_rows
+from leanml.store.codecs import decode_blocks, get_codec, scan_block_rows
 from leanml.store.hygiene import merged_shards, remove_temp_manifests, remove_unlisted_part_files
 from leanml.store.manifest import (
     MANIFEST,
@@ -316,17 +316,8 @@ class GradientStore:
         (for consumers that drop each block first, such as `search.scan`)."""
         checkpoint = checkpoint or self.checkpoint_names()[0]
         block_rows = scan_block_rows(self.manifest, block_rows)  # decoded blocks stay <= 4 MiB
-        d, buf = self.manifest.dim, None
-        for s in self.manifest.shards_of(checkpoint):
-            ids, codes, aux = self._load_shard(s)
-            for a in range(0, s.rows, block_rows):
-                b = min(s.rows, a + block_rows)
-                sub = None if aux is None else aux[a:b]
-                if reuse and not self.codec.decodes_in_place:
-                    buf = np.empty((block_rows, d), np.float32) if buf is None else buf
-                    yield np.asarray(ids[a:b]), self.codec.decode_into(codes[a:b], sub, d, buf)
-                else:
-                    yield np.asarray(ids[a:b]), self.codec.decode(codes[a:b], sub, d)
+        shards = (self._load_shard(s) for s in self.manifest.shards_of(checkpoint))
+        yield from decode_blocks(self.codec, shards, self.manifest.dim, block_rows, reuse)
 
     def has_one_minus_p(self) -> bool:
         return self.manifest.one_minus_p

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from leanml.store.codecs import scan_block_rows
+from leanml.store.codecs import decode_blocks, scan_block_rows
 from leanml.store.query.errors import QueryError
 from leanml.store.view import StoreView
 
@@ -172,16 +172,7 @@ class StoreSource(QuerySource):
                  reuse: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Like `GradientStore.iter_blocks` (contiguous memmap slices: fp32 rows reach torch uncopied)."""
         block_rows = scan_block_rows(self.manifest, block_rows)
-        codec, d, buf = self.store.codec, self.manifest.dim, None
-        for ids, codes, aux in self._shards(checkpoint):
-            for a in range(0, len(ids), block_rows):
-                b = min(len(ids), a + block_rows)
-                sub = None if aux is None else aux[a:b]
-                if reuse and not codec.decodes_in_place:
-                    buf = np.empty((block_rows, d), np.float32) if buf is None else buf
-                    yield np.asarray(ids[a:b]), codec.decode_into(codes[a:b], sub, d, buf)
-                else:
-                    yield np.asarray(ids[a:b]), codec.decode(codes[a:b], sub, d)
+        yield from decode_blocks(self.store.codec, self._shards(checkpoint), self.manifest.dim, block_rows, reuse)
 
     def has_metadata(self) -> bool:
         return bool(self.store.manifest.metadata)
