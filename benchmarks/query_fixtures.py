@@ -91,11 +91,11 @@ class Field:
     def hnsw_sel(self, Q: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
         import faiss
 
-        mask = np.zeros(self.n, bool)
-        mask[pos] = True
-        bits = np.packbits(mask, bitorder="little")
-        sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits))
+        from leanml.store.query.ivf import id_selector
+
+        sel, bits = id_selector(self.n, pos)
         _, ids = self.hnsw.search(Q, k, params=faiss.SearchParametersHNSW(sel=sel, efSearch=64))
+        del sel, bits
         return ids
 
     def unfiltered_ivf(self, Q: np.ndarray, k: int) -> np.ndarray:

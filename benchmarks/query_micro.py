@@ -47,7 +47,7 @@ from leanml.io import atomic_write_text  # noqa: E402
 from leanml.store.codecs import get_codec  # noqa: E402
 from leanml.store.query import IVF, Query, as_source  # noqa: E402
 from leanml.store.query.calibration import operator_costs  # noqa: E402
-from leanml.store.query.ivf import assign, bitmap_search, combined_queries, difficulty  # noqa: E402
+from leanml.store.query.ivf import assign, bitmap_search, combined_queries, difficulty, id_selector  # noqa: E402
 from leanml.store.query.physical import plan_nearest, run_nearest  # noqa: E402
 from leanml.store.scoring import reduce_subtasks  # noqa: E402
 from query_fixtures import brute, calibration_queries, clustered, filter_columns, make_store, norm, planned, recall  # noqa: E402
@@ -154,11 +154,9 @@ def cold_floor(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # no
     p10, p01 = np.flatnonzero(u < 0.1), np.flatnonzero(u < 0.001)
 
     def faiss_sel(q: np.ndarray) -> None:
-        mask = np.zeros(n, bool)
-        mask[p10] = True
-        bits = np.packbits(mask, bitorder="little")
-        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+        sel, bits = id_selector(n, p10)
         idx.search(q, 10, params=faiss.SearchParametersIVF(sel=sel, nprobe=16))
+        del sel, bits
 
     def torch_scan(q: np.ndarray) -> None:
         small, search.SMALL_ROWS = search.SMALL_ROWS, 0

@@ -309,16 +309,23 @@ def preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, params: Any) 
     return D, lab
 
 
+def id_selector(n: int, positions: np.ndarray | None) -> tuple[Any, np.ndarray]:
+    """FAISS's ``IDSelectorBitmap`` of ``positions`` among ``n`` rows (None: all), and the bit array it reads:
+    keep the array alive while the selector is in use (FAISS holds only a pointer to it)."""
+    import faiss
+
+    mask = np.zeros(n, bool)
+    mask[positions if positions is not None else slice(None)] = True
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)), bits
+
+
 def bitmap_search(ivf: IVF, Q: np.ndarray, positions: np.ndarray | None, k: int,
                   Iq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(scores, positions) of the top-k matches in the lists ``Iq`` (``IDSelectorBitmap`` of ``positions``)."""
     import faiss
 
-    n = ivf.index.ntotal
-    mask = np.zeros(n, bool)
-    mask[positions if positions is not None else slice(None)] = True
-    bits = np.packbits(mask, bitorder="little")
-    sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+    sel, bits = id_selector(ivf.index.ntotal, positions)
     params = faiss.SearchParametersIVF(sel=sel, nprobe=int(Iq.shape[1]))
     out = preassigned(ivf.index, Q, k, Iq, params)
     del sel, bits
