@@ -156,11 +156,9 @@ def _topk_small(store: GradientStore, qs: list[np.ndarray], k: int, metric: str,
     assert ids is not None and S is not None
     if exclude_ids is not None:
         S[np.isin(ids, np.asarray(exclude_ids, dtype=np.int64))] = -np.inf
-    S = np.ascontiguousarray(S.T)  # [nq, m]
+    S = np.ascontiguousarray(S.T)  # [nq, m], m >= 1 (no rows returned above)
     kk = min(k, S.shape[1])
-    if kk == 0:
-        return np.zeros((len(S), 0), np.int64), np.zeros((len(S), 0), np.float32)
-    part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < S.shape[1] else np.tile(np.arange(kk), (len(S), 1))
+    part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
     # best first; ties to the earlier row, so sort on (-score, position)
     ps = np.take_along_axis(S, part, 1)
     order = np.lexsort((part, -ps), axis=1)
