@@ -40,21 +40,18 @@ def main() -> None:
     import torch
 
     from leanml.serve.variants.llm import load_smollm2
-    from leanml.serve.variants.llm_quality import paired_delta, sst2_accuracy
+    from leanml.serve.variants.llm_quality import paired_delta, perplexity_kl, sst2_accuracy
     from leanml.serve.variants.llm_weight_only import quantize_weight_only
 
     torch.set_num_threads(1)
     base, tok = load_smollm2()
     from leanml.serve.variants.llm_attention import use_fp32_attention
-    from leanml.serve.variants.llm_quality import _logprobs
     from leanml.serve.variants.llm_quant import calibration_texts
 
-    texts = [tok(t)["input_ids"][:128] for t in calibration_texts(a.kl_texts)] if a.kl_texts else []
-    ref_lp = [_logprobs(base, ids) for ids in texts]
+    texts, ref_cache = (calibration_texts(a.kl_texts) if a.kl_texts else []), {}
 
     def kl(m) -> float:  # noqa: ANN001
-        return float(sum(float((r.exp() * (r - _logprobs(m, ids))).sum(-1)[:-1].mean())
-                         for r, ids in zip(ref_lp, texts, strict=True)) / max(len(texts), 1))
+        return perplexity_kl(m, tok, base, texts=texts, ref_cache=ref_cache)["kl_to_fp32"]
 
     ref = sst2_accuracy(base, tok, n=a.n)
     print(f"fp32: accuracy {ref['sst2_accuracy']} (n = {ref['sst2_n']})", flush=True)

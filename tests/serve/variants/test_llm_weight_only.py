@@ -194,3 +194,23 @@ def test_smollm2_weight_only_int8_keeps_perplexity_and_int4_keeps_the_ggufs_own_
     assert w8["kl_to_fp32"] < 0.02
     assert g32["kl_to_fp32"] < g64["kl_to_fp32"] / 10
     assert g64["perplexity"] > base["perplexity"] * 1.05  # a grid the weights were not on costs real quality
+
+
+def test_perplexity_kl_scores_the_texts_it_is_given():
+    """``perplexity_kl(texts=)`` (the SST-2 diagnostic's KL on GSM8K train texts) reads exactly those texts:
+    their token count, zero KL of a model to itself, and a positive KL to its int4 copy."""
+    pytest.importorskip("transformers")
+    import copy
+
+    from leanml.serve.variants.llm_quality import perplexity_kl
+
+    m = _tiny_llama()
+
+    def tok(text: str) -> dict:
+        return {"input_ids": [ord(c) % 128 for c in text]}
+
+    texts = ["the quick brown fox", "jumps over the lazy dog again"]
+    same = perplexity_kl(m, tok, m, texts=texts)
+    assert same["ppl_passages"] == 2 and same["ppl_tokens"] == sum(len(t) - 1 for t in texts)
+    assert same["kl_to_fp32"] == 0.0 and "2 given texts" in same["ppl_text"]
+    assert perplexity_kl(quantize_weight_only(copy.deepcopy(m), 4), tok, m, texts=texts)["kl_to_fp32"] > 0

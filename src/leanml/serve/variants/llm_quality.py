@@ -90,15 +90,16 @@ def _logprobs(model, ids: list[int]):
 
 
 def perplexity_kl(model, tok, reference=None, *, n: int = 24, max_tokens: int = 128,
-                  ref_cache: dict | None = None) -> dict[str, Any]:
-    """Perplexity of ``model`` on ``n`` held-out passages and, given ``reference``, KL(reference || model).
+                  ref_cache: dict | None = None, texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """Perplexity of ``model`` on ``n`` held-out passages (or on ``texts``) and, given ``reference``,
+    KL(reference || model).
 
     ``ref_cache`` keeps the reference's log-probabilities between calls (one reference pass per passage).
     """
     import torch
 
     nll, kl, toks = [], [], 0
-    for j, text in enumerate(heldout_passages(n)):
+    for j, text in enumerate(heldout_passages(n) if texts is None else texts):
         ids = tok(text)["input_ids"][:max_tokens]
         lp = _logprobs(model, ids)
         tgt = torch.tensor(ids[1:])
@@ -115,7 +116,8 @@ def perplexity_kl(model, tok, reference=None, *, n: int = 24, max_tokens: int = 
     m, lo, hi = _t_ci(np.array(nll))
     out: dict[str, Any] = {"perplexity": round(math.exp(m), 4), "perplexity_ci": [round(math.exp(lo), 4),
                            round(math.exp(hi), 4)], "ppl_passages": len(nll), "ppl_tokens": toks,
-                           "ppl_text": f"tydiqa/english dev, first {max_tokens} tokens per passage"}
+                           "ppl_text": (f"tydiqa/english dev, first {max_tokens} tokens per passage" if texts is None
+                                        else f"{len(nll)} given texts, first {max_tokens} tokens each")}
     if kl:
         k, klo, khi = _t_ci(np.array(kl))
         out.update(kl_to_fp32=round(k, 6), kl_to_fp32_ci=[round(max(0.0, klo), 6), round(khi, 6)])
