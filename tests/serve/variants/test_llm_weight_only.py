@@ -150,11 +150,22 @@ def test_float32_stream_keeps_the_model_float32_and_only_the_linears_16_bit():
 
 
 def test_the_f32_variants_are_the_recipe_the_family_serves():
-    """`variant_model` builds the ``_f32`` weight-only variants in a float32 model with a bf16 head, and their
-    profile params say so."""
-    from leanml.serve.variants.llm import WEIGHT_ONLY, weight_only_params
+    """`variant_model` (the one recipe the family, the profiles and the replay build from) makes ``int4_wo_f32``
+    a float32 model of wrapped int4 linears with a bf16 head, ``int8_wo`` a bf16 model with an int8 head,
+    leaves the base untouched, and the profile params say what each computes in."""
+    pytest.importorskip("transformers")
+    from leanml.serve.variants.llm import variant_model, weight_only_params
 
-    assert WEIGHT_ONLY["int4_wo_f32"] == (4, 32, 16, True) and WEIGHT_ONLY["int8_wo_f32"] == (8, 0, 16, True)
+    base = _tiny_llama()
+    w0 = base.model.layers[0].mlp.up_proj.weight.detach().clone()
+    f32 = variant_model(base, "int4_wo_f32")
+    assert isinstance(f32.model.layers[0].mlp.up_proj, Float32Stream)
+    assert isinstance(f32.model.layers[0].mlp.up_proj.inner, Int4WeightLinear)
+    assert type(f32.lm_head.inner) is nn.Linear and f32.lm_head.inner.weight.dtype == torch.bfloat16
+    assert f32.model.embed_tokens.weight.dtype == torch.float32
+    wo = variant_model(base, "int8_wo")
+    assert isinstance(wo.lm_head, Int8WeightLinear) and wo.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(base.model.layers[0].mlp.up_proj.weight, w0) and type(base.lm_head) is nn.Linear
     p = weight_only_params("int4_wo_f32")
     assert p["lm_head"] == "bf16" and p["activations"].startswith("float32")
     assert weight_only_params("int8_wo")["lm_head"] == "int8" and weight_only_params("int8_wo")["activations"] == "bf16"
