@@ -84,8 +84,8 @@ class Int4WeightLinear(nn.Module):
 
 class Float32Stream(nn.Module):
     """``inner`` (a bf16 linear) inside a float32 model: its input cast to bf16, its output back to float32,
-    so the residual stream, the norms and the KV cache stay float32 and only the matmuls are 16-bit (as
-    llama.cpp's CPU path computes around quantized weights)."""
+    so the residual stream, the norms and the KV cache stay float32 and only the matmuls are 16-bit (llama.cpp's
+    graphs likewise keep activations float32 around quantized weights)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ def quantize_weight_only(model: nn.Module, bits: int, *, group: int = INT4_GROUP
     for name, (lin, b) in plan.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if b == 16:
+        if b == 16:  # a new bf16 Linear: converting ``lin`` would convert the embedding it may be tied to
             q: nn.Module = nn.Linear(lin.in_features, lin.out_features, lin.bias is not None,
                                      dtype=torch.bfloat16).requires_grad_(False)
             q.weight.copy_(lin.weight.detach())
