@@ -172,7 +172,7 @@ def _batch_rows(name: str, kind: str, sel: float, runs: dict, order_rng: np.rand
             ids = np.asarray(ids)
             res[c]["t"].append(dt)
             res[c]["rec"].append(recall(ids, want))
-            res[c]["short"] = int((ids < 0).any(axis=1).sum())
+            res[c]["short"] = max(res[c]["short"], int((ids < 0).any(axis=1).sum()))  # the worst run
     return [_row(name, kind, sel, c, r["rec"], r["t"], r["short"]) for c, r in res.items()]
 
 
