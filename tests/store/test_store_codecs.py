@@ -136,3 +136,6 @@ def test_blocks_decoded_into_a_reused_buffer_equal_fresh_ones(name, tmp_path):
         for (fi, fr), (ri, rr) in zip(fresh, reused, strict=True):
             np.testing.assert_array_equal(fi, ri)
             np.testing.assert_array_equal(fr, rr)
+        if not get_codec(name).decodes_in_place:  # and the buffer really is one: every block in the same memory
+            raw = [r for _, r in view.iter_blocks(None, 2000, reuse=True)]
+            assert all(np.shares_memory(a, b) for a, b in zip(raw, raw[1:]))
