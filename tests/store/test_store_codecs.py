@@ -1,6 +1,8 @@
 """Codec contract, over every registered codec: round trip within its stated error, codes as promised, bytes per
 row as documented; plus what each lossy codec keeps (signs and norm for sign1)."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -138,4 +140,4 @@ def test_blocks_decoded_into_a_reused_buffer_equal_fresh_ones(name, tmp_path):
             np.testing.assert_array_equal(fr, rr)
         if not get_codec(name).decodes_in_place:  # and the buffer really is one: every block in the same memory
             raw = [r for _, r in view.iter_blocks(None, 2000, reuse=True)]
-            assert all(np.shares_memory(a, b) for a, b in zip(raw, raw[1:]))
+            assert all(np.shares_memory(a, b) for a, b in itertools.pairwise(raw))
