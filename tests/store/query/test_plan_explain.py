@@ -1,6 +1,7 @@
 """The plan text before and after a run, the per-operator calibration, and a few step semantics."""
 
 import numpy as np
+import pytest
 
 from leanml.store.query import IVF, Query, as_source
 from leanml.store.query.calibration import operator_costs
@@ -19,7 +20,7 @@ def test_explain_before_and_after_run(digits_store, digits_feats):
 
 
 def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits_store):
-    from leanml.store.query.physical import features
+    from leanml.store.query.physical import cost, features
 
     src = as_source(digits_store)
     ivf = IVF.build(src, nprobe=8)
@@ -28,8 +29,9 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     facts = {"m": 10, "n": 100, "nq": 1, "k": 10, "D": 64, "visited": np.ones(1), "matched": np.ones(1),
              "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2])}
     for name, w in cal.items():
-        assert w.shape == features(name, facts).shape and (w >= 0).all()
-        assert np.dot(w, features(name, facts)) > 0  # a call costs something
+        assert len(w) == len(features(name, facts)) and min(w) >= 0
+        assert cost(w, features(name, facts)) > 0  # a call costs something
+        assert cost(w, features(name, facts)) == pytest.approx(float(np.dot(w, features(name, facts))))
     assert operator_costs(src, ivf, "dev_vm") is cal  # cached per source and index
 
 
@@ -68,3 +70,55 @@ def test_joins_with_user_tables_in_sequence(digits_store, digits_feats):
     b = Query(digits_store).nearest(X[0], 30).join({"id": ids, "tag": ["b"] * 30}, on="id", how="left").run()
     assert set(a.column("tag").to_pylist()) <= {"a"} and b.num_rows == 30
     assert set(b.column("tag").to_pylist()) <= {"b", None}
+
+
+def test_ivf_floor_bounds_every_costed_ivf_plan_from_below(digits_store, digits_feats):
+    """The early exit is sound: `ivf_floor` never exceeds what the full IVF costing predicts, over filters
+    from 0.5% to all rows, 1 and 16 queries, k = 10 and 100."""
+    from leanml.store.query.physical import APPROX, ivf_floor, plan_nearest
+
+    _, X = digits_feats
+    src = as_source(digits_store)
+    ivf = IVF.build(src, nprobe=8)
+    cal = operator_costs(src, ivf, "dev_vm")
+    rng = np.random.default_rng(4)
+    n = len(X)
+    for m in (7, 70, 700, n):
+        pos = np.sort(rng.choice(n, m, replace=False))
+        for nq in (1, 16):
+            for k in (10, 100):
+                cands, facts = plan_nearest(src, pos, [X[rng.choice(n, nq)]], k, host="dev_vm", recall=0.95,
+                                            ivf=ivf, calibration=cal, cost_all=True)
+                holding = int(np.count_nonzero(facts["mask_lists"]))
+                best_ivf = min(c.predicted_s for c in cands if c.name in APPROX)
+                assert ivf_floor(cal, facts, holding) <= best_ivf * (1 + 1e-9)
+                assert ivf_floor(cal, facts, 1) <= ivf_floor(cal, facts, holding)
+
+
+def test_cheap_exact_skips_the_ivf_planning_and_says_so(digits_store, digits_feats):
+    """Hand-set weights (the known answer): an exact scan cheaper than any IVF call's floor skips the
+    coarse assignment; ten times dearer, the IVF plans are costed."""
+    from leanml.store.query.physical import CHEAP_EXACT, plan_nearest
+
+    _, X = digits_feats
+    src = as_source(digits_store)
+    ivf = IVF.build(src, nprobe=8)
+    pos = np.arange(0, len(X), 2)  # 674 matches: a selectivity the recall table measured
+    ivf_w = {"ivf-bitmap": (1e-4, 0.0, 0.0, 0.0, 0.0, 0.0), "ivf-postfilter": (1e-4, 0.0, 0.0, 0.0),
+             "ivf-planning": (5e-5, 0.0, 0.0), "exact-masked": (1.0, 0.0, 0.0, 0.0)}
+    for exact_s, skipped in ((1e-4, True), (1.5e-3, False)):
+        cal = {**ivf_w, "exact-filtered": (exact_s, 0.0, 0.0, 0.0)}
+        cands, facts = plan_nearest(src, pos, [X[:1]], 5, host="dev_vm", recall=0.95, ivf=ivf, calibration=cal)
+        assert ("sims" not in facts and "mask_lists" not in facts) is skipped  # no coarse assignment if skipped
+        assert all(c.why_not == CHEAP_EXACT for c in cands[2:]) is skipped
+        assert any(c.eligible for c in cands[2:]) is not skipped
+
+
+@pytest.mark.parametrize(("ivf_s", "chosen"), [(0.95, "exact-filtered"), (0.85, "ivf-bitmap"), (1.2, "exact-filtered")])
+def test_an_approximate_plan_must_be_clearly_cheaper_than_the_exact_one(ivf_s, chosen):
+    from leanml.store.query.physical import EXACT_MARGIN, Candidate, choose
+
+    assert EXACT_MARGIN == 0.1
+    cands = [Candidate("exact-filtered", 1.0), Candidate("exact-masked", 3.0),
+             Candidate("ivf-bitmap", ivf_s, exact=False), Candidate("ivf-postfilter", 0.5, eligible=False, exact=False)]
+    assert choose(cands).name == chosen

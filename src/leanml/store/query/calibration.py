@@ -26,7 +26,8 @@ import numpy as np
 from leanml.store.query.physical import PLANNING
 from leanml.store.query.source import QuerySource
 
-_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
+_CACHE: dict[tuple, dict[str, tuple[float, ...]]] = {}
+_LAST: dict[str, tuple] = {}  # the last call's (source, ivf, host, generation, costs): held, so ids cannot be reused
 
 
 def _time(fn: Any, *args: Any, reps: int = 2, **kwargs: Any) -> float:
@@ -46,18 +47,23 @@ def design(n: int) -> list[tuple[int, int, int, int]]:
             for j, (nq, k) in enumerate(((1, 10), (16, 10), (1, 100), (16, 100), (32, 10), (32, 100)))]
 
 
-def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 65536) -> dict[str, np.ndarray]:
+def operator_costs(source: QuerySource, ivf: Any, host: Any,
+                   block_rows: int = 65536) -> dict[str, tuple[float, ...]]:
     """{candidate: NNLS weights of its `physical.features`} measured on ``source`` (module docstring), and
     with an index ``physical.PLANNING``: the planning work only the IVF plans need."""
     from leanml.store.query.physical import features, plan_nearest, run_nearest, walk_facts
 
+    last = _LAST.get("hit")
+    if last and last[0] is source and last[1] is ivf and last[2] is host and last[3] == source.manifest.generation:
+        return last[4]  # the same objects as the last call (a query loop): no key to build (~20 us after other work)
     key = (str(source.root), source.manifest.generation, len(source.ids()), id(ivf), id(host))
     if key in _CACHE:
+        _LAST["hit"] = (source, ivf, host, source.manifest.generation, _CACHE[key])
         return _CACHE[key]
     n = len(source.ids())
     names = source.checkpoint_names()
     rng = np.random.default_rng(0)
-    rows: dict[str, list[tuple[np.ndarray, float]]] = {}
+    rows: dict[str, list[tuple[tuple[float, ...], float]]] = {}
     warm = False
     for m, nq, k, p in design(n):
         pos = np.sort(rng.choice(n, m, replace=False))
@@ -82,11 +88,12 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any, block_rows: int = 6
     if ivf is not None:  # then the planning the IVF plans need, timed with the fitted weights in use
         _fit({PLANNING: _planning_points(source, ivf, host, block_rows, out)}, out)
     _CACHE[key] = out
+    _LAST["hit"] = (source, ivf, host, source.manifest.generation, out)
     return out
 
 
 def _planning_points(source: QuerySource, ivf: Any, host: Any, block_rows: int,
-                     cal: dict[str, np.ndarray]) -> list[tuple[np.ndarray, float]]:
+                     cal: dict[str, tuple[float, ...]]) -> list[tuple[tuple[float, ...], float]]:
     """(features, seconds) of `plan_nearest`'s IVF branch over the design: planning with the index minus
     planning without it (best of 3 each, interleaved)."""
     from leanml.store.query.physical import features, plan_nearest
@@ -107,8 +114,9 @@ def _planning_points(source: QuerySource, ivf: Any, host: Any, block_rows: int,
     return pts
 
 
-def _fit(rows: dict[str, list[tuple[np.ndarray, float]]], out: dict[str, np.ndarray]) -> None:
-    """NNLS on relative error of each operator's times over its work terms, into ``out``."""
+def _fit(rows: dict[str, list[tuple[tuple[float, ...], float]]], out: dict[str, tuple[float, ...]]) -> None:
+    """NNLS on relative error of each operator's times over its work terms, into ``out`` (as Python floats,
+    what `physical.cost` takes)."""
     from scipy.optimize import nnls
 
     for name, pts in rows.items():
@@ -116,4 +124,4 @@ def _fit(rows: dict[str, list[tuple[np.ndarray, float]]], out: dict[str, np.ndar
         t = np.array([s for _, s in pts])
         scale = np.maximum(A.max(0), 1e-30)
         w, _ = nnls((A / scale) / t[:, None], np.ones(len(t)))
-        out[name] = w / scale
+        out[name] = tuple(float(x) for x in w / scale)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import mul
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,23 +68,42 @@ def _ivf_scan_time(model: cm.CostModel, visited: float, scored: float, D: int, k
     return sum(model.time(o) for o in ops)
 
 
-def features(name: str, facts: dict) -> np.ndarray:
+def features(name: str, facts: dict) -> tuple[float, ...]:
     """The work a candidate does, as the terms its calibrated time is linear in (`calibration`):
     a fixed cost, rows read and decoded (x D), multiply-adds (rows x queries x D) and top-k/mask entries;
     for IVF the rows its lists hold (bitmap tests), the matches scored (x D), a per-query cost, the result
     heaps (queries x k: at 32 queries FAISS's k = 100 walk costs ~0.35 ms more than k = 10 over the same
-    lists, measured here) and the over-fetch."""
+    lists, measured here) and the over-fetch. Python floats, not an array: a one-query plan costs a few of
+    these, and right after other work one small NumPy call costs ~13 us against ~3 for the float arithmetic
+    (`benchmarks/query_micro.py`, ``cold_floor``)."""
     m, n, nq, D = facts["m"], facts["n"], facts["nq"], facts["D"]
     if name == PLANNING:  # the coarse assignment and the rest of the IVF branch of `plan_nearest`
-        return np.array([1.0, nq * float(np.count_nonzero(facts["mask_lists"])), m])
+        return (1.0, float(nq * int(np.count_nonzero(facts["mask_lists"]))), float(m))
     if name == "exact-filtered":
-        return np.array([1.0, m * D, m * nq * D, m * nq])
+        return (1.0, float(m * D), float(m * nq * D), float(m * nq))
     if name == "exact-masked":
-        return np.array([1.0, n * D, n * nq * D, n * nq])
+        return (1.0, float(n * D), float(n * nq * D), float(n * nq))
     V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
     if name == "ivf-bitmap":
-        return np.array([1.0, M * D, V, nq, nq * facts["k"], mixed_rows(facts)])
-    return np.array([1.0, V * D, float(facts["k_prime"].sum()), nq])
+        return (1.0, M * D, V, float(nq), float(nq * facts["k"]), mixed_rows(facts))
+    return (1.0, V * D, float(facts["k_prime"].sum()), float(nq))
+
+
+def cost(weights: tuple[float, ...], work: tuple[float, ...]) -> float:
+    """A calibrated time: the fitted weights' dot product with the work terms (plain floats: see `features`)."""
+    return sum(map(mul, weights, work))  # (zip(..., strict=True) and a generator: 2x the time, cold)
+
+
+def ivf_floor(cal: dict, facts: dict, holding: int) -> float:
+    """The least calibrated time an IVF plan can take for these facts (``m`` matches in ``holding`` lists,
+    ``nq`` queries, top-``k``), before the coarse assignment is known: each query scores at least
+    ``min(m, k)`` matches and visits at least that many rows, the post-filter keeps at least k per query,
+    and the planning counts every list holding a match. The weights are >= 0, so no walk costs less."""
+    m, nq, k, D = facts["m"], facts["nq"], facts["k"], facts["D"]
+    least = float(nq * min(m, k))
+    bitmap = cost(cal["ivf-bitmap"], (1.0, least * D, least, float(nq), float(nq * k), 0.0))
+    post = cost(cal["ivf-postfilter"], (1.0, least * D, float(nq * k), float(nq)))
+    return min(bitmap, post) + cost(cal[PLANNING], (1.0, float(nq * holding), float(m)))
 
 
 def mixed_rows(facts: dict) -> float:
@@ -150,39 +170,31 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "D": C * d}
     cal = calibration or {}
 
-    def predict(name: str, roofline: Any) -> float:
+    def predict(name: str) -> float:
         if name in cal:
-            return float(np.dot(cal[name], features(name, facts)))
-        return roofline()
+            return cost(cal[name], features(name, facts))
+        return _roofline(name, facts, source, host, metric, block_rows)
 
-    dev = _host(host)
-    model = _model(dev)
-
-    def t_filtered() -> float:
-        gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
-                           alloc_bytes=float(m * source.bytes_per_row()))
-        return _exact_time(dev, m, d, C, codec, nq, k, metric, block_rows) + C * model.time(gather)
-
-    def t_masked() -> float:
-        return (_exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
-                + model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches")))
-
-    t_f = predict("exact-filtered", t_filtered)
-    cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", predict("exact-masked", t_masked))]
+    t_f = predict("exact-filtered")
+    cands = [Candidate("exact-filtered", t_f), Candidate("exact-masked", predict("exact-masked"))]
     approx_ok = recall is not None and recall < 1.0 and metric == "cosine"
     probes, why_probe, k_walk, mask_lists = None, "", k, None
-    # the fitted weights are >= 0, so an IVF plan costs at least its constant terms: when the exact scan of
-    # the matches costs less, skip the IVF planning altogether
+    # the fitted weights are >= 0 and the work terms only grow with the walk, so an IVF plan costs at least its
+    # time at the least work it can do (`ivf_floor`): when the exact scan of the matches costs less, skip the
+    # IVF planning, first before counting the matches per list and again after
+    can_skip = ivf is not None and approx_ok and not cost_all and all(c in cal for c in (*APPROX, PLANNING))
+    if can_skip and t_f <= ivf_floor(cal, facts, 1):  # the common case of a small filter: return at once
+        facts["ivf_planning_predicted_s"] = 0.0
+        return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
     ivf_fixed = min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)  # an IVF call's fixed cost
-    least_ivf = ivf_fixed + (float(cal[PLANNING][0]) if PLANNING in cal else 0.0)
-    if ivf is not None and approx_ok and not cost_all and all(c in cal for c in APPROX) and t_f <= least_ivf:
-        approx_ok, why_probe = False, CHEAP_EXACT
     if ivf is not None and approx_ok:
         mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                  minlength=ivf.index.nlist)
+        holding = int(np.count_nonzero(mask_lists))
         low = ivf.lowest_measured(k)
-        if not cost_all and m > k and m / max(n, 1) < low * (1 - 1e-9) \
-                and np.count_nonzero(mask_lists) > ivf.nprobe:
+        if can_skip and t_f <= ivf_floor(cal, facts, holding):
+            approx_ok, why_probe = False, CHEAP_EXACT
+        elif not cost_all and m > k and m / max(n, 1) < low * (1 - 1e-9) and holding > ivf.nprobe:
             # the selectivity near the queries is at most the global one: below the lowest measured one the
             # table cannot vouch for a walk, and the matches span more lists than a walk takes whole: skip
             # the rest of the IVF planning (its nq x nlist matmul also evicts the scan's cache lines)
@@ -195,7 +207,6 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, S, mask_lists))
         bands = facts["difficulty_bands"] = ivf.band_counts(S)
         probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
-        holding = int(np.count_nonzero(mask_lists))
         if m <= k or (probes is not None and holding <= probes) or (probes is None and holding <= ivf.nprobe):
             # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
             probes, rec, why_probe = holding, 1.0, ""
@@ -214,7 +225,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             c.eligible, c.why_not = False, why_probe
         cands.append(c)
     # the IVF plans need the coarse assignment first (~0.05-0.2 ms, measured): their cost includes it
-    t_plan = float(np.dot(cal[PLANNING], features(PLANNING, {**facts, "mask_lists": mask_lists}))) \
+    t_plan = cost(cal[PLANNING], features(PLANNING, {**facts, "mask_lists": mask_lists})) \
         if PLANNING in cal and mask_lists is not None else 0.0
     facts["ivf_planning_predicted_s"] = t_plan
     floor = ivf_fixed + t_plan
@@ -234,15 +245,12 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
                      list_sizes=ivf.sizes())
         D, short = C * d, int((matched < k).sum())
         bm, pf = cands[2], cands[3]
-        bm.predicted_s = predict("ivf-bitmap", lambda: _ivf_scan_time(model, visited.sum(), matched.sum(), D, k,
-                                                                      True))
+        bm.predicted_s = predict("ivf-bitmap")
         bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
         if bm.eligible and visited.mean() >= m and not cal:  # calibrated, the measured costs decide this
             bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
                                               "the exact scan of the matches does less (fallback)")
-        pf.predicted_s = predict("ivf-postfilter", lambda: (
-            _ivf_scan_time(model, visited.sum(), visited.sum(), D, int(kp.max()), False)
-            + model.time(cm.OpSpec("elementwise", float(kp.sum()), 9.0 * kp.sum(), "fp32", "filter"))))
+        pf.predicted_s = predict("ivf-postfilter")
         if short:  # queries the over-fetch may leave short are answered by the bitmap scan of the same lists
             fixed = float(cal["ivf-bitmap"][0]) if "ivf-bitmap" in cal else 0.0
             pf.predicted_s += fixed + (bm.predicted_s - fixed) * short / max(nq, 1)
@@ -250,6 +258,27 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         pf.predicted_s += t_plan
         pf.params = {"probes": p, "k_prime_max": int(kp.max()) if len(kp) else k, "fallback_queries_predicted": short}
     return cands, facts
+
+
+def _roofline(name: str, facts: dict, source: QuerySource, host: Any, metric: str, block_rows: int) -> float:
+    """A candidate's time from `leanml.hw`'s roofline on the host device, for planning without a calibration."""
+    dev = _host(host)
+    model = _model(dev)
+    n, m, nq, k, codec = facts["n"], facts["m"], facts["nq"], facts["k"], facts["codec"]
+    d, C = source.manifest.dim, len(source.checkpoint_names())
+    if name == "exact-filtered":
+        gather = cm.OpSpec("copy", 0.0, 2.0 * m * (source.bytes_per_row() + 8), "fp32", "gather matches",
+                           alloc_bytes=float(m * source.bytes_per_row()))
+        return _exact_time(dev, m, d, C, codec, nq, k, metric, block_rows) + C * model.time(gather)
+    if name == "exact-masked":
+        return (_exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
+                + model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches")))
+    V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
+    if name == "ivf-bitmap":
+        return _ivf_scan_time(model, V, M, C * d, k, True)
+    kp = facts["k_prime"]
+    return (_ivf_scan_time(model, V, V, C * d, int(kp.max()), False)
+            + model.time(cm.OpSpec("elementwise", float(kp.sum()), 9.0 * kp.sum(), "fp32", "filter")))
 
 
 _EXACT_MEMO: dict[tuple, float] = {}
@@ -283,9 +312,21 @@ def _exact_time(dev: Any, n: int, d: int, C: int, codec: str, nq: int, k: int, m
     return _EXACT_MEMO[key]
 
 
+EXACT_MARGIN = 0.1
+
+
 def choose(cands: list[Candidate]) -> Candidate:
+    """The eligible candidate predicted fastest, except that an approximate one must be predicted more than
+    ``EXACT_MARGIN`` faster than the best exact one: at about equal cost the exact answer is the better one,
+    and the prediction it would win by is within the calibration's error (at 1% of 10^5 rows the IVF plan,
+    predicted on a par, took 1.13-1.16x the exact scan after other work; `benchmarks/query_micro.py`)."""
     ok = [c for c in cands if c.eligible]
-    return min(ok, key=lambda c: c.predicted_s)
+    best = min(ok, key=lambda c: c.predicted_s)
+    exact = [c for c in ok if c.exact]
+    if best.exact or not exact:
+        return best
+    best_exact = min(exact, key=lambda c: c.predicted_s)
+    return best if best.predicted_s < (1.0 - EXACT_MARGIN) * best_exact.predicted_s else best_exact
 
 
 # ---- execution -------------------------------------------------------------------------------------
