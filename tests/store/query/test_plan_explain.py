@@ -113,12 +113,3 @@ def test_cheap_exact_skips_the_ivf_planning_and_says_so(digits_store, digits_fea
         assert all(c.why_not == CHEAP_EXACT for c in cands[2:]) is skipped
         assert any(c.eligible for c in cands[2:]) is not skipped
 
-
-@pytest.mark.parametrize(("ivf_s", "chosen"), [(0.95, "exact-filtered"), (0.85, "ivf-bitmap"), (1.2, "exact-filtered")])
-def test_an_approximate_plan_must_be_clearly_cheaper_than_the_exact_one(ivf_s, chosen):
-    from leanml.store.query.physical import EXACT_MARGIN, Candidate, choose
-
-    assert EXACT_MARGIN == 0.1
-    cands = [Candidate("exact-filtered", 1.0), Candidate("exact-masked", 3.0),
-             Candidate("ivf-bitmap", ivf_s, exact=False), Candidate("ivf-postfilter", 0.5, eligible=False, exact=False)]
-    assert choose(cands).name == chosen

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import math
 import time
-from operator import mul
 from dataclasses import dataclass, field
+from operator import mul
 from typing import Any
 
 import numpy as np
@@ -243,7 +243,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
                      list_sizes=ivf.sizes())
-        D, short = C * d, int((matched < k).sum())
+        short = int((matched < k).sum())
         bm, pf = cands[2], cands[3]
         bm.predicted_s = predict("ivf-bitmap")
         bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
@@ -312,21 +312,9 @@ def _exact_time(dev: Any, n: int, d: int, C: int, codec: str, nq: int, k: int, m
     return _EXACT_MEMO[key]
 
 
-EXACT_MARGIN = 0.1
-
-
 def choose(cands: list[Candidate]) -> Candidate:
-    """The eligible candidate predicted fastest, except that an approximate one must be predicted more than
-    ``EXACT_MARGIN`` faster than the best exact one: at about equal cost the exact answer is the better one,
-    and the prediction it would win by is within the calibration's error (at 1% of 10^5 rows the IVF plan,
-    predicted on a par, took 1.13-1.16x the exact scan after other work; `benchmarks/query_micro.py`)."""
     ok = [c for c in cands if c.eligible]
-    best = min(ok, key=lambda c: c.predicted_s)
-    exact = [c for c in ok if c.exact]
-    if best.exact or not exact:
-        return best
-    best_exact = min(exact, key=lambda c: c.predicted_s)
-    return best if best.predicted_s < (1.0 - EXACT_MARGIN) * best_exact.predicted_s else best_exact
+    return min(ok, key=lambda c: c.predicted_s)
 
 
 # ---- execution -------------------------------------------------------------------------------------
