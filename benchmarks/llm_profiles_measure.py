@@ -3,7 +3,7 @@
     flock /tmp/leanml-bench.lock env OMP_NUM_THREADS=1 python benchmarks/llm_profiles_measure.py --quick
 
 Variants: those of `leanml.serve.variants.llm` (fp32, bf16, dynamic int8, weight-only int8_wo / int4_wo /
-int4_wo_g64). One thread per model call.
+int4_wo_g64 in a bf16 model, int8_wo_f32 / int4_wo_f32 in a float32 one). One thread per model call.
 
 * Prefill: one forward of ``b`` sequences of ``L`` prompt tokens (real text), median of ``--reps``.
 * Decode: one step of ``b`` running sequences at context ``c``: the KV cache of one real ``c``-token
@@ -126,12 +126,12 @@ def measure_quality(model, docs: list[list[int]], caps: list[int]) -> dict[int, 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer documents and repetitions (same code path)")
-    ap.add_argument("--variants", default="fp32,bf16,int8,int8_wo,int4_wo")
+    ap.add_argument("--variants", default="fp32,bf16,int8,int8_wo,int4_wo,int8_wo_f32,int4_wo_f32")
     ap.add_argument("--docs", type=int, default=None, help="held-out documents for quality (default 16, quick 6)")
     ap.add_argument("--out", type=Path, default=OUT / "smollm2.llm_profile.json")
     ap.add_argument("--keep-quality", type=Path, default=None,
                     help="re-measure costs only; take each variant's quality from this profile file (quality does "
-                         "not depend on machine load, costs do)")
+                         "not depend on machine load, costs do); variants the file lacks are measured in full")
     a = ap.parse_args(argv)
     import torch
 
@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         m = build[name]().eval()
         pre, dec = measure_costs(m, text, prefill_grid, dec_batches, contexts, reps, steps)
-        if kept is not None and name not in kept:
-            raise SystemExit(f"--keep-quality: {a.keep_quality} has no variant {name!r} (it has {sorted(kept)})")
-        q = measure_quality(m, docs, caps) if kept is None else kept[name].quality
+        keep = kept is not None and name in kept  # a variant the file lacks gets its quality measured here
+        q = kept[name].quality if keep else measure_quality(m, docs, caps)
         elem = m.get_input_embeddings().weight.element_size()  # activations, hence the KV cache, run in this dtype
         stored = [*m.parameters(), *m.buffers()]  # weight-only variants keep their packed weights as buffers
         profiles[name] = LLMProfile(
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             energy_j_per_token=None,
             extra={"energy_note": "CPU energy counters (RAPL) unavailable here", "threads": 1,
                    "load_average": round(os.getloadavg()[0], 2),
-                   "quality_from": str(a.keep_quality) if kept is not None else "measured in this run",
+                   "quality_from": str(a.keep_quality) if keep else "measured in this run",
                    "quality_text": f"T0 multi_news_summarize, {len(docs)} docs, last {SCORED} of {DOC_TOKENS} tokens",
                    "measure_s": round(time.time() - t0, 1)})
         p = profiles[name]
