@@ -17,7 +17,10 @@ docs/query.md, each side by side with its alternative in this one process:
    plain FAISS IVF search (nprobe 16), the same with an ``IDSelectorBitmap`` of a 10% filter, leanml's
    planned query at that filter; the exact scan of a 0.1% filter's matches through the torch block scan
    and through `search`'s NumPy path for a few rows (`search.SMALL_ROWS`).
-7. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
+7. ``planner_cold``: right after 25 MB of other work, one cost prediction as a NumPy dot product against
+   Python float arithmetic (`physical.cost`), and the planned query against the bare exact scan at 0.1% and
+   1% filters (p50 over 100 queries, the runs in a fresh random order per query).
+8. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
    built with nprobe 16, its recall table measured on 256 noisy queries):
    * at 8 probes, for held-out stored rows against noisy queries (a stored row + 0.3 noise per dimension);
    * under an anti-correlated 50% filter (whole clusters; queries from the clusters left out), at the
@@ -184,6 +187,37 @@ def cold_floor(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # no
     return out
 
 
+def planner_cold(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: ANN001
+    """Right after `evict`, p50 over 100 queries in a fresh random order each: one cost prediction as a NumPy
+    dot product of two small arrays against `physical.cost` on Python floats; and at 0.1% and 1% filters the
+    planned query (operator_costs lookup, `plan_nearest`, `choose`, the run) against the bare exact scan."""
+    from leanml.store.query.physical import cost, features
+
+    cal = operator_costs(src, ivf, host)
+    w = cal["exact-filtered"]
+    f = features("exact-filtered", {"m": 100, "n": len(X), "nq": 1, "k": 10, "D": X.shape[1]})
+    rng = np.random.default_rng(6)
+    Q = norm(X[rng.choice(len(X), 100)] + 0.3 * rng.standard_normal((100, X.shape[1])).astype(np.float32))
+    runs = {"cost_numpy_dot": lambda i: float(np.dot(np.asarray(w), np.asarray(f))),
+            "cost_python": lambda i: cost(w, f)}
+    for sel in (0.001, 0.01):
+        pos = np.flatnonzero(u < sel)
+        runs[f"planned_{sel:g}"] = lambda i, pos=pos: planned(src, ivf, pos, [Q[i : i + 1]], 10, host)
+        runs[f"exact_{sel:g}"] = lambda i, pos=pos: run_nearest("exact-filtered", src, pos, [Q[i : i + 1]], 10, {},
+                                                                None)
+    ts: dict[str, list[float]] = {c: [] for c in runs}
+    for i in range(len(Q)):
+        for c in rng.permutation(list(runs)):
+            evict()
+            t0 = time.perf_counter()
+            runs[c](i)
+            ts[c].append(time.perf_counter() - t0)
+    out = {f"us_{c}": 1e6 * float(np.median(t)) for c, t in ts.items()}
+    for sel in ("0.001", "0.01"):
+        out[f"ratio_planned_over_exact_{sel}"] = out[f"us_planned_{sel}"] / out[f"us_exact_{sel}"]
+    return out
+
+
 def pushdown_cache(st, X: np.ndarray) -> dict:  # noqa: ANN001
     rng = np.random.default_rng(3)
     target = X[rng.choice(len(X), 256, replace=False)] + 0.2 * rng.standard_normal((256, X.shape[1]))
@@ -262,6 +296,7 @@ def main() -> None:
         res["difficulty_median"] = median(int(ivf.index.nlist))
         res["plan_at_0.1pct"] = plan_loop(src, ivf, host, u, X)
         res["cold_floor"] = cold_floor(src, ivf, host, u, X)
+        res["planner_cold"] = planner_cold(src, ivf, host, u, X)
         res["recall_int8"] = recall_section(src, ivf, X, lab, v, host)
         fp = make_store(Path(t) / "fp32", X, "fp32")
         fsrc = as_source(fp)

@@ -27,6 +27,9 @@ Costs: with the source's calibration (`calibration.operator_costs`, the default 
 candidate's time is a non-negative linear fit over the work it does (`features`), measured on this source
 and this machine; without it, `leanml.hw`'s roofline on the host device (`store.plan`'s exact-scan model,
 FAISS's list scan as a matmul over the scored rows, the bitmap test as a byte-read per visited row).
+Calibrated, the IVF branch is skipped before any of its work when the exact scan of the matches costs
+less than any IVF plan can (`ivf_floor`): checked first from the filter's size alone, then again once
+the matches per list are counted, before the coarse assignment.
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ def features(name: str, facts: dict) -> tuple[float, ...]:
     for IVF the rows its lists hold (bitmap tests), the matches scored (x D), a per-query cost, the result
     heaps (queries x k: at 32 queries FAISS's k = 100 walk costs ~0.35 ms more than k = 10 over the same
     lists, measured here) and the over-fetch. Python floats, not an array: a one-query plan costs a few of
-    these, and right after other work one small NumPy call costs ~13 us against ~3 for the float arithmetic
-    (`benchmarks/query_micro.py`, ``cold_floor``)."""
+    these, and right after other work one small NumPy call cost ~13 us against ~3 for the float arithmetic
+    in a scratch measurement (`benchmarks/query_micro.py`, ``planner_cold``, measures it)."""
     m, n, nq, D = facts["m"], facts["n"], facts["nq"], facts["D"]
     if name == PLANNING:  # the coarse assignment and the rest of the IVF branch of `plan_nearest`
         return (1.0, float(nq * int(np.count_nonzero(facts["mask_lists"]))), float(m))
@@ -96,13 +99,13 @@ def cost(weights: tuple[float, ...], work: tuple[float, ...]) -> float:
 
 def ivf_floor(cal: dict, facts: dict, holding: int) -> float:
     """The least calibrated time an IVF plan can take for these facts (``m`` matches in ``holding`` lists,
-    ``nq`` queries, top-``k``), before the coarse assignment is known: each query scores at least
-    ``min(m, k)`` matches and visits at least that many rows, the post-filter keeps at least k per query,
-    and the planning counts every list holding a match. The weights are >= 0, so no walk costs less."""
+    ``nq`` queries, top-``k``), before the coarse assignment is known: each query's walk gathers at least
+    ``min(m, k)`` matches, so it visits, scores and (post-filter) over-fetches at least that many rows, and
+    the planning counts every list holding a match. The weights are >= 0, so no walk costs less."""
     m, nq, k, D = facts["m"], facts["nq"], facts["k"], facts["D"]
     least = float(nq * min(m, k))
     bitmap = cost(cal["ivf-bitmap"], (1.0, least * D, least, float(nq), float(nq * k), 0.0))
-    post = cost(cal["ivf-postfilter"], (1.0, least * D, float(nq * k), float(nq)))
+    post = cost(cal["ivf-postfilter"], (1.0, least * D, least, float(nq)))
     return min(bitmap, post) + cost(cal[PLANNING], (1.0, float(nq * holding), float(m)))
 
 
