@@ -55,7 +55,7 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any,
 
     last = _LAST.get("hit")
     if last and last[0] is source and last[1] is ivf and last[2] is host and last[3] == source.manifest.generation:
-        return last[4]  # the same objects as the last call (a query loop): no key to build (~20 us after other work)
+        return last[4]  # same objects as the last call: no key to build (18-25 us after other work, scratch)
     key = (str(source.root), source.manifest.generation, len(source.ids()), id(ivf), id(host))
     if key in _CACHE:
         _LAST["hit"] = (source, ivf, host, source.manifest.generation, _CACHE[key])

@@ -119,7 +119,7 @@ def mixed_rows(facts: dict) -> float:
 
 
 LOCAL_LISTS = 4
-CHEAP_EXACT = "the exact scan of the matches costs less than an IVF call's fixed cost and its planning"
+CHEAP_EXACT = "the exact scan of the matches costs less than any IVF plan can (its calibrated floor, with planning)"
 
 
 def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float:
@@ -189,7 +189,6 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     if can_skip and t_f <= ivf_floor(cal, facts, 1):  # the common case of a small filter: return at once
         facts["ivf_planning_predicted_s"] = 0.0
         return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
-    ivf_fixed = min((float(cal[c][0]) for c in APPROX if c in cal), default=0.0)  # an IVF call's fixed cost
     if ivf is not None and approx_ok:
         mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
                                  minlength=ivf.index.nlist)
@@ -227,14 +226,10 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         elif probes is None:
             c.eligible, c.why_not = False, why_probe
         cands.append(c)
-    # the IVF plans need the coarse assignment first (~0.05-0.2 ms, measured): their cost includes it
+    # the IVF plans need the coarse assignment first (calibrated as PLANNING): their cost includes it
     t_plan = cost(cal[PLANNING], features(PLANNING, {**facts, "mask_lists": mask_lists})) \
         if PLANNING in cal and mask_lists is not None else 0.0
     facts["ivf_planning_predicted_s"] = t_plan
-    floor = ivf_fixed + t_plan
-    if any(c.eligible for c in cands[2:]) and t_f <= floor and not cost_all:
-        for c in cands[2:]:  # the exact scan of the matches beats even an IVF call's fixed cost and planning
-            c.eligible, c.why_not = False, CHEAP_EXACT
     if ivf is not None and metric == "cosine" and (cost_all or any(c.eligible for c in cands[2:])):
         p = probes or ivf.nprobe
         t0 = time.perf_counter()
