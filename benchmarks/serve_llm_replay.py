@@ -103,7 +103,8 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
         per_seed.append(run_llm_policies(profiles, inp.requests, inp.settings, engines=a.engines, kv_bytes=kv,
                                          seed=seed, span_s=inp.span_s))
         ceil = goodput_ceiling(inp.requests, profiles, engines=a.engines, accuracy_target=inp.settings.accuracy_target,
-                               span_s=inp.span_s)
+                               span_s=inp.span_s, max_batch=max(inp.settings.planner.batch_sizes),
+                               max_chunk=max(inp.settings.planner.chunk_tokens))
         per_seed[-1]["ceiling"] = ceil.to_json()
         reps.append(inp)
     names = [n for n in per_seed[0] if n != "ceiling"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from leanml.serve.control.llm_profiles import LLMProfile, QualityFigure
-from leanml.serve.sim.llm_bound import goodput_ceiling
+from leanml.serve.sim.llm_bound import goodput_ceiling, prefill_floor_ms_per_token
 from leanml.serve.sim.llm_sim import LLMRequest
 
 
@@ -20,15 +20,13 @@ def burst(n: int, prompt: int = 100, ttft_ms: float = 2000.0) -> list[LLMRequest
 
 
 def test_a_burst_is_bounded_by_the_engine_time_before_its_deadlines():
-    """100 requests arriving within 1 s, 1 s of prefill each, TTFT SLO 2 s, one engine: with 1-s bins, the work
-    answered in time fits in 1 + 2 s, so at most 3 requests; 30-s bins allow 32; the bound is the smaller."""
+    """100 requests arriving at 0, 0.01, ..., 0.99 s, 1 s of prefill each, TTFT SLO 2 s, one engine: all the
+    prefill answered in time lies in [0, 0.99 + 2], so at most 2.99 requests (fractional: the relaxation)."""
     reqs = burst(100)
-    c = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=1, accuracy_target=None, span_s=10.0,
-                        bin_widths_s=(1.0, 30.0))
-    assert c.goodput_rps == pytest.approx(3 / 10.0) and c.bin_s == 1.0
-    two = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=2, accuracy_target=None, span_s=10.0,
-                          bin_widths_s=(1.0,))
-    assert two.goodput_rps == pytest.approx(6 / 10.0)
+    c = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=1, accuracy_target=None, span_s=10.0)
+    assert c.goodput_rps == pytest.approx(2.99 / 10.0) and c.intervals >= 1
+    two = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=2, accuracy_target=None, span_s=10.0)
+    assert two.goodput_rps == pytest.approx(5.98 / 10.0)
     # a prompt whose lone prefill exceeds its TTFT SLO can never count
     assert goodput_ceiling(burst(5, prompt=300), {"v": prof("v", 0.9, 10.0)}, engines=4, accuracy_target=None,
                            span_s=10.0).goodput_rps == 0.0
@@ -36,14 +34,38 @@ def test_a_burst_is_bounded_by_the_engine_time_before_its_deadlines():
 
 def test_the_mean_accuracy_target_limits_the_cheap_variant_share():
     """fast (0.5 s, accuracy 0.5) and slow (1 s, 0.9), target 0.8: at most one fast request per three slow ones
-    (0.3 x_f <= 0.1 x_s), so a 3-s budget holds x_s = 3000 / (1000 + 500 / 3) slow ones and a third as many
-    fast ones."""
+    (0.3 x_f <= 0.1 x_s), so the 2.99-s budget of the burst holds x_s = 2990 / (1000 + 500 / 3) slow ones and
+    a third as many fast ones."""
     profiles = {"fast": prof("fast", 0.5, 5.0), "slow": prof("slow", 0.9, 10.0)}
-    c = goodput_ceiling(burst(100), profiles, engines=1, accuracy_target=0.8, span_s=1.0, bin_widths_s=(1.0,))
-    xs = 3000.0 / (1000.0 + 500.0 / 3)
+    c = goodput_ceiling(burst(100), profiles, engines=1, accuracy_target=0.8, span_s=1.0)
+    xs = 2990.0 / (1000.0 + 500.0 / 3)
     assert c.goodput_rps == pytest.approx(xs * 4 / 3, rel=1e-6)
-    free = goodput_ceiling(burst(100), profiles, engines=1, accuracy_target=None, span_s=1.0, bin_widths_s=(1.0,))
-    assert free.goodput_rps == pytest.approx(6.0)  # no target: all fast, 3 s / 0.5 s
+    free = goodput_ceiling(burst(100), profiles, engines=1, accuracy_target=None, span_s=1.0)
+    assert free.goodput_rps == pytest.approx(5.98)  # no target: all fast, 2.99 s / 0.5 s
+
+
+def test_an_interval_across_two_bursts_binds_where_neither_burst_does():
+    """Two requests of 1 s of prefill at t = 0 and t = 0.5, TTFT SLO 1.2 s: each alone fits its own window,
+    but both prefill inside [0, 1.7], so the bound is 1.7 requests, not 2 (an arrival-binned bound would
+    need a bin holding both to see it)."""
+    reqs = [LLMRequest(0, 0.0, 100, 1, 1200.0, 1e6), LLMRequest(1, 0.5, 100, 1, 1200.0, 1e6)]
+    c = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=1, accuracy_target=None, span_s=1.0)
+    assert c.goodput_rps == pytest.approx(1.7)
+
+
+def test_prefill_is_priced_at_the_cheapest_chunk_and_batch_the_simulator_allows():
+    """Per token 3 ms at 1,024 tokens, 2 at 128, 1.5 at 128 in a batch of 4: a policy prefilling in 128-token
+    chunks alongside other prompts pays 1.5, so that is the bound's price, whatever the prompt length; past
+    the largest measured batch the per-token cost stays at its row (no extrapolated saving)."""
+    p = LLMProfile("v", {1: {128: 2.0 * 128, 1024: 3.0 * 1024}, 4: {128: 1.5 * 4 * 128}}, {1: {100: 0.0}}, 1000,
+                   {0: {"next_token_accuracy": QualityFigure("next_token_accuracy", 0.9, 500, 0.88, 0.92)}})
+    assert prefill_floor_ms_per_token(p, 1024) == pytest.approx(1.5)
+    lone = LLMProfile("w", {1: {128: 2.0 * 128, 1024: 3.0 * 1024}}, {1: {100: 0.0}}, 1000, p.quality)
+    assert prefill_floor_ms_per_token(lone, 1024) == pytest.approx(2.0 - 127 / 896)  # the 1-token end, extrapolated
+    assert p.prefill_time_ms(128, 16) == pytest.approx(1.5 * 128 * 16)
+    req = LLMRequest(0, 0.0, 1024, 1, 1e6, 1e6)
+    c = goodput_ceiling([req] * 1, {"v": p}, engines=1, accuracy_target=None, span_s=1.0)
+    assert c.goodput_rps == pytest.approx(1.0)
 
 
 def test_no_policy_beats_the_ceiling_on_a_bursty_replay():

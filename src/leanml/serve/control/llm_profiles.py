@@ -80,8 +80,11 @@ def _interp(table: dict[int, float], x: float) -> float:
     return max(0.0, table[lo] + f * (table[hi] - table[lo]))
 
 
-def _grid(table: dict[int, dict[int, float]], b: float, x: float) -> float:
-    """Bilinear interpolation of ``table[batch][x]`` (each row interpolated in x, then across batches)."""
+def _grid(table: dict[int, dict[int, float]], b: float, x: float, *, clamp_batch: bool = False) -> float:
+    """Bilinear interpolation of ``table[batch][x]`` (each row interpolated in x, then across batches);
+    ``clamp_batch``: outside the measured batches take the nearest row instead of extrapolating."""
+    if clamp_batch:
+        b = min(max(b, min(table)), max(table))
     return _interp({bb: _interp(row, x) for bb, row in table.items()}, b)
 
 
@@ -119,10 +122,13 @@ class LLMProfile:
 
     # ------------------------------------------------------------------ costs
     def prefill_time_ms(self, tokens: float, seqs: int = 1) -> float:
-        """ms to prefill ``seqs`` sequences of ``tokens`` prompt tokens each, in one forward pass."""
+        """ms to prefill ``seqs`` sequences of ``tokens`` prompt tokens each, in one forward pass.
+
+        Per token, past the largest measured batch the cost stays at that batch's: a linear extrapolation of
+        a per-token saving (bf16: 0.905 ms at batch 1, 0.756 at 4, 128 tokens) reaches zero by batch 20."""
         if tokens <= 0:
             return 0.0
-        per_token = _grid(self._per_token, max(1, seqs), tokens)
+        per_token = _grid(self._per_token, max(1, seqs), tokens, clamp_batch=True)
         return per_token * tokens * max(1, seqs)
 
     def step_ms(self, batch: int, context: float) -> float:

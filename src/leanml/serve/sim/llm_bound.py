@@ -2,20 +2,25 @@
 can beat, so that a headline ratio can be read against what was possible.
 
 A request answered within its SLOs is prefilled between its arrival a and a + D (D its TTFT SLO) and
-decoded by a + D + O x T (O output tokens, T its TPOT SLO), on one of the ``engines``. Split the window
-into bins of ``bin_s`` seconds: the requests that arrive in a bin and are answered in time do their
-prefill inside [bin start, bin end + the bin's largest D] and all their work inside [bin start, bin end
-+ the largest D + O x T], so each sum is at most engines x that span. A request's prefill is the one of
-the option (variant, KV cap) serving it; its decode costs at least O x step(b) / b at the largest batch b
-whose step is within its TPOT SLO (none: it cannot count). With the mean-accuracy target over what is
-served, the most requests meeting every bin's budgets and the target is a linear program (scipy HiGHS);
-its relaxation (fractional requests) is an upper bound, and the smallest over a few bin widths is too
-(each bin width gives one).
+decoded by a + D + O x T (O output tokens, T its TPOT SLO), on one of the ``engines``. So for every interval
+[s, e], the requests with a >= s answered in time whose prefill deadline a + D is <= e do all their prefill
+inside it, and those whose last deadline a + D + O x T is <= e do all their work inside it: each sum is at
+most engines x (e - s) (for one engine and prefill alone this is the exact feasibility condition of a
+preemptive schedule with release times and deadlines). A request's prefill is priced at the simulator's
+cheapest per-token rate of its option (variant, KV cap) over every chunk length up to ``max_chunk`` and every
+measured batch (`prefill_floor_ms_per_token`: a chunk of 128 tokens costs less per token than a whole
+1,024-token prompt, so the lone prefill would not be a bound); its decode costs at least O x step(b) / b at
+the largest batch b <= ``max_batch`` whose step is within its TPOT SLO (none: it cannot count). With the
+mean-accuracy target over what is served, the most requests meeting every interval's budget and the target
+is a linear program; its relaxation (fractional requests) is the bound. It is solved by adding violated
+intervals (cutting planes, scipy HiGHS) until none is left: for each arrival as the start, the end with
+the largest excess.
 
-The bound is loose: it ignores queueing inside a bin and the prefill chunks that share a request's decode
-iterations. One relaxation goes the other way: a request's TPOT is the mean of its iterations, so steps
-above the SLO could be averaged out by shorter ones; reading it per step prices decode at most at the
-next smaller batch, a few ms per token against seconds of prefill here.
+The bound is loose where the work shares iterations: it ignores that an iteration carrying a prefill
+chunk is slower for the decodes in it (their TPOT), and KV memory. One relaxation goes the other way: a
+request's TPOT is the mean of its iterations, so steps above the SLO could be averaged out by shorter ones;
+reading it per step prices decode at most at the next smaller batch, a few ms per token against seconds of
+prefill here.
 """
 
 from __future__ import annotations
@@ -27,88 +32,117 @@ import numpy as np
 from leanml.serve.control.llm_profiles import LLMProfile
 from leanml.serve.sim.llm_sim import LLMRequest
 
+MAX_ROUNDS = 100  # cutting-plane rounds; each adds up to two intervals per arrival
+
 
 @dataclass(frozen=True)
 class Ceiling:
-    """The bound (requests/s of the window) and the bin width that gave it."""
+    """The bound (requests/s of the window), with the intervals the LP needed and its rounds."""
 
     goodput_rps: float
-    bin_s: float
+    intervals: int
+    rounds: int
     requests: int
 
     def to_json(self) -> dict[str, float]:
-        return {"goodput_rps": round(self.goodput_rps, 5), "bin_s": self.bin_s, "requests": self.requests}
+        return {"goodput_rps": round(self.goodput_rps, 5), "intervals": self.intervals, "rounds": self.rounds,
+                "requests": self.requests}
 
 
-def _options(profiles: dict[str, LLMProfile]) -> list[tuple[str, int, float]]:
-    return [(v, c, p.accuracy(c)) for v, p in profiles.items() for c in p.kv_caps()]
+def prefill_floor_ms_per_token(p: LLMProfile, max_chunk: int) -> float:
+    """The least ms per prompt token `LLMProfile.prefill_time_ms` gives for any pass of up to ``max_chunk``
+    tokens per sequence at any batch: piecewise linear in length and batch (clamped past the batches), so
+    the least is at a measured point or at 1 or ``max_chunk`` tokens."""
+    lengths = sorted({1, max_chunk} | {t for row in p.prefill_ms.values() for t in row if t <= max_chunk})
+    return min(p.prefill_time_ms(t, b) / (t * b) for b in p.prefill_ms for t in lengths)
 
 
-def _work_ms(p: LLMProfile, req: LLMRequest, cap: int) -> tuple[float, float] | None:
-    """(prefill ms, least engine ms) of ``req`` on variant profile ``p`` at KV cap ``cap``; None when even a
-    lone decode step exceeds its TPOT SLO."""
-    kept = min(req.prompt, cap - req.output) if cap and cap > req.output else req.prompt
-    pre = p.prefill_time_ms(kept)
-    ctx = kept + req.output / 2
-    within = [b for b in range(1, max(p.decode_ms) + 1) if p.step_ms(b, ctx) <= req.tpot_ms]
-    if not within:
-        return None
-    b = max(within)  # a step costs less per token at a larger batch, up to the largest within the SLO
-    return pre, pre + req.output * p.step_ms(b, ctx) / b
+def _kept(req: LLMRequest, cap: int) -> int:
+    return min(req.prompt, cap - req.output) if cap and cap > req.output else req.prompt
+
+
+def _pairs(requests: list[LLMRequest], profiles: dict[str, LLMProfile], max_batch: int,
+           max_chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(request index, prefill ms, least work ms, accuracy) of every (request, option) that can meet its SLOs."""
+    floor = {v: prefill_floor_ms_per_token(p, max_chunk) for v, p in profiles.items()}
+    rows = []
+    for v, p in profiles.items():
+        for cap in p.kv_caps():
+            acc = p.accuracy(cap)
+            for i, r in enumerate(requests):
+                kept = _kept(r, cap)
+                pre = kept * floor[v]
+                ctx = kept + r.output / 2
+                within = [b for b in range(1, max_batch + 1) if p.step_ms(b, ctx) <= r.tpot_ms]
+                if within and pre <= r.ttft_ms:
+                    b = max(within)  # a step costs less per token at a larger batch, up to the largest in the SLO
+                    rows.append((i, pre, pre + r.output * p.step_ms(b, ctx) / b, acc))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros(0)
+    a = np.array(rows)
+    return a[:, 0].astype(np.int64), a[:, 1], a[:, 2], a[:, 3]
+
+
+def _violated(load_ms: np.ndarray, arrival: np.ndarray, deadline: np.ndarray, engines: int,
+              order: np.ndarray) -> list[tuple[float, float]]:
+    """For each arrival s, the interval [s, e] (e a deadline) whose work exceeds engines x (e - s) the most."""
+    out = []
+    for k in range(len(order)):
+        idx = order[k:]
+        o = idx[np.argsort(deadline[idx], kind="stable")]
+        cum = np.cumsum(load_ms[o]) / 1000.0
+        excess = cum - engines * (deadline[o] - arrival[order[k]])
+        j = int(np.argmax(excess))
+        if excess[j] > 1e-7 * max(1.0, cum[j]):
+            out.append((float(arrival[order[k]]), float(deadline[o[j]])))
+    return out
 
 
 def goodput_ceiling(requests: list[LLMRequest], profiles: dict[str, LLMProfile], *, engines: int,
-                    accuracy_target: float | None, span_s: float,
-                    bin_widths_s: tuple[float, ...] = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0)) -> Ceiling:
-    """The smallest LP bound over ``bin_widths_s`` (module docstring), in requests per second of ``span_s``."""
+                    accuracy_target: float | None, span_s: float, max_batch: int | None = None,
+                    max_chunk: int | None = None) -> Ceiling:
+    """The LP bound of the module docstring, in requests per second of ``span_s``. ``max_batch`` and
+    ``max_chunk``: the largest running batch and prefill chunk any policy may use (default: the largest of
+    `LLMPlannerConfig`'s batch sizes and chunks, which the replay's policies choose from)."""
     from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
+    from scipy.sparse import coo_matrix, vstack
 
-    if engines < 1 or span_s <= 0 or not bin_widths_s or min(bin_widths_s) <= 0:
-        raise ValueError(f"goodput_ceiling: engines >= 1, span_s > 0 and positive bin widths needed "
-                         f"(got {engines}, {span_s}, {bin_widths_s})")
-    if not requests:
-        return Ceiling(0.0, float(min(bin_widths_s)), 0)
-    opts = _options(profiles)
-    pairs = []  # (request index, option index, prefill ms, work ms)
-    for i, r in enumerate(requests):
-        for j, (v, c, _) in enumerate(opts):
-            w = _work_ms(profiles[v], r, c)
-            if w is not None and w[0] <= r.ttft_ms:
-                pairs.append((i, j, w[0], w[1]))
-    if not pairs:
-        return Ceiling(0.0, float(min(bin_widths_s)), len(requests))
-    ri = np.array([q[0] for q in pairs])
-    pre = np.array([q[2] for q in pairs])
-    work = np.array([q[3] for q in pairs])
-    acc = np.array([opts[q[1]][2] for q in pairs])
+    from leanml.serve.control.llm_planner import LLMPlannerConfig
+
+    max_batch = max(LLMPlannerConfig().batch_sizes) if max_batch is None else max_batch
+    max_chunk = max(LLMPlannerConfig().chunk_tokens) if max_chunk is None else max_chunk
+
+    if engines < 1 or span_s <= 0 or max_batch < 1 or max_chunk < 1:
+        raise ValueError(f"goodput_ceiling: engines, max_batch and max_chunk >= 1 and span_s > 0 needed "
+                         f"(got {engines}, {max_batch}, {max_chunk}, {span_s})")
+    n = len(requests)
+    ri, pre, work, acc = _pairs(requests, profiles, max_batch, max_chunk)
+    if len(ri) == 0:
+        return Ceiling(0.0, 0, 0, n)
+    m = len(ri)
     arrival = np.array([r.arrival_s for r in requests])
-    deadline_s = np.array([r.ttft_ms for r in requests]) / 1000.0
-    decode_s = np.array([r.output * r.tpot_ms for r in requests]) / 1000.0
-    t0 = float(arrival.min())
-    best: Ceiling | None = None
-    for w in bin_widths_s:
-        b = np.floor((arrival - t0) / w).astype(int)
-        nb = int(b.max()) + 1
-        d_max = np.zeros(nb)
-        np.maximum.at(d_max, b, deadline_s)
-        o_max = np.zeros(nb)
-        np.maximum.at(o_max, b, decode_s)
-        n, m = len(requests), len(pairs)
-        rows = [ri, n + b[ri], n + nb + b[ri]]
-        vals = [np.ones(m), pre, work]
-        ub = [np.ones(n), engines * 1000.0 * (w + d_max), engines * 1000.0 * (w + d_max + o_max)]
-        if accuracy_target is not None:  # sum (target - acc) x <= 0
-            rows.append(np.full(m, n + 2 * nb))
-            vals.append(accuracy_target - acc)
-            ub.append(np.zeros(1))
-        a = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.tile(np.arange(m), len(rows)))),
-                       shape=(n + 2 * nb + (accuracy_target is not None), m))
-        res = linprog(-np.ones(m), A_ub=a.tocsr(), b_ub=np.concatenate(ub), bounds=(0, 1), method="highs")
+    first = arrival + np.array([r.ttft_ms for r in requests]) / 1000.0
+    last = first + np.array([r.output * r.tpot_ms for r in requests]) / 1000.0
+    order = np.argsort(arrival, kind="stable")
+    cols = np.arange(m)
+    base = [coo_matrix((np.ones(m), (ri, cols)), shape=(n, m))]
+    ub = [np.ones(n)]
+    if accuracy_target is not None:  # sum (target - acc) x <= 0
+        base.append(coo_matrix((accuracy_target - acc, (np.zeros(m, dtype=np.int64), cols)), shape=(1, m)))
+        ub.append(np.zeros(1))
+    for rounds in range(1, MAX_ROUNDS + 1):
+        res = linprog(-np.ones(m), A_ub=vstack(base).tocsr(), b_ub=np.concatenate(ub), bounds=(0, 1),
+                      method="highs")
         if res.status != 0:
             raise RuntimeError(f"goodput_ceiling: the LP failed ({res.message})")
-        c = Ceiling(float(-res.fun) / span_s, float(w), len(requests))
-        if best is None or c.goodput_rps < best.goodput_rps:
-            best = c
-    assert best is not None
-    return best
+        added = 0
+        for cost, deadline in ((pre, first), (work, last)):
+            load = np.bincount(ri, weights=cost * res.x, minlength=n)
+            for s, e in _violated(load, arrival, deadline, engines, order):
+                keep = np.nonzero(((arrival >= s) & (deadline <= e))[ri])[0]
+                base.append(coo_matrix((cost[keep], (np.zeros(len(keep), dtype=np.int64), keep)), shape=(1, m)))
+                ub.append(np.array([engines * 1000.0 * (e - s)]))
+                added += 1
+        if added == 0:
+            return Ceiling(float(-res.fun) / span_s, len(base) - 1 - (accuracy_target is not None), rounds, n)
+    raise RuntimeError(f"goodput_ceiling: intervals still violated after {MAX_ROUNDS} rounds")
