@@ -181,3 +181,45 @@ def test_offline_batching_takes_the_largest_full_iteration_within_tpot_else_one_
     p = prof("v", 0.9, step=20.0, pf_tok=1.0)  # a full iteration takes 20 ms + the chunk's tokens x 1 ms
     assert offline_batching(p, settings(0.5, tpot=300)) == (16, 256)
     assert offline_batching(p, settings(0.5, tpot=100)) == (1, 1024)  # 20 + 256 > 100: no shared iteration fits
+
+
+def test_planned_routing_falls_through_to_a_spare_engine_within_the_accuracy_rule():
+    """The class's planned engine (bf16) has 3 s of prefill queued and the request's TTFT SLO is 1 s; the other
+    engine (fp32) is idle: adaptive sends it there instead of refusing, unless that would take its accuracy
+    ledger below the target (known answer: refused then)."""
+    from leanml.serve.control.llm_planner import LLMOption
+    from leanml.serve.sim.llm_policies import LLMAdaptivePolicy
+    from leanml.serve.sim.llm_sim import _Run
+
+    s = settings(0.59)
+    pol = next(p for p in make_policies(PROFILES, s) if isinstance(p, LLMAdaptivePolicy))
+    sim = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, noise_cv=0)
+    pol.setup(sim)
+    a, b = LLMOption("bf16", 0, 8, 1024, 0.5), LLMOption("fp32", 0, 8, 1024, 0.5)
+    sim.configure([EngineConfig("bf16", 8, 1024), EngineConfig("fp32", 8, 1024)])
+    pol.opt_engines = {a: [0], b: [1]}
+    backlog = LLMRequest(99, 0.0, 5000, 2, 1e6, 1e6)
+    sim.engines[0].waiting.append(_Run(backlog, 5000, 0.0, 0))  # 5,000 tokens x 0.6 ms queued on bf16
+    req = LLMRequest(0, 0.0, 200, 2, 1000.0, 1e6)
+    assert sim.predict_ttft_ms(0, 200) > 1000.0 >= sim.predict_ttft_ms(1, 200)
+    assert pol.spare_engine(sim, req, {a}) == (1, 0)
+    pol.acc_sum, pol.acc_n = 0.0, 10  # ten requests routed at accuracy 0: fp32 (0.60) cannot lift the mean
+    assert pol.spare_engine(sim, req, {a}) is None
+
+
+def test_the_ttft_prediction_of_an_idle_engine_is_the_simulated_ttft():
+    """The admission rule's prediction prices prefill as the engine does: chunk by chunk (a per-token cost that
+    rises with length, 1 ms at 128 tokens, 2 at 1,024, linear between: a 1,100-token prompt in 512-token
+    chunks costs two 512-token passes and one of 76) and no decode step while nothing runs. Known answer: the
+    simulator's TTFT."""
+    p = LLMProfile("v", {1: {128: 128.0, 1024: 2048.0}}, {1: {100: 20.0}}, 1000,
+                   {0: {"next_token_accuracy": QualityFigure("next_token_accuracy", 0.9, 500, 0.88, 0.92)}})
+    sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0)
+    pol = one(p)
+    pol.setup(sim)
+    predicted = sim.predict_ttft_ms(0, 1100)
+    assert predicted == pytest.approx(p.chunked_prefill_ms(1100, 512))
+    assert p.chunked_prefill_ms(1100, 512) == pytest.approx(2 * p.prefill_time_ms(512) + p.prefill_time_ms(76))
+    (o,) = sim.run(pol, [LLMRequest(0, 0.0, 1100, 5, 1e6, 1e6)])
+    assert o.ttft_ms == pytest.approx(predicted)
+    assert p.prefill_time_ms(1100) > predicted  # the lone forward the prediction used to price: not what runs

@@ -131,6 +131,16 @@ class LLMProfile:
         per_token = _grid(self._per_token, max(1, seqs), tokens, clamp_batch=True)
         return per_token * tokens * max(1, seqs)
 
+    def chunked_prefill_ms(self, tokens: float, chunk: int) -> float:
+        """ms to prefill one sequence of ``tokens`` in passes of ``chunk`` tokens, each priced as its own
+        forward (what `leanml.serve.sim.llm_sim` charges an iteration's chunk)."""
+        if tokens <= 0:
+            return 0.0
+        if chunk < 1:
+            raise ValueError(f"chunked_prefill_ms: chunk must be >= 1, got {chunk}")
+        full, rest = divmod(float(tokens), chunk)
+        return full * self.prefill_time_ms(chunk) + self.prefill_time_ms(rest)
+
     def step_ms(self, batch: int, context: float) -> float:
         """ms of one decode step advancing ``batch`` running sequences whose mean context is ``context``."""
         if batch <= 0:

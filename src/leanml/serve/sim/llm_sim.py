@@ -188,9 +188,9 @@ class LLMSimulator(ControlSurface):
         p = self.profiles[cfg.variant]
         n_run = len(e.running)
         ctx = np.mean([r.kept + r.generated for r in e.running]) if e.running else prompt_kept
-        step = p.step_ms(max(1, min(n_run, cfg.batch)), float(ctx))
+        step = p.step_ms(min(n_run, cfg.batch), float(ctx))  # 0 with nothing running: a chunk carries no decode
         pre = sum(r.kept - r.prefilled for r in e.running) + sum(r.kept for r in e.waiting) + prompt_kept
-        t = math.ceil(pre / cfg.chunk) * step + p.prefill_time_ms(pre)
+        t = math.ceil(pre / cfg.chunk) * step + p.chunked_prefill_ms(pre, cfg.chunk)
         over = n_run + len(e.waiting) + 1 - cfg.batch
         if over > 0:
             left = sorted(r.req.output - r.generated for r in e.running)
@@ -214,7 +214,7 @@ class LLMSimulator(ControlSurface):
         cap = step + p.prefill_time_ms(cfg.chunk)
         tokens = sum(k for t, k in e.routed if t > self.now - self.RATE_WINDOW_S)
         span = min(self.RATE_WINDOW_S, max(self.now, 1e-9))
-        rho = (tokens / span) * p.prefill_time_ms(max(1.0, prompt_kept)) / max(1.0, prompt_kept) / 1000.0
+        rho = (tokens / span) * p.chunked_prefill_ms(max(1.0, prompt_kept), cfg.chunk) / max(1.0, prompt_kept) / 1000.0
         return cap if rho >= 1 else min(cap, step / (1.0 - rho))
 
     def outstanding(self, ei: int) -> int:
