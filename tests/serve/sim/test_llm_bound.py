@@ -89,3 +89,14 @@ def test_no_policy_beats_the_ceiling_on_a_bursty_replay():
     assert 0 < best <= c.goodput_rps
     with pytest.raises(ValueError, match="engines"):
         goodput_ceiling(reqs, profiles, engines=0, accuracy_target=None, span_s=span)
+
+
+def test_an_early_stop_still_bounds_from_above():
+    """Stopped after one round (no interval yet), the LP of the two overlapping requests above gives 2, above
+    the converged 1.7, and says it did not converge."""
+    reqs = [LLMRequest(0, 0.0, 100, 1, 1200.0, 1e6), LLMRequest(1, 0.5, 100, 1, 1200.0, 1e6)]
+    full = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=1, accuracy_target=None, span_s=1.0)
+    early = goodput_ceiling(reqs, {"v": prof("v", 0.9, 10.0)}, engines=1, accuracy_target=None, span_s=1.0,
+                            max_rounds=1)
+    assert full.converged and not early.converged
+    assert early.goodput_rps == pytest.approx(2.0) >= full.goodput_rps
