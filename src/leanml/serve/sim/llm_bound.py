@@ -33,9 +33,9 @@ import numpy as np
 from leanml.serve.control.llm_profiles import LLMProfile
 from leanml.serve.sim.llm_sim import LLMRequest
 
-MAX_ROUNDS = 6  # cutting-plane rounds; each adds up to two intervals per arrival. Each round's LP drops
+MAX_ROUNDS = 4  # cutting-plane rounds; each adds up to two intervals per arrival. Each round's LP drops
 # constraints of the full one, so its optimum is already a bound: stopping early loosens it, never breaks it
-# (load 1: converged in 4-11 rounds, 2-8 s; load 2: 18 rounds, 183 s, at the demand throughout)
+# (converged: 4-11 rounds, 2-8 s at load 1; 18 rounds, 183 s at load 2; at the demand in every round there)
 
 
 @dataclass(frozen=True)
