@@ -312,11 +312,12 @@ class _Planned(LLMPolicy):
         3x-SLO load-1 replay, least-TTFT first spent the ledger on KV-capped options (1.20x INFaaS against
         1.25x, 4 seeds, scratch runs before the chunk-priced predictions)."""
         best = None
+        allowed = self.planner_cfg().kv_caps  # the caps the policy's planner may choose (None: every measured one)
         for o, eng in self.opt_engines.items():
             if o in tried:
                 continue
             p = self.profiles[o.variant]
-            for cap in self.spare_caps(p):
+            for cap in (c for c in p.kv_caps() if allowed is None or c in allowed):
                 kept = sim.kept(req, cap)
                 acc = p.accuracy(cap if kept < req.prompt else FULL)
                 if (self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target
@@ -331,12 +332,6 @@ class _Planned(LLMPolicy):
             return None
         self.acc_sum, self.acc_n = self.acc_sum + best[3], self.acc_n + 1
         return best[1], best[2]
-
-    def spare_caps(self, p: LLMProfile) -> list[int]:
-        """KV caps the fall-through may set: the measured ones the policy's planner may choose (Proteus and
-        adaptive-nocap: none)."""
-        allowed = self.planner_cfg().kv_caps  # None: every measured cap
-        return [c for c in p.kv_caps() if allowed is None or c in allowed]
 
 
 class LLMProteusPolicy(_Planned):

@@ -53,6 +53,12 @@ class LLMRequest:
     tpot_ms: float
 
 
+def kept_prompt(req: LLMRequest, kv_cap: int) -> int:
+    """Prompt tokens a request keeps under KV cap ``kv_cap`` (cut from the left to leave room for its output;
+    FULL = 0, or a cap no larger than the output: the whole prompt)."""
+    return min(req.prompt, kv_cap - req.output) if kv_cap and kv_cap > req.output else req.prompt
+
+
 @dataclass
 class _Run:
     req: LLMRequest
@@ -224,7 +230,7 @@ class LLMSimulator(ControlSurface):
                 + sum(r.kept + r.req.output for r in e.waiting))
 
     def kept(self, req: LLMRequest, kv_cap: int) -> int:
-        return min(req.prompt, kv_cap - req.output) if kv_cap and kv_cap > req.output else req.prompt
+        return kept_prompt(req, kv_cap)
 
     # ---------------------------------------------------------------- the event loop
     def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[LLMOutcome]:
