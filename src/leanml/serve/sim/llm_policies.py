@@ -27,9 +27,9 @@ accuracy need ``target``; how they read it differs, as in their papers:
 Planned policies route a class by the plan's fractions (smooth weighted round-robin), within an option to
 the engine with the least predicted TTFT. When none of the class's options is predicted to answer within the
 SLOs they fall through to any other engine that is (work-conserving, most accurate first; the accuracy rule
-still holds), and refuse early (429) only what no engine is predicted to answer. Without the fall-through,
-adaptive refused 280 of 485 requests on seed 0 of the 3x-SLO load-1 replay while its two engines were busy
-27-29% of the window (docs/planner.md).
+still holds), and refuse early (429) only what no engine is predicted to answer. Without the fall-through
+(``fall_through = False``) adaptive refuses 279 of 485 requests on seed 0 of the 3x-SLO load-1 replay while its
+two engines are busy 28-29% of the window (`benchmarks/diagnostics/llm_refusal_check.py`).
 """
 
 from __future__ import annotations
@@ -223,6 +223,7 @@ class _Planned(LLMPolicy):
     """Plan-following routing shared by Proteus and adaptive (subclasses say how classes and rates are read)."""
 
     recent_s = 30.0
+    fall_through = True  # False: refuse what the class's own options cannot take (the ablation of the fall-through)
     ledger = False  # adaptive: never route so that the mean accuracy of routed requests falls below the target
 
     def setup(self, sim):
@@ -297,7 +298,7 @@ class _Planned(LLMPolicy):
                     and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
                 self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
                 return ei, cap
-        spare = self.spare_engine(sim, req, set(order))
+        spare = self.spare_engine(sim, req, set(order)) if self.fall_through else None
         if spare is not None:
             return spare
         self._reason = (f"no engine is predicted to meet TTFT {req.ttft_ms:.0f} ms and TPOT "

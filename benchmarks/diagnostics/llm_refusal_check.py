@@ -1,0 +1,61 @@
+"""Why a planned LLM policy refuses: refusals and engine busy share with and without the fall-through.
+
+    OMP_NUM_THREADS=1 python benchmarks/diagnostics/llm_refusal_check.py     # ~1 min
+
+Backs docs/planner.md ("Policies compared" and the run of 2026-12-07 12:10): seed 0 of the replay's headline
+cell (Azure code trace, 20-minute drift window, load 1, 3x SLOs, best - 1 point, two engines, the committed
+SmolLM2 profiles), adaptive and Proteus each with their fall-through on and off (`_Planned.fall_through`),
+INFaaS beside them. Busy share: the engines' summed iteration time over the window, per engine.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from leanml.serve.control.llm_profiles import load_llm_profiles
+    from leanml.serve.sim.llm_policies import make_policies
+    from leanml.serve.sim.llm_sim import LLMSimulator, summarize
+    from leanml.serve.sim.replay_inputs import llm_replay_inputs
+    from leanml.serve.workload.timescale import drift_window
+    from leanml.serve.workload.traces import load_trace
+    from serve_llm_replay import DEFAULT_PROFILES
+
+    profiles = load_llm_profiles(DEFAULT_PROFILES)
+    trace = load_trace("azure_llm_code")
+    inp = llm_replay_inputs(profiles, trace, load=1.0, engines=2, kv_bytes=1 << 30, window_s=1200.0, seed=0,
+                            slo_x=3.0, accuracy_slack=0.01, start_s=drift_window(trace, 1200.0, 120.0))
+    print(f"{len(inp.requests)} requests over {inp.span_s:.0f} s")
+    print("| policy | fall-through | goodput req/s | refused | expired | busy share per engine |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, fall in (("llm-infaas", None), ("llm-proteus", False), ("llm-proteus", True),
+                       ("llm-adaptive", False), ("llm-adaptive", True)):
+        (pol,) = make_policies(profiles, inp.settings, (name,))
+        if fall is not None:
+            pol.fall_through = fall
+        sim = LLMSimulator(profiles, engines=2, kv_budget_bytes=1 << 30, seed=0)
+        busy: Counter[int] = Counter()
+        start = sim._start
+
+        def spy(ei, ev, seq, out, start=start, sim=sim, busy=busy):  # noqa: ANN001, ANN202
+            was = sim.engines[ei].busy
+            r = start(ei, ev, seq, out)
+            if sim.engines[ei].busy and not was:
+                busy[ei] += sim.engines[ei].busy_until - sim.now
+            return r
+
+        sim._start = spy  # type: ignore[method-assign]
+        outs = sim.run(pol, inp.requests, tick_s=10.0)
+        res = summarize(outs, inp.span_s)
+        st = Counter(o.status for o in outs)
+        share = ", ".join(f"{busy[e] / inp.span_s:.2f}" for e in range(2))
+        print(f"| {pol.label} | {'-' if fall is None else ('on' if fall else 'off')} | {res['goodput_rps']:.4f} | "
+              f"{st['refused']} | {st['expired']} | {share} |")
+
+
+if __name__ == "__main__":
+    main()
