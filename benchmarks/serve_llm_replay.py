@@ -101,7 +101,7 @@ def sim_cell(profiles, trace, load, slack, a, kv, best_acc, window_s, start) -> 
         inp = llm_replay_inputs(profiles, trace, load=load, engines=a.engines, kv_bytes=kv, window_s=window_s,
                                 seed=seed, slo_x=a.slo_x, accuracy_slack=slack, start_s=start)
         per_seed.append(run_llm_policies(profiles, inp.requests, inp.settings, engines=a.engines, kv_bytes=kv,
-                                         seed=seed, span_s=inp.span_s))
+                                         seed=seed, span_s=inp.span_s, queue=a.queue))
         ceil = goodput_ceiling(inp.requests, profiles, engines=a.engines, accuracy_target=inp.settings.accuracy_target,
                                span_s=inp.span_s, max_batch=max(inp.settings.planner.batch_sizes),
                                max_chunk=max(inp.settings.planner.chunk_tokens))
@@ -209,12 +209,13 @@ def live_section(profiles, trace, a, kv, start: float, window_s: float) -> dict:
         variant = Variant(v, CausalLM(model, tok), v)
         cal_prof = calibrated(model, variant.model, profiles[v], text_ids, max(got), c)
         t0 = time.perf_counter()
-        live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v])
+        live = replay_live_llm(variant, reqs, texts, batch=b, chunk=c, kv_budget_bytes=kv, profile=profiles[v],
+                               queue=a.queue)
         wall = time.perf_counter() - t0
         row = {"variant": v, "batch": b, "chunk": c, "live_wall_s": round(wall, 1), "live": summarize(live, inp.span_s)}
         # the simulator twice on the very same requests: costs from the profile file, and re-measured beside the run
         for key, profs in (("file_profile", profiles), ("calibrated", {**profiles, v: cal_prof})):
-            sim = LLMSimulator(profs, engines=1, kv_budget_bytes=kv, seed=a.seed)
+            sim = LLMSimulator(profs, engines=1, kv_budget_bytes=kv, seed=a.seed, queue=a.queue)
             simo = sim.run(LLMStaticPolicy(list(profs), profiles=profs, settings=s, variant=v, batching=(b, c)), reqs,
                            tick_s=10.0)
             row[key] = {**p99_errors(simo, live), "sim": summarize(simo, inp.span_s)}
@@ -236,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--engines", type=int, default=2)
     ap.add_argument("--kv-gib", type=float, default=1.0, help="KV-cache budget per engine (GiB)")
     ap.add_argument("--load", type=float, default=1.0, help="headline load x the most accurate variant's capacity")
+    ap.add_argument("--queue", choices=("edf", "fifo"), default="edf",
+                    help="engines' admission and prefill order, in the simulator and live: earliest TTFT deadline "
+                    "first (default) or arrival order")
     ap.add_argument("--slo-x", type=float, default=3.0, help="SLOs as this multiple of lone-request TTFT/TPOT")
     ap.add_argument("--seeds", type=int, default=None, help="thinning/noise seeds per setting (default 6, quick 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the live window")
@@ -332,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "device": a.device or "local", "profile_source": {n: p.source for n, p in profiles.items()},
                 "headline_load": a.load, "seeds": a.seeds, "requests_headline": sum(head["requests_per_seed"]),
                 "profiles": str(a.profiles), "engines": a.engines, "kv_gib": a.kv_gib, "slo_x": a.slo_x,
+                "queue": a.queue,
                 "quick": a.quick, "load_average": [round(x, 2) for x in os.getloadavg()], "live": live, "grid": grid})
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, json.dumps(out, indent=1, default=float))

@@ -1,21 +1,26 @@
 """Why a planned LLM policy refuses: refusals and engine busy share with and without the fall-through.
 
-    OMP_NUM_THREADS=1 python benchmarks/diagnostics/llm_refusal_check.py     # ~1 min
+    OMP_NUM_THREADS=1 python benchmarks/diagnostics/llm_refusal_check.py [--queue fifo]    # ~1 min
 
 Backs docs/planner.md ("Policies compared" and the run of 2026-12-07 12:10): seed 0 of the replay's headline
 cell (Azure code trace, 20-minute drift window, load 1, 3x SLOs, best - 1 point, two engines, the committed
 SmolLM2 profiles), adaptive and Proteus each with their fall-through on and off (`_Planned.fall_through`),
-INFaaS beside them. Busy share: the engines' summed iteration time over the window, per engine.
+INFaaS beside them. Busy share: the engines' summed iteration time over the window, per engine. ``--queue``:
+the engines' order (EDF, the default, or FIFO: the figures of the 12:10 run were taken with FIFO engines).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--queue", choices=("edf", "fifo"), default="edf", help="engines' admission/prefill order")
+    a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from leanml.serve.control.llm_profiles import load_llm_profiles
     from leanml.serve.sim.llm_policies import make_policies
@@ -29,7 +34,7 @@ def main() -> None:
     trace = load_trace("azure_llm_code")
     inp = llm_replay_inputs(profiles, trace, load=1.0, engines=2, kv_bytes=1 << 30, window_s=1200.0, seed=0,
                             slo_x=3.0, accuracy_slack=0.01, start_s=drift_window(trace, 1200.0, 120.0))
-    print(f"{len(inp.requests)} requests over {inp.span_s:.0f} s")
+    print(f"{len(inp.requests)} requests over {inp.span_s:.0f} s, {a.queue} engines")
     print("| policy | fall-through | goodput req/s | refused | expired | busy share per engine |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, fall in (("llm-infaas", None), ("llm-proteus", False), ("llm-proteus", True),
@@ -37,7 +42,7 @@ def main() -> None:
         (pol,) = make_policies(profiles, inp.settings, (name,))
         if fall is not None:
             pol.fall_through = fall
-        sim = LLMSimulator(profiles, engines=2, kv_budget_bytes=1 << 30, seed=0)
+        sim = LLMSimulator(profiles, engines=2, kv_budget_bytes=1 << 30, seed=0, queue=a.queue)
         busy: Counter[int] = Counter()
         start = sim._start
 

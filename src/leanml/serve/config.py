@@ -38,6 +38,9 @@ class ConfigError(ValueError):
     """A deploy config is invalid; the message names the file, the key and what to do."""
 
 
+QUEUE_ORDERS = ("edf", "fifo")  # an engine's admission and prefill order (engine, simulator and config share it)
+
+
 @dataclass(frozen=True)
 class Batching:
     max_batch: int = 32  # examples per model call
@@ -49,6 +52,7 @@ class Batching:
     continuous: bool = False  # requests join and leave the running batch between decode steps
     kv_cache_mb: float = 0.0  # KV-cache memory per variant that admission reserves against; 0 = unbounded
     prefill_chunk: int = 64  # prompt tokens per prefill pass (chunked prefill, Sarathi-Serve)
+    queue: str = "edf"  # admission and prefill order: "edf" (earliest TTFT deadline first) or "fifo"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,9 @@ def parse_batching(d: dict | None, where: str, base: Batching = Batching()) -> B
     cont = d.get("continuous", base.continuous)
     if not isinstance(cont, bool):
         raise ConfigError(f"{where}.continuous: must be true or false, got {cont!r}")
+    queue = d.get("queue", base.queue)
+    if queue not in QUEUE_ORDERS:
+        raise ConfigError(f"{where}.queue: must be one of {', '.join(QUEUE_ORDERS)}, got {queue!r}")
     return Batching(
         max_batch=_num(d, "max_batch", base.max_batch, where, lo=1, integer=True),
         max_wait_ms=_num(d, "max_wait_ms", base.max_wait_ms, where, lo=0.0),
@@ -143,7 +150,7 @@ def parse_batching(d: dict | None, where: str, base: Batching = Batching()) -> B
         concurrency=_num(d, "concurrency", base.concurrency, where, lo=1, integer=True),
         drop_expired=drop, continuous=cont,
         kv_cache_mb=_num(d, "kv_cache_mb", base.kv_cache_mb, where, lo=0.0),
-        prefill_chunk=_num(d, "prefill_chunk", base.prefill_chunk, where, lo=1, integer=True),
+        prefill_chunk=_num(d, "prefill_chunk", base.prefill_chunk, where, lo=1, integer=True), queue=queue,
     )
 
 

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from leanml.serve.types import SLO
+
 pytestmark = [pytest.mark.slow, pytest.mark.llm]
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "2+2=?",
@@ -63,6 +65,31 @@ def test_joining_request_waits_only_for_its_prefill_and_never_stalls_running_dec
     assert len(b.tokens) == before + 1
 
 
+@pytest.mark.parametrize("order", ["edf", "fifo"])
+def test_the_engine_admits_and_prefills_earliest_deadline_first(smollm2_lm, order):
+    """One row: queued sequences start in deadline order (none last, equal deadlines in arrival order) on an
+    EDF engine, in arrival order on a FIFO one; each still gets exactly its tokens of generating alone; and a
+    sequence due sooner is prefilled before one admitted earlier but due later (two rows, prefill in chunks)."""
+    from leanml.serve.dataplane.generation import ContinuousBatcher
+
+    lm = smollm2_lm
+    ids = [lm._ids(p) for p in PROMPTS[:4]]
+    cb = ContinuousBatcher(lm, max_batch=1, prefill_chunk=64, order=order)
+    seqs = [cb.sequence(i, 2) for i in ids]
+    for s, due in zip(seqs, (30.0, 10.0, float("inf"), 10.0), strict=True):
+        s.deadline_s = due
+    cb.run(seqs)
+    started = sorted(range(4), key=lambda i: seqs[i].admitted_s)
+    assert started == ([1, 3, 0, 2] if order == "edf" else [0, 1, 2, 3])
+    assert [s.tokens for s in seqs] == [lm.generate_ids([i], [2], [None])[0] for i in ids]
+    cb = ContinuousBatcher(lm, max_batch=2, prefill_chunk=4, order=order)
+    late, soon = cb.sequence(ids[3], 2), cb.sequence(ids[0], 2)
+    late.deadline_s, soon.deadline_s = 20.0, 5.0
+    cb.add([late, soon])
+    cb.step()  # both admitted; one chunk of the first in line
+    assert (soon.prefilled, late.prefilled) == ((4, 0) if order == "edf" else (0, 4))
+
+
 def _runtime(lm, **batching):
     from leanml.serve.config import Batching
     from leanml.serve.dataplane.runtime import Runtime
@@ -107,3 +134,25 @@ def test_kv_admission_refuses_with_503_or_429_under_memory_pressure_and_never_cr
     text = rt.metrics.render().decode()
     assert f'leanml_serve_ttft_seconds_count{{deployment="lm",variant="fp32"}} {float(len(ok))}' in text
     assert f'leanml_serve_tpot_seconds_count{{deployment="lm",variant="fp32"}} {float(len(ok))}' in text
+
+
+@pytest.mark.parametrize("queue", ["edf", "fifo"])
+def test_the_worker_admits_queued_requests_earliest_deadline_first(smollm2_lm, queue):
+    """One row, held by a first request while three more queue with TTFT SLOs of 60, 20 and 40 s: with
+    ``batching.queue = "edf"`` they get their first tokens in deadline order, with ``"fifo"`` in arrival order."""
+    lm = smollm2_lm
+
+    async def main():
+        rt = _runtime(lm, max_batch=1, queue=queue)
+        await rt.start()
+        first = rt.submit("lm", "Write a haiku about the sea.", knobs={"max_new_tokens": 8, "min_new_tokens": 8})
+        rest = [rt.submit("lm", "Say a colour.", knobs={"max_new_tokens": 2}, slo=SLO(latency_ms=ms))
+                for ms in (60_000.0, 20_000.0, 40_000.0)]
+        outs = await asyncio.gather(first, *rest)
+        await rt.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [o.status for o in outs] == [200] * 4
+    by_first_token = sorted(range(1, 4), key=lambda i: outs[i].output["ttft_ms"])
+    assert by_first_token == ([2, 3, 1] if queue == "edf" else [1, 2, 3])

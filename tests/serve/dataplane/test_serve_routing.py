@@ -115,6 +115,7 @@ def test_example_configs_load_and_validate():
     ({"deployments": {"d": {"prototype": "digits", "variants": ["zz"]}}}, "not in prototype"),
     ({"deployments": {"d": {"prototype": "digits", "policy": "fastest"}}}, "unknown policy"),
     ({"deployments": {"d": {"prototype": "digits", "batching": {"max_batch": 0}}}}, "max_batch"),
+    ({"deployments": {"d": {"prototype": "digits", "batching": {"queue": "lifo"}}}}, "queue: must be one of edf"),
     ({"deployments": {"d": {"prototype": "digits", "slo": {"min_accuracy": 2}}}}, "min_accuracy"),
     ({"deployments": {"d": {"prototype": "digits", "params": {"epochs": "many"}}}}, "epochs"),
     ({"server": {"port": 70000}, "deployments": {"d": {"prototype": "digits"}}}, "port"),

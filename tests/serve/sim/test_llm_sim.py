@@ -223,3 +223,46 @@ def test_the_ttft_prediction_of_an_idle_engine_is_the_simulated_ttft():
     (o,) = sim.run(pol, [LLMRequest(0, 0.0, 1100, 5, 1e6, 1e6)])
     assert o.ttft_ms == pytest.approx(predicted)
     assert p.prefill_time_ms(1100) > predicted  # the lone forward the prediction used to price: not what runs
+
+
+class Lone(LLMStaticPolicy):
+    """One variant, one running sequence at a time (batch cap 1, chunk 512): the queue's order decides."""
+
+    def setup(self, sim):
+        sim.configure([EngineConfig(self.variant, 1, 512)] * sim.n_engines)
+
+
+def test_an_edf_engine_serves_the_earliest_deadline_first_where_fifo_lets_it_expire():
+    """Known answer, flat costs (1 ms per prompt token, 20 ms per decode step), one row: request 0 runs until
+    1.08 s; request 1 (1,000 prompt tokens, TTFT SLO 10 s) and request 2 (100 tokens, SLO 1.5 s) wait. FIFO
+    prefills 1 first (first token at 2.08 s), by when 2 has waited past its SLO; EDF starts 2 at 1.08 s (TTFT
+    1.16 s) and 1 after it (TTFT 2.19 s, within its 10 s)."""
+    p = prof("v", 0.9, step=20.0, pf_tok=1.0)
+    pol = Lone([p.name], profiles={p.name: p}, settings=settings(0.5), variant=p.name)
+    reqs = [LLMRequest(0, 0.0, 100, 50, 1e6, 1e6), LLMRequest(1, 0.01, 1000, 2, 10_000.0, 1e6),
+            LLMRequest(2, 0.02, 100, 2, 1500.0, 1e6)]
+    fifo = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue="fifo").run(pol, reqs)
+    edf = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue="edf").run(pol, reqs)
+    assert [o.status for o in fifo] == ["ok", "ok", "expired"]
+    assert [o.status for o in edf] == ["ok", "ok", "ok"] and all(o.good for o in edf)
+    assert edf[2].ttft_ms == pytest.approx(1080.0 + 100.0 - 20.0)
+    assert edf[1].ttft_ms == pytest.approx(1080.0 + 100.0 + 20.0 + 1000.0 - 10.0)
+    with pytest.raises(ValueError, match="queue must be one of"):
+        LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, queue="lifo")
+
+
+def test_the_edf_ttft_prediction_counts_only_the_prefill_due_no_later_than_the_request():
+    """A 5,000-token backlog due in 1,000 s is ahead of a new request on a FIFO engine, not on an EDF one when
+    the new request is due in 1 s (its prediction is then its own prefill); one due later still waits for it."""
+    from leanml.serve.sim.llm_sim import _Run
+
+    p = prof("v", 0.9, step=20.0, pf_tok=1.0)
+    preds = {}
+    for queue in ("fifo", "edf"):
+        sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue=queue)
+        one(p).setup(sim)
+        sim.engines[0].waiting.append(_Run(LLMRequest(9, 0.0, 5000, 2, 1e6, 1e6), 5000, 0.0, 0))
+        preds[queue] = (sim.predict_ttft_ms(0, 200, 1000.0), sim.predict_ttft_ms(0, 200, 2e6))
+    assert preds["edf"][0] == pytest.approx(p.chunked_prefill_ms(200, 512))
+    assert preds["fifo"][0] == pytest.approx(p.chunked_prefill_ms(5200, 512)) == preds["edf"][1]
+    assert preds["fifo"][1] == preds["fifo"][0]

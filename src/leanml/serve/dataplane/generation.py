@@ -2,12 +2,14 @@
 
 One `ContinuousBatcher` drives one causal LM. Its unit of work is one *iteration*, not one request:
 
-1. **admission**: waiting sequences start as soon as a batch row and their KV memory are free. Each
+1. **admission**: waiting sequences start, earliest deadline first (as prefill), as soon as a batch row
+   and their KV memory are free. Each
    reserves ``prompt + max_new_tokens`` tokens of KV cache up front (the most it can ever hold: its
    ``kv_cache_cap`` has already cut the prompt), so a running sequence never runs out of KV memory and
    nothing is ever evicted or recomputed;
 2. **prefill** within a per-iteration budget of ``prefill_chunk`` prompt tokens (Sarathi-Serve's token
-   budget, OSDI 2024), oldest sequence first: whole prompts that fit what is left of the budget run
+   budget, OSDI 2024), earliest deadline first (``deadline_s``, the caller's TTFT deadline; sequences
+   without one, or with ``order="fifo"``, oldest first): whole prompts that fit what is left of the budget run
    together in one left-padded pass (each pass has a fixed cost: on this CPU a 16-token pass costs as
    much as 2.7 decode steps); a prompt longer than the whole budget runs alone, one chunk per iteration,
    so that it delays the running decodes by one chunk per iteration, not by its whole prefill. A
@@ -34,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from leanml.serve.config import QUEUE_ORDERS
 from leanml.serve.dataplane.kv_slots import SlotKV
 from leanml.serve.variants.llm import CausalLM, cut_prompt
 
@@ -46,6 +49,7 @@ class Sequence:
     max_new_tokens: int
     min_new_tokens: int = 0
     tag: Any = None  # the caller's handle (the worker's request group)
+    deadline_s: float = float("inf")  # when its first token is due (perf_counter s): the EDF order's key
     tokens: list[int] = field(default_factory=list)
     prefilled: int = 0
     admitted_s: float | None = None
@@ -78,7 +82,9 @@ class ContinuousBatcher:
     """Iteration-level scheduler over one `CausalLM`; call `step` until `idle`."""
 
     def __init__(self, lm: CausalLM, *, max_batch: int = 8, kv_budget_tokens: int | None = None,
-                 prefill_chunk: int = 64) -> None:
+                 prefill_chunk: int = 64, order: str = "edf") -> None:
+        if order not in QUEUE_ORDERS:
+            raise ValueError(f"order must be one of {QUEUE_ORDERS}, got {order!r}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if prefill_chunk < 1:
@@ -86,6 +92,7 @@ class ContinuousBatcher:
         if kv_budget_tokens is not None and kv_budget_tokens < 2:
             raise ValueError(f"kv_budget_tokens must be >= 2 or None (unbounded), got {kv_budget_tokens}")
         self.lm, self.model = lm, lm.model
+        self.edf = order == "edf"
         self.max_batch, self.prefill_chunk, self.kv_budget_tokens = max_batch, prefill_chunk, kv_budget_tokens
         self.eos = list(lm.eos_ids)
         self.pad = lm.tok.pad_token_id if lm.tok.pad_token_id is not None else 0
@@ -123,15 +130,24 @@ class ContinuousBatcher:
         for s in seqs:
             self.reserved += s.reserve
             s.admitted_s = now
-            self.prefilling.append(s)
+            self._enqueue(self.prefilling, s)
         return True
 
+    def _enqueue(self, q: deque[Sequence], s: Sequence) -> None:
+        """Append ``s``; EDF: behind every sequence due no later than it (equal deadlines stay in arrival order)."""
+        if not self.edf or not q or q[-1].deadline_s <= s.deadline_s:
+            q.append(s)
+            return
+        i = next(i for i, o in enumerate(q) if o.deadline_s > s.deadline_s)
+        q.insert(i, s)
+
     def add(self, seqs: list[Sequence]) -> None:
-        """Queue sequences (FIFO); they start when a row and their KV reservation are free."""
+        """Queue sequences (earliest deadline first, or FIFO); they start when a row and their KV reservation are
+        free."""
         for s in seqs:
             if not self.fits_ever(s.reserve):
                 raise ValueError(f"sequence needs {s.reserve} KV tokens; the budget is {self.kv_budget_tokens}")
-            self.waiting.append(s)
+            self._enqueue(self.waiting, s)
 
     def _admit(self) -> None:
         while self.waiting and self.admit_now([self.waiting[0]]):
@@ -169,8 +185,8 @@ class ContinuousBatcher:
         return done
 
     def _prefill(self) -> list[Sequence]:
-        """This iteration's prefill within the ``prefill_chunk`` token budget, oldest sequence first; the
-        sequences whose prompt it completed.
+        """This iteration's prefill within the ``prefill_chunk`` token budget, in ``prefilling``'s order (earliest
+        deadline first, or oldest first); the sequences whose prompt it completed.
 
         Whole prompts that fit the budget left run *together*, as one left-padded pass (one pass per
         prompt would pay the model's fixed per-pass cost once per prompt: on this CPU a 16-token pass

@@ -9,9 +9,11 @@ the runtime routes to it and accounts for it like any other variant; the runtime
 Admission by KV memory (``batching.kv_cache_mb``): a request reserves ``prompt + max_new_tokens``
 tokens of KV cache per prompt (after its ``kv_cache_cap`` cut). A request that needs more than the whole
 budget, or more prompts than ``max_batch`` rows, can never run: 503 at once. One that fits the budget
-but not what is free now waits in the queue (FIFO); when ``max_queue`` requests already wait, it gets
-429 with Retry-After. A queued request whose deadline passes is answered 503 ``expired``
-(``drop_expired``). Running requests are never evicted, so memory pressure refuses; it never crashes.
+but not what is free now waits in the queue, earliest deadline first (``batching.queue = "edf"``, the
+default: the TTFT SLO's deadline; ``"fifo"``: arrival order), and the engine prefills in the same order;
+when ``max_queue`` requests already wait, it gets 429 with Retry-After. A queued request whose deadline
+passes is answered 503 ``expired`` (``drop_expired``). Running requests are never evicted, so memory
+pressure refuses; it never crashes.
 
 Per request the answer carries ``ttft_ms`` (arrival to the first token of every prompt) and
 ``tpot_ms`` (the mean time per output token after the first); both go to the Prometheus histograms
@@ -48,6 +50,8 @@ class _Group:
         self.left = len(self.seqs)
         for s in self.seqs:
             s.tag = self
+            if self.pending.deadline_s is not None:
+                s.deadline_s = self.pending.deadline_s
 
     @property
     def need(self) -> int:
@@ -86,7 +90,7 @@ class GenerationWorker:
 
     def _engine(self, b: Batching) -> ContinuousBatcher:
         return ContinuousBatcher(self.lm, max_batch=b.max_batch, prefill_chunk=b.prefill_chunk,
-                                 kv_budget_tokens=kv_budget_tokens(self.lm, b.kv_cache_mb))
+                                 kv_budget_tokens=kv_budget_tokens(self.lm, b.kv_cache_mb), order=b.queue)
 
     @property
     def name(self) -> str:
@@ -114,7 +118,7 @@ class GenerationWorker:
         with self._cv:
             self.batching = b
             e = self.engine
-            e.max_batch, e.prefill_chunk = b.max_batch, b.prefill_chunk
+            e.max_batch, e.prefill_chunk, e.edf = b.max_batch, b.prefill_chunk, b.queue == "edf"
             e.kv_budget_tokens = kv_budget_tokens(self.lm, b.kv_cache_mb)
             self._cv.notify_all()
 
@@ -171,6 +175,9 @@ class GenerationWorker:
                                                 reason="the request's latency SLO passed while it waited for "
                                                        "KV memory or a batch row",
                                                 queue_ms=(now - g.pending.enqueued_s) * 1000.0))
+        if b.queue == "edf" and len(self.queue) > 1:  # earliest deadline first; none last; ties in arrival order
+            self.queue = deque(sorted(self.queue, key=lambda g: (g.pending.deadline_s is None,
+                                                                 g.pending.deadline_s or 0.0)))
         while self.queue and self.engine.admit_now(self.queue[0].seqs):
             g = self.queue.popleft()
             self.queued_examples -= len(g.seqs)

@@ -51,9 +51,10 @@ def trace_prompts(lm: Any, lengths: list[int], seed: int = 0) -> tuple[list[str]
 
 
 def replay_live_llm(variant: Any, requests: list[LLMRequest], prompts: list[str], *, batch: int, chunk: int,
-                    kv_budget_bytes: float, profile: LLMProfile, timeout_s: float = 600.0) -> list[LLMOutcome]:
+                    kv_budget_bytes: float, profile: LLMProfile, timeout_s: float = 600.0,
+                    queue: str = "edf") -> list[LLMOutcome]:
     """Replay ``requests`` (their arrivals, ``prompts``, outputs and SLOs) live on one continuous-batching engine
-    of ``variant`` with running-batch cap ``batch``, prefill chunk ``chunk`` and a KV budget; one
+    of ``variant`` with running-batch cap ``batch``, prefill chunk ``chunk``, a KV budget and ``queue`` order; one
     `LLMOutcome` per request (``good`` as the simulator scores it; accuracy from ``profile``)."""
     from leanml.serve.config import Batching
     from leanml.serve.dataplane.http import BackgroundServer, build_app
@@ -65,7 +66,7 @@ def replay_live_llm(variant: Any, requests: list[LLMRequest], prompts: list[str]
     if not requests:
         return []
     b = Batching(max_batch=int(batch), continuous=True, prefill_chunk=int(chunk), kv_cache_mb=kv_budget_bytes / 2**20,
-                 max_queue=1 << 16, drop_expired=True)
+                 max_queue=1 << 16, drop_expired=True, queue=queue)
     rt = Runtime(threads=1)
     rt.add_deployment("llm", {variant.name: variant}, "static", {"variant": variant.name}, batching=b)
     arrivals = np.array([r.arrival_s for r in requests])

@@ -203,8 +203,8 @@ class LLMInfaasPolicy(LLMPolicy):
         for v in self.cands:
             mine = [i for i, e in enumerate(sim.engines) if e.target.variant == v]
             if mine:
-                ei = min(mine, key=lambda i: sim.predict_ttft_ms(i, req.prompt))
-                if (sim.predict_ttft_ms(ei, req.prompt) <= req.ttft_ms
+                ei = min(mine, key=lambda i: sim.predict_ttft_ms(i, req.prompt, req.ttft_ms))
+                if (sim.predict_ttft_ms(ei, req.prompt, req.ttft_ms) <= req.ttft_ms
                         and sim.predict_tpot_ms(ei, req.prompt, req.output) <= req.tpot_ms):
                     return ei, FULL
         idle = [i for i, e in enumerate(sim.engines) if not e.running and not e.waiting and not e.busy]
@@ -293,8 +293,8 @@ class _Planned(LLMPolicy):
             acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
             if self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target:
                 continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
-            ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept))
-            if (sim.predict_ttft_ms(ei, kept) <= req.ttft_ms
+            ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept, req.ttft_ms))
+            if (sim.predict_ttft_ms(ei, kept, req.ttft_ms) <= req.ttft_ms
                     and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
                 self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
                 return ei, cap
@@ -325,7 +325,7 @@ class _Planned(LLMPolicy):
                         or not self.ledger and acc < self.s.accuracy_target):
                     continue
                 for ei in eng:
-                    t = sim.predict_ttft_ms(ei, kept)
+                    t = sim.predict_ttft_ms(ei, kept, req.ttft_ms)
                     if (t <= req.ttft_ms and (best is None or (-acc, t) < (-best[3], best[0]))
                             and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
                         best = (t, ei, cap, acc)

@@ -18,13 +18,14 @@ from leanml.serve.sim.llm_sim import LLMRequest, LLMSimulator, summarize
 
 def run_llm_policies(profiles: dict[str, LLMProfile], requests: list[LLMRequest], settings: PolicySettings, *,
                      engines: int, kv_bytes: float, seed: int, span_s: float,
-                     policies: tuple[str, ...] = LLM_POLICIES, tick_s: float = 10.0) -> dict[str, dict[str, Any]]:
+                     policies: tuple[str, ...] = LLM_POLICIES, tick_s: float = 10.0,
+                     queue: str = "edf") -> dict[str, dict[str, Any]]:
     """Simulate ``policies`` on ``requests``; per policy label its `summarize` over ``span_s`` seconds, plus
     ``replans`` (entries of the simulator's log) and ``sim_s`` (wall seconds of its simulation)."""
     out = {}
     for pol in make_policies(profiles, settings, policies):
         t0 = time.perf_counter()
-        sim = LLMSimulator(profiles, engines=engines, kv_budget_bytes=kv_bytes, seed=seed)
+        sim = LLMSimulator(profiles, engines=engines, kv_budget_bytes=kv_bytes, seed=seed, queue=queue)
         res = summarize(sim.run(pol, requests, tick_s=tick_s), span_s)
         res["replans"] = len(sim.log)
         res["sim_s"] = round(time.perf_counter() - t0, 2)

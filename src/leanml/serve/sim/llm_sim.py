@@ -3,9 +3,11 @@
 The deployment is ``engines`` engines (one per core here), each running one variant with a running-batch
 cap B, a prefill chunk C (Sarathi-Serve: every iteration carries one decode token for each running
 sequence plus up to C prompt tokens, so prefill never stalls running decodes for a whole prompt) and a KV
-budget. A request joins an engine's FIFO queue; it is admitted between iterations when fewer than B run
-and its KV reservation (kept prompt + max_new_tokens, times bytes/token) fits the free budget; a request
-still waiting past its TTFT SLO is dropped (it can no longer meet it: 503, as the runtime's deadlines).
+budget. A request joins an engine's queue, ordered as the live engine orders it (``queue``): earliest TTFT
+deadline first (``"edf"``, the default; the chunk budget too goes to the prefill due first) or arrival
+order (``"fifo"``). It is admitted between iterations when fewer than B run and its KV reservation (kept
+prompt + max_new_tokens, times bytes/token) fits the free budget; a request still waiting past its TTFT
+SLO is dropped (it can no longer meet it: 503, as the runtime's deadlines).
 An iteration costs ``step_ms(decoders, mean context) + prefill_time_ms(chunk tokens)`` from the variant's
 `LLMProfile`, times a lognormal noise factor (CV ``noise_cv``, seeded). A request's first token comes at
 the end of the iteration that finishes its prefill, then one token per iteration; TPOT is
@@ -31,9 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from leanml.serve.config import QUEUE_ORDERS
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
 from leanml.serve.policy import ControlSurface
 from leanml.serve.types import SLO, Outcome, Request, ServeState
+
+
+def deadline_s(req: LLMRequest) -> float:
+    """When a request's TTFT SLO runs out (s): the order an EDF engine admits and prefills in."""
+    return req.arrival_s + req.ttft_ms / 1000.0
 
 
 @dataclass(frozen=True)
@@ -120,9 +128,12 @@ class LLMSimulator(ControlSurface):
     """Runs a policy over arrivals (see module docstring); `run` returns one `LLMOutcome` per request."""
 
     def __init__(self, profiles: dict[str, LLMProfile], *, engines: int, kv_budget_bytes: float,
-                 noise_cv: float = 0.05, seed: int = 0) -> None:
+                 noise_cv: float = 0.05, seed: int = 0, queue: str = "edf") -> None:
         if engines < 1:
             raise ValueError(f"engines must be >= 1, got {engines}")
+        if queue not in QUEUE_ORDERS:
+            raise ValueError(f"queue must be one of {QUEUE_ORDERS}, got {queue!r}")
+        self.edf = queue == "edf"
         self.profiles = profiles
         self.n_engines, self.kv_budget = int(engines), float(kv_budget_bytes)
         self.sigma = math.sqrt(math.log(1 + noise_cv**2)) if noise_cv > 0 else 0.0
@@ -185,19 +196,26 @@ class LLMSimulator(ControlSurface):
                 e.pending = c
 
     # ---------------------------------------------------------------- predictions (routing rules)
-    def predict_ttft_ms(self, ei: int, prompt_kept: int) -> float:
+    def predict_ttft_ms(self, ei: int, prompt_kept: int, ttft_ms: float | None = None) -> float:
         """Predicted TTFT (ms) of a request joining engine ``ei`` now: the engine's current iteration, the
         prefill ahead of it and its own, in chunks, each chunk iteration carrying the running decodes, and
-        (when its batch is full) the wait for enough running sequences to finish."""
+        (when its batch is full) the wait for enough running sequences to finish. On an EDF engine with the
+        request's TTFT SLO ``ttft_ms`` given, only the prefill due no later than its deadline is ahead of it."""
         e = self.engines[ei]
         cfg = e.target
         p = self.profiles[cfg.variant]
         n_run = len(e.running)
         ctx = np.mean([r.kept + r.generated for r in e.running]) if e.running else prompt_kept
         step = p.step_ms(min(n_run, cfg.batch), float(ctx))  # 0 with nothing running: a chunk carries no decode
-        pre = sum(r.kept - r.prefilled for r in e.running) + sum(r.kept for r in e.waiting) + prompt_kept
+        if self.edf and ttft_ms is not None:
+            due = self.now + ttft_ms / 1000.0
+            ahead = [r for r in e.waiting if deadline_s(r.req) <= due]
+            pre_run = sum(r.kept - r.prefilled for r in e.running if deadline_s(r.req) <= due)
+        else:
+            ahead, pre_run = list(e.waiting), sum(r.kept - r.prefilled for r in e.running)
+        pre = pre_run + sum(r.kept for r in ahead) + prompt_kept
         t = math.ceil(pre / cfg.chunk) * step + p.chunked_prefill_ms(pre, cfg.chunk)
-        over = n_run + len(e.waiting) + 1 - cfg.batch
+        over = n_run + len(ahead) + 1 - cfg.batch
         if over > 0:
             left = sorted(r.req.output - r.generated for r in e.running)
             t += (left[over - 1] if over <= len(left) else max(left, default=0) * 2 + 1) * step
@@ -291,6 +309,14 @@ class LLMSimulator(ControlSurface):
             return seq
         if e.pending is not None and not e.running:
             e.cfg, e.pending = e.pending, None
+        if self.edf and e.waiting:  # earliest deadline first; every expired request leaves, not just the head's
+            live = []
+            for r in e.waiting:
+                if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
+                    out[r.req.i] = LLMOutcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
+                else:
+                    live.append(r)
+            e.waiting = deque(sorted(live, key=lambda r: deadline_s(r.req)))
         while e.waiting and e.pending is None and len(e.running) < e.cfg.batch:
             r = e.waiting[0]
             if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
@@ -305,6 +331,8 @@ class LLMSimulator(ControlSurface):
             e.running.append(r)
         if not e.running:
             return seq
+        if self.edf:  # the chunk budget goes to the prefill due first
+            e.running.sort(key=lambda r: (r.prefilled >= r.kept, deadline_s(r.req)))
         p = self.profiles[e.cfg.variant]
         dec = [r for r in e.running if r.prefilled >= r.kept]
         dec_ids = {id(r) for r in dec}
