@@ -20,7 +20,9 @@ docs/query.md, each side by side with its alternative in this one process:
 7. ``planner_cold``: right after 25 MB of other work, one cost prediction as a NumPy dot product against
    Python float arithmetic (`physical.cost`), and the planned query against the bare exact scan at 0.1% and
    1% filters (p50 over 100 queries, the runs in a fresh random order per query).
-8. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
+8. ``planned_steps_10pct``: one planned query at a 10% filter taken apart, each planning step and both IVF
+   runs timed alone right after 25 MB of other work, beside the whole call and FAISS's unfiltered search.
+9. ``recall_int8`` / ``recall_fp32``: the IVF walk's recall@10 on the int8 and the fp32 store (the index
    built with nprobe 16, its recall table measured on 256 noisy queries):
    * at 8 probes, for held-out stored rows against noisy queries (a stored row + 0.3 noise per dimension);
    * under an anti-correlated 50% filter (whole clusters; queries from the clusters left out), at the
@@ -218,6 +220,53 @@ def planner_cold(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # 
     return out
 
 
+def planned_steps(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: ANN001
+    """Where one planned query at a 10% filter spends its time: each step `plan_nearest`'s IVF branch and the
+    run take, called alone right after `evict` (p50 over 100 queries, the steps in a fresh random order per
+    query), beside the whole planned call and FAISS's own unfiltered IVF search of the same query (nprobe 16).
+    Each step alone is colder than inside the call, so the steps' sum overstates the call; the shares say
+    which work the >= 10% one-query target (2x unfiltered IVF) is lost to."""
+    import faiss
+
+    from leanml.store.query.physical import local_selectivity, walk_facts
+
+    cal = operator_costs(src, ivf, host)
+    rng = np.random.default_rng(8)
+    Q = norm(X[rng.choice(len(X), 100)] + 0.3 * rng.standard_normal((100, X.shape[1])).astype(np.float32))
+    pos = np.flatnonzero(u < 0.1)
+    C, nlist = ivf.centroids(), int(ivf.index.nlist)
+    ml = np.bincount(ivf.list_of[pos], minlength=nlist)
+    Qc = [combined_queries(src, [Q[i : i + 1]]) for i in range(len(Q))]
+    S = [q @ C.T for q in Qc]
+    facts = [plan_nearest(src, pos, [Q[i : i + 1]], 10, host=host, recall=0.95, ivf=ivf, calibration=cal,
+                          cost_all=True)[1] for i in range(len(Q))]  # cost_all: every query's walk, to run both plans
+    probes = facts[0].get("probes", 16)
+    runs = {"planned_whole": lambda i: planned(src, ivf, pos, [Q[i : i + 1]], 10, host),
+            "faiss_ivf_unfiltered": lambda i: ivf.index.search(Qc[i], 10, params=faiss.SearchParametersIVF(nprobe=16)),
+            "step_plan_nearest": lambda i: plan_nearest(src, pos, [Q[i : i + 1]], 10, host=host, recall=0.95, ivf=ivf,
+                                                        calibration=cal),
+            "step_matches_per_list": lambda i: np.bincount(ivf.list_of[pos], minlength=nlist),
+            "step_combined_query": lambda i: combined_queries(src, [Q[i : i + 1]]),
+            "step_centroid_sims": lambda i: Qc[i] @ C.T,
+            "step_local_selectivity": lambda i: local_selectivity(ivf, S[i], ml),
+            "step_difficulty_bands": lambda i: ivf.band_counts(S[i]),
+            "step_walk": lambda i: walk_facts(ivf, Qc[i], ml, 10, 10, probes, S[i]),
+            "step_run_ivf_bitmap": lambda i: run_nearest("ivf-bitmap", src, pos, [Q[i : i + 1]], 10, facts[i], ivf),
+            "step_run_ivf_postfilter": lambda i: run_nearest("ivf-postfilter", src, pos, [Q[i : i + 1]], 10, facts[i],
+                                                             ivf)}
+    ts: dict[str, list[float]] = {c: [] for c in runs}
+    for i in range(len(Q)):
+        for c in rng.permutation(list(runs)):
+            evict()
+            t0 = time.perf_counter()
+            runs[c](i)
+            ts[c].append(time.perf_counter() - t0)
+    out = {f"us_{c}": 1e6 * float(np.median(t)) for c, t in ts.items()}
+    out["chosen"] = planned(src, ivf, pos, [Q[:1]], 10, host)[1]
+    out["ratio_planned_over_unfiltered_ivf"] = out["us_planned_whole"] / out["us_faiss_ivf_unfiltered"]
+    return out
+
+
 def pushdown_cache(st, X: np.ndarray) -> dict:  # noqa: ANN001
     rng = np.random.default_rng(3)
     target = X[rng.choice(len(X), 256, replace=False)] + 0.2 * rng.standard_normal((256, X.shape[1]))
@@ -297,6 +346,7 @@ def main() -> None:
         res["plan_at_0.1pct"] = plan_loop(src, ivf, host, u, X)
         res["cold_floor"] = cold_floor(src, ivf, host, u, X)
         res["planner_cold"] = planner_cold(src, ivf, host, u, X)
+        res["planned_steps_10pct"] = planned_steps(src, ivf, host, u, X)
         res["recall_int8"] = recall_section(src, ivf, X, lab, v, host)
         fp = make_store(Path(t) / "fp32", X, "fp32")
         fsrc = as_source(fp)

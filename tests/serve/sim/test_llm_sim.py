@@ -116,6 +116,20 @@ def test_every_policy_answers_and_respects_its_accuracy_rule(policy: str):
         assert summ["mean_accuracy"] >= 0.59 - 0.01  # a mean target, met over what was served
 
 
+def test_the_accuracy_ledger_takes_a_dropped_request_back_out():
+    """Adaptive's ledger is the mean accuracy of what is answered: a routed request the engine drops
+    (`on_drop`, called by the simulator on expiry) leaves it; an id it never counted changes nothing."""
+    s = settings(0.59)
+    pol = next(p for p in make_policies(PROFILES, s) if p.label == "adaptive")
+    pol.setup(LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, noise_cv=0))
+    a, b = LLMRequest(0, 0.0, 100, 5, 1e6, 1e6), LLMRequest(1, 0.0, 100, 5, 1e6, 1e6)
+    pol._count(a, 0.6)
+    pol._count(b, 0.5)
+    pol.on_drop(1)
+    pol.on_drop(7)
+    assert pol.ledger and (pol.acc_n, pol.acc_sum, pol.counted) == (1, pytest.approx(0.6), {0: 0.6})
+
+
 def test_overload_planned_and_greedy_beat_static_accurate():
     s = settings(0.59)
     reqs = bursty(400, 3.0, seed=2)
@@ -226,10 +240,15 @@ def test_the_ttft_prediction_of_an_idle_engine_is_the_simulated_ttft():
 
 
 class Lone(LLMStaticPolicy):
-    """One variant, one running sequence at a time (batch cap 1, chunk 512): the queue's order decides."""
+    """One variant, one running sequence at a time (batch cap 1, chunk 512): the queue's order decides. Records
+    the requests the simulator reports dropped (`on_drop`)."""
 
     def setup(self, sim):
+        self.dropped = []
         sim.configure([EngineConfig(self.variant, 1, 512)] * sim.n_engines)
+
+    def on_drop(self, request_id):
+        self.dropped.append(request_id)
 
 
 def test_an_edf_engine_serves_the_earliest_deadline_first_where_fifo_lets_it_expire():
@@ -242,8 +261,10 @@ def test_an_edf_engine_serves_the_earliest_deadline_first_where_fifo_lets_it_exp
     reqs = [LLMRequest(0, 0.0, 100, 50, 1e6, 1e6), LLMRequest(1, 0.01, 1000, 2, 10_000.0, 1e6),
             LLMRequest(2, 0.02, 100, 2, 1500.0, 1e6)]
     fifo = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue="fifo").run(pol, reqs)
-    edf = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue="edf").run(pol, reqs)
     assert [o.status for o in fifo] == ["ok", "ok", "expired"]
+    fifo_dropped = pol.dropped
+    edf = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue="edf").run(pol, reqs)
+    assert fifo_dropped == [2] and pol.dropped == []  # the policy hears of the expired request
     assert [o.status for o in edf] == ["ok", "ok", "ok"] and all(o.good for o in edf)
     assert edf[2].ttft_ms == pytest.approx(1080.0 + 100.0 - 20.0)
     assert edf[1].ttft_ms == pytest.approx(1080.0 + 100.0 + 20.0 + 1000.0 - 10.0)

@@ -142,6 +142,7 @@ class LLMSimulator(ControlSurface):
         self.now = 0.0
         self.log: list[dict[str, Any]] = []  # policy events (re-plans)
         self.plan: Any = None
+        self.policy: Any = None  # the LLMPolicy of the current `run` (told of the requests it routed that are dropped)
         self.cores = self.n_engines
 
     # ---------------------------------------------------------------- the ControlSurface
@@ -254,6 +255,7 @@ class LLMSimulator(ControlSurface):
     def run(self, policy: Any, requests: list[LLMRequest], *, tick_s: float = 10.0) -> list[LLMOutcome]:
         """Simulate ``requests`` (sorted by arrival) under ``policy`` (an `LLMPolicy`)."""
         self.engines, self.now, self.log, self.plan = [], 0.0, [], None
+        self.policy = policy
         policy.setup(self)
         if len(self.engines) != self.n_engines:
             raise ValueError(f"policy {policy.name}: setup must configure {self.n_engines} engines")
@@ -292,6 +294,7 @@ class LLMSimulator(ControlSurface):
                 if reserve > self.kv_budget:
                     out[data.i] = LLMOutcome(data.i, data.arrival_s, data.prompt, data.output, "refused",
                                              reason="its KV reservation exceeds the engine's whole KV budget")
+                    policy.on_drop(data.i)
                     continue
                 e = self.engines[ei]
                 e.waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
@@ -303,6 +306,11 @@ class LLMSimulator(ControlSurface):
                 seq = self._finish_iteration(data, ev, seq, out)
         return [out[r.i] for r in requests]
 
+    def _expire(self, req: LLMRequest, out: dict[int, LLMOutcome]) -> None:
+        """A queued request whose TTFT SLO passed leaves unanswered; its policy hears of it (`LLMPolicy.on_drop`)."""
+        out[req.i] = LLMOutcome(req.i, req.arrival_s, req.prompt, req.output, "expired")
+        self.policy.on_drop(req.i)
+
     def _start(self, ei: int, ev: list, seq: int, out: dict[int, LLMOutcome]) -> int:
         e = self.engines[ei]
         if e.busy:
@@ -313,7 +321,7 @@ class LLMSimulator(ControlSurface):
             live = []
             for r in e.waiting:
                 if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
-                    out[r.req.i] = LLMOutcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
+                    self._expire(r.req, out)
                 else:
                     live.append(r)
             e.waiting = deque(sorted(live, key=lambda r: deadline_s(r.req)))
@@ -321,7 +329,7 @@ class LLMSimulator(ControlSurface):
             r = e.waiting[0]
             if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
                 e.waiting.popleft()
-                out[r.req.i] = LLMOutcome(r.req.i, r.req.arrival_s, r.req.prompt, r.req.output, "expired")
+                self._expire(r.req, out)
                 continue
             r.reserve = self.profiles[e.cfg.variant].kv_bytes(r.kept + r.req.output)
             if e.kv_used + r.reserve > e.kv_budget:
