@@ -189,6 +189,19 @@ def cold_floor(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # no
     return out
 
 
+def cold_p50_us(runs: dict, n: int, rng: np.random.Generator) -> dict:
+    """{"us_<name>": p50 microseconds} of each ``runs[name](i)`` for i < ``n``, each call right after `evict`,
+    the runs in a fresh random order per i (none always follows the same one)."""
+    ts: dict[str, list[float]] = {c: [] for c in runs}
+    for i in range(n):
+        for c in rng.permutation(list(runs)):
+            evict()
+            t0 = time.perf_counter()
+            runs[c](i)
+            ts[c].append(time.perf_counter() - t0)
+    return {f"us_{c}": 1e6 * float(np.median(t)) for c, t in ts.items()}
+
+
 def planner_cold(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # noqa: ANN001
     """Right after `evict`, p50 over 100 queries in a fresh random order each: one cost prediction as a NumPy
     dot product of two small arrays against `physical.cost` on Python floats; and at 0.1% and 1% filters the
@@ -207,14 +220,7 @@ def planner_cold(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  # 
         runs[f"planned_{sel:g}"] = lambda i, pos=pos: planned(src, ivf, pos, [Q[i : i + 1]], 10, host)
         runs[f"exact_{sel:g}"] = lambda i, pos=pos: run_nearest("exact-filtered", src, pos, [Q[i : i + 1]], 10, {},
                                                                 None)
-    ts: dict[str, list[float]] = {c: [] for c in runs}
-    for i in range(len(Q)):
-        for c in rng.permutation(list(runs)):
-            evict()
-            t0 = time.perf_counter()
-            runs[c](i)
-            ts[c].append(time.perf_counter() - t0)
-    out = {f"us_{c}": 1e6 * float(np.median(t)) for c, t in ts.items()}
+    out = cold_p50_us(runs, len(Q), rng)
     for sel in ("0.001", "0.01"):
         out[f"ratio_planned_over_exact_{sel}"] = out[f"us_planned_{sel}"] / out[f"us_exact_{sel}"]
     return out
@@ -254,14 +260,7 @@ def planned_steps(src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict:  #
             "step_run_ivf_bitmap": lambda i: run_nearest("ivf-bitmap", src, pos, [Q[i : i + 1]], 10, facts[i], ivf),
             "step_run_ivf_postfilter": lambda i: run_nearest("ivf-postfilter", src, pos, [Q[i : i + 1]], 10, facts[i],
                                                              ivf)}
-    ts: dict[str, list[float]] = {c: [] for c in runs}
-    for i in range(len(Q)):
-        for c in rng.permutation(list(runs)):
-            evict()
-            t0 = time.perf_counter()
-            runs[c](i)
-            ts[c].append(time.perf_counter() - t0)
-    out = {f"us_{c}": 1e6 * float(np.median(t)) for c, t in ts.items()}
+    out = cold_p50_us(runs, len(Q), rng)
     out["chosen"] = planned(src, ivf, pos, [Q[:1]], 10, host)[1]
     out["ratio_planned_over_unfiltered_ivf"] = out["us_planned_whole"] / out["us_faiss_ivf_unfiltered"]
     return out

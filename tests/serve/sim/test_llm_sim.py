@@ -287,3 +287,20 @@ def test_the_edf_ttft_prediction_counts_only_the_prefill_due_no_later_than_the_r
     assert preds["edf"][0] == pytest.approx(p.chunked_prefill_ms(200, 512))
     assert preds["fifo"][0] == pytest.approx(p.chunked_prefill_ms(5200, 512)) == preds["edf"][1]
     assert preds["fifo"][1] == preds["fifo"][0]
+
+
+def test_an_edf_engine_refuses_a_request_that_would_push_a_held_one_past_its_deadline():
+    """EDF's admission test, flat costs (1 ms per prompt token, nothing running): a queued 1,000-token prompt
+    due in 1.5 s finishes its prefill at 1.0 s. A 400-token request due in 1 s goes ahead of it and both still
+    make it (prediction 400 ms); a 600-token one would push the held one to 1.6 s: inf. FIFO has no such test."""
+    from leanml.serve.sim.llm_sim import _Run
+
+    p = prof("v", 0.9, step=20.0, pf_tok=1.0)
+    preds = {}
+    for queue in ("edf", "fifo"):
+        sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue=queue)
+        one(p).setup(sim)
+        sim.engines[0].waiting.append(_Run(LLMRequest(9, 0.0, 1000, 2, 1500.0, 1e6), 1000, 0.0, 0))
+        preds[queue] = (sim.predict_ttft_ms(0, 400, 1000.0), sim.predict_ttft_ms(0, 600, 1000.0))
+    assert preds["edf"] == (pytest.approx(400.0), np.inf)
+    assert preds["fifo"] == (pytest.approx(1400.0), pytest.approx(1600.0))

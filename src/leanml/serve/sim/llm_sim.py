@@ -200,27 +200,46 @@ class LLMSimulator(ControlSurface):
     def predict_ttft_ms(self, ei: int, prompt_kept: int, ttft_ms: float | None = None) -> float:
         """Predicted TTFT (ms) of a request joining engine ``ei`` now: the engine's current iteration, the
         prefill ahead of it and its own, in chunks, each chunk iteration carrying the running decodes, and
-        (when its batch is full) the wait for enough running sequences to finish. On an EDF engine with the
-        request's TTFT SLO ``ttft_ms`` given, only the prefill due no later than its deadline is ahead of it."""
+        (when its batch is full) the wait for enough running sequences to finish.
+
+        On an EDF engine with the request's TTFT SLO ``ttft_ms`` given, only the prefill due no later than its
+        deadline is ahead of it, and the engine takes it only if no request it already holds is pushed past
+        its deadline (EDF's admission test): when the new prefill would make one that was predicted to meet
+        its deadline miss it, the prediction is inf. Without the test a request jumping the queue broke the
+        predictions of those already admitted, and under overload they expired one after another (EDF's
+        domino effect: 0.47x INFaaS on one seed of the load-2 replay, scratch run)."""
         e = self.engines[ei]
         cfg = e.target
         p = self.profiles[cfg.variant]
         n_run = len(e.running)
         ctx = np.mean([r.kept + r.generated for r in e.running]) if e.running else prompt_kept
         step = p.step_ms(min(n_run, cfg.batch), float(ctx))  # 0 with nothing running: a chunk carries no decode
+        busy_ms = max(0.0, (e.busy_until - self.now) * 1000)
+
+        def prefill_ms(tokens: float) -> float:  # the prefill of ``tokens``, in chunk iterations with the decodes
+            return math.ceil(tokens / cfg.chunk) * step + p.chunked_prefill_ms(tokens, cfg.chunk)
+
         if self.edf and ttft_ms is not None:
             due = self.now + ttft_ms / 1000.0
-            ahead = [r for r in e.waiting if deadline_s(r.req) <= due]
-            pre_run = sum(r.kept - r.prefilled for r in e.running if deadline_s(r.req) <= due)
+            held = sorted([(deadline_s(r.req), r.kept - r.prefilled) for r in e.running if r.prefilled < r.kept]
+                          + [(deadline_s(r.req), r.kept) for r in e.waiting], key=lambda x: x[0])
+            pre = sum(k for d, k in held if d <= due) + prompt_kept
+            n_ahead = sum(1 for r in e.waiting if deadline_s(r.req) <= due)
+            cum = 0.0
+            for d, k in held:  # EDF's admission test: each held request due later must still make its deadline
+                cum += k
+                left_ms = (d - self.now) * 1000
+                if d > due and busy_ms + prefill_ms(cum) <= left_ms < busy_ms + prefill_ms(cum + prompt_kept):
+                    return math.inf
         else:
-            ahead, pre_run = list(e.waiting), sum(r.kept - r.prefilled for r in e.running)
-        pre = pre_run + sum(r.kept for r in ahead) + prompt_kept
-        t = math.ceil(pre / cfg.chunk) * step + p.chunked_prefill_ms(pre, cfg.chunk)
-        over = n_run + len(ahead) + 1 - cfg.batch
+            pre = sum(r.kept - r.prefilled for r in e.running) + sum(r.kept for r in e.waiting) + prompt_kept
+            n_ahead = len(e.waiting)
+        t = prefill_ms(pre)
+        over = n_run + n_ahead + 1 - cfg.batch
         if over > 0:
             left = sorted(r.req.output - r.generated for r in e.running)
             t += (left[over - 1] if over <= len(left) else max(left, default=0) * 2 + 1) * step
-        return max(0.0, (e.busy_until - self.now) * 1000) + t
+        return busy_ms + t
 
     RATE_WINDOW_S = 60.0
 
