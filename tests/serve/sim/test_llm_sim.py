@@ -118,7 +118,8 @@ def test_every_policy_answers_and_respects_its_accuracy_rule(policy: str):
 
 def test_the_accuracy_ledger_takes_a_dropped_request_back_out():
     """Adaptive's ledger is the mean accuracy of what is answered: a routed request the engine drops
-    (`on_drop`, called by the simulator on expiry) leaves it; an id it never counted changes nothing."""
+    (`on_drop`, called by the simulator on expiry) leaves it; an id it never counted changes nothing; and when a
+    drop has left the mean below the target, a request at or above the target is still allowed."""
     s = settings(0.59)
     pol = next(p for p in make_policies(PROFILES, s) if p.label == "adaptive")
     pol.setup(LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, noise_cv=0))
@@ -128,6 +129,12 @@ def test_the_accuracy_ledger_takes_a_dropped_request_back_out():
     pol.on_drop(1)
     pol.on_drop(7)
     assert pol.ledger and (pol.acc_n, pol.acc_sum, pol.counted) == (1, pytest.approx(0.6), {0: 0.6})
+    pol.on_drop(0)
+    pol._count(b, 0.5)  # the mean now below the target 0.59, as a dropped request can leave it
+    assert pol._ledger_allows(0.59) and pol._ledger_allows(0.7)  # never lowers it: allowed, not refused forever
+    assert not pol._ledger_allows(0.58)
+    pol._count(a, 0.7)
+    assert pol._ledger_allows(0.58)  # (0.5 + 0.7 + 0.58) / 3 >= 0.59
 
 
 def test_overload_planned_and_greedy_beat_static_accurate():
@@ -199,8 +206,9 @@ def test_offline_batching_takes_the_largest_full_iteration_within_tpot_else_one_
 
 def test_planned_routing_falls_through_to_a_spare_engine_within_the_accuracy_rule():
     """The class's planned engine (bf16) has 3 s of prefill queued and the request's TTFT SLO is 1 s; the other
-    engine (fp32) is idle: adaptive sends it there instead of refusing, unless that would take its accuracy
-    ledger below the target (known answer: refused then)."""
+    engine (int8, accuracy 0.40 against a mean target of 0.59) is idle: adaptive sends it there instead of
+    refusing while its accuracy ledger stays at or above the target (100 requests at 0.60 routed: 0.598), and
+    refuses it when the ledger would fall below (10 at 0.60: 0.582). Known answers."""
     from leanml.serve.control.llm_planner import LLMOption
     from leanml.serve.sim.llm_policies import LLMAdaptivePolicy
     from leanml.serve.sim.llm_sim import _Run
@@ -209,15 +217,16 @@ def test_planned_routing_falls_through_to_a_spare_engine_within_the_accuracy_rul
     pol = next(p for p in make_policies(PROFILES, s) if isinstance(p, LLMAdaptivePolicy))
     sim = LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, noise_cv=0)
     pol.setup(sim)
-    a, b = LLMOption("bf16", 0, 8, 1024, 0.5), LLMOption("fp32", 0, 8, 1024, 0.5)
-    sim.configure([EngineConfig("bf16", 8, 1024), EngineConfig("fp32", 8, 1024)])
+    a, b = LLMOption("bf16", 0, 8, 1024, 0.5), LLMOption("int8", 0, 8, 1024, 0.5)
+    sim.configure([EngineConfig("bf16", 8, 1024), EngineConfig("int8", 8, 1024)])
     pol.opt_engines = {a: [0], b: [1]}
     backlog = LLMRequest(99, 0.0, 5000, 2, 1e6, 1e6)
     sim.engines[0].waiting.append(_Run(backlog, 5000, 0.0, 0))  # 5,000 tokens x 0.6 ms queued on bf16
     req = LLMRequest(0, 0.0, 200, 2, 1000.0, 1e6)
     assert sim.predict_ttft_ms(0, 200) > 1000.0 >= sim.predict_ttft_ms(1, 200)
+    pol.acc_sum, pol.acc_n = 60.0, 100
     assert pol.spare_engine(sim, req, {a}) == (1, 0)
-    pol.acc_sum, pol.acc_n = 0.0, 10  # ten requests routed at accuracy 0: fp32 (0.60) cannot lift the mean
+    pol.acc_sum, pol.acc_n = 6.0, 10
     assert pol.spare_engine(sim, req, {a}) is None
 
 

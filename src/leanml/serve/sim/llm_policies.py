@@ -297,7 +297,7 @@ class _Planned(LLMPolicy):
             if not eng:
                 continue
             acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
-            if self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target:
+            if self.ledger and not self._ledger_allows(acc):
                 continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
             ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept, req.ttft_ms))
             if (sim.predict_ttft_ms(ei, kept, req.ttft_ms) <= req.ttft_ms
@@ -327,8 +327,8 @@ class _Planned(LLMPolicy):
             for cap in (c for c in p.kv_caps() if allowed is None or c in allowed):
                 kept = sim.kept(req, cap)
                 acc = p.accuracy(cap if kept < req.prompt else FULL)
-                if (self.ledger and (self.acc_sum + acc) / (self.acc_n + 1) < self.s.accuracy_target
-                        or not self.ledger and acc < self.s.accuracy_target):
+                ok = self._ledger_allows(acc) if self.ledger else acc >= self.s.accuracy_target
+                if not ok:
                     continue
                 for ei in eng:
                     t = sim.predict_ttft_ms(ei, kept, req.ttft_ms)
@@ -339,6 +339,14 @@ class _Planned(LLMPolicy):
             return None
         self._count(req, best[3])
         return best[1], best[2]
+
+    def _ledger_allows(self, acc: float) -> bool:
+        """Whether routing at accuracy ``acc`` keeps the ledger's rule: the mean stays at or above the target, or
+        ``acc`` itself meets the target (it never lowers a mean that a dropped request left below the target;
+        refusing it too would refuse everything from then on: one seed of the load-2 replay answered nothing
+        after its first 2 minutes that way, scratch run)."""
+        t = self.s.accuracy_target
+        return acc >= t or (self.acc_sum + acc) / (self.acc_n + 1) >= t
 
     def _count(self, req: LLMRequest, acc: float) -> None:
         self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
