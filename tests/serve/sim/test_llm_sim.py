@@ -281,18 +281,25 @@ def test_an_edf_engine_serves_the_earliest_deadline_first_where_fifo_lets_it_exp
         LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, queue="lifo")
 
 
+def predictions_behind(p: LLMProfile, queued: LLMRequest, asks: list[tuple[int, float]]) -> dict[str, tuple]:
+    """Per queue order, the TTFT predictions for ``asks`` ((kept prompt, TTFT SLO ms) each) on one idle engine
+    of ``p`` (batch 8, chunk 512) holding ``queued`` (its whole prompt kept) in its queue."""
+    from leanml.serve.sim.llm_sim import _Run
+
+    out = {}
+    for queue in ("edf", "fifo"):
+        sim = LLMSimulator({p.name: p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue=queue)
+        one(p).setup(sim)
+        sim.engines[0].waiting.append(_Run(queued, queued.prompt, 0.0, 0))
+        out[queue] = tuple(sim.predict_ttft_ms(0, kept, ttft) for kept, ttft in asks)
+    return out
+
+
 def test_the_edf_ttft_prediction_counts_only_the_prefill_due_no_later_than_the_request():
     """A 5,000-token backlog due in 1,000 s is ahead of a new request on a FIFO engine, not on an EDF one when
     the new request is due in 1 s (its prediction is then its own prefill); one due later still waits for it."""
-    from leanml.serve.sim.llm_sim import _Run
-
     p = prof("v", 0.9, step=20.0, pf_tok=1.0)
-    preds = {}
-    for queue in ("fifo", "edf"):
-        sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue=queue)
-        one(p).setup(sim)
-        sim.engines[0].waiting.append(_Run(LLMRequest(9, 0.0, 5000, 2, 1e6, 1e6), 5000, 0.0, 0))
-        preds[queue] = (sim.predict_ttft_ms(0, 200, 1000.0), sim.predict_ttft_ms(0, 200, 2e6))
+    preds = predictions_behind(p, LLMRequest(9, 0.0, 5000, 2, 1e6, 1e6), [(200, 1000.0), (200, 2e6)])
     assert preds["edf"][0] == pytest.approx(p.chunked_prefill_ms(200, 512))
     assert preds["fifo"][0] == pytest.approx(p.chunked_prefill_ms(5200, 512)) == preds["edf"][1]
     assert preds["fifo"][1] == preds["fifo"][0]
@@ -302,14 +309,7 @@ def test_an_edf_engine_refuses_a_request_that_would_push_a_held_one_past_its_dea
     """EDF's admission test, flat costs (1 ms per prompt token, nothing running): a queued 1,000-token prompt
     due in 1.5 s finishes its prefill at 1.0 s. A 400-token request due in 1 s goes ahead of it and both still
     make it (prediction 400 ms); a 600-token one would push the held one to 1.6 s: inf. FIFO has no such test."""
-    from leanml.serve.sim.llm_sim import _Run
-
     p = prof("v", 0.9, step=20.0, pf_tok=1.0)
-    preds = {}
-    for queue in ("edf", "fifo"):
-        sim = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e9, noise_cv=0, queue=queue)
-        one(p).setup(sim)
-        sim.engines[0].waiting.append(_Run(LLMRequest(9, 0.0, 1000, 2, 1500.0, 1e6), 1000, 0.0, 0))
-        preds[queue] = (sim.predict_ttft_ms(0, 400, 1000.0), sim.predict_ttft_ms(0, 600, 1000.0))
+    preds = predictions_behind(p, LLMRequest(9, 0.0, 1000, 2, 1500.0, 1e6), [(400, 1000.0), (600, 1000.0)])
     assert preds["edf"] == (pytest.approx(400.0), np.inf)
     assert preds["fifo"] == (pytest.approx(1400.0), pytest.approx(1600.0))
