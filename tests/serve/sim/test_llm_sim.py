@@ -7,6 +7,7 @@ import pytest
 
 from leanml.serve.control.llm_planner import LLMClass, LLMPlannerConfig
 from leanml.serve.control.llm_profiles import LLMProfile, QualityFigure
+from leanml.serve.sim.llm_ledger import AccuracyLedger
 from leanml.serve.sim.llm_policies import LLMPolicy, LLMStaticPolicy, PolicySettings, make_policies
 from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMSimulator, summarize
 
@@ -123,18 +124,18 @@ def test_the_accuracy_ledger_takes_a_dropped_request_back_out():
     s = settings(0.59)
     pol = next(p for p in make_policies(PROFILES, s) if p.label == "adaptive")
     pol.setup(LLMSimulator(PROFILES, engines=2, kv_budget_bytes=1e9, noise_cv=0))
-    a, b = LLMRequest(0, 0.0, 100, 5, 1e6, 1e6), LLMRequest(1, 0.0, 100, 5, 1e6, 1e6)
-    pol._count(a, 0.6)
-    pol._count(b, 0.5)
+    led = pol.book
+    led.book(0, 0.6)
+    led.book(1, 0.5)
     pol.on_drop(1)
     pol.on_drop(7)
-    assert pol.ledger and (pol.acc_n, pol.acc_sum, pol.counted) == (1, pytest.approx(0.6), {0: 0.6})
+    assert pol.ledger and (led.n, led.total, led.booked) == (1, pytest.approx(0.6), {0: 0.6})
     pol.on_drop(0)
-    pol._count(b, 0.5)  # the mean now below the target 0.59, as a dropped request can leave it
-    assert pol._ledger_allows(0.59) and pol._ledger_allows(0.7)  # never lowers it: allowed, not refused forever
-    assert not pol._ledger_allows(0.58)
-    pol._count(a, 0.7)
-    assert pol._ledger_allows(0.58)  # (0.5 + 0.7 + 0.58) / 3 >= 0.59
+    led.book(1, 0.5)  # the mean now below the target 0.59, as a dropped request can leave it
+    assert led.allows(0.59) and led.allows(0.7)  # never lowers it: allowed, not refused forever
+    assert not led.allows(0.58)
+    led.book(0, 0.7)
+    assert led.allows(0.58)  # (0.5 + 0.7 + 0.58) / 3 >= 0.59
 
 
 def test_overload_planned_and_greedy_beat_static_accurate():
@@ -224,9 +225,12 @@ def test_planned_routing_falls_through_to_a_spare_engine_within_the_accuracy_rul
     sim.engines[0].waiting.append(_Run(backlog, 5000, 0.0, 0))  # 5,000 tokens x 0.6 ms queued on bf16
     req = LLMRequest(0, 0.0, 200, 2, 1000.0, 1e6)
     assert sim.predict_ttft_ms(0, 200) > 1000.0 >= sim.predict_ttft_ms(1, 200)
-    pol.acc_sum, pol.acc_n = 60.0, 100
+    for i in range(100):
+        pol.book.book(1000 + i, 0.6)
     assert pol.spare_engine(sim, req, {a}) == (1, 0)
-    pol.acc_sum, pol.acc_n = 6.0, 10
+    pol.book = AccuracyLedger(0.59)
+    for i in range(10):
+        pol.book.book(1000 + i, 0.6)
     assert pol.spare_engine(sim, req, {a}) is None
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from leanml.serve.control.llm_planner import LLMClass, LLMOption, LLMPlan, LLMPlannerConfig, plan_llm
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
 from leanml.serve.policy import LLM_POOL, ControlSurface, Policy, make_policy
+from leanml.serve.sim.llm_ledger import AccuracyLedger
 from leanml.serve.sim.llm_sim import EngineConfig, LLMRequest, LLMServeState, LLMSimulator
 from leanml.serve.types import REFUSE_OVERLOADED, Request, ServeState
 
@@ -236,8 +237,7 @@ class _Planned(LLMPolicy):
         self.plan: LLMPlan | None = None
         self.last_plan_s = 0.0
         self.credit: dict[tuple[str, LLMOption], float] = {}
-        self.acc_sum, self.acc_n = 0.0, 0  # accuracy of what was routed and not dropped (the ledger, when enforced)
-        self.counted: dict[int, float] = {}  # request id -> its accuracy in the ledger (taken out if it is dropped)
+        self.book = AccuracyLedger(self.s.accuracy_target)  # what was routed and not dropped (enforced: `ledger`)
         self._replan(sim, 0.0, [replace(self.s.prior, name=self.classify(int(self.s.prior.prompt_tokens),
                                                                          int(self.s.prior.output_tokens)))])
 
@@ -297,12 +297,12 @@ class _Planned(LLMPolicy):
             if not eng:
                 continue
             acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
-            if self.ledger and not self._ledger_allows(acc):
+            if self.ledger and not self.book.allows(acc):
                 continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
             ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept, req.ttft_ms))
             if (sim.predict_ttft_ms(ei, kept, req.ttft_ms) <= req.ttft_ms
                     and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
-                self._count(req, acc)
+                self.book.book(req.i, acc)
                 return ei, cap
         spare = self.spare_engine(sim, req, set(order)) if self.fall_through else None
         if spare is not None:
@@ -327,7 +327,7 @@ class _Planned(LLMPolicy):
             for cap in (c for c in p.kv_caps() if allowed is None or c in allowed):
                 kept = sim.kept(req, cap)
                 acc = p.accuracy(cap if kept < req.prompt else FULL)
-                ok = self._ledger_allows(acc) if self.ledger else acc >= self.s.accuracy_target
+                ok = self.book.allows(acc) if self.ledger else acc >= self.s.accuracy_target
                 if not ok:
                     continue
                 for ei in eng:
@@ -337,29 +337,11 @@ class _Planned(LLMPolicy):
                         best = (t, ei, cap, acc)
         if best is None:
             return None
-        self._count(req, best[3])
+        self.book.book(req.i, best[3])
         return best[1], best[2]
 
-    def _ledger_allows(self, acc: float) -> bool:
-        """Whether routing at accuracy ``acc`` keeps the ledger's rule: the mean stays at or above the target, or
-        ``acc`` itself meets the target (it never lowers a mean that a dropped request left below the target;
-        refusing it too would refuse everything from then on: one seed of the load-2 replay answered nothing
-        after its first 2 minutes that way, scratch run)."""
-        t = self.s.accuracy_target
-        return acc >= t or (self.acc_sum + acc) / (self.acc_n + 1) >= t
-
-    def _count(self, req: LLMRequest, acc: float) -> None:
-        self.acc_sum, self.acc_n = self.acc_sum + acc, self.acc_n + 1
-        self.counted[req.i] = acc
-
     def on_drop(self, request_id: int) -> None:
-        """The ledger is the mean accuracy of what is *answered*: a dropped request leaves it. Under an EDF queue
-        the requests that expire are the ones later deadlines hold back; counted anyway, they let the answered
-        mean fall 0.005-0.018 points below the target (the replay's 4-seed cells at loads 0.5 and 1, a run
-        stopped for this fix)."""
-        acc = self.counted.pop(request_id, None)
-        if acc is not None:
-            self.acc_sum, self.acc_n = self.acc_sum - acc, self.acc_n - 1
+        self.book.drop(request_id)
 
 
 class LLMProteusPolicy(_Planned):
