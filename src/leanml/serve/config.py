@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from leanml.serve.queue_order import QUEUE_ORDERS
 from leanml.serve.types import SLO
 
 TOKEN_ENV = "LEANML_SERVE_ADMIN_TOKEN"
@@ -36,9 +37,6 @@ TOKEN_ENV = "LEANML_SERVE_ADMIN_TOKEN"
 
 class ConfigError(ValueError):
     """A deploy config is invalid; the message names the file, the key and what to do."""
-
-
-QUEUE_ORDERS = ("edf", "fifo")  # an engine's admission and prefill order (engine, simulator and config share it)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from leanml.serve.config import QUEUE_ORDERS
 from leanml.serve.dataplane.kv_slots import SlotKV
+from leanml.serve.queue_order import QUEUE_ORDERS, insert_by_deadline
 from leanml.serve.variants.llm import CausalLM, cut_prompt
 
 
@@ -135,11 +135,10 @@ class ContinuousBatcher:
 
     def _enqueue(self, q: deque[Sequence], s: Sequence) -> None:
         """Append ``s``; EDF: behind every sequence due no later than it (equal deadlines stay in arrival order)."""
-        if not self.edf or not q or q[-1].deadline_s <= s.deadline_s:
+        if self.edf:
+            insert_by_deadline(q, s, lambda o: o.deadline_s)
+        else:
             q.append(s)
-            return
-        i = next(i for i, o in enumerate(q) if o.deadline_s > s.deadline_s)
-        q.insert(i, s)
 
     def add(self, seqs: list[Sequence]) -> None:
         """Queue sequences (earliest deadline first, or FIFO); they start when a row and their KV reservation are

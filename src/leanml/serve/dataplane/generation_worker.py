@@ -32,9 +32,15 @@ from dataclasses import dataclass
 from leanml.serve.config import Batching
 from leanml.serve.dataplane.batching import Pending
 from leanml.serve.dataplane.generation import ContinuousBatcher, Sequence, kv_bytes_per_token
+from leanml.serve.queue_order import insert_by_deadline
 from leanml.serve.types import Outcome
 from leanml.serve.variants.base import Variant
 from leanml.serve.variants.llm import CausalLM
+
+
+def _due(g: _Group) -> float:
+    """A queued request's deadline (perf_counter s); none: last."""
+    return g.pending.deadline_s if g.pending.deadline_s is not None else float("inf")
 
 
 @dataclass(eq=False)
@@ -119,6 +125,8 @@ class GenerationWorker:
             self.batching = b
             e = self.engine
             e.max_batch, e.prefill_chunk, e.edf = b.max_batch, b.prefill_chunk, b.queue == "edf"
+            if e.edf:  # switched to EDF: order what already waits once; later arrivals are inserted in order
+                self.queue = deque(sorted(self.queue, key=_due))
             e.kv_budget_tokens = kv_budget_tokens(self.lm, b.kv_cache_mb)
             self._cv.notify_all()
 
@@ -147,7 +155,10 @@ class GenerationWorker:
         with self._cv:
             if not self.accepting or len(self.queue) >= self.batching.max_queue:
                 return False
-            self.queue.append(g)
+            if self.batching.queue == "edf":  # earliest deadline first; none last; ties in arrival order
+                insert_by_deadline(self.queue, g, _due)
+            else:
+                self.queue.append(g)
             self.queued_examples += len(g.seqs)
             self._cv.notify_all()
         return True
@@ -175,9 +186,6 @@ class GenerationWorker:
                                                 reason="the request's latency SLO passed while it waited for "
                                                        "KV memory or a batch row",
                                                 queue_ms=(now - g.pending.enqueued_s) * 1000.0))
-        if b.queue == "edf" and len(self.queue) > 1:  # earliest deadline first; none last; ties in arrival order
-            self.queue = deque(sorted(self.queue, key=lambda g: (g.pending.deadline_s is None,
-                                                                 g.pending.deadline_s or 0.0)))
         while self.queue and self.engine.admit_now(self.queue[0].seqs):
             g = self.queue.popleft()
             self.queued_examples -= len(g.seqs)

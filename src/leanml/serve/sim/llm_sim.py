@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from leanml.serve.config import QUEUE_ORDERS
 from leanml.serve.control.llm_profiles import FULL, LLMProfile
 from leanml.serve.policy import ControlSurface
+from leanml.serve.queue_order import QUEUE_ORDERS, insert_by_deadline
 from leanml.serve.types import SLO, Outcome, Request, ServeState
 
 
@@ -316,7 +316,11 @@ class LLMSimulator(ControlSurface):
                     policy.on_drop(data.i)
                     continue
                 e = self.engines[ei]
-                e.waiting.append(_Run(data, kept, reserve, cap if kept < data.prompt else FULL))
+                run = _Run(data, kept, reserve, cap if kept < data.prompt else FULL)
+                if self.edf:
+                    insert_by_deadline(e.waiting, run, lambda r: deadline_s(r.req))
+                else:
+                    e.waiting.append(run)
                 e.routed.append((self.now, kept))
                 while e.routed and e.routed[0][0] < self.now - self.RATE_WINDOW_S:
                     e.routed.popleft()
@@ -336,14 +340,8 @@ class LLMSimulator(ControlSurface):
             return seq
         if e.pending is not None and not e.running:
             e.cfg, e.pending = e.pending, None
-        if self.edf and e.waiting:  # earliest deadline first; every expired request leaves, not just the head's
-            live = []
-            for r in e.waiting:
-                if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
-                    self._expire(r.req, out)
-                else:
-                    live.append(r)
-            e.waiting = deque(sorted(live, key=lambda r: deadline_s(r.req)))
+        while self.edf and e.waiting and self.now > deadline_s(e.waiting[0].req):  # in deadline order, the
+            self._expire(e.waiting.popleft().req, out)  # expired requests are a prefix: all leave, batch full or not
         while e.waiting and e.pending is None and len(e.running) < e.cfg.batch:
             r = e.waiting[0]
             if (self.now - r.req.arrival_s) * 1000 > r.req.ttft_ms:
