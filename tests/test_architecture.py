@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Inside leanml.serve, bottom first: the first name after ``leanml.serve`` (a subpackage or a module).
 # ``leanml.serve`` itself (its __init__) is the assembler on top.
 SERVE_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("types",),
+    ("types", "queue_order"),  # queue_order: an engine's EDF/FIFO order (config, the engine and the simulator)
     ("policy",),  # the Policy/ControlSurface contracts and the policy registry
     ("variants",),
     ("config",),
