@@ -91,7 +91,7 @@ class Field:
     def hnsw_sel(self, Q: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
         import faiss
 
-        from leanml.store.query.ivf import id_selector
+        from leanml.store.query.filters import id_selector
 
         sel, bits = id_selector(self.n, pos)
         _, ids = self.hnsw.search(Q, k, params=faiss.SearchParametersHNSW(sel=sel, efSearch=64))

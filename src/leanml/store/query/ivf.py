@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from leanml.store.query.filters import filter_state
 from leanml.store.query.source import QuerySource, RowView
 
 SELECTIVITIES = (1.0, 0.1, 0.01, 0.001)
@@ -309,24 +310,12 @@ def preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, params: Any) 
     return D, lab
 
 
-def id_selector(n: int, positions: np.ndarray | None) -> tuple[Any, np.ndarray]:
-    """FAISS's ``IDSelectorBitmap`` of ``positions`` among ``n`` rows (None: all), and the bit array it reads:
-    keep the array alive while the selector is in use (FAISS holds only a pointer to it)."""
-    import faiss
-
-    mask = np.zeros(n, bool)
-    mask[positions if positions is not None else slice(None)] = True
-    bits = np.packbits(mask, bitorder="little")
-    return faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits)), bits
-
-
 def bitmap_search(ivf: IVF, Q: np.ndarray, positions: np.ndarray | None, k: int,
                   Iq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, positions) of the top-k matches in the lists ``Iq`` (``IDSelectorBitmap`` of ``positions``)."""
+    """(scores, positions) of the top-k matches in the lists ``Iq`` (``IDSelectorBitmap`` of ``positions``,
+    reused from `filters.filter_state` when the filter was seen before)."""
     import faiss
 
-    sel, bits = id_selector(ivf.index.ntotal, positions)
-    params = faiss.SearchParametersIVF(sel=sel, nprobe=int(Iq.shape[1]))
-    out = preassigned(ivf.index, Q, k, Iq, params)
-    del sel, bits
-    return out
+    state = filter_state(ivf, positions)  # holds the bits the selector points to for the call
+    params = faiss.SearchParametersIVF(sel=state.selector, nprobe=int(Iq.shape[1]))
+    return preassigned(ivf.index, Q, k, Iq, params)

@@ -11,6 +11,7 @@ still spans every stored row: ``kernel_store``).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,32 @@ def where_ids(source: QuerySource, sql: str, step: str) -> np.ndarray:
             raise QueryError(step, f"SQL error in {sql!r}: {str(e).splitlines()[0]}") from None
     col = t.column("id").combine_chunks()
     return col.to_numpy(zero_copy_only=col.null_count == 0) if len(col) else np.zeros(0, np.int64)
+
+
+WHERE_CACHE_ENTRIES = 32
+WHERE_CACHE_BYTES = 256 * 2**20
+
+
+def where_positions(source: QuerySource, sql: str, step: str) -> tuple[np.ndarray, bool]:
+    """(sorted row positions matching ``sql``, read-only; whether they came from the cache).
+
+    Cached per SQL text on the source: a store's source is rebuilt when its manifest generation changes
+    (`source.as_source`), and an `ArraySource`'s Arrow metadata cannot change, so an entry never outlives
+    the rows it describes. The array is read-only, which lets `filters.filter_state` keep the filter's
+    IVF state beside it: a filter reused across queries is evaluated, counted per list and turned into a
+    bitmap once (Lucene's query cache). Bounded by ``WHERE_CACHE_ENTRIES`` and ``WHERE_CACHE_BYTES``."""
+    cache: OrderedDict[str, np.ndarray] = source.__dict__.setdefault("_where_cache", OrderedDict())
+    hit = cache.get(sql)
+    if hit is not None:
+        cache.move_to_end(sql)
+        return hit, True
+    pos = source.positions_of(where_ids(source, sql, step))
+    pos.setflags(write=False)
+    cache[sql] = pos
+    while len(cache) > WHERE_CACHE_ENTRIES or (len(cache) > 1 and sum(a.nbytes for a in cache.values())
+                                                > WHERE_CACHE_BYTES):
+        cache.popitem(last=False)
+    return pos, False
 
 
 def join(rel: pa.Table, source: QuerySource, other: Any, on: Any, how: str, step: str) -> pa.Table:

@@ -44,6 +44,7 @@ import numpy as np
 
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
+from leanml.store.query.filters import filter_state
 from leanml.store.query.ivf import IVF, assign, bitmap_search, combined_queries, preassigned
 from leanml.store.query.source import QuerySource, RowView
 
@@ -190,9 +191,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         facts["ivf_planning_predicted_s"] = 0.0
         return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
     if ivf is not None and approx_ok:
-        mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
-                                 minlength=ivf.index.nlist)
-        holding = int(np.count_nonzero(mask_lists))
+        fs = filter_state(ivf, positions)  # matches per list: counted once per filter (`filters`)
+        mask_lists, holding = fs.mask_lists, fs.holding
         low = ivf.lowest_measured(k)
         if can_skip and t_f <= ivf_floor(cal, facts, holding):
             approx_ok, why_probe = False, CHEAP_EXACT
@@ -235,8 +235,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         t0 = time.perf_counter()
         Q = facts["Q"] if "Q" in facts else combined_queries(source, qs)
         if mask_lists is None:
-            mask_lists = np.bincount(ivf.list_of if positions is None else ivf.list_of[positions],
-                                     minlength=ivf.index.nlist)
+            mask_lists = filter_state(ivf, positions).mask_lists
         facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("sims")))
         Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
@@ -334,7 +333,7 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
                       exclude_ids=excl)
     else:
         assert ivf is not None
-        Q, Iq, n = facts["Q"], facts["Iq"], ivf.index.ntotal
+        Q, Iq = facts["Q"], facts["Iq"]
         if name == "ivf-bitmap":
             s, pos = bitmap_search(ivf, Q, positions, kk, Iq)
         else:
@@ -342,9 +341,7 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
 
             kp = int(max(kk, facts["k_prime"].max()))
             s_all, p_all = preassigned(ivf.index, Q, kp, Iq, faiss.SearchParametersIVF(nprobe=int(Iq.shape[1])))
-            mask = np.zeros(n + 1, bool)
-            mask[positions if positions is not None else slice(0, n)] = True
-            keep = mask[np.where(p_all >= 0, p_all, n)]
+            keep = filter_state(ivf, positions).contains(p_all)  # the filter's bits (cached per filter)
             first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the first kk kept, best first
             hit = np.take_along_axis(keep, first, 1)
             s = np.where(hit, np.take_along_axis(s_all, first, 1), -np.inf).astype(np.float32)

@@ -205,11 +205,14 @@ class Query:
                 rec.notes.append("rows not known before the steps above run")
                 return
             t0 = time.perf_counter()
-            pos = src.positions_of(ops.where_ids(src, a["sql"], label))
+            pos, cached = ops.where_positions(src, a["sql"], label)
             st.positions = pos if st.positions is None else np.intersect1d(st.positions, pos, assume_unique=True)
+            if cached:
+                rec.notes.append("rows from the cache of this SQL's earlier run on this source (ops.where_positions)")
             if dry:
                 rec.measured_s = time.perf_counter() - t0
-                rec.notes.append("ran in DuckDB while explaining: the selectivity is exact")
+                rec.notes.append("ran in DuckDB while explaining: the selectivity is exact" if not cached else
+                                 "known while explaining: the selectivity is exact")
             else:
                 if st.rel is not None:
                     st.rel = ops.filter_ids(st.rel, src.ids()[st.positions])
