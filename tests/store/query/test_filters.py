@@ -104,3 +104,27 @@ def test_metadata_change_is_seen_by_where(tmp_path, digits_feats):
     assert Query(st).where("flag").run().num_rows == int((ids < 100).sum())
     st.add_metadata(pa.table({"id": ids, "flag": ids < 10}))
     assert Query(st).where("flag").run().num_rows == int((ids < 10).sum())
+
+
+def test_planner_adds_the_filter_state_cost_only_while_it_is_not_built(digits_store, ivf):
+    from leanml.store.query.calibration import operator_costs
+    from leanml.store.query.physical import plan_nearest
+
+    src = as_source(digits_store)
+    cal = operator_costs(src, ivf, "dev_vm")
+    ro = _ro(np.flatnonzero(np.random.default_rng(3).random(len(src.ids())) < 0.5))
+    qs = [src.read(c, np.array([3])) + 1e-3 for c in src.checkpoint_names()]
+
+    def plan() -> tuple[dict, dict]:
+        cands, facts = plan_nearest(src, ro, qs, 10, host="dev_vm", recall=0.95, ivf=ivf, calibration=cal,
+                                    cost_all=True)
+        return {c.name: c.predicted_s for c in cands}, facts
+
+    first, f1 = plan()
+    filter_state(ivf, ro).build()  # what the first query's IVF run leaves behind
+    again, f2 = plan()
+    assert f1["filter_state"] == "built in this call" and f1["filter_state_s"] > 0
+    assert f2["filter_state"] == "cached" and f2["filter_state_s"] == 0
+    for name in ("ivf-bitmap", "ivf-postfilter"):
+        assert first[name] == pytest.approx(again[name] + f1["filter_state_s"])
+    assert first["exact-filtered"] == again["exact-filtered"]  # the exact scan needs no filter state

@@ -67,6 +67,16 @@ class FilterState:
         """The filter as a little-endian bit array over the n rows (what the selector reads)."""
         return self._selector_and_bits[1]
 
+    @property
+    def built(self) -> bool:
+        """Whether the matches per list and the bitmap are both built (a later call reuses them)."""
+        return "mask_lists" in self.__dict__ and "_selector_and_bits" in self.__dict__
+
+    def build(self) -> FilterState:
+        """Build both now (calibration times this; the planner otherwise builds each when first needed)."""
+        _ = self.mask_lists, self.selector
+        return self
+
     def contains(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row position (any shape; -1 = none) is a match, read from `bits`."""
         r = np.maximum(rows, 0)

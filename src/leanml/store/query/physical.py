@@ -44,13 +44,14 @@ import numpy as np
 
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
-from leanml.store.query.filters import filter_state
+from leanml.store.query.filters import FilterState, filter_state
 from leanml.store.query.ivf import IVF, assign, bitmap_search, combined_queries, preassigned
 from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
 APPROX = ("ivf-bitmap", "ivf-postfilter")
 PLANNING = "ivf-planning"  # calibrated like a candidate: the planning work only the IVF plans need
+FILTER_STATE = "filter-state"  # calibrated too: a filter's matches per list and bitmap, built once (`filters`)
 
 
 @dataclass
@@ -81,6 +82,8 @@ def features(name: str, facts: dict) -> tuple[float, ...]:
     these, and right after other work one small NumPy call cost ~13 us against ~3 for the float arithmetic
     in a scratch measurement (`benchmarks/query_micro.py`, ``planner_cold``, measures it)."""
     m, n, nq, D = facts["m"], facts["n"], facts["nq"], facts["D"]
+    if name == FILTER_STATE:  # count the matches per list (m), fill and pack an n-row mask (n)
+        return (1.0, float(m), float(n))
     if name == PLANNING:  # the coarse assignment and the rest of the IVF branch of `plan_nearest`
         return (1.0, float(nq * int(np.count_nonzero(facts["mask_lists"]))), float(m))
     if name == "exact-filtered":
@@ -102,12 +105,22 @@ def ivf_floor(cal: dict, facts: dict, holding: int) -> float:
     """The least calibrated time an IVF plan can take for these facts (``m`` matches in ``holding`` lists,
     ``nq`` queries, top-``k``), before the coarse assignment is known: each query's walk gathers at least
     ``min(m, k)`` matches, so it visits, scores and (post-filter) over-fetches at least that many rows, and
-    the planning counts every list holding a match. The weights are >= 0, so no walk costs less."""
+    the planning counts every list holding a match; plus building the filter's state when it is not cached
+    (``facts["filter_state_s"]``). The weights are >= 0, so no walk costs less."""
     m, nq, k, D = facts["m"], facts["nq"], facts["k"], facts["D"]
     least = float(nq * min(m, k))
     bitmap = cost(cal["ivf-bitmap"], (1.0, least * D, least, float(nq), float(nq * k), 0.0))
     post = cost(cal["ivf-postfilter"], (1.0, least * D, least, float(nq)))
-    return min(bitmap, post) + cost(cal[PLANNING], (1.0, float(nq * holding), float(m)))
+    plan = cost(cal[PLANNING], (1.0, float(nq * holding), float(m)))
+    return min(bitmap, post) + plan + facts.get("filter_state_s", 0.0)
+
+
+def filter_state_time(cal: dict, facts: dict, state: FilterState | None) -> float:
+    """The calibrated time to build ``state`` (matches per list and bitmap) in this call: 0 when it is
+    cached from an earlier query with the same filter, or when there is no index or calibration."""
+    if state is None or state.built or FILTER_STATE not in cal:
+        return 0.0
+    return cost(cal[FILTER_STATE], features(FILTER_STATE, facts))
 
 
 def mixed_rows(facts: dict) -> float:
@@ -186,13 +199,16 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     # the fitted weights are >= 0 and the work terms only grow with the walk, so an IVF plan costs at least its
     # time at the least work it can do (`ivf_floor`): when the exact scan of the matches costs less, skip the
     # IVF planning, first before counting the matches per list and again after
+    fs = filter_state(ivf, positions) if ivf is not None and approx_ok else None  # cached, or built lazily
+    facts["filter_state"] = "none" if fs is None else ("cached" if fs.built else "built in this call")
+    t_state = facts["filter_state_s"] = filter_state_time(cal, facts, fs)
     can_skip = ivf is not None and approx_ok and not cost_all and all(c in cal for c in (*APPROX, PLANNING))
     if can_skip and t_f <= ivf_floor(cal, facts, 1):  # the common case of a small filter: return at once
         facts["ivf_planning_predicted_s"] = 0.0
         return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
     if ivf is not None and approx_ok:
-        fs = filter_state(ivf, positions)  # matches per list: counted once per filter (`filters`)
-        mask_lists, holding = fs.mask_lists, fs.holding
+        assert fs is not None
+        mask_lists, holding = fs.mask_lists, fs.holding  # counted once per filter (`filters`)
         low = ivf.lowest_measured(k)
         if can_skip and t_f <= ivf_floor(cal, facts, holding):
             approx_ok, why_probe = False, CHEAP_EXACT
@@ -251,8 +267,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         if short:  # queries the over-fetch may leave short are answered by the bitmap scan of the same lists
             fixed = float(cal["ivf-bitmap"][0]) if "ivf-bitmap" in cal else 0.0
             pf.predicted_s += fixed + (bm.predicted_s - fixed) * short / max(nq, 1)
-        bm.predicted_s += t_plan
-        pf.predicted_s += t_plan
+        bm.predicted_s += t_plan + t_state
+        pf.predicted_s += t_plan + t_state
         pf.params = {"probes": p, "k_prime_max": int(kp.max()) if len(kp) else k, "fallback_queries_predicted": short}
     return cands, facts
 

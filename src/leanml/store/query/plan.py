@@ -312,6 +312,12 @@ class Query:
             rec.notes.append(f"IVF filtered recall measured at build for this selectivity and k: "
                              f"{facts['ivf_recall_measured']:.3f}" + (f" at {facts['probes']} probes"
                                                                        if "probes" in facts else ""))
+        if facts.get("filter_state") == "cached":
+            rec.notes.append("the filter's IVF state (matches per list, bitmap) reused from an earlier query "
+                             "(filters.py)")
+        elif facts.get("filter_state_s"):
+            rec.notes.append(f"the filter's IVF state is built in this call: {facts['filter_state_s'] * 1e3:.3g} ms "
+                             "predicted, in the IVF plans' cost (reused by later queries with this filter)")
         if forced:
             match = [c for c in cands if c.name == forced]
             if not match:
