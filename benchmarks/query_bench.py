@@ -9,8 +9,8 @@
    * ``planned``: `leanml.store.query`'s cost-based choice (planning included), recall target 0.95, on
      the filter's positions as ``Query.where`` yields them: read-only, so the filter's matches per IVF
      list and its bitmap are built on the cell's first query and reused (`store.query.filters`);
-   * ``planned-new-filter``: the same on a writable copy of the positions (made outside the timing), so
-     every call builds that state: a filter met for the first time;
+   * ``planned-new-filter`` (at >= 10%, where the plans are IVF ones): the same on a writable copy of the
+     positions (made outside the timing), so every call builds that state: a filter met for the first time;
    * ``exact-filtered``: leanml's exact scan of just the matching rows (the reference it must stay near);
    * ``faiss-ivf-postfilter``: plain FAISS IVF-Flat (nprobe 16) over-fetching k / selectivity, then the
      filter (the usual post-filter; counts how often fewer than k rows come back);
@@ -117,6 +117,7 @@ def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, h
             if len(pos) == 0:
                 pos = np.array([int(np.argmin(col))])
             fresh = pos.copy()  # writable: `planned-new-filter`'s positions, never cached
+            pos = pos.copy()  # owning its data (flatnonzero's result views another array: never cached)
             pos.setflags(write=False)  # as `Query.where` yields them (`ops.where_positions`)
             if kind == "uncorrelated":
                 pool = np.arange(len(X))
@@ -130,13 +131,14 @@ def knn_section(name: str, st: GradientStore, lab: np.ndarray, n_queries: int, h
             kk = min(k, len(pos))
             runs = {
                 "planned": (lambda q, pos, kk: planned(src, ivf, pos, [q], kk, host)[0]),
-                "planned-new-filter": (lambda q, pos, kk, fresh=fresh: planned(src, ivf, fresh, [q], kk, host)[0]),
                 "exact-filtered": (lambda q, pos, kk: run_nearest("exact-filtered", src, pos, [q], kk, {}, None)[0]),
                 "faiss-ivf-postfilter": fld.postfilter,
                 "faiss-hnsw-idselector": fld.hnsw_sel,
                 "unfiltered-exact": (lambda q, pos, kk: run_nearest("exact-filtered", src, None, [q], k, {}, None)[0]),
                 "unfiltered-ivf": (lambda q, pos, kk: fld.unfiltered_ivf(q, k)),
             }
+            if sel >= 0.1:  # where the plan is an IVF one, which needs the filter's state (at <= 1%: exact)
+                runs["planned-new-filter"] = lambda q, pos, kk, fresh=fresh: planned(src, ivf, fresh, [q], kk, host)[0]
             res: dict[str, dict] = {}
             names = list(runs)
             order_rng = np.random.default_rng(2)
