@@ -199,13 +199,15 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     # the fitted weights are >= 0 and the work terms only grow with the walk, so an IVF plan costs at least its
     # time at the least work it can do (`ivf_floor`): when the exact scan of the matches costs less, skip the
     # IVF planning, first before counting the matches per list and again after
+    can_skip = ivf is not None and approx_ok and not cost_all and all(c in cal for c in (*APPROX, PLANNING))
+    # the common case of a small filter: return at once. Checked before the filter's state is even looked up:
+    # without the state's build the floor is lower, so an IVF plan that loses here loses with it too
+    if can_skip and t_f <= ivf_floor(cal, facts, 1):
+        facts["ivf_planning_predicted_s"] = 0.0
+        return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
     fs = filter_state(ivf, positions) if ivf is not None and approx_ok else None  # cached, or built lazily
     facts["filter_state"] = "none" if fs is None else ("cached" if fs.built else "built in this call")
     t_state = facts["filter_state_s"] = filter_state_time(cal, facts, fs)
-    can_skip = ivf is not None and approx_ok and not cost_all and all(c in cal for c in (*APPROX, PLANNING))
-    if can_skip and t_f <= ivf_floor(cal, facts, 1):  # the common case of a small filter: return at once
-        facts["ivf_planning_predicted_s"] = 0.0
-        return cands + [Candidate(c, math.inf, eligible=False, why_not=CHEAP_EXACT, exact=False) for c in APPROX], facts
     if ivf is not None and approx_ok:
         assert fs is not None
         mask_lists, holding = fs.mask_lists, fs.holding  # counted once per filter (`filters`)
