@@ -25,6 +25,7 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     src = as_source(digits_store)
     ivf = IVF.build(src, nprobe=8)
     cal = operator_costs(src, ivf, "dev_vm")
+    assert not ivf.__dict__.get("_filters")  # calibration's throwaway filters are not left in the filter cache
     assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter", PLANNING, FILTER_STATE}
     facts = {"m": 10, "n": 100, "nq": 1, "k": 10, "D": 64, "visited": np.ones(1), "matched": np.ones(1),
              "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2])}

@@ -156,6 +156,14 @@ def _jsq(sim: LLMSimulator, engines: list[int]) -> int:
     return min(engines, key=sim.outstanding)
 
 
+def _soonest(sim: LLMSimulator, engines: list[int], kept: int, ttft_ms: float) -> tuple[int, float]:
+    """The engine of ``engines`` predicted to give the first token soonest (the first such on a tie) and that
+    prediction: each engine predicted once (the prediction walks the engine's queue; routing is its hot path)."""
+    ts = [sim.predict_ttft_ms(i, kept, ttft_ms) for i in engines]
+    j = min(range(len(ts)), key=ts.__getitem__)
+    return engines[j], ts[j]
+
+
 class LLMStaticPolicy(LLMPolicy):
     """Every engine on one variant (``variant``; default: the subclass's choice), join-shortest-queue, no refusal;
     batch cap and chunk ``batching`` (default: `offline_batching`)."""
@@ -209,9 +217,8 @@ class LLMInfaasPolicy(LLMPolicy):
         for v in self.cands:
             mine = [i for i, e in enumerate(sim.engines) if e.target.variant == v]
             if mine:
-                ei = min(mine, key=lambda i: sim.predict_ttft_ms(i, req.prompt, req.ttft_ms))
-                if (sim.predict_ttft_ms(ei, req.prompt, req.ttft_ms) <= req.ttft_ms
-                        and sim.predict_tpot_ms(ei, req.prompt, req.output) <= req.tpot_ms):
+                ei, t = _soonest(sim, mine, req.prompt, req.ttft_ms)
+                if t <= req.ttft_ms and sim.predict_tpot_ms(ei, req.prompt, req.output) <= req.tpot_ms:
                     return ei, FULL
         idle = [i for i, e in enumerate(sim.engines) if not e.running and not e.waiting and not e.busy]
         for v in self.cands:
@@ -299,9 +306,8 @@ class _Planned(LLMPolicy):
             acc = self.profiles[o.variant].accuracy(cap if kept < req.prompt else FULL)
             if self.ledger and not self.book.allows(acc):
                 continue  # the realized mix would fall below the mean target (refusals skew it to cheap options)
-            ei = min(eng, key=lambda i: sim.predict_ttft_ms(i, kept, req.ttft_ms))
-            if (sim.predict_ttft_ms(ei, kept, req.ttft_ms) <= req.ttft_ms
-                    and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms):
+            ei, t = _soonest(sim, eng, kept, req.ttft_ms)
+            if t <= req.ttft_ms and sim.predict_tpot_ms(ei, kept, req.output) <= req.tpot_ms:
                 self.book.book(req.i, acc)
                 return ei, cap
         spare = self.spare_engine(sim, req, set(order)) if self.fall_through else None

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from leanml.store.query.filters import FilterState, filter_state
+from leanml.store.query.filters import FilterState, filter_state, forget
 from leanml.store.query.physical import FILTER_STATE, PLANNING
 from leanml.store.query.source import QuerySource
 
@@ -77,7 +77,8 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any,
         if ivf is not None:
             filter_state(ivf, pos).build()
             fresh = [_time(FilterState(ivf.list_of, ivf.index.nlist, pos).build, reps=1) for _ in range(3)]
-            rows.setdefault(FILTER_STATE, []).append(((1.0, float(m), float(n)), min(fresh)))
+            work = features(FILTER_STATE, {"m": m, "n": n, "nq": nq, "D": 0})
+            rows.setdefault(FILTER_STATE, []).append((work, min(fresh)))
         qpos = rng.choice(n, nq, replace=nq > n)
         qs = [source.read(c, np.sort(qpos)) + 1e-3 for c in names]
         cands, facts = plan_nearest(source, pos, qs, k, host=host, recall=None, ivf=ivf, block_rows=block_rows,
@@ -93,6 +94,8 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any,
                     best[name] = min(best[name], t)
         for name in run:
             rows.setdefault(name, []).append((features(name, facts), best[name]))
+        if ivf is not None:
+            forget(ivf, pos)
         warm = True
     out = {}
     _fit(rows, out)
@@ -131,6 +134,7 @@ def _planning_points(source: QuerySource, ivf: Any, host: Any, block_rows: int,
             without = min(without, _time(plan_nearest, source, pos, qs, k, reps=1, ivf=None, **kw))
         _, facts = plan_nearest(source, pos, qs, k, ivf=ivf, **kw)
         pts.append((features(PLANNING, facts), max(with_ivf - without, 1e-7)))
+        forget(ivf, pos)
     return pts
 
 

@@ -115,3 +115,11 @@ def filter_state(ivf: Any, positions: np.ndarray | None) -> FilterState:
         while len(cache) > MAX_ENTRIES:
             cache.popitem(last=False)
     return state
+
+
+def forget(ivf: Any, positions: np.ndarray) -> None:
+    """Drop ``positions``' cached state from ``ivf`` (calibration's throwaway filters: they would otherwise hold
+    their positions and bits in the cache until newer filters pushed them out)."""
+    cache = ivf.__dict__.get("_filters")
+    if cache is not None and id(positions) in cache and cache[id(positions)].positions is positions:
+        del cache[id(positions)]

@@ -253,7 +253,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         t0 = time.perf_counter()
         Q = facts["Q"] if "Q" in facts else combined_queries(source, qs)
         if mask_lists is None:
-            mask_lists = filter_state(ivf, positions).mask_lists
+            mask_lists = (fs or filter_state(ivf, positions)).mask_lists
         facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("sims")))
         Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
