@@ -3,9 +3,9 @@
 Adaptive routes some requests to options below the mean accuracy target and pays for them with options
 above it; the ledger keeps that mix honest. A request is booked at the accuracy of the option it was routed
 to and taken back out if the engine drops it (it expired in the queue, or its KV reservation never fits:
-`LLMPolicy.on_drop`), so the ledger is the mean over answered and still-running requests. Counted anyway,
-dropped requests let the answered mean fall 0.005-0.018 points below the target under EDF queues (the
-replay's 4-seed cells at loads 0.5 and 1, a run stopped for this fix).
+`LLMPolicy.on_drop`), so the ledger is the mean over answered and still-running requests: counted anyway,
+the dropped requests' accuracy would stand in for answers never given (under EDF queues the ones that
+expire are those later deadlines hold back). `tests/serve/sim/test_llm_sim.py` checks both rules.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class AccuracyLedger:
     def allows(self, acc: float) -> bool:
         """Whether routing at accuracy ``acc`` keeps the rule: the mean stays at or above the target, or ``acc``
         itself meets it. The second clause matters once a drop has left the mean below the target: the mean
-        rule alone then refused every request from then on (one seed of the load-2 replay answered nothing
-        after its first 2 minutes, 0.45x INFaaS; 1.82x with the clause, scratch runs)."""
+        rule alone then refuses every request below the target, and a policy whose every option is below it
+        answers nothing from then on (a request at or above the target only raises the mean)."""
         return acc >= self.target or (self.total + acc) / (self.n + 1) >= self.target
 
     def book(self, request_id: int, acc: float) -> None:

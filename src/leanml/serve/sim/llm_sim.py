@@ -207,8 +207,8 @@ class LLMSimulator(ControlSurface):
         its deadline (EDF's admission test): when the new prefill would make one that was predicted to meet
         its deadline miss it, the prediction is inf. Without the test a request jumping the queue broke the
         predictions of those already admitted, and under overload they expired one after another (EDF's
-        domino effect): the 3x-SLO load-2 replay cell (1 point, 4 seeds) gave adaptive 1.14x INFaaS without the
-        test (a run stopped for it) and 1.31x with it (docs/planner.md, run of 2026-12-07 14:43)."""
+        domino effect). With the test the 3x-SLO load-2 replay cell (1 point, 4 seeds) gave adaptive 1.31x
+        INFaaS (docs/planner.md, run of 2026-12-07 14:43); the run without it was stopped, not recorded."""
         e = self.engines[ei]
         cfg = e.target
         p = self.profiles[cfg.variant]
