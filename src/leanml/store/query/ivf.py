@@ -61,7 +61,7 @@ def difficulty(sims: np.ndarray) -> np.ndarray:
 class Coarse:
     """A query batch's coarse view of the index, from **one** partition of its centroid similarities: the
     ``width`` nearest lists in order (all lists, holding matches or not) and each query's `difficulty`. The
-    local selectivity, the difficulty bands and the walk all read it; each partitioned the same row on its
+    local selectivity, the difficulty bands and (for a few queries, `assign`) the walk all read it; each partitioned the same row on its
     own before, a few NumPy calls apiece, and a one-query plan is mostly such calls
     (`benchmarks/query_micro.py`, ``planned_steps_10pct``)."""
 
@@ -302,24 +302,30 @@ def window(nlist: int, holding: int, nprobe: int) -> int:
     return min(nlist, math.ceil(max(2 * nprobe, 32) * nlist / max(holding, 1)))
 
 
+PY_WALK_MAX = 4  # batches up to this many queries walk in Python over a window (`assign`); larger in NumPy
+
+
 def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int,
            sims: np.ndarray | None = None, near: np.ndarray | None = None,
            holding: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq]).
 
-    The walk reads each query's nearest lists from ``near`` (`Coarse.near`, when the planner has it) or
-    from the `window` of them partitioned from ``sims`` (``Q``'s similarity to every centroid; computed here
-    when not given). A query whose walk goes past them (a sparse filter, or k's matches far out) is walked
-    again over every list, fully sorted. The walk itself is a Python loop over a few dozen lists: for one
-    query it costs less than the two dozen NumPy calls of a vectorized prefix count, and a one-query plan
-    is mostly such calls. ``holding``: lists holding a match, when the caller has counted them."""
-    nl = int(ivf.index.nlist)
-    held = int(np.count_nonzero(match_lists)) if holding is None else holding
+    ``sims``: ``Q``'s similarity to every centroid (computed here when not given). The same walk two ways
+    (a test checks they agree). Up to `PY_WALK_MAX` queries: a Python loop per query over its nearest lists,
+    read from ``near`` (`Coarse.near`, when the planner has it) or from the `window` of them partitioned
+    from ``sims``; a query whose walk goes past them (a sparse filter, or k's matches far out) is walked
+    again over every list, fully sorted. A one-query plan is mostly NumPy calls of ~10 us each, and the
+    loop needs few. A batch: NumPy prefix counts over the lists holding matches only (`_ranked_walk`);
+    32 queries under a correlated 10% filter read windows of ~300 lists, too many for the loop.
+    ``holding``: lists holding a match, when the caller has counted them."""
     S = sims
+    if len(Q) > PY_WALK_MAX:
+        return _ranked_walk(ivf, Q @ ivf.centroids().T if S is None else S, match_lists, k, nprobe)
+    held = int(np.count_nonzero(match_lists)) if holding is None else holding
     if near is None:
         S = Q @ ivf.centroids().T if S is None else S
-        near = nearest_lists(S, window(nl, held, nprobe))
+        near = nearest_lists(S, window(int(ivf.index.nlist), held, nprobe))
     sizes = ivf.sizes()
     walks = [_walk(o, c, s, k, nprobe, held)
              for o, c, s in zip(near.tolist(), match_lists[near].tolist(), sizes[near].tolist(), strict=True)]
@@ -333,6 +339,41 @@ def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int
     Iq = np.array([t + [-1] * (width - len(t)) for t in taken], np.int64).reshape(len(taken), width)
     visited = np.array([w[1] for w in walks], np.float64)  # type: ignore[index]
     matched = np.array([w[2] for w in walks], np.float64)  # type: ignore[index]
+    return Iq, visited, matched
+
+
+def _ranked_walk(ivf: IVF, S: np.ndarray, match_lists: np.ndarray, k: int,
+                 nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`assign`'s walk for a batch: rank only the lists holding a match, and of those only the nearest
+    ``max(2 nprobe, 32)`` (``argpartition``; a full sort for the queries whose k matches lie beyond them),
+    then take a prefix per query by prefix counts."""
+    vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
+    S = S[:, vl]
+    nq, L = S.shape
+    w0 = min(L, max(2 * nprobe, 32))
+    if w0 < L:
+        part = np.argpartition(-S, w0 - 1, axis=1)[:, :w0]
+        rank = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
+    else:
+        rank = np.argsort(-S, axis=1, kind="stable")
+    mt = match_lists[vl[rank]]  # matches per list, nearest list first (every one > 0)
+    reach = np.cumsum(mt, axis=1)
+    short = reach[:, -1] < k  # the k-th match lies beyond the sorted lists: sort these queries fully
+    if w0 < L and short.any():
+        full = np.argsort(-S[short], axis=1, kind="stable")
+        rank = np.concatenate([rank, np.zeros((nq, L - w0), rank.dtype)], axis=1)
+        rank[short] = full
+        mt = match_lists[vl[rank]]
+        reach = np.cumsum(mt, axis=1)
+    # taken: a prefix (every ranked list holds a match): the first nprobe, and on until k matches are reached
+    need_k = np.minimum((reach < k).sum(1) + 1, rank.shape[1])
+    width_q = np.maximum(np.minimum(nprobe, rank.shape[1]), need_k)
+    width = max(1, int(width_q.max()))
+    take = np.arange(width)[None, :] < width_q[:, None]
+    order = vl[rank[:, :width]]
+    Iq = np.where(take, order, -1)
+    visited = np.where(take, ivf.sizes()[order], 0).sum(1).astype(np.float64)
+    matched = np.where(take, mt[:, :width], 0).sum(1).astype(np.float64)
     return Iq, visited, matched
 
 

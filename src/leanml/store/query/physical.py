@@ -45,7 +45,16 @@ import numpy as np
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query.filters import FilterState, filter_state
-from leanml.store.query.ivf import IVF, Coarse, assign, bitmap_search, combined_queries, preassigned, window
+from leanml.store.query.ivf import (
+    IVF,
+    PY_WALK_MAX,
+    Coarse,
+    assign,
+    bitmap_search,
+    combined_queries,
+    preassigned,
+    window,
+)
 from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
@@ -223,8 +232,10 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
         # one partition of the [nq, nlist] centroid similarities, read by the local selectivity, the
-        # difficulty bands and the walk
-        view = facts["coarse"] = ivf.coarse(Q, window(int(ivf.index.nlist), holding, ivf.nprobe))
+        # difficulty bands and (up to PY_WALK_MAX queries) the walk; a batch's walk ranks the lists holding
+        # matches itself (`assign`), so its view sorts only the LOCAL_LISTS nearest
+        width = window(int(ivf.index.nlist), holding, ivf.nprobe) if nq <= PY_WALK_MAX else LOCAL_LISTS
+        view = facts["coarse"] = ivf.coarse(Q, width)
         sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, view.near, mask_lists))
         bands = facts["difficulty_bands"] = ivf.band_counts(view.difficulty)
         probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
