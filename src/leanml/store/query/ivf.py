@@ -61,9 +61,9 @@ def difficulty(sims: np.ndarray) -> np.ndarray:
 class Coarse:
     """A query batch's coarse view of the index, from **one** partition of its centroid similarities: the
     ``width`` nearest lists in order (all lists, holding matches or not) and each query's `difficulty`. The
-    local selectivity, the difficulty bands and (for a few queries, `assign`) the walk all read it; each partitioned the same row on its
-    own before, a few NumPy calls apiece, and a one-query plan is mostly such calls
-    (`benchmarks/query_micro.py`, ``planned_steps_10pct``)."""
+    local selectivity, the difficulty bands and (for a few queries, `assign`) the walk all read it; each
+    partitioned the same row on its own before, a few NumPy calls apiece, and a one-query plan is mostly
+    such calls (`benchmarks/query_micro.py`, ``planned_steps_10pct``)."""
 
     sims: np.ndarray  # [nq, nlist]
     near: np.ndarray  # [nq, width] list ids, nearest centroid first
