@@ -145,7 +145,15 @@ def test_the_worker_admits_queued_requests_earliest_deadline_first(smollm2_lm, q
     async def main():
         rt = _runtime(lm, max_batch=1, queue=queue)
         await rt.start()
-        first = rt.submit("lm", "Write a haiku about the sea.", knobs={"max_new_tokens": 8, "min_new_tokens": 8})
+        first = asyncio.ensure_future(rt.submit("lm", "Write a haiku about the sea.",
+                                                knobs={"max_new_tokens": 32, "min_new_tokens": 32}))
+        # the premise, made sure of: the first holds the row before the three arrive, and long enough for all
+        # three to queue. Submitted at once, the worker thread (under coverage, in a full CI run) once woke
+        # after the 60 s request had queued: that one went ahead of the first (no deadline queues last) and
+        # took the row, and the order came out 60, 20, 40
+        worker = rt.deployment("lm").workers["fp32"]
+        while not worker.active:
+            await asyncio.sleep(0.001)
         rest = [rt.submit("lm", "Say a colour.", knobs={"max_new_tokens": 2}, slo=SLO(latency_ms=ms))
                 for ms in (60_000.0, 20_000.0, 40_000.0)]
         outs = await asyncio.gather(first, *rest)
