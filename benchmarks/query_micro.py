@@ -54,7 +54,7 @@ from leanml.store.codecs import get_codec  # noqa: E402
 from leanml.store.query import IVF, Query, as_source  # noqa: E402
 from leanml.store.query.calibration import operator_costs  # noqa: E402
 from leanml.store.query.filters import id_selector  # noqa: E402
-from leanml.store.query.ivf import assign, bitmap_search, coarse_view, combined_queries, difficulty, window  # noqa: E402
+from leanml.store.query.ivf import assign, bitmap_search, combined_queries, difficulty  # noqa: E402
 from leanml.store.query.physical import plan_nearest, run_nearest  # noqa: E402
 from leanml.store.scoring import reduce_subtasks  # noqa: E402
 from query_fixtures import brute, calibration_queries, clustered, filter_columns, make_store, norm, planned, recall  # noqa: E402
@@ -255,8 +255,6 @@ def planned_steps(st, src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict
     ml = np.bincount(ivf.list_of[pos], minlength=nlist)
     Qc = [combined_queries(src, [Q[i : i + 1]]) for i in range(len(Q))]
     S = [q @ C.T for q in Qc]
-    width = window(nlist, int(np.count_nonzero(np.bincount(ivf.list_of[pos], minlength=nlist))), ivf.nprobe)
-    V = [coarse_view(s, width) for s in S]
     facts = [plan_nearest(src, pos, [Q[i : i + 1]], 10, host=host, recall=0.95, ivf=ivf, calibration=cal,
                           cost_all=True)[1] for i in range(len(Q))]  # cost_all: every query's walk, to run both plans
     probes = facts[0].get("probes", 16)
@@ -276,10 +274,9 @@ def planned_steps(st, src, ivf: IVF, host, u: np.ndarray, X: np.ndarray) -> dict
             "step_matches_per_list": lambda i: np.bincount(ivf.list_of[pos], minlength=nlist),
             "step_combined_query": lambda i: combined_queries(src, [Q[i : i + 1]]),
             "step_centroid_sims": lambda i: Qc[i] @ C.T,
-            "step_coarse_view": lambda i: coarse_view(S[i], width),
-            "step_local_selectivity": lambda i: local_selectivity(ivf, V[i].near, ml),
-            "step_difficulty_bands": lambda i: ivf.band_counts(V[i].difficulty),
-            "step_walk": lambda i: walk_facts(ivf, Qc[i], ml, 10, 10, probes, V[i]),
+            "step_local_selectivity": lambda i: local_selectivity(ivf, S[i], ml),
+            "step_difficulty_bands": lambda i: ivf.band_counts(S[i]),
+            "step_walk": lambda i: walk_facts(ivf, Qc[i], ml, 10, 10, probes, S[i]),
             "step_run_ivf_bitmap": lambda i: run_nearest("ivf-bitmap", src, pos, [Q[i : i + 1]], 10, facts[i], ivf),
             "step_run_ivf_postfilter": lambda i: run_nearest("ivf-postfilter", src, pos, [Q[i : i + 1]], 10, facts[i],
                                                              ivf)}
@@ -336,7 +333,7 @@ def recall_section(src, ivf: IVF, X: np.ndarray, lab: np.ndarray, v: np.ndarray,
     C = ivf.centroids()
     for cl in rng.choice(lab.max() + 1, 40, replace=False):
         Qc = noisy(rng.choice(np.flatnonzero(lab == cl), 32))
-        bands = ivf.band_counts(difficulty(combined_queries(src, [Qc]) @ C.T))
+        bands = ivf.band_counts(combined_queries(src, [Qc]) @ C.T)
         for how, b in (("average", None), ("bands", bands)):
             p = ivf.probes_for(1.0, 10, 0.95, b)[0]
             probes[how].append(p)

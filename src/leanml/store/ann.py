@@ -21,8 +21,8 @@ INDEX_KINDS = ("ivf", "hnsw", "flat")
 
 def _combined(blocks: list[np.ndarray], w: np.ndarray) -> np.ndarray:
     """Rows (or queries) as the index holds them: concatenated ``sqrt(w_c) x̂_c``. The row norm is spelled out
-    (what ``np.linalg.norm(axis=1)`` computes, without its checks) and a single checkpoint is not copied by a
-    concatenation: a one-query plan pays each NumPy call (`query.ivf.combined_queries`)."""
+    (what ``np.linalg.norm(axis=1)`` computes, without its checks), a weight of 1 is not multiplied and a single
+    checkpoint is not concatenated: a one-query plan (`query.ivf.combined_queries`) pays for each NumPy call."""
     parts = []
     for x, wc in zip(blocks, w, strict=True):
         xn = x / np.maximum(np.sqrt((x * x).sum(1, keepdims=True)), 1e-30)

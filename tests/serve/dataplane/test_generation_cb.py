@@ -152,7 +152,7 @@ def test_the_worker_admits_queued_requests_earliest_deadline_first(smollm2_lm, q
         # after the 60 s request had queued: that one went ahead of the first (no deadline queues last) and
         # took the row, and the order came out 60, 20, 40
         worker = rt.deployment("lm").workers["fp32"]
-        while not worker.active:
+        while not worker.active and not first.done():  # done: refused or failed, which the asserts below report
             await asyncio.sleep(0.001)
         rest = [rt.submit("lm", "Say a colour.", knobs={"max_new_tokens": 2}, slo=SLO(latency_ms=ms))
                 for ms in (60_000.0, 20_000.0, 40_000.0)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from leanml.store.query import IVF, ArraySource, as_source
-from leanml.store.query.ivf import MARGIN, difficulty
+from leanml.store.query.ivf import MARGIN
 from leanml.store.query.physical import APPROX, choose, plan_nearest, run_nearest
 
 
@@ -117,7 +117,7 @@ def test_filter_that_leaves_out_the_querys_cluster_still_meets_the_recall_target
     assert _recall(ids, ref) >= 0.95, (c.name, c.params, facts["selectivity_seen"])
     ml = np.bincount(ivf.list_of[pos], minlength=ivf.index.nlist)
     # near these queries the 50% filter is sparse
-    assert local_selectivity(ivf, facts["coarse"].near, ml) < 0.25
+    assert local_selectivity(ivf, facts["Q"] @ ivf.centroids().T, ml) < 0.25
 
 
 def test_a_batch_from_a_hard_cluster_gets_the_probes_its_difficulty_band_needs():
@@ -144,7 +144,7 @@ def test_a_batch_from_a_hard_cluster_gets_the_probes_its_difficulty_band_needs()
     for cl in range(c):
         Q = noisy(rng.choice(np.flatnonzero(lab == cl), 32))
         ref = np.argsort(-(Q @ Xn.T), axis=1)[:, :10]
-        bands = ivf.band_counts(difficulty(Q @ ivf.centroids().T))
+        bands = ivf.band_counts(Q @ ivf.centroids().T)
         assert sum(bands) == 32
         recs = []
         p_avg, p_band = ivf.probes_for(1.0, 10, 0.95)[0], ivf.probes_for(1.0, 10, 0.95, bands)[0]

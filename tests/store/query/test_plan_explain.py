@@ -110,7 +110,7 @@ def test_cheap_exact_skips_the_ivf_planning_and_says_so(digits_store, digits_fea
     for exact_s, skipped in ((1e-4, True), (1.5e-3, False)):
         cal = {**ivf_w, "exact-filtered": (exact_s, 0.0, 0.0, 0.0)}
         cands, facts = plan_nearest(src, pos, [X[:1]], 5, host="dev_vm", recall=0.95, ivf=ivf, calibration=cal)
-        assert ("coarse" not in facts and "mask_lists" not in facts) is skipped  # no coarse assignment if skipped
+        assert ("sims" not in facts and "mask_lists" not in facts) is skipped  # no coarse assignment if skipped
         assert all(c.why_not == CHEAP_EXACT for c in cands[2:]) is skipped
         assert any(c.eligible for c in cands[2:]) is not skipped
 

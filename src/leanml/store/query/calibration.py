@@ -84,7 +84,7 @@ def operator_costs(source: QuerySource, ivf: Any, host: Any,
         cands, facts = plan_nearest(source, pos, qs, k, host=host, recall=None, ivf=ivf, block_rows=block_rows,
                                     cost_all=True)
         if ivf is not None and "Iq" in facts and p != facts.get("probes"):  # vary the probes over the design
-            facts.update(walk_facts(ivf, facts["Q"], facts["mask_lists"], k, k, p, facts.get("coarse")))
+            facts.update(walk_facts(ivf, facts["Q"], facts["mask_lists"], k, k, p, facts.get("sims")))
         run = [c.name for c in cands if c.runnable]
         best = dict.fromkeys(run, np.inf)
         for rep in range(3 if not warm else 2):  # interleaved, as queries meet them: caches not warmed for one

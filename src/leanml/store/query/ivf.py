@@ -31,7 +31,6 @@ at 0.909 on the int8 store, whose hardest band measured just above the bar.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,48 +53,11 @@ def difficulty(sims: np.ndarray) -> np.ndarray:
     """Per query (row of ``sims``, its similarity to every centroid): how many centroids lie within
     ``TIE_SHARE`` of the way from its nearest centroid down to the median one (scale-free: a share of the
     query's own similarity range). Many near-tied lists: the top-k is spread over more lists."""
-    return coarse_view(sims, 1).difficulty
-
-
-@dataclass
-class Coarse:
-    """A query batch's coarse view of the index, from **one** partition of its centroid similarities: the
-    ``width`` nearest lists in order (all lists, holding matches or not) and each query's `difficulty`. The
-    local selectivity, the difficulty bands and (for a few queries, `assign`) the walk all read it; each
-    partitioned the same row on its own before, a few NumPy calls apiece, and a one-query plan is mostly
-    such calls (`benchmarks/query_micro.py`, ``planned_steps_10pct``)."""
-
-    sims: np.ndarray  # [nq, nlist]
-    near: np.ndarray  # [nq, width] list ids, nearest centroid first
-    difficulty: np.ndarray  # [nq]
-
-
-def coarse_view(sims: np.ndarray, width: int) -> Coarse:
-    """`Coarse` from ``sims`` [nq, nlist]: one ``argpartition`` places the ``width`` nearest lists and the
-    median similarity (the ``nlist // 2``-th smallest, as ``np.partition`` would give it), then only the
-    nearest ``width`` are sorted (stable: ties keep the partition's order)."""
-    nl = sims.shape[1]
-    mid = nl - 1 - nl // 2  # descending position `mid` = ascending `nl // 2`: the median `np.partition` gives
-    near, part, rows = _nearest(sims, width, mid)
-    best, med = sims[rows, near[:, :1]], sims[rows, part[:, mid : mid + 1]]
-    return Coarse(sims, near, (sims >= best - TIE_SHARE * (best - med)).sum(1))
-
-
-def nearest_lists(sims: np.ndarray, width: int) -> np.ndarray:
-    """The ``width`` lists of highest similarity per row of ``sims``, nearest first."""
-    return _nearest(sims, width, None)[0]
-
-
-def _nearest(sims: np.ndarray, width: int, also: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(nearest ``width`` lists sorted, the partition, row index): one ``argpartition`` of ``-sims`` that also
-    places position ``also`` (descending), then a stable sort of the nearest only."""
-    nq, nl = sims.shape
-    w = max(1, min(width, nl))
-    neg = -sims
-    part = np.argpartition(neg, w - 1 if also is None else sorted({w - 1, also}), axis=1)
-    rows = np.arange(nq)[:, None]
-    top = part[:, :w]
-    return top[rows, np.argsort(neg[rows, top], axis=1, kind="stable")], part, rows
+    top = sims.max(1)
+    h = sims.shape[1] // 2
+    med = np.partition(sims, h, axis=1)[:, h]  # np.median: 0.39 ms at 32 x 1264, this 0.045 (query_micro.py)
+    tie = top - TIE_SHARE * (top - med)
+    return (sims >= tie[:, None]).sum(1)
 
 
 @dataclass
@@ -143,17 +105,13 @@ class IVF:
         out.recall = out.recall_at(1.0, 10, out.nprobe)
         return out
 
-    def bands(self, difficulties: np.ndarray) -> np.ndarray:
-        """The difficulty band (0 .. len(band_edges)) of each query, from its `difficulty`."""
-        return np.searchsorted(self.band_edges, difficulties, side="right")
+    def bands(self, S: np.ndarray) -> np.ndarray:
+        """The difficulty band (0 .. len(band_edges)) of each query, from its centroid similarities ``S``."""
+        return np.searchsorted(self.band_edges, difficulty(S), side="right")
 
-    def band_counts(self, difficulties: np.ndarray) -> tuple[int, ...]:
+    def band_counts(self, S: np.ndarray) -> tuple[int, ...]:
         """How many of the queries fall in each band (the ``bands`` argument of `probes_for`)."""
-        return tuple(np.bincount(self.bands(difficulties), minlength=len(self.band_edges) + 1).tolist())
-
-    def coarse(self, Q: np.ndarray, width: int) -> Coarse:
-        """`coarse_view` of the combined queries ``Q``: their similarity to every centroid, one matmul."""
-        return coarse_view(Q @ self.centroids().T, width)
+        return tuple(np.bincount(self.bands(S), minlength=len(self.band_edges) + 1).tolist())
 
     def _measure(self, X: np.ndarray, seed: int, Qgiven: np.ndarray | None = None) -> tuple[dict, dict]:
         n, nlist = len(X), int(self.index.nlist)
@@ -182,7 +140,7 @@ class IVF:
                 S = Q @ X[pos].T
                 ref = pos[np.argpartition(-S, k - 1, axis=1)[:, :k]]
                 lists = np.bincount(self.list_of[pos], minlength=nlist)
-                band = self.bands(difficulty(Q @ C.T))
+                band = self.bands(Q @ C.T)
                 cnt = np.bincount(band, minlength=nb)
                 rows: list[tuple[int, float]] = []
                 brows: list[tuple[int, np.ndarray]] = []
@@ -296,59 +254,19 @@ def combined_queries(source: QuerySource, qs: list[np.ndarray]) -> np.ndarray:
     return _combined(qs, source.weights())
 
 
-def window(nlist: int, holding: int, nprobe: int) -> int:
-    """How many nearest lists (holding matches or not) a walk of ``nprobe`` lists is read from: enough that
-    ``max(2 nprobe, 32)`` of them hold matches when ``holding`` of the ``nlist`` lists do, spread evenly."""
-    return min(nlist, math.ceil(max(2 * nprobe, 32) * nlist / max(holding, 1)))
-
-
-PY_WALK_MAX = 4  # batches up to this many queries walk in Python over a window (`assign`); larger in NumPy
-
-
 def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int,
-           sims: np.ndarray | None = None, near: np.ndarray | None = None,
-           holding: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           sims: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq]).
 
-    ``sims``: ``Q``'s similarity to every centroid (computed here when not given). The same walk two ways
-    (a test checks they agree). Up to `PY_WALK_MAX` queries: a Python loop per query over its nearest lists,
-    read from ``near`` (`Coarse.near`, when the planner has it) or from the `window` of them partitioned
-    from ``sims``; a query whose walk goes past them (a sparse filter, or k's matches far out) is walked
-    again over every list, fully sorted. A one-query plan is mostly NumPy calls of ~10 us each, and the
-    loop needs few. A batch: NumPy prefix counts over the lists holding matches only (`_ranked_walk`);
-    32 queries under a correlated 10% filter read windows of ~300 lists, too many for the loop.
-    ``holding``: lists holding a match, when the caller has counted them."""
-    S = sims
-    if len(Q) > PY_WALK_MAX:
-        return _ranked_walk(ivf, Q @ ivf.centroids().T if S is None else S, match_lists, k, nprobe)
-    held = int(np.count_nonzero(match_lists)) if holding is None else holding
-    if near is None:
-        S = Q @ ivf.centroids().T if S is None else S
-        near = nearest_lists(S, window(int(ivf.index.nlist), held, nprobe))
-    sizes = ivf.sizes()
-    walks = [_walk(o, c, s, k, nprobe, held)
-             for o, c, s in zip(near.tolist(), match_lists[near].tolist(), sizes[near].tolist(), strict=True)]
-    off = [i for i, w in enumerate(walks) if w is None]
-    if off:  # past the window: walk every list, fully sorted
-        full = np.argsort(-(Q[off] @ ivf.centroids().T if S is None else S[off]), axis=1, kind="stable")
-        for i, o, c, s in zip(off, full.tolist(), match_lists[full].tolist(), sizes[full].tolist(), strict=True):
-            walks[i] = _walk(o, c, s, k, nprobe, held)
-    taken = [w[0] for w in walks]  # type: ignore[index]
-    width = max(1, max(map(len, taken)))
-    Iq = np.array([t + [-1] * (width - len(t)) for t in taken], np.int64).reshape(len(taken), width)
-    visited = np.array([w[1] for w in walks], np.float64)  # type: ignore[index]
-    matched = np.array([w[2] for w in walks], np.float64)  # type: ignore[index]
-    return Iq, visited, matched
-
-
-def _ranked_walk(ivf: IVF, S: np.ndarray, match_lists: np.ndarray, k: int,
-                 nprobe: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`assign`'s walk for a batch: rank only the lists holding a match, and of those only the nearest
-    ``max(2 nprobe, 32)`` (``argpartition``; a full sort for the queries whose k matches lie beyond them),
-    then take a prefix per query by prefix counts."""
+    Only the nearest lists a walk can take are sorted (``argpartition`` of the first ``max(2 nprobe, 32)``;
+    a full sort for the queries whose k matches lie beyond them): at 32 queries over ~140 lists a full
+    stable sort was most of the planning time. ``sims``: ``Q``'s similarity to every centroid, when the
+    planner already has it (computing it again gathers and multiplies the centroids a second time: 1264 x
+    256 floats, 1.3 MB, at 10^5 rows)."""
     vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
-    S = S[:, vl]
+    # [nq, lists holding matches]: one matmul, or the planner's own columns
+    S = Q @ ivf.centroids()[vl].T if sims is None else sims[:, vl]
     nq, L = S.shape
     w0 = min(L, max(2 * nprobe, 32))
     if w0 < L:
@@ -369,29 +287,13 @@ def _ranked_walk(ivf: IVF, S: np.ndarray, match_lists: np.ndarray, k: int,
     need_k = np.minimum((reach < k).sum(1) + 1, rank.shape[1])
     width_q = np.maximum(np.minimum(nprobe, rank.shape[1]), need_k)
     width = max(1, int(width_q.max()))
-    take = np.arange(width)[None, :] < width_q[:, None]
+    cols = np.arange(width)
+    take = cols[None, :] < width_q[:, None]
     order = vl[rank[:, :width]]
     Iq = np.where(take, order, -1)
     visited = np.where(take, ivf.sizes()[order], 0).sum(1).astype(np.float64)
     matched = np.where(take, mt[:, :width], 0).sum(1).astype(np.float64)
     return Iq, visited, matched
-
-
-def _walk(order: list[int], matches: list[int], sizes: list[int], k: int, nprobe: int,
-          holding: int) -> tuple[list[int], int, int] | None:
-    """One query's walk over its lists in ``order`` (nearest first; ``matches``/``sizes`` per list): the
-    lists taken, rows visited, matches met; None when ``order`` ends first and holds fewer than every list
-    holding a match (the walk needs lists beyond it)."""
-    taken: list[int] = []
-    visited = got = 0
-    for lst, c, sz in zip(order, matches, sizes, strict=True):
-        if c:
-            taken.append(lst)
-            visited += sz
-            got += c
-            if (len(taken) >= nprobe and got >= k) or len(taken) == holding:
-                return taken, visited, got
-    return None if len(taken) < holding else (taken, visited, got)
 
 
 def preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, params: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -45,16 +45,7 @@ import numpy as np
 from leanml.hw import costmodel as cm
 from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query.filters import FilterState, filter_state
-from leanml.store.query.ivf import (
-    IVF,
-    PY_WALK_MAX,
-    Coarse,
-    assign,
-    bitmap_search,
-    combined_queries,
-    preassigned,
-    window,
-)
+from leanml.store.query.ivf import IVF, assign, bitmap_search, combined_queries, preassigned
 from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
@@ -145,10 +136,10 @@ LOCAL_LISTS = 4
 CHEAP_EXACT = "the exact scan of the matches costs less than any IVF plan can (its calibrated floor, with planning)"
 
 
-def local_selectivity(ivf: IVF, near: np.ndarray, match_lists: np.ndarray) -> float:
+def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float:
     """The share of matching rows in each query's ``LOCAL_LISTS`` nearest lists (all lists, matches or not;
-    ``near``: each query's nearest lists in order, `ivf.Coarse.near`), the smallest over the queries: the
-    selectivity the walk meets near the query.
+    ``S``: the queries' similarity to every centroid), the smallest over the queries: the selectivity the
+    walk meets near the query.
 
     The recall table is measured under random filters, where this equals the global selectivity. A filter
     that leaves out the query's own cluster (anti-correlated) is far sparser near it: its nearest matches
@@ -160,7 +151,8 @@ def local_selectivity(ivf: IVF, near: np.ndarray, match_lists: np.ndarray) -> fl
     A query's local share counts only when it is below the global one by more than 3 binomial standard
     deviations of the matches expected there: a random 1% filter leaves ~3 matches in 4 lists of 80 rows,
     and reading the table at that noisy share sent walks that met the target to an exact scan 1.4x slower."""
-    near = near[:, :LOCAL_LISTS]
+    w = min(LOCAL_LISTS, S.shape[1])
+    near = np.argpartition(-S, w - 1, axis=1)[:, :w]
     rows = ivf.sizes()[near].sum(1).astype(np.float64)
     got = match_lists[near].sum(1)
     glob = float(match_lists.sum()) / max(len(ivf.list_of), 1)
@@ -170,12 +162,11 @@ def local_selectivity(ivf: IVF, near: np.ndarray, match_lists: np.ndarray) -> fl
 
 
 def walk_facts(ivf: IVF, Q: np.ndarray, mask_lists: np.ndarray, k: int, k_walk: int, probes: int,
-               view: Coarse | None = None, holding: int | None = None) -> dict:
-    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches; ``view``: ``Q``'s coarse
-    view, if computed): lists per query, rows visited and matches met, and the post-filter's over-fetch
-    ``k_prime`` (1.5 k over the walk's match rate)."""
-    sims, near = (None, None) if view is None else (view.sims, view.near)
-    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes, sims, near, holding)
+               sims: np.ndarray | None = None) -> dict:
+    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches; ``sims``: ``Q``'s centroid
+    similarities if computed): lists per query, rows visited and matches met, and the post-filter's
+    over-fetch ``k_prime`` (1.5 k over the walk's match rate)."""
+    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes, sims)
     frac = np.maximum(matched, 1) / np.maximum(visited, 1)
     return {"Iq": Iq, "visited": visited, "matched": matched, "probes": probes, "k_walk": k_walk,
             "k_prime": np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)}
@@ -231,13 +222,10 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
                                            f"({low:.3g}, k = {k}): exact")
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
-        # one partition of the [nq, nlist] centroid similarities, read by the local selectivity, the
-        # difficulty bands and (up to PY_WALK_MAX queries) the walk; a batch's walk ranks the lists holding
-        # matches itself (`assign`), so its view sorts only the LOCAL_LISTS nearest
-        width = window(int(ivf.index.nlist), holding, ivf.nprobe) if nq <= PY_WALK_MAX else LOCAL_LISTS
-        view = facts["coarse"] = ivf.coarse(Q, width)
-        sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, view.near, mask_lists))
-        bands = facts["difficulty_bands"] = ivf.band_counts(view.difficulty)
+        # [nq, nlist], shared by the local selectivity, the difficulty bands and the walk
+        S = facts["sims"] = Q @ ivf.centroids().T
+        sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, S, mask_lists))
+        bands = facts["difficulty_bands"] = ivf.band_counts(S)
         probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
         if m <= k or (probes is not None and holding <= probes) or (probes is None and holding <= ivf.nprobe):
             # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
@@ -266,8 +254,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         Q = facts["Q"] if "Q" in facts else combined_queries(source, qs)
         if mask_lists is None:
             mask_lists = (fs or filter_state(ivf, positions)).mask_lists
-        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("coarse"),
-                                None if fs is None else fs.holding))
+        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("sims")))
         Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
                      list_sizes=ivf.sizes())
@@ -275,7 +262,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
         bm, pf = cands[2], cands[3]
         bm.predicted_s = predict("ivf-bitmap")
         bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
-        if not cal and bm.eligible and visited.mean() >= m:  # calibrated, the measured costs decide this
+        if bm.eligible and visited.mean() >= m and not cal:  # calibrated, the measured costs decide this
             bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
                                               "the exact scan of the matches does less (fallback)")
         pf.predicted_s = predict("ivf-postfilter")
@@ -374,10 +361,9 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
             s_all, p_all = preassigned(ivf.index, Q, kp, Iq, faiss.SearchParametersIVF(nprobe=int(Iq.shape[1])))
             keep = filter_state(ivf, positions).contains(p_all)  # the filter's bits (cached per filter)
             first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the first kk kept, best first
-            rows = np.arange(len(first))[:, None]
-            hit = keep[rows, first]
-            s = np.where(hit, s_all[rows, first], np.float32(-np.inf))
-            pos = np.where(hit, p_all[rows, first], -1)
+            hit = np.take_along_axis(keep, first, 1)
+            s = np.where(hit, np.take_along_axis(s_all, first, 1), -np.inf).astype(np.float32)
+            pos = np.where(hit, np.take_along_axis(p_all, first, 1), -1)
         short = np.flatnonzero((pos < 0).any(axis=1))
         if len(short) and name == "ivf-postfilter":
             # the over-fetch came short: the walk's lists hold >= k matches, so the bitmap scan of the same
