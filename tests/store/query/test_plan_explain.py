@@ -28,7 +28,8 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     assert not ivf.__dict__.get("_filters")  # calibration's throwaway filters are not left in the filter cache
     assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter", PLANNING, FILTER_STATE}
     facts = {"m": 10, "n": 100, "nq": 1, "k": 10, "D": 64, "visited": np.ones(1), "matched": np.ones(1),
-             "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2])}
+             "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2]),
+             "holding": 1, "mixed_rows": 1.0, "visited_total": 1.0, "matched_total": 1.0}
     for name, w in cal.items():
         assert len(w) == len(features(name, facts)) and min(w) >= 0
         assert cost(w, features(name, facts)) > 0  # a call costs something
@@ -36,13 +37,19 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     assert operator_costs(src, ivf, "dev_vm") is cal  # cached per source and index
 
 
-def test_mixed_rows_counts_the_minority_side_of_each_walked_list():
-    from leanml.store.query.physical import mixed_rows
+def test_the_walk_counts_the_minority_side_of_each_walked_list():
+    from leanml.store.kernels import walk
 
-    # lists 0..3 hold 10 rows each with 0, 3, 10 and 6 matches; query 0 walks lists 0, 1; query 1 walks 2, 3
-    facts = {"Iq": np.array([[0, 1], [2, 3], [-1, 1]]), "mask_lists": np.array([0, 3, 10, 6]),
-             "list_sizes": np.array([10, 10, 10, 10])}
-    assert mixed_rows(facts) == (0 + 3) + (0 + 4) + 3  # padding (-1) is not a list
+    # lists 0..3 hold 10 rows each with 0, 3, 10 and 6 matches (list 0 is never walked: it holds none). Query 0
+    # is nearest lists 1 then 3, query 1 nearest 2 then 3; one probe and k = 4: query 0 walks 1 and 3 (3 < 4
+    # matches after one list), query 1 walks list 2 alone
+    S = np.array([[0.9, 0.8, 0.1, 0.7], [0.9, 0.1, 0.8, 0.7]], np.float32)
+    Iq, visited, matched, mixed, k_prime, short, v, mt = walk(S, np.full(4, 10), np.array([0, 3, 10, 6]), 4, 1, 10)
+    assert Iq.tolist() == [[1, 3], [2, -1]] and visited.tolist() == [20, 10] and matched.tolist() == [9, 10]
+    assert mixed == (3 + 4) + 0  # min(matches, rows - matches) per walked list
+    # over-fetch for top-10 at the walk's match rate (9/20, 10/10) with a 1.5x margin, capped at the rows visited
+    assert k_prime.tolist() == [20, 10] and short == 1  # query 0 met 9 < 10 matches
+    assert (v, mt) == (30, 19)  # the totals over both queries
 
 
 def test_where_after_nearest_post_filters(digits_store, digits_feats):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,6 +46,7 @@ MARGIN = 0.02
 N_QUERIES = 128
 N_BANDS = 4
 TIE_SHARE = 0.1
+LOCAL_LISTS = 4  # the nearest lists whose matching share is a query's local selectivity (`coarse_stats`)
 SNAP = 0.05  # relative: a selectivity this close below a measured one is read at it (`probes_for`)
 
 
@@ -53,11 +54,9 @@ def difficulty(sims: np.ndarray) -> np.ndarray:
     """Per query (row of ``sims``, its similarity to every centroid): how many centroids lie within
     ``TIE_SHARE`` of the way from its nearest centroid down to the median one (scale-free: a share of the
     query's own similarity range). Many near-tied lists: the top-k is spread over more lists."""
-    top = sims.max(1)
-    h = sims.shape[1] // 2
-    med = np.partition(sims, h, axis=1)[:, h]  # np.median: 0.39 ms at 32 x 1264, this 0.045 (query_micro.py)
-    tie = top - TIE_SHARE * (top - med)
-    return (sims >= tie[:, None]).sum(1)
+    from leanml.store.kernels import difficulty as kernel
+
+    return kernel(np.ascontiguousarray(sims, dtype=np.float32), TIE_SHARE)
 
 
 @dataclass
@@ -112,6 +111,23 @@ class IVF:
     def band_counts(self, S: np.ndarray) -> tuple[int, ...]:
         """How many of the queries fall in each band (the ``bands`` argument of `probes_for`)."""
         return tuple(np.bincount(self.bands(S), minlength=len(self.band_edges) + 1).tolist())
+
+    def coarse(self, Q: np.ndarray, match_lists: np.ndarray) -> tuple[np.ndarray, float, tuple[int, ...]]:
+        """(``Q``'s similarity to every centroid, then `coarse_stats` of it) in one compiled call."""
+        from leanml.store.kernels import coarse
+
+        S, sel, counts = coarse(np.ascontiguousarray(Q, dtype=np.float32), self.centroids(), self.sizes(),
+                                match_lists, LOCAL_LISTS, TIE_SHARE, self.band_edges)
+        return S, float(sel), tuple(counts.tolist())
+
+    def coarse_stats(self, S: np.ndarray, match_lists: np.ndarray) -> tuple[float, tuple[int, ...]]:
+        """(`physical.local_selectivity` of a filter with ``match_lists`` matches per list, `band_counts`) for
+        the queries' centroid similarities ``S``, in one compiled pass (`kernels.coarse_stats`)."""
+        from leanml.store.kernels import coarse_stats
+
+        sel, counts = coarse_stats(np.ascontiguousarray(S, dtype=np.float32), self.sizes(), match_lists,
+                                   LOCAL_LISTS, TIE_SHARE, self.band_edges)
+        return float(sel), tuple(counts.tolist())
 
     def _measure(self, X: np.ndarray, seed: int, Qgiven: np.ndarray | None = None) -> tuple[dict, dict]:
         n, nlist = len(X), int(self.index.nlist)
@@ -198,8 +214,11 @@ class IVF:
 
     def lowest_measured(self, k: int) -> float:
         """The smallest selectivity whose filtered recall was measured for top-``k`` (inf: none for this k)."""
-        kk = self._measured_k(k)
-        return float("inf") if kk is None else min(s for s, k2 in self.table if k2 == kk)
+        memo = self.__dict__.setdefault("_lowest", {})  # the table is fixed once built: one scan per k
+        if k not in memo:
+            kk = self._measured_k(k)
+            memo[k] = float("inf") if kk is None else min(s for s, k2 in self.table if k2 == kk)
+        return memo[k]
 
     def _probes_for(self, sel: float, k: int, target: float,
                     bands: tuple[int, ...] | None) -> tuple[int | None, float, str, int]:
@@ -258,42 +277,45 @@ def assign(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int
            sims: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: lists nearest-centroid first among those holding matches, until ``nprobe`` lists are taken
     and they hold >= k matches. Returns (Iq [nq, p] padded with -1, visited rows [nq], matches visited [nq]).
+    `walk` also returns the minority rows the bitmap test meets."""
+    return walk(ivf, Q, match_lists, k, nprobe, sims)[:3]
 
-    Only the nearest lists a walk can take are sorted (``argpartition`` of the first ``max(2 nprobe, 32)``;
-    a full sort for the queries whose k matches lie beyond them): at 32 queries over ~140 lists a full
-    stable sort was most of the planning time. ``sims``: ``Q``'s similarity to every centroid, when the
-    planner already has it (computing it again gathers and multiplies the centroids a second time: 1264 x
-    256 floats, 1.3 MB, at 10^5 rows)."""
-    vl = np.flatnonzero(match_lists)  # only lists holding a match are ever taken: rank just those
-    # [nq, lists holding matches]: one matmul, or the planner's own columns
-    S = Q @ ivf.centroids()[vl].T if sims is None else sims[:, vl]
-    nq, L = S.shape
-    w0 = min(L, max(2 * nprobe, 32))
-    if w0 < L:
-        part = np.argpartition(-S, w0 - 1, axis=1)[:, :w0]
-        rank = np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable"), 1)
-    else:
-        rank = np.argsort(-S, axis=1, kind="stable")
-    mt = match_lists[vl[rank]]  # matches per list, nearest list first (every one > 0)
-    reach = np.cumsum(mt, axis=1)
-    short = reach[:, -1] < k  # the k-th match lies beyond the sorted lists: sort these queries fully
-    if w0 < L and short.any():
-        full = np.argsort(-S[short], axis=1, kind="stable")
-        rank = np.concatenate([rank, np.zeros((nq, L - w0), rank.dtype)], axis=1)
-        rank[short] = full
-        mt = match_lists[vl[rank]]
-        reach = np.cumsum(mt, axis=1)
-    # taken: a prefix (every ranked list holds a match): the first nprobe, and on until k matches are reached
-    need_k = np.minimum((reach < k).sum(1) + 1, rank.shape[1])
-    width_q = np.maximum(np.minimum(nprobe, rank.shape[1]), need_k)
-    width = max(1, int(width_q.max()))
-    cols = np.arange(width)
-    take = cols[None, :] < width_q[:, None]
-    order = vl[rank[:, :width]]
-    Iq = np.where(take, order, -1)
-    visited = np.where(take, ivf.sizes()[order], 0).sum(1).astype(np.float64)
-    matched = np.where(take, mt[:, :width], 0).sum(1).astype(np.float64)
-    return Iq, visited, matched
+
+class Walk(NamedTuple):
+    """`walk`'s result: per query the lists taken (padded with -1), rows visited, matches met and the
+    post-filter's over-fetch; over all queries the minority rows, the queries short of k and both totals."""
+
+    lists: np.ndarray
+    visited: np.ndarray
+    matched: np.ndarray
+    mixed_rows: float
+    k_prime: np.ndarray
+    short: int
+    visited_total: float
+    matched_total: float
+
+
+def walk(ivf: IVF, Q: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int, sims: np.ndarray | None = None,
+         k_out: int | None = None) -> Walk:
+    """`assign`'s walk, then: the rows of the walked lists on the filter's minority side, ``sum min(matches,
+    size - matches)`` over every query (the bitmap test's branch is unpredictable there: `physical.features`);
+    per query the post-filter's over-fetch for top-``k_out`` (default ``k``: 1.5 k_out over the walk's match
+    rate, at most the rows visited); and how many queries met fewer than ``k_out`` matches.
+
+    One compiled loop per query (`kernels.walk`): only the nearest ``max(2 nprobe, 32)`` lists holding a match
+    are sorted, all of them for a query whose k matches lie beyond those (at 32 queries over ~140 lists a full
+    stable sort was most of the planning time). ``sims``: ``Q``'s similarity to every centroid, when the
+    planner already has it (computing it again reads the centroids a second time: 1264 x 256 floats, 1.3 MB,
+    at 10^5 rows)."""
+    from leanml.store.kernels import centroid_sims
+    from leanml.store.kernels import walk as kernel
+
+    S = centroid_sims(np.ascontiguousarray(Q, dtype=np.float32), ivf.centroids()) if sims is None else sims
+    Iq, visited, matched, mixed, k_prime, short, v, m = kernel(
+        S if S.dtype == np.float32 else S.astype(np.float32), ivf.sizes(),
+        match_lists if match_lists.dtype == np.int64 else match_lists.astype(np.int64), int(k), int(nprobe),
+        int(k if k_out is None else k_out))
+    return Walk(Iq, visited, matched, float(mixed), k_prime, int(short), float(v), float(m))
 
 
 def preassigned(index: Any, Q: np.ndarray, k: int, Iq: np.ndarray, params: Any) -> tuple[np.ndarray, np.ndarray]:

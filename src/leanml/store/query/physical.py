@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 
 from leanml.hw import costmodel as cm
+from leanml.store.kernels import first_kept
 from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query.filters import FilterState, filter_state
-from leanml.store.query.ivf import IVF, assign, bitmap_search, combined_queries, preassigned
+from leanml.store.query.ivf import IVF, bitmap_search, combined_queries, preassigned, walk
 from leanml.store.query.source import QuerySource, RowView
 
 EXACT = ("exact-filtered", "exact-masked")
@@ -85,14 +86,14 @@ def features(name: str, facts: dict) -> tuple[float, ...]:
     if name == FILTER_STATE:  # count the matches per list (m), fill and pack an n-row mask (n)
         return (1.0, float(m), float(n))
     if name == PLANNING:  # the coarse assignment and the rest of the IVF branch of `plan_nearest`
-        return (1.0, float(nq * int(np.count_nonzero(facts["mask_lists"]))), float(m))
+        return (1.0, float(nq * facts["holding"]), float(m))
     if name == "exact-filtered":
         return (1.0, float(m * D), float(m * nq * D), float(m * nq))
     if name == "exact-masked":
         return (1.0, float(n * D), float(n * nq * D), float(n * nq))
-    V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
+    V, M = facts["visited_total"], facts["matched_total"]
     if name == "ivf-bitmap":
-        return (1.0, M * D, V, float(nq), float(nq * facts["k"]), mixed_rows(facts))
+        return (1.0, M * D, V, float(nq), float(nq * facts["k"]), facts["mixed_rows"])
     return (1.0, V * D, float(facts["k_prime"].sum()), float(nq))
 
 
@@ -123,16 +124,6 @@ def filter_state_time(cal: dict, facts: dict, state: FilterState | None) -> floa
     return cost(cal[FILTER_STATE], features(FILTER_STATE, facts))
 
 
-def mixed_rows(facts: dict) -> float:
-    """Rows of the walked lists on the minority side of the filter, ``sum min(matches, size - matches)``:
-    the bitmap test's branch is unpredictable there. A list wholly in or out of a correlated filter scans
-    at ~13 ns per match; a half-matching one at 35-50 ns (k = 10, 32 queries, measured here)."""
-    Iq, ml, sz = facts["Iq"], facts["mask_lists"], facts["list_sizes"]
-    lists = np.where(Iq >= 0, Iq, 0)
-    return float(np.where(Iq >= 0, np.minimum(ml[lists], sz[lists] - ml[lists]), 0).sum())
-
-
-LOCAL_LISTS = 4
 CHEAP_EXACT = "the exact scan of the matches costs less than any IVF plan can (its calibrated floor, with planning)"
 
 
@@ -151,25 +142,21 @@ def local_selectivity(ivf: IVF, S: np.ndarray, match_lists: np.ndarray) -> float
     A query's local share counts only when it is below the global one by more than 3 binomial standard
     deviations of the matches expected there: a random 1% filter leaves ~3 matches in 4 lists of 80 rows,
     and reading the table at that noisy share sent walks that met the target to an exact scan 1.4x slower."""
-    w = min(LOCAL_LISTS, S.shape[1])
-    near = np.argpartition(-S, w - 1, axis=1)[:, :w]
-    rows = ivf.sizes()[near].sum(1).astype(np.float64)
-    got = match_lists[near].sum(1)
-    glob = float(match_lists.sum()) / max(len(ivf.list_of), 1)
-    expect = glob * rows
-    sparse = got < expect - 3.0 * np.sqrt(expect * (1.0 - glob))
-    return float(np.where(sparse, got / np.maximum(rows, 1.0), glob).min())
+    return ivf.coarse_stats(S, match_lists)[0]
 
 
 def walk_facts(ivf: IVF, Q: np.ndarray, mask_lists: np.ndarray, k: int, k_walk: int, probes: int,
                sims: np.ndarray | None = None) -> dict:
-    """The IVF plans' walk at ``probes`` (`assign`, gathering ``k_walk`` matches; ``sims``: ``Q``'s centroid
-    similarities if computed): lists per query, rows visited and matches met, and the post-filter's
-    over-fetch ``k_prime`` (1.5 k over the walk's match rate)."""
-    Iq, visited, matched = assign(ivf, Q, mask_lists, k_walk, probes, sims)
-    frac = np.maximum(matched, 1) / np.maximum(visited, 1)
-    return {"Iq": Iq, "visited": visited, "matched": matched, "probes": probes, "k_walk": k_walk,
-            "k_prime": np.minimum(visited, np.ceil(1.5 * k / frac)).astype(np.int64)}
+    """The IVF plans' walk at ``probes`` (`ivf.walk`, gathering ``k_walk`` matches; ``sims``: ``Q``'s centroid
+    similarities if computed): lists per query, rows visited and matches met, the walked lists' rows on the
+    filter's minority side (``mixed_rows``: the bitmap test's branch is unpredictable there; a list wholly in
+    or out of a correlated filter scans at ~13 ns per match, a half-matching one at 35-50 ns, k = 10, 32
+    queries, measured here), the post-filter's over-fetch ``k_prime`` (1.5 k over the walk's match rate) and
+    ``short``, how many queries met fewer than k matches."""
+    w = walk(ivf, Q, mask_lists, k_walk, probes, sims, k)
+    return {"Iq": w.lists, "visited": w.visited, "matched": w.matched, "mixed_rows": w.mixed_rows, "probes": probes,
+            "k_walk": k_walk, "k_prime": w.k_prime, "short": w.short, "visited_total": w.visited_total,
+            "matched_total": w.matched_total}
 
 
 def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.ndarray], k: int, *, host: Any,
@@ -211,6 +198,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     if ivf is not None and approx_ok:
         assert fs is not None
         mask_lists, holding = fs.mask_lists, fs.holding  # counted once per filter (`filters`)
+        facts["holding"] = holding
         low = ivf.lowest_measured(k)
         if can_skip and t_f <= ivf_floor(cal, facts, holding):
             approx_ok, why_probe = False, CHEAP_EXACT
@@ -220,16 +208,25 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             # the rest of the IVF planning (its nq x nlist matmul also evicts the scan's cache lines)
             approx_ok, why_probe = False, (f"selectivity {m / max(n, 1):.3g} is below the lowest measured "
                                            f"({low:.3g}, k = {k}): exact")
+    walk_sims = None
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
-        # [nq, nlist], shared by the local selectivity, the difficulty bands and the walk
-        S = facts["sims"] = Q @ ivf.centroids().T
-        sel = facts["selectivity_seen"] = min(m / max(n, 1), local_selectivity(ivf, S, mask_lists))
-        bands = facts["difficulty_bands"] = ivf.band_counts(S)
-        probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
-        if m <= k or (probes is not None and holding <= probes) or (probes is None and holding <= ivf.nprobe):
-            # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
-            probes, rec, why_probe = holding, 1.0, ""
+        if holding <= ivf.nprobe:
+            # the matches lie in no more lists than the index probes unfiltered: the walk takes every one of
+            # them, which is exact, so the queries' centroid similarities are not needed (nor read: 1.3 MB at
+            # 10^5 x 256). Equal similarities: the walk takes the lists in list order, FAISS's top-k is the same
+            probes, rec, why_probe, k_walk = holding, 1.0, "", k
+            walk_sims = np.zeros((nq, int(ivf.index.nlist)), np.float32)
+        else:
+            # [nq, nlist], shared by `local_selectivity`, `IVF.band_counts` and the walk: one call for both
+            S, local, bands = ivf.coarse(Q, mask_lists)
+            walk_sims = facts["sims"] = S
+            sel = facts["selectivity_seen"] = min(m / max(n, 1), local)
+            facts["difficulty_bands"] = bands
+            probes, rec, why_probe, k_walk = ivf.probes_for(sel, k, recall, bands)
+            if m <= k or (probes is not None and holding <= probes):
+                # the walk takes every list holding a match (>= k matches, or all of them within the probes): exact
+                probes, rec, why_probe = holding, 1.0, ""
         facts["ivf_recall_measured"] = rec
     for name in APPROX:
         c = Candidate(name, math.inf, exact=False)
@@ -245,24 +242,24 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             c.eligible, c.why_not = False, why_probe
         cands.append(c)
     # the IVF plans need the coarse assignment first (calibrated as PLANNING): their cost includes it
-    t_plan = cost(cal[PLANNING], features(PLANNING, {**facts, "mask_lists": mask_lists})) \
-        if PLANNING in cal and mask_lists is not None else 0.0
+    t_plan = cost(cal[PLANNING], features(PLANNING, facts)) if PLANNING in cal and mask_lists is not None else 0.0
     facts["ivf_planning_predicted_s"] = t_plan
     if ivf is not None and metric == "cosine" and (cost_all or any(c.eligible for c in cands[2:])):
         p = probes or ivf.nprobe
         t0 = time.perf_counter()
         Q = facts["Q"] if "Q" in facts else combined_queries(source, qs)
         if mask_lists is None:
-            mask_lists = (fs or filter_state(ivf, positions)).mask_lists
-        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, facts.get("sims")))
-        Iq, visited, matched, kp = facts["Iq"], facts["visited"], facts["matched"], facts["k_prime"]
+            fs = fs or filter_state(ivf, positions)
+            mask_lists, facts["holding"] = fs.mask_lists, fs.holding
+        facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, walk_sims))
+        Iq, visited, kp = facts["Iq"], facts["visited"], facts["k_prime"]
         facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
                      list_sizes=ivf.sizes())
-        short = int((matched < k).sum())
+        short = facts["short"]
         bm, pf = cands[2], cands[3]
         bm.predicted_s = predict("ivf-bitmap")
         bm.params = {"probes": p, "lists_max": int(Iq.shape[1]), "recall_measured": facts.get("ivf_recall_measured")}
-        if bm.eligible and visited.mean() >= m and not cal:  # calibrated, the measured costs decide this
+        if not cal and bm.eligible and visited.mean() >= m:  # calibrated, the measured costs decide this
             bm.eligible, bm.why_not = False, (f"the walk visits {visited.mean():.0f} rows per query >= {m} matches: "
                                               "the exact scan of the matches does less (fallback)")
         pf.predicted_s = predict("ivf-postfilter")
@@ -288,7 +285,7 @@ def _roofline(name: str, facts: dict, source: QuerySource, host: Any, metric: st
     if name == "exact-masked":
         return (_exact_time(dev, n, d, C, codec, nq, k, metric, block_rows)
                 + model.time(cm.OpSpec("elementwise", float(n * nq), 4.0 * n * nq, "fp32", "mask non-matches")))
-    V, M = float(facts["visited"].sum()), float(facts["matched"].sum())
+    V, M = facts["visited_total"], facts["matched_total"]
     if name == "ivf-bitmap":
         return _ivf_scan_time(model, V, M, C * d, k, True)
     kp = facts["k_prime"]
@@ -354,24 +351,23 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
         Q, Iq = facts["Q"], facts["Iq"]
         if name == "ivf-bitmap":
             s, pos = bitmap_search(ivf, Q, positions, kk, Iq)
+            ids, n_short = None, -1  # ids mapped below; short rows not counted: looked for below
         else:
             import faiss
 
             kp = int(max(kk, facts["k_prime"].max()))
             s_all, p_all = preassigned(ivf.index, Q, kp, Iq, faiss.SearchParametersIVF(nprobe=int(Iq.shape[1])))
-            keep = filter_state(ivf, positions).contains(p_all)  # the filter's bits (cached per filter)
-            first = np.argsort(~keep, axis=1, kind="stable")[:, :kk]  # the first kk kept, best first
-            hit = np.take_along_axis(keep, first, 1)
-            s = np.where(hit, np.take_along_axis(s_all, first, 1), -np.inf).astype(np.float32)
-            pos = np.where(hit, np.take_along_axis(p_all, first, 1), -1)
-        short = np.flatnonzero((pos < 0).any(axis=1))
+            # the first kk kept, best first, by the filter's bits (cached per filter)
+            s, pos, ids, n_short = first_kept(s_all, p_all, filter_state(ivf, positions).bits, kk, all_ids)
+        short = np.flatnonzero((pos < 0).any(axis=1)) if n_short else ()
         if len(short) and name == "ivf-postfilter":
             # the over-fetch came short: the walk's lists hold >= k matches, so the bitmap scan of the same
             # lists answers these queries (one FAISS call; the exact scan of 10^4 matches: 2.3-2.7 ms a query)
             s[short], pos[short] = bitmap_search(ivf, Q[short], positions, kk, Iq[short])
             info["bitmap_fallback_queries"] = int(len(short))
-            short = np.flatnonzero((pos < 0).any(axis=1))
-        ids = np.where(pos >= 0, all_ids[np.maximum(pos, 0)], -1)
+            short, ids = np.flatnonzero((pos < 0).any(axis=1)), None
+        if ids is None:
+            ids = np.where(pos >= 0, all_ids[np.maximum(pos, 0)], -1)
         if len(short):  # fewer than k rows for these queries: the exact scan of the matches answers them
             fi, fs = topk(RowView(source, positions), [q[short] for q in qs], kk, block_rows=block_rows,
                           device=device)

@@ -120,15 +120,20 @@ class StoreSource(QuerySource):
         m = store.manifest
         self.manifest = _Manifest(m.dim, m.codec, m.generation)
         self._ids = store.ids()
+        # names and weights snapshot with the ids (a new generation gets a new source: `as_source`); a plan reads
+        # them per call, and the store builds both from its manifest each time (~40 us of a one-query plan, cold)
+        self._names = store.checkpoint_names()
+        self._w = store.weights()
+        self._w.setflags(write=False)
         self._offsets = {c: np.cumsum([0] + [s.rows for s in m.shards_of(c)]) for c in store.checkpoint_names()}
         self._open: dict[str, list] = {}
         self._q: dict[str, np.ndarray | None] = {}
 
     def checkpoint_names(self) -> list[str]:
-        return self.store.checkpoint_names()
+        return list(self._names)
 
     def weights(self) -> np.ndarray:
-        return self.store.weights()
+        return self._w
 
     def ids(self) -> np.ndarray:
         return self._ids
