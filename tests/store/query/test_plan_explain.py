@@ -29,7 +29,7 @@ def test_calibration_fits_nonnegative_work_weights_per_runnable_candidate(digits
     assert set(cal) == {"exact-filtered", "exact-masked", "ivf-bitmap", "ivf-postfilter", PLANNING, FILTER_STATE}
     facts = {"m": 10, "n": 100, "nq": 1, "k": 10, "D": 64, "visited": np.ones(1), "matched": np.ones(1),
              "k_prime": np.ones(1), "Iq": np.array([[0]]), "mask_lists": np.array([1]), "list_sizes": np.array([2]),
-             "holding": 1, "mixed_rows": 1.0, "visited_total": 1.0, "matched_total": 1.0}
+             "holding": 1, "mixed_rows": 1.0, "visited_total": 1.0, "matched_total": 1.0, "nprobe": 16, "nlist": 1}
     for name, w in cal.items():
         assert len(w) == len(features(name, facts)) and min(w) >= 0
         assert cost(w, features(name, facts)) > 0  # a call costs something

@@ -113,15 +113,22 @@ def _planning_points(source: QuerySource, ivf: Any, host: Any, block_rows: int,
     unfiltered scan of the source reads (at most 64 MiB). The operators above are timed interleaved, each
     after another one's work; planning timed back to back instead ran from warm caches and was predicted at
     0.16 ms where it took 0.39 after other work (1% of 10^5 x 256 int8, one query), so the planner ran the
-    IVF branch for filters whose exact scan was cheaper."""
+    IVF branch for filters whose exact scan was cheaper.
+
+    Each (queries, k) of the design is also timed for a filter whose matches lie in half the index's nprobe
+    lists: there the walk takes every list and the planning computes no centroid similarities
+    (`physical.walks_every_list`), so the fit can tell that cost from the coarse pass's."""
     from leanml.store.query.physical import features, plan_nearest
 
     n, names = len(source.ids()), source.checkpoint_names()
     other_work = np.ones(min(n * source.bytes_per_row() * len(names), 64 << 20), np.uint8)
     rng = np.random.default_rng(1)
     pts = []
-    for m, nq, k, _ in design(n):
-        pos = np.sort(rng.choice(n, m, replace=False))
+    few = np.flatnonzero(np.isin(ivf.list_of, np.arange(max(1, ivf.nprobe // 2))))  # rows of nprobe / 2 lists
+    points = [(np.sort(rng.choice(n, m, replace=False)), nq, k) for m, nq, k, _ in design(n)]
+    points += [(few, nq, min(k, len(few))) for nq, k in sorted({(nq, k) for _, nq, k, _ in design(n)}) if len(few)]
+    for pos, nq, k in points:
+        pos = pos.copy()
         pos.setflags(write=False)
         filter_state(ivf, pos).build()  # the filter's state is costed apart (FILTER_STATE)
         qs = [source.read(c, np.sort(rng.choice(n, nq, replace=nq > n))) + 1e-3 for c in names]

@@ -86,7 +86,7 @@ def features(name: str, facts: dict) -> tuple[float, ...]:
     if name == FILTER_STATE:  # count the matches per list (m), fill and pack an n-row mask (n)
         return (1.0, float(m), float(n))
     if name == PLANNING:  # the coarse assignment and the rest of the IVF branch of `plan_nearest`
-        return (1.0, float(nq * facts["holding"]), float(m))
+        return (1.0, coarse_entries(facts, facts["holding"]), float(nq * facts["holding"]), float(m))
     if name == "exact-filtered":
         return (1.0, float(m * D), float(m * nq * D), float(m * nq))
     if name == "exact-masked":
@@ -95,6 +95,17 @@ def features(name: str, facts: dict) -> tuple[float, ...]:
     if name == "ivf-bitmap":
         return (1.0, M * D, V, float(nq), float(nq * facts["k"]), facts["mixed_rows"])
     return (1.0, V * D, float(facts["k_prime"].sum()), float(nq))
+
+
+def walks_every_list(facts: dict, holding: int) -> bool:
+    """Whether the walk takes every list holding a match: they are no more than the index probes unfiltered
+    (``facts["nprobe"]``), so the walk is exact and needs no centroid similarities (`plan_nearest`)."""
+    return holding <= facts["nprobe"]
+
+
+def coarse_entries(facts: dict, holding: int) -> float:
+    """The centroid similarities the planning computes (``nq x nlist``; none when `walks_every_list`)."""
+    return 0.0 if walks_every_list(facts, holding) else float(facts["nq"] * facts["nlist"])
 
 
 def cost(weights: tuple[float, ...], work: tuple[float, ...]) -> float:
@@ -112,7 +123,7 @@ def ivf_floor(cal: dict, facts: dict, holding: int) -> float:
     least = float(nq * min(m, k))
     bitmap = cost(cal["ivf-bitmap"], (1.0, least * D, least, float(nq), float(nq * k), 0.0))
     post = cost(cal["ivf-postfilter"], (1.0, least * D, least, float(nq)))
-    plan = cost(cal[PLANNING], (1.0, float(nq * holding), float(m)))
+    plan = cost(cal[PLANNING], (1.0, coarse_entries(facts, holding), float(nq * holding), float(m)))
     return min(bitmap, post) + plan + facts.get("filter_state_s", 0.0)
 
 
@@ -172,6 +183,8 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     m = n if positions is None else len(positions)
     nq, codec = qs[0].shape[0], source.manifest.codec
     facts: dict[str, Any] = {"n": n, "m": m, "nq": nq, "k": k, "codec": codec, "D": C * d}
+    if ivf is not None:
+        facts["nprobe"], facts["nlist"] = ivf.nprobe, int(ivf.index.nlist)
     cal = calibration or {}
 
     def predict(name: str) -> float:
@@ -211,7 +224,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
     walk_sims = None
     if ivf is not None and approx_ok:
         Q = facts["Q"] = combined_queries(source, qs)
-        if holding <= ivf.nprobe:
+        if walks_every_list(facts, holding):
             # the matches lie in no more lists than the index probes unfiltered: the walk takes every one of
             # them, which is exact, so the queries' centroid similarities are not needed (nor read: 1.3 MB at
             # 10^5 x 256). Equal similarities: the walk takes the lists in list order, FAISS's top-k is the same
@@ -253,8 +266,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             mask_lists, facts["holding"] = fs.mask_lists, fs.holding
         facts.update(walk_facts(ivf, Q, mask_lists, k, max(k, k_walk), p, walk_sims))
         Iq, visited, kp = facts["Iq"], facts["visited"], facts["k_prime"]
-        facts.update(assign_s=time.perf_counter() - t0, Q=Q, nlist=int(ivf.index.nlist), mask_lists=mask_lists,
-                     list_sizes=ivf.sizes())
+        facts.update(assign_s=time.perf_counter() - t0, Q=Q, mask_lists=mask_lists, list_sizes=ivf.sizes())
         short = facts["short"]
         bm, pf = cands[2], cands[3]
         bm.predicted_s = predict("ivf-bitmap")
