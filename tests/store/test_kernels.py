@@ -14,15 +14,13 @@ def _lists(L: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _walk_ref(s: np.ndarray, match_lists: np.ndarray, k: int, nprobe: int) -> list[int]:
-    """Lists holding matches, nearest first (ties by list number), until nprobe taken and >= k matches."""
-    held = sorted(np.flatnonzero(match_lists).tolist(), key=lambda j: -s[j])  # stable: ties keep list order
-    taken, got = [], 0
-    for j in held:
-        if len(taken) >= nprobe and got >= k:
-            break
-        taken.append(j)
-        got += int(match_lists[j])
-    return taken
+    """The walk by whole-array NumPy: the lists holding matches in (similarity desc, list number) order, a
+    prefix of max(nprobe, lists to reach k matches) of them (all, if they hold fewer than k)."""
+    held = np.flatnonzero(match_lists)
+    order = held[np.lexsort((held, -s[held]))]
+    reach = np.cumsum(match_lists[order])
+    width = max(min(nprobe, len(order)), min(int(np.searchsorted(reach, k)) + 1, len(order)))
+    return order[:width].tolist()
 
 
 @pytest.mark.parametrize("ties", [False, True])

@@ -20,8 +20,11 @@ The IVF candidates' probe count comes from the index's recall measured under fil
 approximate plan at all. The table is read at the selectivity near the queries (`local_selectivity`) and
 for the batch's own difficulty bands (`ivf.difficulty`), so neither a filter that leaves out the queries'
 clusters nor a batch from one hard cluster is answered with the probes of an average query. The coarse
-assignment is computed during planning (one ``nq x nlist`` matmul, reused by the IVF candidates), so
-visited rows and matches per query are known exactly, not guessed.
+assignment is computed during planning (the queries' similarity to every centroid, the local selectivity
+and the bands in one compiled call, `ivf.IVF.coarse`; then the walk, `ivf.walk`), so visited rows and
+matches per query are known exactly, not guessed. When the matches lie in no more lists than the index
+probes unfiltered (`walks_every_list`), the walk takes all of them, which is exact, and no similarity is
+computed.
 
 Costs: with the source's calibration (`calibration.operator_costs`, the default in `Query`), each
 candidate's time is a non-negative linear fit over the work it does (`features`), measured on this source
