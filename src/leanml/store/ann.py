@@ -22,14 +22,14 @@ INDEX_KINDS = ("ivf", "hnsw", "flat")
 
 def _combined(blocks: list[np.ndarray], w: np.ndarray) -> np.ndarray:
     """Rows (or queries) as the index holds them: concatenated ``sqrt(w_c) x̂_c``, float32, written by one
-    compiled loop per checkpoint (`kernels.unit_rows_into`): a one-query plan (`query.ivf.combined_queries`)
-    paid 100-150 us for the five NumPy calls of a normalization right after other work."""
+    compiled loop per checkpoint (`kernels.unit_rows_into`). A one-query plan normalizes its query here: right
+    after other work that took 146 us as NumPy calls and 55 us compiled (`benchmarks/query_micro.py`,
+    ``planned_steps_10pct``, ``us_step_combined_query``; docs/query.md)."""
     from leanml.store.kernels import unit_rows_into
 
     if len(blocks) != len(w):
         raise ValueError(f"{len(blocks)} feature blocks for {len(w)} checkpoint weights")
-    out = np.empty((len(blocks[0]), sum(x.shape[1] for x in blocks) if len(blocks) > 1 else blocks[0].shape[1]),
-                   np.float32)
+    out = np.empty((len(blocks[0]), sum(x.shape[1] for x in blocks)), np.float32)
     col = 0
     for i, x in enumerate(blocks):
         if x.dtype != np.float32 and x.dtype != np.float64:  # the kernel is compiled for these two

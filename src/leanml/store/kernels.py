@@ -1,12 +1,16 @@
 """Compiled loops (numba) for the small per-query work of IVF planning and search: unit rows, centroid
-similarities of a few queries, the local selectivity and difficulty of each query, the list walk, and the
-post-filter's first kept rows.
+similarities of a few queries, the local selectivity and difficulty band of each query, the list walk, and
+the post-filter's first kept rows.
 
 Why compiled: a one-query plan touches arrays of about 10^3 entries (one per IVF list), so its time is the
-fixed cost of each call, not the work. Right after other work has evicted the caches, one NumPy call cost
-10-30 us of dispatch and a one-query plan made dozens of them, where FAISS's whole search is one C++ call
-(`benchmarks/query_micro.py`, ``planned_steps_10pct``). Each kernel here is one call that does its loop
-in machine code. ``cache=True``: compiled once per machine, into ``__pycache__`` beside this file.
+fixed cost of each call, not the work, and as NumPy each step was a handful of calls. Right after other work
+(`benchmarks/query_micro.py`, ``planned_steps_10pct``, 10^5 x 256, each step alone; NumPy, then these
+kernels, on one VM): the combined query 146 -> 55 us, the local selectivity 199 -> 70, the difficulty bands
+165 -> 79, the walk 332 -> 90 (docs/query.md). Each kernel is one call.
+
+``cache=True``: compiled on first use, once per machine, into ``__pycache__`` beside this file
+(`benchmarks/diagnostics/kernels_compile_check.py` times it). Callers import this module inside the
+functions that use it, so ``import leanml.store`` does not load numba.
 """
 
 from __future__ import annotations
@@ -72,6 +76,20 @@ def difficulty(S, tie_share):  # noqa: ANN001, ANN201
 
 
 @njit(cache=True, nogil=True)
+def _band_row(s, tie_share, band_edges):  # noqa: ANN001, ANN202
+    return np.searchsorted(band_edges, _difficulty_row(s, tie_share), side="right")
+
+
+@njit(cache=True, nogil=True)
+def bands(S, tie_share, band_edges):  # noqa: ANN001, ANN201
+    """Per row of ``S``: its difficulty band, the number of ``band_edges`` at or below its `difficulty`."""
+    out = np.empty(S.shape[0], np.int64)
+    for i in range(S.shape[0]):
+        out[i] = _band_row(S[i], tie_share, band_edges)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _local_share(s, sizes, match_lists, w, glob):  # noqa: ANN001, ANN202
     """The matching share of the ``w`` nearest lists (ties: the lower list number), or ``glob`` unless it is
     > 3 binomial sd below it. The nearest are kept by insertion: w is a few lists, so no partition copy."""
@@ -104,7 +122,7 @@ def coarse_stats(S, sizes, match_lists, local_lists, tie_share, band_edges):  # 
     counts = np.zeros(band_edges.shape[0] + 1, np.int64)
     for i in range(S.shape[0]):
         sel = min(sel, _local_share(S[i], sizes, match_lists, w, glob))
-        counts[np.searchsorted(band_edges, _difficulty_row(S[i], tie_share), side="right")] += 1
+        counts[_band_row(S[i], tie_share, band_edges)] += 1
     return sel, counts
 
 

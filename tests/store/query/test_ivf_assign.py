@@ -59,3 +59,25 @@ def test_a_postfilter_left_short_is_answered_by_the_bitmap_scan_of_the_same_list
     assert (ids >= 0).all() and np.isin(ids, src.ids()[pos]).all()
     # the rest kept the first k matches of the unfiltered ranking over the same lists: the same top k
     np.testing.assert_allclose(scores, want_s, atol=1e-5)
+
+
+def test_a_filter_held_by_at_most_nprobe_lists_is_walked_whole_without_centroid_similarities(digits_store,
+                                                                                             digits_feats):
+    """Matches in no more lists than nprobe: the walk takes every one of them (exact, so no similarities are
+    computed) and both IVF plans return the exact scan's top-k."""
+    from leanml.store.query.physical import plan_nearest, run_nearest
+
+    src = as_source(digits_store)
+    ivf = IVF.build(src, nprobe=8)
+    lists = np.flatnonzero(ivf.sizes())[:3]
+    pos = np.flatnonzero(np.isin(ivf.list_of, lists))
+    pos.setflags(write=False)
+    _, X = digits_feats
+    Q = X[:4] + 0.01
+    _, facts = plan_nearest(src, pos, [Q], 10, host="dev_vm", recall=0.95, ivf=ivf, cost_all=True)
+    assert "sims" not in facts and facts["probes"] == facts["holding"] == 3 and facts["ivf_recall_measured"] == 1.0
+    assert [sorted(int(j) for j in row if j >= 0) for row in facts["Iq"]] == [sorted(lists.tolist())] * len(Q)
+    want, _, _ = run_nearest("exact-filtered", src, pos, [Q], 10, facts, ivf)
+    for name in ("ivf-bitmap", "ivf-postfilter"):
+        got, _, _ = run_nearest(name, src, pos, [Q], 10, facts, ivf)
+        assert [set(r) for r in got.tolist()] == [set(r) for r in want.tolist()], name

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from leanml.hw import costmodel as cm
-from leanml.store.kernels import first_kept
 from leanml.store.plan import exact_scan_time, host_device
 from leanml.store.query.filters import FilterState, filter_state
 from leanml.store.query.ivf import IVF, bitmap_search, combined_queries, preassigned, walk
@@ -232,7 +231,7 @@ def plan_nearest(source: QuerySource, positions: np.ndarray | None, qs: list[np.
             # them, which is exact, so the queries' centroid similarities are not needed (nor read: 1.3 MB at
             # 10^5 x 256). Equal similarities: the walk takes the lists in list order, FAISS's top-k is the same
             probes, rec, why_probe, k_walk = holding, 1.0, "", k
-            walk_sims = np.zeros((nq, int(ivf.index.nlist)), np.float32)
+            walk_sims = np.zeros((nq, facts["nlist"]), np.float32)
         else:
             # [nq, nlist], shared by `local_selectivity`, `IVF.band_counts` and the walk: one call for both
             S, local, bands = ivf.coarse(Q, mask_lists)
@@ -366,21 +365,23 @@ def run_nearest(name: str, source: QuerySource, positions: np.ndarray | None, qs
         Q, Iq = facts["Q"], facts["Iq"]
         if name == "ivf-bitmap":
             s, pos = bitmap_search(ivf, Q, positions, kk, Iq)
-            ids, n_short = None, -1  # ids mapped below; short rows not counted: looked for below
+            short, ids = np.flatnonzero((pos < 0).any(axis=1)), None
         else:
             import faiss
 
+            from leanml.store.kernels import first_kept  # imported here: `import leanml.store` loads no numba
+
             kp = int(max(kk, facts["k_prime"].max()))
             s_all, p_all = preassigned(ivf.index, Q, kp, Iq, faiss.SearchParametersIVF(nprobe=int(Iq.shape[1])))
-            # the first kk kept, best first, by the filter's bits (cached per filter)
+            # the first kk kept, best first, by the filter's bits (cached per filter), with their ids
             s, pos, ids, n_short = first_kept(s_all, p_all, filter_state(ivf, positions).bits, kk, all_ids)
-        short = np.flatnonzero((pos < 0).any(axis=1)) if n_short else ()
-        if len(short) and name == "ivf-postfilter":
-            # the over-fetch came short: the walk's lists hold >= k matches, so the bitmap scan of the same
-            # lists answers these queries (one FAISS call; the exact scan of 10^4 matches: 2.3-2.7 ms a query)
-            s[short], pos[short] = bitmap_search(ivf, Q[short], positions, kk, Iq[short])
-            info["bitmap_fallback_queries"] = int(len(short))
-            short, ids = np.flatnonzero((pos < 0).any(axis=1)), None
+            short = np.flatnonzero((pos < 0).any(axis=1)) if n_short else ()
+            if len(short):
+                # the over-fetch came short: the walk's lists hold >= k matches, so the bitmap scan of the same
+                # lists answers these queries (one FAISS call; the exact scan of 10^4 matches: 2.3-2.7 ms a query)
+                s[short], pos[short] = bitmap_search(ivf, Q[short], positions, kk, Iq[short])
+                info["bitmap_fallback_queries"] = int(len(short))
+                short, ids = np.flatnonzero((pos < 0).any(axis=1)), None
         if ids is None:
             ids = np.where(pos >= 0, all_ids[np.maximum(pos, 0)], -1)
         if len(short):  # fewer than k rows for these queries: the exact scan of the matches answers them

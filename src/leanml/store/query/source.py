@@ -120,12 +120,12 @@ class StoreSource(QuerySource):
         m = store.manifest
         self.manifest = _Manifest(m.dim, m.codec, m.generation)
         self._ids = store.ids()
-        # names and weights snapshot with the ids (a new generation gets a new source: `as_source`); a plan reads
-        # them per call, and the store builds both from its manifest each time (~40 us of a one-query plan, cold)
+        # names and weights snapshot with the ids (a new generation gets a new source: `as_source`): a plan reads
+        # them per call, and the store builds both from its manifest each time
         self._names = store.checkpoint_names()
         self._w = store.weights()
         self._w.setflags(write=False)
-        self._offsets = {c: np.cumsum([0] + [s.rows for s in m.shards_of(c)]) for c in store.checkpoint_names()}
+        self._offsets = {c: np.cumsum([0] + [s.rows for s in m.shards_of(c)]) for c in self._names}
         self._open: dict[str, list] = {}
         self._q: dict[str, np.ndarray | None] = {}
 
