@@ -244,3 +244,23 @@ def test_one_at_a_time_is_the_regime_a_tpot_slo_below_step_plus_chunk_leaves():
     pol = LLMStaticPolicy(["v"], profiles={"v": p}, settings=PolicySettings(0.0, cfg, k), batching=(1, 256))
     outs = LLMSimulator({"v": p}, engines=1, kv_budget_bytes=1e12, noise_cv=0.05, seed=0).run(pol, reqs)
     assert np.percentile([o.tpot_ms for o in outs if o.status == "ok"], 99) <= 50.0
+
+
+def test_the_capacity_plan_drops_the_queueing_wait_from_ttft_and_serves_what_the_p99_plan_cannot():
+    """A TTFT SLO between a lone prefill (500 ms) and the p99 wait a bursty class meets: the p99 plan leaves
+    the class out, the capacity plan (``ttft_wait=False``) serves it at the engines' capacity."""
+    from dataclasses import replace
+
+    profiles = {"v": prof("v", 0.9, 10.0, 5.0)}
+    k = LLMClass("k", 100.0, prompt_tokens=100, output_tokens=10, ttft_ms=700, tpot_ms=1e4, cv=3.0)
+    cfg = LLMPlannerConfig(engines=2, kv_budget_bytes=1e9, batch_sizes=(1,), chunk_tokens=(512,),
+                           utilization=(0.3, 0.5, 0.85))
+    o = LLMOption("v", 0, 1, 512, 0.85)  # one request at a time: a G/G/1 queue of whole requests
+    f_wait, f_cap = fit(k, profiles["v"], o, 1e9), fit(k, profiles["v"], o, 1e9, ttft_wait=False)
+    assert f_cap.ttft_ms == pytest.approx(500.0)  # its own prefill: one chunk of 100 tokens at 5 ms each
+    assert f_wait.ttft_ms > 700 and f_cap.tpot_ms == f_wait.tpot_ms and f_cap.cost_ms == f_wait.cost_ms
+    p99 = plan_llm(profiles, [k], cfg)
+    cap = plan_llm(profiles, [k], replace(cfg, ttft_wait=False))
+    assert p99.goodput_rps < 0.5 * cap.goodput_rps
+    # the capacity plan fills both engines at the highest tier: 2 x 0.85 x 1000 / (engine ms per request)
+    assert cap.goodput_rps == pytest.approx(2 * 0.85 * 1000.0 / f_cap.cost_ms, rel=1e-3)

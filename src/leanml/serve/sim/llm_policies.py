@@ -22,7 +22,9 @@ accuracy need ``target``; how they read it differs, as in their papers:
   the last 30 s rate, and re-planning at once when the rate or the class mix drifts. Its router keeps an
   accuracy ledger: an option is skipped when routing there would bring the mean accuracy of everything
   routed so far below the target (the plan's mix is a mean over *planned* traffic; refusals and
-  fall-throughs under bursts would otherwise skew the realized mix toward the cheap options).
+  fall-throughs under bursts would otherwise skew the realized mix toward the cheap options). When the
+  p99 plan serves less than the demand it follows the capacity plan (`plan_llm` with ``ttft_wait=False``),
+  whose goodput is the larger; the admission test then bounds what each admitted request waits.
 
 Planned policies route a class by the plan's fractions (smooth weighted round-robin), within an option to
 the engine with the least predicted TTFT. When none of the class's options is predicted to answer within the
@@ -237,6 +239,7 @@ class _Planned(LLMPolicy):
 
     recent_s = 30.0
     fall_through = True  # False: refuse what the class's own options cannot take (the ablation of the fall-through)
+    capacity_plan = False  # adaptive: when the p99 plan serves less than the demand, follow the capacity plan
     ledger = False  # adaptive: never route so that the mean accuracy of routed requests falls below the target
 
     def setup(self, sim):
@@ -262,6 +265,13 @@ class _Planned(LLMPolicy):
     def _replan(self, sim: LLMSimulator, now: float, classes: list[LLMClass]) -> None:
         cfg = self.planner_cfg()
         pl = plan_llm(self.profiles, classes, cfg)
+        capacity = False
+        if self.capacity_plan and pl.goodput_rps < 0.999 * pl.demand_rps:
+            # the p99 plan cannot serve the demand: plan the engines for capacity instead (`plan_llm`'s
+            # ttft_wait), the admission test bounding each admitted request's wait
+            cap = plan_llm(self.profiles, classes, replace(cfg, ttft_wait=False))
+            if cap.goodput_rps > pl.goodput_rps:
+                pl, capacity = cap, True
         self.plan, self.last_plan_s = pl, now
         self.opt_engines: dict[LLMOption, list[int]] = {}
         configs: list[EngineConfig] = []
@@ -275,7 +285,7 @@ class _Planned(LLMPolicy):
             self.opt_engines.setdefault(LLMOption(best, FULL, fb.batch, fb.chunk, 0.0), []).append(len(configs))
             configs.append(fb)
         sim.configure(configs[: sim.n_engines])
-        sim.log.append({"t": now, "policy": self.name, "plan": pl.summary(),
+        sim.log.append({"t": now, "policy": self.name, "plan": pl.summary(), "capacity_plan": capacity,
                         "classes": [(k.name, round(k.rate_rps, 3)) for k in classes]})
 
     def planner_cfg(self) -> LLMPlannerConfig:
@@ -379,6 +389,7 @@ class LLMAdaptivePolicy(_Planned):
     name = "llm-adaptive"
     label = "adaptive"
     ledger = True
+    capacity_plan = True
 
     def classify(self, prompt, output):
         p = int(np.searchsorted(PROMPT_EDGES, prompt, side="right"))
