@@ -31,13 +31,13 @@ PLANNED = ("llm-infaas", "llm-proteus", "llm-adaptive")
 def admitting(base: type) -> type:
     """``base`` (a static LLM policy) with the fall-through's admission test (module docstring)."""
     from leanml.serve.control.llm_profiles import FULL
-    from leanml.serve.sim.llm_policies import _soonest
+    from leanml.serve.sim.llm_policies import soonest
 
     class Admitting(base):
         name, label = "llm-static-admission", "static-admission"
 
         def route_llm(self, sim, req):  # noqa: ANN001, ANN202
-            ei, t = _soonest(sim, list(range(sim.n_engines)), req.prompt, req.ttft_ms)
+            ei, t = soonest(sim, list(range(sim.n_engines)), req.prompt, req.ttft_ms)
             if t > req.ttft_ms or sim.predict_tpot_ms(ei, req.prompt, req.output) > req.tpot_ms:
                 self._reason = f"no engine is predicted to meet TTFT {req.ttft_ms:.0f} ms and TPOT {req.tpot_ms:.0f} ms"
                 return None

@@ -4,7 +4,7 @@
 
 Backs docs/planner.md ("Policies compared" and the run of 2026-12-07 12:10): seed 0 of the replay's headline
 cell (Azure code trace, 20-minute drift window, load 1, 3x SLOs, best - 1 point, two engines, the committed
-SmolLM2 profiles), adaptive and Proteus each with their fall-through on and off (`_Planned.fall_through`),
+SmolLM2 profiles), adaptive and Proteus each with their fall-through on and off (`llm_planned._Planned.fall_through`),
 INFaaS beside them. Busy share: the engines' summed iteration time over the window, per engine. ``--queue``:
 the engines' order (EDF, the default, or FIFO: the figures of the 12:10 run were taken with FIFO engines).
 """

@@ -120,9 +120,9 @@ BUILTIN: dict[str, str] = {
     "llm-static-accurate": "leanml.serve.sim.llm_policies:LLMStaticAccurate",
     "llm-static-fast": "leanml.serve.sim.llm_policies:LLMStaticFast",
     "llm-infaas": "leanml.serve.sim.llm_policies:LLMInfaasPolicy",
-    "llm-proteus": "leanml.serve.sim.llm_policies:LLMProteusPolicy",
-    "llm-adaptive": "leanml.serve.sim.llm_policies:LLMAdaptivePolicy",
-    "llm-adaptive-nocap": "leanml.serve.sim.llm_policies:AdaptiveNoCapPolicy",
+    "llm-proteus": "leanml.serve.sim.llm_planned:LLMProteusPolicy",
+    "llm-adaptive": "leanml.serve.sim.llm_planned:LLMAdaptivePolicy",
+    "llm-adaptive-nocap": "leanml.serve.sim.llm_planned:AdaptiveNoCapPolicy",
 }
 # the surface of each built-in member (read without importing it); registered ones say theirs
 BUILTIN_SURFACE: dict[str, str] = {n: (LLM_POOL if n.startswith("llm-") else RUNTIME) for n in BUILTIN}

@@ -152,7 +152,7 @@ def test_overload_planned_and_greedy_beat_static_accurate():
 def test_adaptive_replans_when_rate_and_length_mix_drift():
     """Short prompts at 0.5 req/s for 120 s, then long prompts at 2 req/s: adaptive re-plans within a tick or
     two of the change (not only at its 60 s period), and its classes follow the new mix; Proteus waits."""
-    from leanml.serve.sim.llm_policies import LLMAdaptivePolicy, LLMProteusPolicy
+    from leanml.serve.sim.llm_planned import LLMAdaptivePolicy, LLMProteusPolicy
 
     rng = np.random.default_rng(0)
     t1 = np.cumsum(rng.exponential(2.0, 60))
@@ -211,7 +211,7 @@ def test_planned_routing_falls_through_to_a_spare_engine_within_the_accuracy_rul
     refusing while its accuracy ledger stays at or above the target (100 requests at 0.60 routed: 0.598), and
     refuses it when the ledger would fall below (10 at 0.60: 0.582). Known answers."""
     from leanml.serve.control.llm_planner import LLMOption
-    from leanml.serve.sim.llm_policies import LLMAdaptivePolicy
+    from leanml.serve.sim.llm_planned import LLMAdaptivePolicy
     from leanml.serve.sim.llm_sim import _Run
 
     s = settings(0.59)
