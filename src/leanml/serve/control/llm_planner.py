@@ -47,9 +47,9 @@ a tight facility-location shape (no big-M rows).
 each with a decode step), not the queueing wait W99. That is the plan to follow when the demand exceeds what
 the p99 plan serves: the excess is refused either way, and the router's per-request admission test (the
 predicted TTFT behind what the engine holds) bounds the wait of what it admits, so the plan's job is the
-engine time per request. On the replay's bursty windows the p99 model called most plans overloaded (43 of
-48 on seed 0 of the headline cell) and the plans it could still fill put the slowest prefill on both engines
-(docs/planner.md, run of 2026-12-08).
+engine time per request. On the replay's bursty windows the p99 model called nearly every plan short of the
+demand (47 of 48 on seed 0 of the headline cell), and 23 of them left the slowest prefill on both engines
+(`benchmarks/diagnostics/llm_refusal_check.py`; docs/planner.md, run of 2026-12-08).
 """
 
 from __future__ import annotations
